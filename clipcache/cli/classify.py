@@ -1,0 +1,3 @@
+"""``clipcache`` commands of the classify stage."""
+
+COMMANDS: list = []

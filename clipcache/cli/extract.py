@@ -1,0 +1,3 @@
+"""``clipcache`` commands of the extract stage."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""``clipcache`` commands of the retrieval stage."""
+
+COMMANDS: list = []

@@ -1,0 +1,46 @@
+"""Exceptions raised by clipcache.
+
+Every error a user can cause is a :class:`ClipCacheError`. Its message is one
+sentence that names the file or field at fault and, where there is one, the fix.
+The command line prints that message on one line and exits non-zero.
+"""
+
+
+class ClipCacheError(Exception):
+    """Base class of every error that clipcache raises on bad input or state."""
+
+
+class StoreError(ClipCacheError):
+    """A feature store cannot be opened, read or written."""
+
+
+class StoreFormatError(StoreError):
+    """A file is not a clipcache store, or is truncated or corrupt."""
+
+
+class StoreVersionError(StoreFormatError):
+    """A store, or one element of it, has a format version this release cannot read."""
+
+
+class StoreMismatchError(StoreError):
+    """Features from a different model, preprocessing or class list would be mixed."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store."""
+
+
+class NotFittedError(ClipCacheError, ValueError):
+    """An estimator was used before ``fit``."""
+
+
+class ModelLoadError(ClipCacheError):
+    """A backbone or its weights cannot be loaded."""
+
+
+class DatasetError(ClipCacheError):
+    """An image dataset or manifest cannot be read."""
+
+
+class IndexMismatchError(ClipCacheError):
+    """A saved index does not match its feature store."""
