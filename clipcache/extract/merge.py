@@ -1,0 +1,225 @@
+"""Combine the per-shard stores of ``clipcache extract --shard i/n`` into one store.
+
+Shards are contiguous, batch-aligned ranges of every split (see
+:mod:`clipcache.extract.plan`), so concatenating them in shard order gives the
+rows of a single run, in the same order. Two layouts are written:
+
+``copy``
+    every row is copied; the result stands alone.
+``virtual``
+    per-sample columns (ids, paths, labels, views) and skipped records are
+    copied, and each feature dataset is an HDF5 virtual dataset that maps the
+    shards' feature datasets; nothing large is copied, and the shard files must
+    stay beside the merged file (they are referenced by relative path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+from clipcache.errors import StoreError, StoreMismatchError
+from clipcache.extract.loop import CONFIG_KEY, SHARD_KEY
+from clipcache.feature_store import FeatureStore
+from clipcache.feature_store import schema as _schema
+
+logger = logging.getLogger(__name__)
+
+COPY_CHUNK_ROWS = 8192
+
+
+@dataclasses.dataclass
+class MergeReport:
+    """What :func:`merge_stores` wrote.
+
+    Attributes
+    ----------
+    path : str
+    rows : dict of str to int
+        Rows per split.
+    shards : int
+    layout : str
+        ``"copy"`` or ``"virtual"``.
+    """
+
+    path: str
+    rows: dict
+    shards: int
+    layout: str
+
+
+def _shard_info(store: FeatureStore) -> dict:
+    info = store.metadata.get(SHARD_KEY)
+    if info is None:
+        raise StoreError(f"{store.path}: has no shard record; only stores written by clipcache extract --shard can be merged.")
+    return info
+
+
+def _check_shards(stores: Sequence[FeatureStore]) -> list[FeatureStore]:
+    """Order shard stores by index and check that they belong to one run."""
+    infos = [_shard_info(s) for s in stores]
+    count = infos[0]["count"]
+    by_index = {}
+    for store, info in zip(stores, infos, strict=True):
+        if info["count"] != count:
+            raise StoreMismatchError(f"{store.path}: is shard {info['index']}/{info['count']}, but others are of {count}; merge shards of one run.")
+        if info["index"] in by_index:
+            raise StoreMismatchError(f"{store.path}: shard {info['index']} is given twice; pass each shard once.")
+        by_index[info["index"]] = store
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        raise StoreMismatchError(f"shard {missing[0]}/{count} is missing; pass all {count} shard stores.")
+    ordered = [by_index[i] for i in range(count)]
+    first = ordered[0]
+    reference = _run_identity(first)
+    for store in ordered[1:]:
+        if _run_identity(store) != reference:
+            raise StoreMismatchError(f"{store.path}: was extracted with other classes, feature sets or flags than {first.path}; merge shards of one run.")
+    for store in ordered:
+        incomplete = [s for s in store.splits if not store.is_complete(s)]
+        if incomplete:
+            raise StoreError(f"{store.path}: split {incomplete[0]!r} is incomplete; finish it with clipcache extract --resume first.")
+    return ordered
+
+
+def _run_identity(store: FeatureStore) -> tuple:
+    config = dict(store.metadata.get(CONFIG_KEY) or {})
+    config.pop("shard", None)
+    sets = {name: info.identity() for name, info in store.feature_sets.items()}
+    return store.classes, sorted(store.splits), json.dumps(sets, sort_keys=True), json.dumps(config, sort_keys=True)
+
+
+def _prepare_output(out: FeatureStore, first: FeatureStore, with_features: bool) -> None:
+    out.set_classes(first.classes)
+    for name, info in first.feature_sets.items():
+        out.add_feature_set(name, info.dim, dtype=info.dtype, normalized=info.normalized, provenance=info.provenance)
+    for split in first.splits:
+        out.create_split(split, feature_sets=first.split_feature_sets(split) if with_features else [])
+    config = dict(first.metadata.get(CONFIG_KEY) or {})
+    config["shard"] = [0, 1]
+    out.set_metadata(CONFIG_KEY, config)
+    items = {}
+    for split, (_, _, total) in _shard_info(first)["items"].items():
+        items[split] = [0, total, total]
+    out.set_metadata(SHARD_KEY, {"index": 0, "count": 1, "items": items})
+    for name in first.text_names:
+        t = first.text(name)
+        out.write_text(name, t.embeddings, t.class_index, t.prompts, provenance=t.provenance, normalized=t.normalized, templates=t.templates)
+
+
+def _copy_rows(out: FeatureStore, shard: FeatureStore, split: str, names: Sequence[str]) -> None:
+    n = shard.n_rows(split)
+    for start in range(0, n, COPY_CHUNK_ROWS):
+        rows = slice(start, min(start + COPY_CHUNK_ROWS, n))
+        out.append(
+            split,
+            ids=list(shard.ids(split, rows)),
+            paths=list(shard.paths(split, rows)),
+            labels=shard.labels(split, rows),
+            views=shard.views(split, rows),
+            features={name: shard.features(split, name, rows) for name in names},
+        )
+    skipped = shard.skipped(split)
+    if skipped:
+        ids, paths, reasons = zip(*skipped, strict=True)
+        out.record_skipped(split, ids=list(ids), paths=list(paths), reasons=list(reasons))
+
+
+def merge_stores(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, layout: str = "copy", overwrite: bool = False
+) -> MergeReport:
+    """Merge the shard stores of one extraction run into ``output``.
+
+    Parameters
+    ----------
+    inputs : sequence of paths
+        Every shard store of the run, in any order.
+    output : path
+        The merged store; must not exist unless ``overwrite``.
+    layout : {"copy", "virtual"}
+        Copy the features, or map them with HDF5 virtual datasets.
+    overwrite : bool
+
+    Returns
+    -------
+    MergeReport
+
+    Raises
+    ------
+    StoreMismatchError
+        Shards of different runs, repeated or missing shards.
+    StoreError
+        Incomplete shards, or ``output`` exists.
+    """
+    if layout not in ("copy", "virtual"):
+        raise StoreError(f"--layout {layout} is not copy or virtual.")
+    if not inputs:
+        raise StoreError("No shard stores were given; pass every shard of the run.")
+    output = os.fspath(output)
+    if any(os.path.abspath(p) == os.path.abspath(output) for p in inputs):
+        raise StoreError(f"{output}: is also an input; write the merged store to a new file.")
+    stores = [FeatureStore(p, "r") for p in inputs]
+    try:
+        ordered = _check_shards(stores)
+        first = ordered[0]
+        with FeatureStore(output, "w" if overwrite else "x") as out:
+            _prepare_output(out, first, with_features=layout == "copy")
+            for split in first.splits:
+                names = first.split_feature_sets(split) if layout == "copy" else []
+                for shard in ordered:
+                    _copy_rows(out, shard, split, names)
+            rows = {split: out.n_rows(split) for split in first.splits}
+            if layout == "virtual":
+                for split in first.splits:
+                    out.create_split(split, feature_sets=first.split_feature_sets(split))
+            else:
+                for split in first.splits:
+                    out.mark_complete(split)
+        if layout == "virtual":
+            plan = {
+                split: [(shard.path, shard.n_rows(split)) for shard in ordered] for split in first.splits
+            }
+            sets = {split: first.split_feature_sets(split) for split in first.splits}
+            infos = first.feature_sets
+    finally:
+        for store in stores:
+            store.close()
+    if layout == "virtual":
+        _virtualize(output, plan, sets, infos)
+        with FeatureStore(output, "a") as out:
+            for split in plan:
+                out.mark_complete(split)
+    return MergeReport(path=output, rows=rows, shards=len(ordered), layout=layout)
+
+
+def _virtualize(output: str, plan: dict, sets: dict, infos: dict) -> None:
+    """Replace the (empty) feature datasets of ``output`` by virtual datasets over the shards."""
+    base = os.path.dirname(os.path.abspath(output))
+    with h5py.File(output, "r+", locking=False) as h5:
+        for split, sources in plan.items():
+            group = h5["splits"][split]
+            total = sum(n for _, n in sources)
+            for name in sets[split]:
+                info = infos[name]
+                layout = h5py.VirtualLayout(shape=(total, info.dim), dtype=np.dtype(info.dtype))
+                at = 0
+                for path, n in sources:
+                    if n:
+                        rel = os.path.relpath(os.path.abspath(path), base)
+                        src = h5py.VirtualSource(rel, f"splits/{split}/features/{name}", shape=(n, info.dim))
+                        layout[at : at + n] = src[0:n]
+                    at += n
+                del group["features"][name]
+                group["features"].create_virtual_dataset(name, layout, fillvalue=np.nan)
+            state = group["state"][:]
+            names = json.loads(group["state"].attrs["features"])
+            for i, name in enumerate(names):
+                if name in sets[split]:
+                    state[_schema.STATE_FIXED + i] = total
+            group["state"][:] = state
