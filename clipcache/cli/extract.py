@@ -1,3 +1,198 @@
-"""``clipcache`` commands of the extract stage."""
+"""``clipcache`` commands of the extract stage: extract, text, merge, demo-data.
 
-COMMANDS: list = []
+Each command parses its flags, rejects conflicting combinations before any work,
+calls one library function, and prints a summary. Library modules (and torch)
+are imported inside the commands so that ``clipcache --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from clipcache.errors import ClipCacheError
+
+_MAX_SKIPPED_SHOWN = 20
+
+
+def _parse_limits(values: tuple[str, ...]) -> dict[str, int] | None:
+    limits: dict[str, int] = {}
+    for value in values:
+        split, sep, count = value.rpartition("=")
+        key = split if sep else "*"
+        try:
+            limits[key] = int(count)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not N or SPLIT=N", param_hint="--max-per-class") from None
+        if limits[key] < 1:
+            raise click.BadParameter(f"{value!r} must be at least 1", param_hint="--max-per-class")
+    return limits or None
+
+
+def _resolve_device(device: str, local_rank: int | None) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank}" if local_rank is not None else "cuda"
+    return "cpu"
+
+
+def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
+    """Reject conflicting flag combinations before anything is loaded."""
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; pass one.")
+    if not model and not aux:
+        raise click.UsageError("Give a backbone: --model NAME --pretrained TAG|FILE|none, and/or --aux SPEC.")
+    if model and pretrained is None:
+        raise click.UsageError(f"--model {model} needs --pretrained: a tag (e.g. openai), a local weights file, or none for random weights.")
+    if pretrained is not None and not model:
+        raise click.UsageError("--pretrained applies to --model; auxiliary weights go in --aux timm:NAME=WEIGHTS.")
+    if templates and not model:
+        raise click.UsageError("--templates needs a text tower; add an open_clip --model.")
+
+
+def _print_report(report) -> None:
+    rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
+    skipped = [(split, s) for split, items in report.skipped.items() for s in items]
+    click.echo(
+        f"Wrote {report.path}: {rows} rows of {', '.join(report.feature_sets)}; "
+        f"{report.encoded} images encoded in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)."
+    )
+    if skipped:
+        click.echo(f"Skipped {len(skipped)} unreadable images:", err=True)
+        for split, (sid, _, reason) in skipped[:_MAX_SKIPPED_SHOWN]:
+            click.echo(f"  {split}/{sid}: {reason}", err=True)
+        if len(skipped) > _MAX_SKIPPED_SHOWN:
+            click.echo(f"  ... and {len(skipped) - _MAX_SKIPPED_SHOWN} more (see clipcache info).", err=True)
+
+
+@click.command("extract")
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.option("--model", help="open_clip model name (open_clip.list_models(), hf-hub:..., local-dir:...), or clipcache-tiny-vit.")
+@click.option("--pretrained", help="Pretrained tag (openai), local weights file or directory, or none for random weights.")
+@click.option("--aux", multiple=True, help="Auxiliary image backbone: efficientnet-lite0 or timm:NAME[=WEIGHTS]; repeatable.")
+@click.option("--classes", "class_names", help="Class names in label order: a comma list or a file with one per line.")
+@click.option("--split", "splits", multiple=True, help="Extract only this split (repeatable); all by default.")
+@click.option("--max-per-class", multiple=True, help="Keep the first N images of each class: N, or SPLIT=N (repeatable).")
+@click.option("--val-per-class", type=int, default=0, show_default=True, help="Move the next N per class of train into a 'val' split.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast dtype (GPU).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")
+@click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise stored features.")
+@click.option("--image-size", type=int, help="Input size of auxiliary backbones (their default otherwise).")
+@click.option("--augment-views", type=int, default=0, show_default=True, help="Store N seeded RandomResizedCrop+flip views per image.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of augmentation and random initialisation.")
+@click.option("--shard", help="Extract shard i/n of every split into STORE (merge shards with clipcache merge).")
+@click.option("--templates", help="Also embed class prompts: imagenet80, simple or FILE.json.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same STORE.")
+@click.option("--overwrite", is_flag=True, help="Replace STORE if it exists.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--threads", type=int, help="torch CPU threads (torch.set_num_threads).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
+def extract_command(source, store, model, pretrained, aux, class_names, splits, max_per_class, val_per_class,
+                    batch_size, workers, device, amp, dtype, normalize, image_size, augment_views, seed, shard,
+                    templates, resume, overwrite, strict, threads, progress):
+    """Encode the images of SOURCE into the feature store STORE.
+
+    SOURCE is an ImageFolder tree (one folder per class, optionally inside
+    train/val/test folders), a CSV/TSV manifest with columns path,label[,split],
+    or a folder of idx files (MNIST, Fashion-MNIST).
+    """
+    from clipcache.extract.datasets import read_class_names
+    from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+    from clipcache.extract.plan import parse_shard, shard_from_env, shard_path
+
+    _check_flags(model, pretrained, aux, resume, overwrite, templates)
+    env_shard = shard_from_env()
+    if shard and env_shard:
+        raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank.")
+    shard_pair = parse_shard(shard) if shard else env_shard or (0, 1)
+    if env_shard:
+        store = shard_path(store, *env_shard)
+    local_rank = int(os.environ["LOCAL_RANK"]) if env_shard and "LOCAL_RANK" in os.environ else None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = ExtractConfig(
+        source=source,
+        model=model,
+        pretrained=pretrained,
+        aux=tuple(aux),
+        classes=tuple(read_class_names(class_names)) if class_names else None,
+        splits=tuple(splits) or None,
+        max_per_class=_parse_limits(max_per_class),
+        val_per_class=val_per_class,
+        batch_size=batch_size,
+        augment_views=augment_views,
+        seed=seed,
+        dtype=dtype,
+        normalize=normalize,
+        image_size=image_size,
+        shard=shard_pair,
+    )
+    options = RunOptions(workers=workers, device=_resolve_device(device, local_rank), amp=amp, strict=strict, progress=progress)
+    report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates)
+    _print_report(report)
+
+
+@click.command("text")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--templates", required=True, help="imagenet80, simple, or FILE.json (templates list, or class -> sentences for CuPL).")
+@click.option("--name", help="Name of the stored text embeddings (the template set or file name by default).")
+@click.option("--feature-set", default="clip", show_default=True, help="Feature set whose open_clip model embeds the text.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace text embeddings of the same name.")
+def text_command(store, templates, name, feature_set, device, overwrite):
+    """Embed class names x prompt templates (or CuPL descriptions) with the CLIP text tower of STORE."""
+    from clipcache.extract.prompts import embed_prompts
+    from clipcache.feature_store import FeatureStore
+
+    with FeatureStore(store, "a") as fs:
+        prompts = embed_prompts(
+            fs, templates, feature_set=feature_set, name=name, overwrite=overwrite, device=_resolve_device(device, None)
+        )
+    n_classes = int(prompts.class_index.max()) + 1 if len(prompts.class_index) else 0
+    click.echo(f"Wrote text embeddings {prompts.name!r} to {store}: {len(prompts.prompts)} prompts for {n_classes} classes.")
+
+
+@click.command("merge")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layout", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
+              help="Copy the features, or reference the shard files through HDF5 virtual datasets.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def merge_command(output, inputs, layout, overwrite):
+    """Merge the shard stores INPUTS of one extraction run into OUTPUT."""
+    from clipcache.extract.merge import merge_stores
+
+    if os.path.exists(output) and not overwrite:
+        raise ClipCacheError(f"{output}: already exists; pass --overwrite to replace it.")
+    report = merge_stores(inputs, output, layout=layout, overwrite=overwrite)
+    rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
+    click.echo(f"Merged {report.shards} shards into {report.path} ({report.layout}): {rows} rows.")
+
+
+@click.command("demo-data")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--train-per-class", type=int, default=12, show_default=True)
+@click.option("--test-per-class", type=int, default=6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_data_command(directory, train_per_class, test_per_class, seed):
+    """Draw a tiny built-in dataset of shapes (circle, square, star, triangle) into DIRECTORY."""
+    from clipcache.extract.demo import DEMO_CLASSES, write_demo_dataset
+
+    counts = write_demo_dataset(directory, train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
+    click.echo(
+        f"Wrote {sum(counts.values())} images of {len(DEMO_CLASSES)} classes to {directory} "
+        f"(train {counts['train']}, test {counts['test']})."
+    )
+
+
+COMMANDS: list = [extract_command, text_command, merge_command, demo_data_command]
