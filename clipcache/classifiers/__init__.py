@@ -1,1 +1,39 @@
-"""clipcache.classifiers."""
+"""Closed-form classifiers on cached features (scikit-learn estimators).
+
+- :class:`ZeroShotClassifier`: CLIP prompt-ensemble zero-shot weights.
+- :class:`ClassMeanClassifier`: nearest class mean (cosine prototypes).
+- :class:`GDAClassifier`: shared-covariance Gaussian discriminant, streamable.
+- :class:`LogitEnsemble`: ``base + alpha * model`` (zero-shot + GDA).
+- :class:`TipAdapter`: training-free key-value cache.
+- :class:`LogitBiasFusion`: uncertainty-gated bias from auxiliary features.
+- :class:`KNNClassifier`: k-NN on FAISS.
+
+Fitted models are saved with :func:`save_model` and read with :func:`load_model`.
+"""
+
+from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
+from clipcache.classifiers.ensemble import LogitEnsemble
+from clipcache.classifiers.fusion import LogitBiasFusion
+from clipcache.classifiers.gda import GDAClassifier
+from clipcache.classifiers.io import ModelFileError, load_model, save_model
+from clipcache.classifiers.knn import KNNClassifier
+from clipcache.classifiers.prototypes import ClassMeanClassifier
+from clipcache.classifiers.tip import TipAdapter
+from clipcache.classifiers.zeroshot import MissingTextError, ZeroShotClassifier, prompt_ensemble
+
+__all__ = [
+    "ClassMeanClassifier",
+    "GDAClassifier",
+    "InvalidFeaturesError",
+    "KNNClassifier",
+    "LogitBiasFusion",
+    "LogitClassifier",
+    "LogitEnsemble",
+    "MissingTextError",
+    "ModelFileError",
+    "TipAdapter",
+    "ZeroShotClassifier",
+    "load_model",
+    "prompt_ensemble",
+    "save_model",
+]

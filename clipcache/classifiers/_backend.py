@@ -1,0 +1,43 @@
+"""Array back ends: numpy on CPU by default, torch on any device when asked.
+
+``device=None`` runs numpy/scipy. A torch device string (``"cpu"``, ``"cuda"``,
+``"cuda:1"``) runs the heavy products in torch on that device and returns
+numpy float32 arrays, so estimators never hold torch tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipcache.errors import ClipCacheError
+
+
+def _torch_device(device: str):
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ClipCacheError(f"device {device!r} is not a torch device; use None (numpy), 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ClipCacheError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device=None for the CPU")
+    return torch, dev
+
+
+def matmul(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:
+    """``a @ b`` for float32 arrays, on ``device``; returns numpy float32."""
+    if device is None:
+        return a @ b
+    torch, dev = _torch_device(device)
+    out = torch.as_tensor(a, device=dev) @ torch.as_tensor(b, device=dev)
+    return out.cpu().numpy()
+
+
+def gram(x: np.ndarray, device: str | None) -> np.ndarray:
+    """``x.T @ x`` accumulated in float64, shape (d, d), for x (n, d)."""
+    if device is None:
+        x64 = x.astype(np.float64, copy=False)
+        return x64.T @ x64
+    torch, dev = _torch_device(device)
+    t = torch.as_tensor(x, device=dev).double()
+    return (t.T @ t).cpu().numpy()

@@ -1,0 +1,186 @@
+"""Saving and loading fitted classifiers as HDF5 or npz, never pickle.
+
+A model file holds one JSON document (format name and version, the estimator
+tree, free metadata) and the estimator's arrays. The tree records, for each
+estimator, its class name, its parameters and its learned attributes (names
+ending in ``_``); arrays are stored under their path in the tree
+(``est/params/text_embeddings``, ``est/attrs/base_/attrs/coef_``). Loading
+rebuilds the estimators from a fixed table of clipcache classes, so a file can
+only ever create those classes, and reads npz with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from clipcache.errors import ClipCacheError
+
+__all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_VERSION"]
+
+MODEL_FORMAT = "clipcache.model"
+MODEL_VERSION = 1
+_META = "__clipcache_model__"
+
+
+class ModelFileError(ClipCacheError):
+    """A model file cannot be written or read."""
+
+
+def _classes() -> dict:
+    from clipcache.classifiers.ensemble import LogitEnsemble
+    from clipcache.classifiers.fusion import LogitBiasFusion
+    from clipcache.classifiers.gda import GDAClassifier
+    from clipcache.classifiers.knn import KNNClassifier
+    from clipcache.classifiers.prototypes import ClassMeanClassifier
+    from clipcache.classifiers.tip import TipAdapter
+    from clipcache.classifiers.zeroshot import ZeroShotClassifier
+
+    return {
+        cls.__name__: cls
+        for cls in (ZeroShotClassifier, ClassMeanClassifier, GDAClassifier, LogitEnsemble, TipAdapter,
+                    LogitBiasFusion, KNNClassifier)
+    }
+
+
+def _encode_value(value, path: str, arrays: dict):
+    if isinstance(value, BaseEstimator):
+        return {"estimator": _encode(value, path, arrays)}
+    if isinstance(value, np.ndarray | list | tuple) and not isinstance(value, str):
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            arr = arr.astype(str)
+        arrays[path] = arr
+        return {"array": path}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"value": value}
+    raise ModelFileError(f"cannot save {path}: values of type {type(value).__name__} are not supported")
+
+
+def _encode(est: BaseEstimator, path: str, arrays: dict) -> dict:
+    name = type(est).__name__
+    if name not in _classes():
+        raise ModelFileError(f"cannot save a {name}; only clipcache classifiers can be saved")
+    params = {k: _encode_value(v, f"{path}/params/{k}", arrays) for k, v in est.get_params(deep=False).items()}
+    attrs = {
+        k: _encode_value(v, f"{path}/attrs/{k}", arrays)
+        for k, v in vars(est).items()
+        if k.endswith("_") and not k.startswith("_")
+    }
+    return {"class": name, "params": params, "attrs": attrs}
+
+
+def _decode_value(spec: dict, arrays):
+    if "estimator" in spec:
+        return _decode(spec["estimator"], arrays)
+    if "array" in spec:
+        return np.asarray(arrays[spec["array"]])
+    return spec["value"]
+
+
+def _decode(tree: dict, arrays) -> BaseEstimator:
+    cls = _classes().get(tree.get("class"))
+    if cls is None:
+        raise ModelFileError(f"model file names an unknown classifier {tree.get('class')!r}")
+    est = cls(**{k: _decode_value(v, arrays) for k, v in tree["params"].items()})
+    for k, v in tree["attrs"].items():
+        setattr(est, k, _decode_value(v, arrays))
+    if hasattr(est, "_restore"):
+        est._restore()
+    return est
+
+
+def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write a fitted classifier to ``path`` (``.h5``/``.hdf5`` or ``.npz``), atomically.
+
+    Parameters
+    ----------
+    estimator : fitted clipcache classifier
+    path : str or PathLike
+        The suffix picks the format.
+    metadata : dict, optional
+        JSON-serialisable facts kept beside the model (store, feature set
+        provenance, shots, seed, support ids ...).
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".npz"):
+        raise ModelFileError(f"{path}: the model file name must end in .h5, .hdf5 or .npz")
+    arrays: dict = {}
+    doc = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "estimator": _encode(estimator, "est", arrays),
+        "metadata": metadata or {},
+    }
+    text = json.dumps(doc, sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if suffix == ".npz":
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{_META: np.array(text)}, **arrays)
+    else:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs[_META] = text
+            for key, arr in arrays.items():
+                h5.create_dataset(key, data=arr if arr.dtype.kind != "U" else arr.astype(h5py.string_dtype()))
+    os.replace(tmp, path)
+    return path
+
+
+def _read_npz(path: Path) -> tuple[str, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        if _META not in z.files:
+            raise ModelFileError(f"{path}: not a clipcache model file (no {_META} entry)")
+        return str(z[_META][()]), {k: z[k] for k in z.files if k != _META}
+
+
+def _read_h5(path: Path) -> tuple[str, dict]:
+    with h5py.File(path, "r") as h5:
+        if _META not in h5.attrs:
+            raise ModelFileError(f"{path}: not a clipcache model file (no {_META} attribute)")
+        arrays: dict = {}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                arrays[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else data
+
+        h5.visititems(visit)
+        return str(h5.attrs[_META]), arrays
+
+
+def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
+    """Read a model written by :func:`save_model`.
+
+    Returns
+    -------
+    estimator : fitted clipcache classifier
+    metadata : dict
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        text, arrays = _read_npz(path) if path.suffix.lower() == ".npz" else _read_h5(path)
+        doc = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc})") from None
+    if doc.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a clipcache model file")
+    if int(doc.get("version", -1)) > MODEL_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {doc.get('version')} is newer than this clipcache reads "
+            f"({MODEL_VERSION}); upgrade clipcache"
+        )
+    return _decode(doc["estimator"], arrays), doc.get("metadata", {})

@@ -1,0 +1,130 @@
+"""Zero-shot classification from prompt-ensemble text embeddings (CLIP)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
+from clipcache.errors import ClipCacheError
+
+__all__ = ["MissingTextError", "ZeroShotClassifier", "prompt_ensemble"]
+
+
+class MissingTextError(ClipCacheError, ValueError):
+    """Zero-shot weights were asked for but no text embeddings were given."""
+
+
+def prompt_ensemble(embeddings: np.ndarray, class_index: np.ndarray | None, n_classes: int | None = None) -> np.ndarray:
+    """Class weights of a prompt ensemble.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (M, d), float
+        One text embedding per (class, template) prompt.
+    class_index : ndarray of shape (M,), int, or None
+        The class of each row; None means row i is class i (M = C).
+    n_classes : int, optional
+        C; by default ``class_index.max() + 1``.
+
+    Returns
+    -------
+    ndarray of shape (C, d), float32
+        Per class, the mean of its L2-normalised prompt embeddings, normalised again.
+    """
+    e = l2_normalize(np.asarray(embeddings, dtype=np.float32))
+    if class_index is None:
+        return l2_normalize(e)
+    idx = np.asarray(class_index, dtype=np.int64).reshape(-1)
+    n_classes = int(idx.max()) + 1 if n_classes is None else int(n_classes)
+    sums = np.zeros((n_classes, e.shape[1]), dtype=np.float64)
+    np.add.at(sums, idx, e)
+    counts = np.bincount(idx, minlength=n_classes)
+    if (counts == 0).any():
+        raise MissingTextError(
+            f"text embeddings have no prompt for class index {int(np.flatnonzero(counts == 0)[0])}; "
+            "re-extract the text embeddings for every class"
+        )
+    return l2_normalize(sums.astype(np.float32))
+
+
+class ZeroShotClassifier(LogitClassifier):
+    """CLIP zero-shot classifier: ``logits = logit_scale * normalize(x) @ W.T``.
+
+    Parameters
+    ----------
+    text_embeddings : ndarray of shape (M, d), float
+        Prompt embeddings (e.g. ``FeatureStore.text(name).embeddings``).
+    class_index : ndarray of shape (M,), int, optional
+        Class of each prompt; None when there is one row per class.
+    logit_scale : float, default=100.0
+        CLIP's temperature (exp of the learned logit scale; 100 for OpenAI CLIP).
+    normalize : bool, default=True
+        L2-normalise image features before the product.
+    device : str, optional
+        None for numpy; a torch device (``"cuda"``) for torch.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (C, d), float32
+        Prompt-ensemble class weights (see :func:`prompt_ensemble`).
+    classes_ : ndarray of shape (C,), int64
+        ``arange(C)``: label i is the class of text row(s) i.
+    n_features_in_ : int
+    """
+
+    def __init__(self, text_embeddings=None, class_index=None, logit_scale=100.0, normalize=True, device=None):
+        self.text_embeddings = text_embeddings
+        self.class_index = class_index
+        self.logit_scale = logit_scale
+        self.normalize = normalize
+        self.device = device
+
+    def fit(self, X, y=None):
+        """Set the class weights from the text embeddings; ``X`` only fixes d, ``y`` is checked.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+        y : array-like of shape (n,), int, optional
+            Labels must lie in ``[0, C)``.
+
+        Returns
+        -------
+        self
+        """
+        if self.text_embeddings is None:
+            raise MissingTextError(
+                "text_embeddings is None: zero-shot classification needs the class prompts' text "
+                "embeddings (extract them with a CLIP model, or pick another method)"
+            )
+        if y is None:
+            X = self._check_X_unfitted(X)
+        else:
+            X, y = self._check_Xy(X, y)
+        self.coef_ = prompt_ensemble(self.text_embeddings, self.class_index)
+        if self.coef_.shape[1] != X.shape[1]:
+            raise InvalidFeaturesError(
+                f"text embeddings have dimension {self.coef_.shape[1]} but the image features have "
+                f"{X.shape[1]}; use text and image features from the same CLIP model"
+            )
+        self.classes_ = np.arange(len(self.coef_), dtype=np.int64)
+        if y is not None:
+            y = np.asarray(y)
+            if not np.isin(y, self.classes_).all():
+                raise InvalidFeaturesError(
+                    f"labels must be class indices in [0, {len(self.coef_)}) to match the text embeddings"
+                )
+        return self
+
+    def _check_X_unfitted(self, X):
+        from sklearn.utils.validation import validate_data
+
+        try:
+            return validate_data(self, X, dtype=np.float32)
+        except ValueError as exc:
+            raise InvalidFeaturesError(str(exc).rstrip(".")) from None
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        if self.normalize:
+            X = l2_normalize(X)
+        return np.float32(self.logit_scale) * self._matmul(X, self.coef_.T)
