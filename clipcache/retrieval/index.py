@@ -1,0 +1,598 @@
+"""FAISS indexes over one feature set of one split of a feature store.
+
+An index is built block by block from :meth:`FeatureStore.iter_chunks`, so the
+store is never read whole (the index itself holds the vectors, as FAISS does).
+It is saved beside the store as three files::
+
+    <store stem>.<split>.<feature set>.faiss            faiss.write_index
+    <store stem>.<split>.<feature set>.faiss.rows.npy   faiss id -> store row, int64
+    <store stem>.<split>.<feature set>.faiss.json       sidecar: fingerprint, metric, ...
+
+Every file is written to ``*.tmp`` and ``os.replace``\\ d; the sidecar goes
+last, so a crash leaves either the old index or the new one, never a sidecar
+that points at the wrong files (the sidecar also records ``ntotal``, which is
+checked on load).
+
+Loading checks the store's fingerprint (:meth:`FeatureStore.fingerprint`): an
+index built before rows were added, or from a recreated store, is refused with
+:class:`~clipcache.errors.IndexMismatchError`.
+
+Defaults, chosen with ``benchmarks/search_speed.py``:
+
+* the factory is ``"Flat"`` (exact inner product);
+* IVF indexes search ``nprobe = max(1, nlist // 16)`` lists;
+* HNSW indexes search with ``efSearch = 128``;
+* indexes that need training are trained on a random sample of
+  ``max(64 * nlist, 20000)`` rows (all rows when the split is smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from clipcache import __version__
+from clipcache.errors import ClipCacheError, IndexMismatchError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_EF_SEARCH",
+    "DEFAULT_FACTORY",
+    "INDEX_FORMAT",
+    "INDEX_FORMAT_VERSION",
+    "QueryError",
+    "SearchResult",
+    "StoreIndex",
+    "build_index",
+    "default_nprobe",
+    "gpu_available",
+    "index_path",
+    "load_index",
+    "sidecar_path",
+    "rows_path",
+]
+
+INDEX_FORMAT = "clipcache-faiss-index"
+INDEX_FORMAT_VERSION = 1
+DEFAULT_FACTORY = "Flat"
+DEFAULT_EF_SEARCH = 128
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_MIN_TRAIN = 20_000
+_TRAIN_PER_LIST = 64
+
+
+class QueryError(ClipCacheError, ValueError):
+    """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Raw result of :meth:`StoreIndex.search`.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (q, k), float32
+        Inner products (metric ``"ip"``, larger is nearer) or squared L2
+        distances (metric ``"l2"``, smaller is nearer), best first.
+    rows : ndarray of shape (q, k), int64
+        Store rows of the neighbours in the indexed split; -1 where the index
+        returned fewer than k neighbours (an IVF search that probed too few lists).
+    """
+
+    scores: np.ndarray
+    rows: np.ndarray
+
+
+def gpu_available() -> bool:
+    """Whether faiss was built with GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def index_path(store_path: str | os.PathLike, split: str, features: str) -> Path:
+    """Default index file of ``split``/``features``, beside the store.
+
+    Returns
+    -------
+    Path
+        ``<store dir>/<store stem>.<split>.<features>.faiss``
+    """
+    store_path = Path(store_path)
+    return store_path.with_name(f"{store_path.stem}.{split}.{features}.faiss")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of an index file: ``<index>.json``."""
+    return Path(f"{path}.json")
+
+
+def rows_path(path: str | os.PathLike) -> Path:
+    """The row mapping of an index file: ``<index>.rows.npy``."""
+    return Path(f"{path}.rows.npy")
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists probed by default for an IVF index of ``nlist`` lists: ``max(1, nlist // 16)``."""
+    return max(1, int(nlist) // 16)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _ivf(index: faiss.Index):
+    """The IVF layer of an index (possibly wrapped in a pre-transform), or None."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _hnsw(index: faiss.Index):
+    index = faiss.downcast_index(index)
+    return index if hasattr(index, "hnsw") else None
+
+
+def _new_index(dim: int, factory: str, metric: str) -> faiss.Index:
+    if metric not in _METRICS:
+        raise ClipCacheError(f"metric must be one of {sorted(_METRICS)}, not {metric!r}")
+    if not isinstance(factory, str) or not factory.strip():
+        raise ClipCacheError("the index factory string is empty; pass e.g. 'Flat', 'IVF1024,Flat' or 'HNSW32'")
+    if "IDMap" in factory:
+        raise ClipCacheError(f"factory {factory!r}: IDMap is not needed, clipcache keeps the row mapping itself; drop it")
+    try:
+        return faiss.index_factory(int(dim), factory, _METRICS[metric])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ClipCacheError(
+            f"faiss cannot build factory {factory!r} for dimension {dim} ({first}); "
+            "see https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+        ) from None
+
+
+def _structure(index: faiss.Index) -> dict:
+    """``{"nlist": IVF lists or 0, "hnsw": bool}`` of a CPU index."""
+    ivf = _ivf(index)
+    return {"nlist": int(ivf.nlist) if ivf is not None else 0, "hnsw": _hnsw(index) is not None}
+
+
+def _search_params(structure: dict, nprobe: int | None, ef_search: int | None) -> dict:
+    params = {}
+    if structure["nlist"]:
+        params["nprobe"] = int(nprobe) if nprobe else default_nprobe(structure["nlist"])
+        if params["nprobe"] < 1:
+            raise ClipCacheError(f"nprobe must be at least 1, not {nprobe}")
+    if structure["hnsw"]:
+        params["efSearch"] = int(ef_search) if ef_search else DEFAULT_EF_SEARCH
+        if params["efSearch"] < 1:
+            raise ClipCacheError(f"efSearch must be at least 1, not {ef_search}")
+    return params
+
+
+def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
+    """Clone ``index`` to the GPU(s) when asked and possible; the CPU index otherwise."""
+    if not gpu:
+        return index, "cpu"
+    if not gpu_available():
+        logger.warning("--gpu asked for, but faiss has no GPU support or sees no GPU; using the CPU")
+        return index, "cpu"
+    try:
+        return faiss.index_cpu_to_all_gpus(index), "gpu"
+    except RuntimeError as exc:
+        logger.warning("this index type has no faiss GPU implementation (%s); using the CPU", exc)
+        return index, "cpu"
+
+
+
+
+class StoreIndex:
+    """A FAISS index over one feature set of one split, with its store row mapping.
+
+    Build one with :func:`build_index` or :func:`load_index`; the constructor is
+    for those functions.
+
+    Parameters
+    ----------
+    index : faiss.Index
+        On the CPU or the GPU; faiss ids are ``0 .. ntotal - 1``.
+    rows : ndarray of shape (ntotal,), int64
+        Store row (in ``meta["split"]``) of each faiss id.
+    meta : dict
+        The sidecar fields (see ``docs/retrieval.md``).
+    device : {"cpu", "gpu"}
+    """
+
+    def __init__(self, index: faiss.Index, rows: np.ndarray, meta: dict, device: str = "cpu"):
+        self.index = index
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.meta = meta
+        self.device = device
+        self._apply_params()
+
+    def __repr__(self) -> str:
+        return (
+            f"StoreIndex({self.meta['split']!r}/{self.meta['feature_set']!r}, factory={self.factory!r}, "
+            f"ntotal={self.ntotal}, device={self.device!r})"
+        )
+
+    # -- description ---------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the index."""
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension d."""
+        return int(self.index.d)
+
+    @property
+    def split(self) -> str:
+        return str(self.meta["split"])
+
+    @property
+    def feature_set(self) -> str:
+        return str(self.meta["feature_set"])
+
+    @property
+    def factory(self) -> str:
+        return str(self.meta["factory"])
+
+    @property
+    def metric(self) -> str:
+        """``"ip"`` (inner product, larger is nearer) or ``"l2"`` (squared distance)."""
+        return str(self.meta["metric"])
+
+    @property
+    def search_params(self) -> dict:
+        """``{"nprobe": ...}`` for IVF, ``{"efSearch": ...}`` for HNSW, ``{}`` otherwise."""
+        return dict(self.meta.get("search_params", {}))
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the IVF ``nprobe`` or HNSW ``efSearch`` used by :meth:`search` (and saved)."""
+        current = self.search_params
+        structure = {"nlist": int(self.meta.get("nlist", 0)), "hnsw": bool(self.meta.get("hnsw", False))}
+        params = _search_params(structure, nprobe or current.get("nprobe"), ef_search or current.get("efSearch"))
+        self.meta["search_params"] = params
+        self._apply_params()
+
+    def _cpu_view(self) -> faiss.Index:
+        return self.index if self.device == "cpu" else faiss.index_gpu_to_cpu(self.index)
+
+    def _apply_params(self) -> None:
+        space = faiss.GpuParameterSpace() if self.device == "gpu" else faiss.ParameterSpace()
+        for key, value in self.search_params.items():
+            space.set_index_parameter(self.index, key, value)
+
+    # -- search --------------------------------------------------------------------
+
+    def check_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Validate queries and convert them to what faiss needs.
+
+        Parameters
+        ----------
+        queries : array-like of shape (q, d) or (d,), floating point
+
+        Returns
+        -------
+        ndarray of shape (q, d), float32, C-contiguous
+        """
+        x = np.asarray(queries)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise QueryError(f"queries must have shape (q, {self.dim}), not {x.shape}")
+        if x.shape[1] != self.dim:
+            raise QueryError(
+                f"query dimension {x.shape[1]} does not match the index of feature set "
+                f"{self.feature_set!r} (dimension {self.dim}); encode queries with the same model"
+            )
+        if x.size and not np.issubdtype(x.dtype, np.floating):
+            raise QueryError(f"queries must be floating point, not {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise QueryError("queries contain NaN or inf; check how they were computed")
+        return x
+
+    def check_k(self, k: int) -> int:
+        """Check that ``1 <= k <= ntotal``; return k as an int."""
+        if self.ntotal == 0:
+            raise QueryError(
+                f"the index of {self.split!r}/{self.feature_set!r} is empty; index a split that has rows"
+            )
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise QueryError(f"k must be a positive integer, not {k!r}")
+        if k > self.ntotal:
+            raise QueryError(
+                f"k={k} is larger than the {self.ntotal} vectors in the index of "
+                f"{self.split!r}/{self.feature_set!r}; ask for at most {self.ntotal}"
+            )
+        return int(k)
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """The k nearest indexed rows of each query.
+
+        Parameters
+        ----------
+        queries : array-like of shape (q, d) or (d,), float
+            Converted to float32. For metric ``"ip"`` on a normalised feature
+            set, normalise the queries to get cosine similarities as scores.
+        k : int
+            ``1 <= k <= ntotal``.
+
+        Returns
+        -------
+        SearchResult
+            ``scores`` (q, k) float32 and ``rows`` (q, k) int64, best first.
+        """
+        k = self.check_k(k)
+        x = self.check_queries(queries)
+        scores, ids = self.index.search(x, k)
+        rows = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1).astype(np.int64)
+        return SearchResult(scores.astype(np.float32, copy=False), rows)
+
+    # -- persistence -----------------------------------------------------------------
+
+    def check_store(self, store) -> None:
+        """Refuse an index that does not match ``store``'s current contents.
+
+        Raises
+        ------
+        IndexMismatchError
+            When the store was recreated, rows were added to the split, or the
+            feature set's model changed since the index was built.
+        """
+        split, name = self.split, self.feature_set
+        if split not in store.splits:
+            raise IndexMismatchError(f"{store.path}: the index was built on split {split!r}, which the store no longer has; rebuild it with clipcache index")
+        if name not in store.feature_sets:
+            raise IndexMismatchError(f"{store.path}: the index was built on feature set {name!r}, which the store no longer has; rebuild it with clipcache index")
+        now = store.fingerprint(split, name)
+        if now != self.meta["fingerprint"]:
+            raise IndexMismatchError(
+                f"{self.meta.get('index_file', 'the index')}: it was built from {split!r}/{name!r} with "
+                f"{self.meta['store_rows']} rows of store {self.meta['store_uuid'][:8]}, but the store "
+                f"{store.path} has changed since (now {store.feature_rows(split, name)} rows, store "
+                f"{store.uuid[:8]}); rebuild it with: clipcache index {store.path} --split {split} --features {name}"
+            )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index, its row mapping and its sidecar atomically.
+
+        Parameters
+        ----------
+        path : path
+            The ``.faiss`` file; the sidecar is ``<path>.json`` and the row
+            mapping ``<path>.rows.npy``.
+
+        Returns
+        -------
+        Path
+        """
+        path = Path(path)
+        meta = dict(self.meta)
+        meta["index_file"] = path.name
+        meta["rows_file"] = rows_path(path).name
+        meta["saved"] = _now()
+        cpu = self._cpu_view()
+        tmp_index, tmp_rows, tmp_meta = (Path(f"{p}.tmp") for p in (path, rows_path(path), sidecar_path(path)))
+        try:
+            faiss.write_index(cpu, str(tmp_index))
+            with open(tmp_rows, "wb") as fh:
+                np.save(fh, self.rows, allow_pickle=False)
+            tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp_index, path)
+            os.replace(tmp_rows, rows_path(path))
+            os.replace(tmp_meta, sidecar_path(path))
+        except OSError as exc:
+            raise ClipCacheError(f"{path}: cannot write the index ({exc.strerror or exc}); check the folder is writable") from None
+        finally:
+            for tmp in (tmp_index, tmp_rows, tmp_meta):
+                tmp.unlink(missing_ok=True)
+        self.meta = meta
+        logger.info("wrote %s (%d vectors, %s)", path, self.ntotal, self.factory)
+        return path
+
+
+def _train_rows(n: int, index: faiss.Index, train_size: int | None, seed: int) -> np.ndarray:
+    ivf = _ivf(index)
+    nlist = ivf.nlist if ivf is not None else 0
+    want = int(train_size) if train_size else max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN)
+    if want < 1:
+        raise ClipCacheError(f"train_size must be positive, not {train_size}")
+    m = min(n, want)
+    if m < nlist:
+        raise ClipCacheError(
+            f"an IVF index with {nlist} lists needs at least {nlist} training rows, but only {m} are "
+            f"available; use fewer lists (e.g. IVF{max(1, m // 39)},Flat)"
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
+
+
+def build_index(
+    store,
+    split: str,
+    features: str,
+    *,
+    factory: str = DEFAULT_FACTORY,
+    metric: str = "ip",
+    gpu: bool = False,
+    train_size: int | None = None,
+    chunk_rows: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    seed: int = 0,
+) -> StoreIndex:
+    """Index one feature set of one split, adding the vectors block by block.
+
+    Parameters
+    ----------
+    store : FeatureStore
+        Open for reading.
+    split, features : str
+        What to index; faiss id i is row ``i`` of the split.
+    factory : str
+        A faiss index-factory string: ``"Flat"`` (exact, default),
+        ``"IVF1024,Flat"``, ``"IVF1024,PQ64"``, ``"HNSW32"``, ...
+    metric : {"ip", "l2"}
+        Inner product (cosine similarity on normalised features) or L2.
+    gpu : bool
+        Build and search on the GPU when faiss-gpu is installed and sees one;
+        the CPU otherwise (with a logged warning).
+    train_size : int, optional
+        Rows sampled to train IVF/PQ indexes; default ``max(64 * nlist, 20000)``.
+    chunk_rows : int, optional
+        Rows per block read from the store and added; by default about 64 MiB.
+    nprobe, ef_search : int, optional
+        Search parameters recorded with the index (IVF and HNSW); defaults
+        :func:`default_nprobe` and :data:`DEFAULT_EF_SEARCH`.
+    seed : int
+        Seed of the training sample.
+
+    Returns
+    -------
+    StoreIndex
+
+    Raises
+    ------
+    QueryError
+        When the split has no rows.
+    ClipCacheError
+        When the factory string is invalid or the index cannot be trained.
+    """
+    info = store.feature_sets.get(features)
+    if info is None:
+        known = ", ".join(store.feature_sets) or "none"
+        raise ClipCacheError(f"{store.path}: no feature set {features!r} (the store has: {known}); pass --features")
+    n = store.feature_rows(split, features)
+    if n == 0:
+        raise QueryError(f"{store.path}: split {split!r} has no rows of {features!r}, so the index would be empty; extract features first")
+    if not store.is_complete(split):
+        logger.warning("%s: split %r is not complete; the index will be stale once rows are added", store.path, split)
+    cpu_index = _new_index(info.dim, factory, metric)
+    structure = _structure(cpu_index)
+    params = _search_params(structure, nprobe, ef_search)
+    index, device = _to_gpu(cpu_index, gpu)
+    n_train = 0
+    if not index.is_trained:
+        sample = _train_rows(n, cpu_index, train_size, seed)
+        n_train = len(sample)
+        x = store.features(split, features, sample)
+        logger.info("training %s on %d sampled rows", factory, n_train)
+        try:
+            index.train(x)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1]
+            raise ClipCacheError(f"faiss cannot train {factory!r} on {n_train} rows ({first}); use a smaller index or more rows") from None
+        del x
+    for chunk in store.iter_chunks(split, features, chunk_rows=chunk_rows):
+        index.add(np.ascontiguousarray(chunk.features, dtype=np.float32))
+    meta = {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "store": str(store.path),
+        "store_uuid": store.uuid,
+        "fingerprint": store.fingerprint(split, features),
+        "split": split,
+        "feature_set": features,
+        "store_rows": n,
+        "dim": info.dim,
+        "normalized": info.normalized,
+        "metric": metric,
+        "factory": factory,
+        "ntotal": int(index.ntotal),
+        "train_rows": n_train,
+        "train_seed": seed,
+        "search_params": params,
+        **structure,
+        "created": _now(),
+        "clipcache_version": __version__,
+        "faiss_version": faiss.__version__,
+    }
+    return StoreIndex(index, np.arange(n, dtype=np.int64), meta, device)
+
+
+def _read_sidecar(path: Path) -> dict:
+    side = sidecar_path(path)
+    if not path.exists() or not side.exists():
+        raise IndexMismatchError(f"{path}: no index there (or its sidecar {side.name} is missing); build it with clipcache index")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexMismatchError(f"{side}: the sidecar cannot be read ({exc}); rebuild the index with clipcache index") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+        raise IndexMismatchError(f"{side}: not a clipcache index sidecar; rebuild the index with clipcache index")
+    if meta.get("format_version") != INDEX_FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"{side}: index format version {meta.get('format_version')} is not {INDEX_FORMAT_VERSION}, "
+            f"the one clipcache {__version__} reads; rebuild the index with clipcache index"
+        )
+    missing = [k for k in ("fingerprint", "split", "feature_set", "metric", "factory", "ntotal", "dim") if k not in meta]
+    if missing:
+        raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; rebuild the index with clipcache index")
+    return meta
+
+
+def load_index(
+    store,
+    split: str | None = None,
+    features: str | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    gpu: bool = False,
+) -> StoreIndex:
+    """Load a saved index and check it against the store.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    split, features : str, optional
+        Which index; needed unless ``path`` is given. When both are given with
+        ``path``, the sidecar must name them.
+    path : path, optional
+        The ``.faiss`` file; default :func:`index_path`.
+    gpu : bool
+        Search on the GPU when faiss-gpu is available.
+
+    Returns
+    -------
+    StoreIndex
+
+    Raises
+    ------
+    IndexMismatchError
+        When the files are missing or inconsistent, or the index is stale.
+    """
+    if path is None:
+        if split is None or features is None:
+            raise ClipCacheError("load_index needs split and features, or the index path")
+        path = index_path(store.path, split, features)
+    path = Path(path)
+    meta = _read_sidecar(path)
+    for key, want in (("split", split), ("feature_set", features)):
+        if want is not None and meta[key] != want:
+            raise IndexMismatchError(f"{path}: the index is of {key} {meta[key]!r}, not {want!r}; pass the index of {want!r}")
+    try:
+        cpu = faiss.read_index(str(path))
+        with open(rows_path(path), "rb") as fh:
+            rows = np.load(fh, allow_pickle=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise IndexMismatchError(f"{path}: the index or its row mapping cannot be read ({str(exc).strip().splitlines()[-1]}); rebuild it with clipcache index") from None
+    if cpu.ntotal != meta["ntotal"] or len(rows) != cpu.ntotal or cpu.d != meta["dim"] or rows.dtype != np.int64:
+        raise IndexMismatchError(
+            f"{path}: the index ({cpu.ntotal} vectors of dimension {cpu.d}), its row mapping ({len(rows)} rows) "
+            f"and its sidecar ({meta['ntotal']} vectors of dimension {meta['dim']}) disagree; rebuild it with clipcache index"
+        )
+    index, device = _to_gpu(cpu, gpu)
+    result = StoreIndex(index, rows, meta, device)
+    result.check_store(store)
+    return result
