@@ -1,0 +1,253 @@
+"""The extraction loop: stored values, skipped images, resume after SIGKILL, shards and merge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clipcache import FeatureStore
+from clipcache.errors import DatasetError, StoreError, StoreMismatchError
+from clipcache.extract.images import load_image
+from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+from clipcache.extract.merge import merge_stores
+from clipcache.extract.plan import shard_range
+from clipcache.extract.transforms import augmented_view, view_params
+
+QUIET = RunOptions(progress=False)
+
+
+def _config(folder, **kw) -> ExtractConfig:
+    base = dict(source=str(folder), model="clipcache-tiny-vit", pretrained="none", aux=("efficientnet-lite0",),
+                image_size=64, batch_size=4)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def snapshot(path) -> dict:
+    """Everything a store holds about its rows, for exact comparison."""
+    out = {}
+    with FeatureStore(path) as store:
+        out["classes"] = store.classes
+        for split in store.splits:
+            out[split] = {
+                "ids": list(store.ids(split)),
+                "paths": list(store.paths(split)),
+                "labels": store.labels(split).tolist(),
+                "views": store.views(split).tolist(),
+                "skipped": store.skipped(split),
+                "complete": store.is_complete(split),
+            }
+            for name in store.split_feature_sets(split):
+                out[split][name] = store.features(split, name).tobytes()
+    return out
+
+
+def _corrupt(folder) -> None:
+    (folder / "train" / "circle" / "002.png").write_bytes(b"not an image at all")
+    data = (folder / "train" / "square" / "004.png").read_bytes()
+    (folder / "train" / "square" / "004.png").write_bytes(data[: len(data) // 3])
+
+
+def test_stored_features_equal_direct_model_call(image_folder, tmp_path):
+    store = tmp_path / "s.h5"
+    extract(store, _config(image_folder, splits=("test",), image_size=None), QUIET)
+    from clipcache.extract.backbones import build_open_clip, build_timm
+
+    with FeatureStore(store) as fs:
+        paths = list(fs.paths("test"))
+        stored = {name: fs.features("test", name) for name in ("clip", "efficientnet-lite0")}
+    images = [load_image(image_folder / p) for p in paths]
+    clip, lite0 = build_open_clip("clipcache-tiny-vit", "none"), build_timm("efficientnet-lite0")
+    with torch.inference_mode():
+        x = torch.stack([clip.image_preprocess()(im) for im in images])
+        direct_clip = F.normalize(clip.module.encode_image(x), dim=-1).numpy()
+        x = torch.stack([lite0.image_preprocess()(im) for im in images])
+        assert x.shape[-1] == 224
+        direct_lite0 = F.normalize(lite0.module(x), dim=-1).numpy()
+    np.testing.assert_allclose(stored["clip"], direct_clip, atol=1e-5)
+    np.testing.assert_allclose(stored["efficientnet-lite0"], direct_lite0, atol=1e-5)
+
+
+def test_rows_follow_dataset_order_with_labels(image_folder, tmp_path):
+    report = extract(tmp_path / "s.h5", _config(image_folder), QUIET)
+    snap = snapshot(tmp_path / "s.h5")
+    assert report.rows == {"train": 12, "test": 6}
+    assert snap["train"]["ids"][:2] == ["train/circle/000.png", "train/circle/001.png"]
+    assert snap["train"]["labels"] == [0] * 6 + [1] * 6
+    assert snap["train"]["complete"] and snap["test"]["complete"]
+
+
+def test_provenance_is_recorded(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        clip = fs.feature_sets["clip"].provenance
+        lite0 = fs.feature_sets["efficientnet-lite0"].provenance
+        config = fs.metadata["extract"]
+    assert clip["model"] == "clipcache-tiny-vit" and clip["pretrained"] == "none" and clip["random_init"]
+    assert lite0["weights_sha256"].startswith("579344248a93")
+    assert lite0["preprocess"]["image_size"] == 64 and lite0["dataset"] == str(image_folder)
+    assert {"torch", "timm", "open_clip"} <= set(lite0["library_versions"]) and "created" in lite0
+    assert config["batch_size"] == 4 and config["splits"] == ["test"]
+
+
+def test_corrupt_images_are_recorded_and_skipped(image_folder, tmp_path):
+    _corrupt(image_folder)
+    report = extract(tmp_path / "s.h5", _config(image_folder, splits=("train",)), QUIET)
+    skipped = report.skipped["train"]
+    assert [s[0] for s in skipped] == ["train/circle/002.png", "train/square/004.png"]
+    assert all(reason for _, _, reason in skipped)
+    snap = snapshot(tmp_path / "s.h5")
+    assert len(snap["train"]["ids"]) == 10 and "train/circle/002.png" not in snap["train"]["ids"]
+
+
+def test_strict_makes_a_corrupt_image_fatal(image_folder, tmp_path):
+    _corrupt(image_folder)
+    with pytest.raises(DatasetError, match="train/circle/002.png"):
+        extract(tmp_path / "s.h5", _config(image_folder, splits=("train",)), RunOptions(progress=False, strict=True))
+
+
+def test_float16_storage(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",), dtype="float16"), QUIET)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        assert fs.feature_sets["clip"].dtype == "float16"
+        x = fs.features("test", "clip")
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, x.astype(np.float16).astype(np.float32))
+
+
+def test_existing_store_needs_resume_or_overwrite(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
+    with pytest.raises(StoreError, match="--resume"):
+        extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
+
+
+def test_resume_with_other_flags_is_refused(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
+    with pytest.raises(StoreMismatchError, match="batch_size"):
+        extract(tmp_path / "s.h5", _config(image_folder, splits=("test",), batch_size=2), QUIET, resume=True)
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    torch.set_num_threads({threads})
+    import clipcache.feature_store.store as store_module
+    from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+    real, calls = store_module._write_rows, [0]
+    def dying(*args):
+        calls[0] += 1
+        if calls[0] == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args)
+    store_module._write_rows = dying
+    extract({path!r}, ExtractConfig(**{config!r}), RunOptions(progress=False))
+    """
+)
+
+
+def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path):
+    _corrupt(image_folder)
+    config = _config(image_folder)
+    extract(tmp_path / "full.h5", config, QUIET)
+    killed = tmp_path / "killed.h5"
+    kwargs = {k: getattr(config, k) for k in ("source", "model", "pretrained", "aux", "image_size", "batch_size")}
+    # 6 column writes per committed batch (+3 per skipped record): die inside the third append.
+    script = _KILL_SCRIPT.format(threads=torch.get_num_threads(), kill_at=17, path=str(killed), config=kwargs)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with FeatureStore(killed, "a") as fs:
+        partial = fs.n_rows("train")
+    assert 0 < partial < 10
+    extract(killed, config, QUIET, resume=True)
+    assert snapshot(killed) == snapshot(tmp_path / "full.h5")
+
+
+def test_resume_of_complete_store_encodes_nothing(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
+    report = extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET, resume=True)
+    assert report.encoded == 0 and report.rows == {"test": 6}
+
+
+@pytest.mark.parametrize("layout", ["copy", "virtual"])
+def test_shards_merged_equal_single_run(image_folder, tmp_path, layout):
+    _corrupt(image_folder)
+    extract(tmp_path / "full.h5", _config(image_folder), QUIET)
+    shards = []
+    for i in range(3):
+        shards.append(tmp_path / f"shard{i}.h5")
+        extract(shards[-1], _config(image_folder, shard=(i, 3)), QUIET)
+    merged = tmp_path / "merged.h5"
+    report = merge_stores(shards[::-1], merged, layout=layout)
+    assert report.rows == {"train": 10, "test": 6}
+    assert snapshot(merged) == snapshot(tmp_path / "full.h5")
+
+
+def test_merge_refuses_missing_shard(image_folder, tmp_path):
+    for i in range(2):
+        extract(tmp_path / f"shard{i}.h5", _config(image_folder, splits=("test",), shard=(i, 3)), QUIET)
+    with pytest.raises(StoreMismatchError, match="shard 2/3 is missing"):
+        merge_stores([tmp_path / "shard0.h5", tmp_path / "shard1.h5"], tmp_path / "m.h5")
+
+
+def test_augmented_views_are_stored_with_view_index(image_folder, tmp_path):
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",), augment_views=3, seed=5), QUIET)
+    snap = snapshot(tmp_path / "s.h5")["test"]
+    assert snap["views"] == [0, 1, 2] * 6
+    assert snap["ids"][:3] == ["test/circle/000.png"] * 3
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        x = fs.features("test", "clip")
+    assert not np.allclose(x[0], x[1])
+
+
+def test_augmented_view_matches_seeded_recipe(image_folder, tmp_path):
+    from clipcache.extract.backbones import build_open_clip
+
+    extract(tmp_path / "s.h5", _config(image_folder, splits=("test",), aux=(), augment_views=2, seed=5), QUIET)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        stored = fs.features("test", "clip", rows=[3])
+    image = load_image(image_folder / "test/circle/001.png")
+    # dataset sample 1 of split test, view 1
+    params = view_params(image.width, image.height, np.random.default_rng([5, 1, 1]))
+    clip = build_open_clip("clipcache-tiny-vit", "none", seed=5)  # --seed also seeds random init
+    with torch.inference_mode():
+        direct = clip.features(augmented_view(image, params, clip.preprocess)[None]).numpy()
+    np.testing.assert_allclose(stored, direct, atol=1e-5)
+
+
+def test_augmented_views_change_with_seed(image_folder, tmp_path):
+    for seed in (1, 2):
+        extract(tmp_path / f"s{seed}.h5", _config(image_folder, splits=("test",), aux=(), augment_views=2, seed=seed), QUIET)
+    a, b = snapshot(tmp_path / "s1.h5")["test"], snapshot(tmp_path / "s2.h5")["test"]
+    assert a["clip"] != b["clip"]
+
+
+@given(n=st.integers(0, 500), batch=st.integers(1, 64), count=st.integers(1, 9))
+def test_shard_ranges_tile_the_items_on_batch_boundaries(n, batch, count):
+    ranges = [shard_range(n, batch, i, count) for i in range(count)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
+        assert stop == start
+    assert all(start % batch == 0 or start == n for start, _ in ranges)
+
+
+def test_workers_do_not_change_results(image_folder, tmp_path):
+    extract(tmp_path / "a.h5", _config(image_folder, splits=("test",)), QUIET)
+    extract(tmp_path / "b.h5", _config(image_folder, splits=("test",)), RunOptions(progress=False, workers=2))
+    assert snapshot(tmp_path / "a.h5") == snapshot(tmp_path / "b.h5")
+
+
+def test_no_backbone_is_rejected(image_folder, tmp_path):
+    from clipcache.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="--model"):
+        extract(tmp_path / "s.h5", _config(image_folder, model=None, aux=()), QUIET)
+    assert not os.path.exists(tmp_path / "s.h5")
