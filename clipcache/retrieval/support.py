@@ -1,0 +1,372 @@
+"""Support-set retrieval in the SuS-X style (Udandarao et al., ICCV 2023).
+
+Given the class names (their prompt embeddings, stored by ``clipcache text``)
+and an unlabelled pool split, the k pool images nearest to each class's text
+embedding become that class's pseudo-labelled support samples. The result is
+written back to the store as a new, complete split, so that any classifier
+(Tip-Adapter with a retrieved cache, GDA, ...) can ``fit`` on it like on a
+labelled split.
+
+Scores are inner products between the ensemble class embedding
+(:meth:`TextEmbeddings.class_embeddings`) and the pool features. The exact
+search scans the pool block by block (``faiss.knn`` per block, merged in a
+``faiss.ResultHeap``), so the pool is never read whole; a saved pool index can
+be used instead.
+
+With ``exclusive=True`` (the default) a pool image joins at most one class:
+all (class, image) pairs are visited in decreasing score and a pair is taken
+when the image is still free and the class has fewer than k images. The
+candidates per class start at ``4 k`` and double until every class is full;
+at ``k * C`` candidates every class can always be filled, so the result equals
+this greedy rule applied to the whole pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from clipcache.errors import ClipCacheError, StoreMismatchError
+from clipcache.retrieval.index import QueryError, StoreIndex
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SupportSet", "class_text_embeddings", "retrieve_support", "write_support", "build_support_split"]
+
+_IDENTITY = ("backbone", "model", "pretrained", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """A pseudo-labelled support set drawn from a pool split.
+
+    Attributes
+    ----------
+    pool : str
+        The pool split.
+    features : str
+        The feature set the retrieval used.
+    text : str
+        The text embeddings that named the classes.
+    rows : ndarray of shape (m,), int64
+        Pool rows, grouped by class, best first within a class.
+    labels : ndarray of shape (m,), int64
+        Pseudo-label of each row.
+    scores : ndarray of shape (m,), float32
+        Similarity of each row to its class's text embedding.
+    k : int
+        Images asked for per class.
+    exclusive : bool
+    """
+
+    pool: str
+    features: str
+    text: str
+    rows: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    k: int
+    exclusive: bool
+
+    def counts(self, n_classes: int) -> np.ndarray:
+        """Support images per class, ndarray of shape (C,), int64."""
+        return np.bincount(self.labels, minlength=n_classes).astype(np.int64)
+
+
+def _choose_text(store, features: str, text: str | None) -> str:
+    if text is not None:
+        return text
+    dim = store.feature_sets[features].dim
+    names = [t for t in store.text_names if store.text(t).embeddings.shape[1] == dim]
+    if len(names) != 1:
+        found = ", ".join(store.text_names) or "none"
+        raise ClipCacheError(
+            f"{store.path}: cannot choose the class text embeddings for {features!r} (the store has: {found}); "
+            "pass --text NAME, or write them first with clipcache text"
+        )
+    return names[0]
+
+
+def class_text_embeddings(store, features: str, text: str | None = None) -> tuple[str, np.ndarray]:
+    """The per-class text embeddings used as support queries.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    features : str
+        The image feature set they must match.
+    text : str, optional
+        Name of the stored text embeddings; the only one of the right dimension by default.
+
+    Returns
+    -------
+    name : str
+    embeddings : ndarray of shape (C, d), float32
+        L2-normalised prompt-ensemble class embeddings, ordered as ``store.classes``.
+
+    Raises
+    ------
+    StoreMismatchError
+        When the text embeddings come from another model or dimension.
+    """
+    if features not in store.feature_sets:
+        known = ", ".join(store.feature_sets) or "none"
+        raise ClipCacheError(f"{store.path}: no feature set {features!r} (the store has: {known}); pass --features")
+    name = _choose_text(store, features, text)
+    emb = store.text(name)
+    info = store.feature_sets[features]
+    if emb.embeddings.shape[1] != info.dim:
+        raise StoreMismatchError(
+            f"{store.path}: text embeddings {name!r} have dimension {emb.embeddings.shape[1]} but feature set "
+            f"{features!r} has {info.dim}; use text embeddings of the same CLIP model"
+        )
+    for key in _IDENTITY:
+        a, b = emb.provenance.get(key), info.provenance.get(key)
+        if a is not None and b is not None and a != b:
+            raise StoreMismatchError(
+                f"{store.path}: text embeddings {name!r} have {key} {a!r} but feature set {features!r} has {b!r}; "
+                "use text embeddings of the same CLIP model"
+            )
+    n_classes = len(store.classes)
+    if n_classes == 0:
+        raise ClipCacheError(f"{store.path}: the store has no class names; set them before retrieving a support set")
+    return name, emb.class_embeddings(n_classes)
+
+
+def _top_candidates(store, pool: str, features: str, queries: np.ndarray, kk: int, chunk_rows: int | None):
+    """Exact top-kk pool rows per query, block by block: (scores (C, kk) float32, rows (C, kk) int64)."""
+    heap = faiss.ResultHeap(nq=len(queries), k=kk, keep_max=True)
+    for chunk in store.iter_chunks(pool, features, chunk_rows=chunk_rows):
+        x = np.ascontiguousarray(chunk.features, dtype=np.float32)
+        d, i = faiss.knn(queries, x, min(kk, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(d, np.where(i >= 0, chunk.rows[np.maximum(i, 0)], -1).astype(np.int64))
+    heap.finalize()
+    return heap.D.astype(np.float32, copy=False), heap.I.astype(np.int64, copy=False)
+
+
+def _greedy(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exclusive assignment: pairs by decreasing score (ties: class, then row); returns (rows, labels, scores)."""
+    n_classes = scores.shape[0]
+    cls = np.repeat(np.arange(n_classes), scores.shape[1])
+    flat_rows, flat_scores = rows.ravel(), scores.ravel()
+    keep = flat_rows >= 0
+    cls, flat_rows, flat_scores = cls[keep], flat_rows[keep], flat_scores[keep]
+    order = np.lexsort((flat_rows, cls, -flat_scores))
+    taken: set[int] = set()
+    count = np.zeros(n_classes, dtype=np.int64)
+    picked = []
+    full = 0
+    for j in order.tolist():
+        c, r = int(cls[j]), int(flat_rows[j])
+        if count[c] >= k or r in taken:
+            continue
+        taken.add(r)
+        count[c] += 1
+        picked.append(j)
+        if count[c] == k:
+            full += 1
+            if full == n_classes:
+                break
+    picked = np.asarray(picked, dtype=np.int64)
+    return flat_rows[picked], cls[picked], flat_scores[picked]
+
+
+def retrieve_support(
+    store,
+    pool: str,
+    features: str,
+    k: int,
+    *,
+    text: str | None = None,
+    exclusive: bool = True,
+    index: StoreIndex | None = None,
+    chunk_rows: int | None = None,
+) -> SupportSet:
+    """The k pool images nearest to each class's text embedding.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    pool : str
+        The unlabelled pool split; its stored labels are ignored.
+    features : str
+        Image feature set to search (a CLIP feature set matching ``text``).
+    k : int
+        Images per class.
+    text : str, optional
+        Stored text embeddings naming the classes.
+    exclusive : bool
+        Give each pool image to at most one class (see the module notes);
+        False takes the plain top-k per class, so an image may serve several classes.
+    index : StoreIndex, optional
+        A (possibly approximate) index of ``pool``/``features`` to search
+        instead of the exact block-by-block scan.
+    chunk_rows : int, optional
+        Rows per block of the exact scan.
+
+    Returns
+    -------
+    SupportSet
+        Rows grouped by class in class order, best first within each class.
+        With ``exclusive`` and a pool smaller than ``k * C``, some classes get fewer.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k must be a positive integer, not {k!r}")
+    n = store.feature_rows(pool, features)
+    if n == 0:
+        raise QueryError(f"{store.path}: pool split {pool!r} has no rows of {features!r}; extract it first")
+    if k > n:
+        raise QueryError(f"{store.path}: k={k} is larger than the {n} images of pool split {pool!r}; ask for at most {n}")
+    if index is not None:
+        if (index.split, index.feature_set) != (pool, features):
+            raise ClipCacheError(f"the index is of {index.split!r}/{index.feature_set!r}, not of the pool {pool!r}/{features!r}")
+        index.check_store(store)
+    name, queries = class_text_embeddings(store, features, text)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    n_classes = len(queries)
+
+    def candidates(kk: int):
+        if index is not None:
+            result = index.search(queries, kk)
+            return result.scores, result.rows
+        return _top_candidates(store, pool, features, queries, kk, chunk_rows)
+
+    if not exclusive:
+        scores, rows = candidates(k)
+        labels = np.repeat(np.arange(n_classes, dtype=np.int64), k)
+        keep = rows.ravel() >= 0
+        return SupportSet(
+            pool, features, name, rows.ravel()[keep], labels[keep], scores.ravel()[keep], int(k), False
+        )
+    cap = min(n, k * n_classes)
+    kk = min(cap, 4 * k)
+    while True:
+        scores, rows = candidates(kk)
+        sel_rows, sel_labels, sel_scores = _greedy(scores, rows, k)
+        counts = np.bincount(sel_labels, minlength=n_classes)
+        if (counts >= k).all() or kk >= cap:
+            break
+        kk = min(cap, 2 * kk)
+    order = np.lexsort((-sel_scores, sel_labels))
+    short = np.flatnonzero(counts < k)
+    if short.size:
+        logger.warning(
+            "pool %r has %d images for %d classes x %d; %d classes got fewer than %d",
+            pool, n, n_classes, k, short.size, k,
+        )
+    return SupportSet(
+        pool, features, name, sel_rows[order].astype(np.int64), sel_labels[order].astype(np.int64),
+        sel_scores[order].astype(np.float32), int(k), True,
+    )
+
+
+def write_support(store, support: SupportSet, to_split: str) -> int:
+    """Write a support set into the store as a new complete split.
+
+    Every feature set the pool split has in full is copied for the chosen rows,
+    with the pool's ids, paths and views, and the pseudo-labels as labels. The
+    retrieval settings are recorded in the store metadata under
+    ``support_sets[to_split]``.
+
+    Parameters
+    ----------
+    store : FeatureStore
+        Open for writing.
+    support : SupportSet
+    to_split : str
+        A split name the store does not have yet.
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    if to_split in store.splits:
+        raise ClipCacheError(f"{store.path}: split {to_split!r} already exists; choose another --to-split name")
+    pool = support.pool
+    n = store.n_rows(pool)
+    names = [f for f in store.split_feature_sets(pool) if store.feature_rows(pool, f) == n]
+    skipped = sorted(set(store.split_feature_sets(pool)) - set(names))
+    if skipped:
+        logger.warning("pool %r: feature sets %s do not cover every row and are not copied", pool, skipped)
+    rows = support.rows
+    features = {f: store.features(pool, f, rows) for f in names}
+    ids, paths, views = store.ids(pool, rows), store.paths(pool, rows), store.views(pool, rows)
+    store.create_split(to_split, names)
+    store.append(to_split, ids=list(ids), paths=list(paths), labels=support.labels, features=features, views=views)
+    store.mark_complete(to_split)
+    record = dict(store.metadata.get("support_sets", {}))
+    record[to_split] = {
+        "pool": pool,
+        "features": support.features,
+        "text": support.text,
+        "k": support.k,
+        "exclusive": support.exclusive,
+        "rows": int(len(rows)),
+        "pool_fingerprint": store.fingerprint(pool, support.features),
+        "method": "SuS-X style text-to-image retrieval",
+    }
+    store.set_metadata("support_sets", record)
+    return int(len(rows))
+
+
+def build_support_split(
+    store_path: str | os.PathLike,
+    pool: str,
+    to_split: str,
+    k: int,
+    *,
+    features: str | None = None,
+    text: str | None = None,
+    exclusive: bool = True,
+    use_index: bool = False,
+) -> dict:
+    """Retrieve a support set from a pool split and write it as a new split (``clipcache support``).
+
+    Parameters
+    ----------
+    store_path : path
+    pool, to_split : str
+    k : int
+    features : str, optional
+        Default: the store's only feature set with a matching text set.
+    text : str, optional
+    exclusive : bool
+    use_index : bool
+        Search the pool's saved index instead of scanning it exactly.
+
+    Returns
+    -------
+    dict
+        ``split``, ``rows``, ``per_class`` (class name -> count), ``min_score``,
+        ``mean_score``, ``features``, ``text``.
+    """
+    from clipcache import FeatureStore
+    from clipcache.retrieval.index import load_index
+
+    with FeatureStore(store_path, "a") as store:
+        if to_split in store.splits:
+            raise ClipCacheError(f"{store.path}: split {to_split!r} already exists; choose another --to-split name")
+        if features is None:
+            present = store.split_feature_sets(pool)
+            if len(present) != 1:
+                raise ClipCacheError(f"{store.path}: pool {pool!r} has feature sets {present}; pass --features NAME")
+            features = present[0]
+        index = load_index(store, pool, features) if use_index else None
+        support = retrieve_support(store, pool, features, k, text=text, exclusive=exclusive, index=index)
+        written = write_support(store, support, to_split)
+        classes = store.classes
+    counts = support.counts(len(classes))
+    return {
+        "split": to_split,
+        "rows": written,
+        "features": support.features,
+        "text": support.text,
+        "per_class": {c: int(v) for c, v in zip(classes, counts, strict=True)},
+        "min_score": float(support.scores.min()) if written else None,
+        "mean_score": float(support.scores.mean()) if written else None,
+    }
