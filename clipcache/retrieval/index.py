@@ -55,6 +55,7 @@ __all__ = [
     "default_nprobe",
     "gpu_available",
     "index_path",
+    "index_store",
     "load_index",
     "sidecar_path",
     "rows_path",
@@ -596,3 +597,43 @@ def load_index(
     result = StoreIndex(index, rows, meta, device)
     result.check_store(store)
     return result
+
+
+def index_store(
+    store_path: str | os.PathLike,
+    split: str,
+    features: str,
+    *,
+    factory: str = DEFAULT_FACTORY,
+    metric: str = "ip",
+    gpu: bool = False,
+    output: str | os.PathLike | None = None,
+    train_size: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Build an index of ``split``/``features`` and save it beside the store (``clipcache index``).
+
+    Parameters are those of :func:`build_index`; ``output`` overrides the
+    default :func:`index_path`.
+
+    Returns
+    -------
+    dict
+        The sidecar fields, plus ``path`` (the ``.faiss`` file), ``device`` and
+        ``seconds`` (build time).
+    """
+    import time
+
+    from clipcache.feature_store import FeatureStore
+
+    start = time.perf_counter()
+    with FeatureStore(store_path, "r") as store:
+        index = build_index(
+            store, split, features, factory=factory, metric=metric, gpu=gpu, train_size=train_size,
+            nprobe=nprobe, ef_search=ef_search, seed=seed,
+        )
+        seconds = time.perf_counter() - start
+        path = index.save(output if output is not None else index_path(store.path, split, features))
+    return {**index.meta, "path": str(path), "device": index.device, "seconds": round(seconds, 3)}
