@@ -1,0 +1,188 @@
+"""Running the protocol over methods x shots x seeds, and reporting it (table, JSON, plot)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipcache.evaluation.metrics import mean_ci
+from clipcache.evaluation.protocol import (
+    build_estimator,
+    evaluate_one,
+    read_features,
+    resolve_protocol,
+    split_rows,
+)
+from clipcache.evaluation.sampling import VAL_SEED, sample_few_shot
+from clipcache.feature_store import FeatureStore
+
+__all__ = ["EvaluationReport", "run_evaluation", "format_table", "plot_accuracy", "METRICS"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("top1", "top5", "recall", "ece")
+
+
+@dataclass
+class EvaluationReport:
+    """Every run of an evaluation and its summary.
+
+    Attributes
+    ----------
+    runs : list of dict
+        One per (method, shots, seed): the metrics and the chosen hyper-parameters.
+    supports : list of dict
+        One per (shots, seed): the support set drawn (ids, per-class counts).
+    config : dict
+        Store, splits, feature sets, base, validation (carved or not).
+    """
+
+    runs: list = field(default_factory=list)
+    supports: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def summary(self, metric: str = "top1") -> dict:
+        """``{method: {shots: (mean, ci95 half-width)}}`` over seeds."""
+        out: dict = {}
+        for run in self.runs:
+            out.setdefault(run["method"], {}).setdefault(run["shots"], []).append(run[metric])
+        return {m: {k: mean_ci(v) for k, v in sorted(by.items())} for m, by in out.items()}
+
+    def to_dict(self) -> dict:
+        summary = {
+            metric: {m: {str(k): {"mean": v[0], "ci95": v[1]} for k, v in by.items()} for m, by in self.summary(metric).items()}
+            for metric in METRICS
+        }
+        return {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def run_evaluation(
+    store_path: str | os.PathLike,
+    methods,
+    shots,
+    seeds,
+    *,
+    features: str | None = None,
+    aux_features: str | None = None,
+    text: str | None = None,
+    base: str = "auto",
+    train_split: str = "train",
+    val_split: str | None = None,
+    test_split: str = "test",
+    val_per_class: int = 10,
+) -> EvaluationReport:
+    """Fit every method on k-shot support sets for every seed; report test metrics.
+
+    Support sets are drawn with :func:`sample_few_shot` (seeded per class), so
+    the same (shots, seed) gives every method the same support set. Validation
+    data chooses each method's hyper-parameters; test is only scored.
+
+    Parameters
+    ----------
+    store_path : path
+    methods : sequence of str
+        From :data:`clipcache.evaluation.METHODS`.
+    shots, seeds : sequence of int
+
+    Returns
+    -------
+    EvaluationReport
+    """
+    methods, shots, seeds = list(methods), [int(k) for k in shots], [int(s) for s in seeds]
+    report = EvaluationReport()
+    with FeatureStore(store_path, "r") as store:
+        protocol = resolve_protocol(
+            store, methods, features=features, aux_features=aux_features, text=text, base=base,
+            train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
+        )
+        rows = split_rows(store, protocol)
+        labels = store.labels(train_split)
+        n_classes = len(protocol.classes)
+        y_val = store.labels(rows.val_split, rows.val_rows)
+        test_rows = np.flatnonzero(store.labels(test_split) >= 0)
+        y_test = store.labels(test_split, test_rows)
+        cache: dict = {}
+
+        def features_for(method):
+            key = "fusion" if method == "fusion" else "plain"
+            if key not in cache:
+                cache[key] = (
+                    read_features(store, rows.val_split, method, protocol, rows.val_rows),
+                    read_features(store, test_split, method, protocol, test_rows),
+                )
+            return cache[key]
+
+        report.config = {
+            "store": str(Path(store_path).resolve()), "classes": protocol.classes, "features": protocol.features,
+            "aux_features": protocol.aux_features, "text": protocol.text, "base": protocol.base,
+            "train_split": train_split, "test_split": test_split, "n_test": int(len(test_rows)),
+            "val": {"split": rows.val_split, "carved": rows.carved, "n": int(len(rows.val_rows)),
+                    "seed": VAL_SEED if rows.carved else None},
+            "methods": methods, "shots": shots, "seeds": seeds,
+        }
+        for k in shots:
+            for seed in seeds:
+                sample = sample_few_shot(labels, k, seed, n_classes, rows.train_candidates)
+                report.supports.append(sample.record(store.ids(train_split, sample.rows)))
+                y = labels[sample.rows]
+                for method in methods:
+                    X_val, X_test = features_for(method)
+                    X = read_features(store, train_split, method, protocol, sample.rows)
+                    estimator = build_estimator(method, protocol, store)
+                    metrics, hp = evaluate_one(estimator, method, X, y, X_val, y_val, X_test, y_test, n_classes)
+                    logger.info("%s %d-shot seed %d: top-1 %.4f", method, k, seed, metrics["top1"])
+                    report.runs.append({"method": method, "shots": k, "seed": seed, **metrics, "hyperparameters": hp})
+    return report
+
+
+def format_table(report: EvaluationReport, metric: str = "top1", percent: bool = True) -> str:
+    """A method x shots text table of ``mean ± ci95`` over seeds."""
+    summary = report.summary(metric)
+    shots = sorted({k for by in summary.values() for k in by})
+    scale = 100.0 if percent and metric != "ece" else 1.0
+    head = ["method"] + [f"{k}-shot" for k in shots]
+    rows = [head]
+    for method, by in summary.items():
+        cells = [method]
+        for k in shots:
+            if k in by:
+                m, ci = by[k]
+                cells.append(f"{m * scale:.2f} ± {ci * scale:.2f}" if scale != 1 else f"{m:.4f} ± {ci:.4f}")
+            else:
+                cells.append("n/a")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_accuracy(report: EvaluationReport, path: str | os.PathLike, metric: str = "top1") -> None:
+    """Write a PNG of the metric against shots (log2 axis), one line per method with 95% CI bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method, by in report.summary(metric).items():
+        ks = sorted(by)
+        ax.errorbar(ks, [by[k][0] for k in ks], yerr=[by[k][1] for k in ks], marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
