@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -27,6 +28,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 LIBVER = ("v110", "v110")
 
 _FLAGS_OFFSET = 11
+_READ_ATTEMPTS = 10
 _UINT32 = 0xFFFFFFFF
 
 
@@ -163,14 +165,40 @@ def describe_open_failure(path: Path, exc: Exception) -> StoreError:
     return StoreFormatError(f"{path}: the HDF5 file is truncated or corrupt ({reason})")
 
 
+def writer_flags(path: Path) -> int:
+    """The superblock's file-consistency flags: non-zero while a writer has the file open, or died."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return 0
+    if len(head) < 12 or head[:8] != HDF5_SIGNATURE or head[8] not in (2, 3):
+        return 0
+    return head[_FLAGS_OFFSET]
+
+
 def open_for_read(path: Path) -> h5py.File:
-    """Open a store read-only; works while a SWMR writer appends, and after a crash."""
-    for kwargs in ({"swmr": True}, {}):
+    """Open a store read-only; works while a SWMR writer appends, and after a crash.
+
+    SWMR reading is used only when a writer holds (or held) the file: it skips
+    HDF5's end-of-file check, so a truncated file would otherwise go unnoticed.
+    """
+    for attempt in range(_READ_ATTEMPTS):
+        flags = writer_flags(path)
         try:
-            return h5py.File(path, "r", locking=False, **kwargs)
+            return h5py.File(path, "r", locking=False, **({"swmr": True} if flags else {}))
         except (OSError, ValueError) as exc:
-            last = exc
-    raise describe_open_failure(path, last)
+            error = exc
+        # A writer opening the file, or switching to SWMR, can make a reader fail for a moment.
+        if not (flags or writer_flags(path)):
+            break
+        time.sleep(0.02 * (attempt + 1))
+    if "already open for write" in str(error):
+        raise StoreLockedError(
+            f"{path}: a writer has the store open and is not appending yet, or died before it "
+            "appended; try again, or open it for writing to recover it"
+        ) from None
+    raise describe_open_failure(path, error) from None
 
 
 def open_for_write(path: Path, create: bool) -> h5py.File:

@@ -33,13 +33,15 @@ import numpy as np
 from clipcache import __version__
 from clipcache.errors import StoreError, StoreFormatError, StoreMismatchError
 from clipcache.feature_store import _hdf5, schema
-from clipcache.feature_store.rows import Rows, normalize_rows, read_rows
+from clipcache.feature_store.rows import Rows, StringColumn, normalize_rows, read_rows
 
 logger = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype("utf-8")
 _MODES = ("r", "a", "w", "x")
 _NORM_TOL = 1e-3
+_STRING_COLUMNS = ("ids", "paths")
+_SKIPPED_COLUMNS = ("ids", "paths", "reasons")
 
 
 @dataclass(frozen=True)
@@ -427,12 +429,14 @@ class FeatureStore:
     def _create_split_group(group: h5py.Group) -> None:
         schema.mark_element(group, "split")
         group.attrs["created"] = _now()
-        chunk = (schema.COLUMN_CHUNK_ROWS,)
-        for name, dtype in (("ids", _STR), ("paths", _STR), ("labels", "i8"), ("views", "i2")):
-            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=chunk)
+        chunk = schema.COLUMN_CHUNK_ROWS
+        for name in _STRING_COLUMNS:
+            StringColumn.create(group, name, chunk)
+        for name, dtype in (("labels", "i8"), ("views", "i2")):
+            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,))
         skipped = group.create_group("skipped")
-        for name in ("ids", "paths", "reasons"):
-            skipped.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+        for name in _SKIPPED_COLUMNS:
+            StringColumn.create(skipped, name, 256)
         group.create_group("features")
         state = group.create_dataset("state", shape=(schema.STATE_FIXED,), maxshape=(None,), dtype="i8", chunks=(64,))
         state.attrs["features"] = "[]"
@@ -449,13 +453,14 @@ class FeatureStore:
             group = self._split(split)
             state, names = self._state(split)
             n = int(state[schema.STATE_ROWS])
-            for col in ("ids", "paths", "labels", "views"):
+            for col in _STRING_COLUMNS:
+                StringColumn(group[col]).truncate(n)
+            for col in ("labels", "views"):
                 if group[col].shape[0] != n:
                     group[col].resize((n,))
             k = int(state[schema.STATE_SKIPPED])
-            for col in group["skipped"].values():
-                if col.shape[0] != k:
-                    col.resize((k,))
+            for col in _SKIPPED_COLUMNS:
+                StringColumn(group["skipped"][col]).truncate(k)
             for i, name in enumerate(names):
                 rows = int(state[schema.STATE_FIXED + i])
                 ds = group["features"][name]
@@ -518,8 +523,10 @@ class FeatureStore:
         arrays = {name: self._check_features(split, name, x, b) for name, x in features.items()}
         h5 = self._appending()
         group = h5["splits"][split]
-        for col, values in (("ids", list(map(str, ids))), ("paths", list(map(str, paths))), ("labels", labels), ("views", views)):
-            _write_rows(group[col], n, values)
+        StringColumn(group["ids"]).append(n, [str(v) for v in ids])
+        StringColumn(group["paths"]).append(n, [str(v) for v in paths])
+        _write_rows(group["labels"], n, labels)
+        _write_rows(group["views"], n, views)
         for name, x in arrays.items():
             _write_rows(group["features"][name], n, x)
         h5.flush()
@@ -566,8 +573,8 @@ class FeatureStore:
         k = int(state[schema.STATE_SKIPPED])
         h5 = self._appending()
         group = h5["splits"][split]["skipped"]
-        for col, values in (("ids", ids), ("paths", paths), ("reasons", reasons)):
-            _write_rows(group[col], k, [str(v) for v in values])
+        for col, values in zip(_SKIPPED_COLUMNS, (ids, paths, reasons), strict=True):
+            StringColumn(group[col]).append(k, [str(v) for v in values])
         h5.flush()
         state[schema.STATE_SKIPPED] = k + len(ids)
         h5["splits"][split]["state"][:] = state
@@ -636,15 +643,17 @@ class FeatureStore:
 
     def _column(self, split: str, col: str, rows: Rows, n: int | None = None) -> np.ndarray:
         n = self.n_rows(split) if n is None else n
-        ds = self._split(split)[col]
+        obj = self._split(split)[col]
+        if isinstance(obj, h5py.Group):
+            obj = StringColumn(obj)
         if self.mode == "r" and self.h5.swmr_mode:
-            ds.refresh()
+            obj.refresh()
         sel = normalize_rows(rows, n, f"{self.path}: split {split!r}")
-        return self._read(ds, sel, f"{split}/{col}")
+        return self._read(obj, sel, f"{split}/{col}")
 
-    def _read(self, ds: h5py.Dataset, sel, what: str) -> np.ndarray:
+    def _read(self, obj: h5py.Dataset | StringColumn, sel, what: str) -> np.ndarray:
         try:
-            return read_rows(ds, sel)
+            return obj.read(sel) if isinstance(obj, StringColumn) else read_rows(obj, sel)
         except OSError as exc:
             raise StoreFormatError(f"{self.path}: cannot read {what}; the file is corrupt ({exc})") from None
 
@@ -720,7 +729,7 @@ class FeatureStore:
         """Samples that were skipped, as ``(id, path, reason)``."""
         k = int(self._state(split)[0][schema.STATE_SKIPPED])
         group = self._split(split)["skipped"]
-        cols = [self._read(group[c], slice(0, k), f"{split}/skipped/{c}") for c in ("ids", "paths", "reasons")]
+        cols = [self._read(StringColumn(group[c]), slice(0, k), f"{split}/skipped/{c}") for c in _SKIPPED_COLUMNS]
         return list(zip(*cols, strict=True))
 
     def fingerprint(self, split: str, name: str) -> str:

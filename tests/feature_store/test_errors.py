@@ -1,0 +1,161 @@
+"""Every way a store can be wrong gives one clear error naming the file, in the API and the CLI."""
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clipcache import (
+    FeatureStore,
+    StoreError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreVersionError,
+)
+from clipcache.cli import cli
+from tests.conftest import unit_rows
+
+
+def _info_error(path) -> str:
+    result = CliRunner().invoke(cli, ["info", str(path)])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StoreError, match="no such file"):
+        FeatureStore(tmp_path / "nope.h5")
+    assert "nope.h5: no such file" in _info_error(tmp_path / "nope.h5")
+
+
+def test_not_hdf5(tmp_path):
+    (tmp_path / "x.h5").write_text("hello")
+    with pytest.raises(StoreFormatError, match="not an HDF5 file"):
+        FeatureStore(tmp_path / "x.h5")
+    assert "x.h5: not an HDF5 file" in _info_error(tmp_path / "x.h5")
+
+
+def test_hdf5_but_not_a_store(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = [1, 2, 3]
+    with pytest.raises(StoreFormatError, match="not a clipcache feature store"):
+        FeatureStore(tmp_path / "other.h5")
+    assert "not a clipcache feature store" in _info_error(tmp_path / "other.h5")
+
+
+def test_newer_format_version_says_to_upgrade(synthetic_store):
+    path, _ = synthetic_store
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(StoreVersionError, match="format version 2.*pip install -U clipcache"):
+        FeatureStore(path)
+    assert "version 2" in _info_error(path)
+
+
+def test_newer_element_version_names_the_element(synthetic_store):
+    path, _ = synthetic_store
+    with h5py.File(path, "r+") as f:
+        f["splits/train"].attrs["encoding_version"] = 7
+    with FeatureStore(path) as store, pytest.raises(StoreVersionError, match="/splits/train.*version 7"):
+        store.features("train", "clip")
+
+
+def test_truncated_file(synthetic_store):
+    path, _ = synthetic_store
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreFormatError, match="truncated or corrupt"):
+        FeatureStore(path)
+    assert "truncated or corrupt" in _info_error(path)
+
+
+def test_corrupt_superblock(synthetic_store):
+    path, _ = synthetic_store
+    data = bytearray(path.read_bytes())
+    data[20:44] = bytes(24)
+    path.write_bytes(bytes(data))
+    assert "truncated or corrupt" in _info_error(path)
+
+
+def test_feature_set_from_another_model_is_refused(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path, "a") as store:
+        with pytest.raises(StoreMismatchError, match="'clip' was made with a different model"):
+            store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "ViT-B-32", "pretrained": "none"})
+        with pytest.raises(StoreMismatchError, match="different dim"):
+            store.add_feature_set("clip", 32, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
+        # the same identity is accepted again, whatever else the provenance says
+        store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none", "created": "now"})
+
+
+def test_different_class_list_is_refused(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path, "a") as store, pytest.raises(StoreMismatchError, match="4 classes"):
+        store.set_classes(["x", "y"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"labels": [0, 9]}, "label 9 is outside"),
+        ({"x": np.array([[np.nan] * 4, [1, 0, 0, 0]], np.float32)}, "NaN or inf"),
+        ({"x": np.ones((2, 4), np.float32)}, "marked normalized but a row has norm 2.0000"),
+        ({"x": np.ones((2, 3), np.float32)}, r"shape \(2, 3\), expected \(2, 4\)"),
+        ({"ids": ["a"]}, "same length"),
+        ({"features": {}}, "needs features for exactly"),
+    ],
+)
+def test_bad_append_is_refused_and_writes_nothing(tmp_path, change, message):
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a", "b"])
+        store.add_feature_set("f", 4)
+        store.create_split("s", ["f"])
+        x = change.get("x", unit_rows(np.random.default_rng(0), 2, 4))
+        kwargs = {"ids": change.get("ids", ["1", "2"]), "paths": ["", ""], "labels": change.get("labels", [0, 1]),
+                  "features": change.get("features", {"f": x})}
+        with pytest.raises(StoreError, match=message):
+            store.append("s", **kwargs)
+        assert store.n_rows("s") == 0
+
+
+def test_complete_split_refuses_appends(synthetic_store):
+    path, _ = synthetic_store
+    x = unit_rows(np.random.default_rng(0), 1, 16)
+    with FeatureStore(path, "a") as store, pytest.raises(StoreError, match="'train' is complete"):
+        store.append("train", ids=["z"], paths=[""], labels=[0], features={"clip": x})
+
+
+def test_read_only_store_refuses_writes(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path) as store, pytest.raises(StoreError, match="opened read-only"):
+        store.set_metadata("k", 1)
+
+
+def test_second_writer_is_locked_out(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path, "a"):
+        with pytest.raises(StoreLockedError, match="another process is writing"):
+            FeatureStore(path, "a")
+        with FeatureStore(path) as reader:  # readers are never locked out
+            assert reader.n_rows("train") == 40
+
+
+def test_unknown_split_and_feature_set_list_what_exists(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path) as store:
+        with pytest.raises(StoreError, match=r"no split 'val' \(the store has: test, train\)"):
+            store.labels("val")
+        with pytest.raises(StoreError, match="no feature set 'dino'"):
+            store.features("train", "dino")
+        with pytest.raises(StoreError, match="row 40 is outside the 40 committed rows"):
+            store.features("train", "clip", [0, 40])
+
+
+def test_create_exclusive_refuses_existing_file(synthetic_store):
+    path, _ = synthetic_store
+    with pytest.raises(StoreError, match="already exists"):
+        FeatureStore(path, "x")

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+from clipcache import FeatureStore
+from tests.conftest import unit_rows
+
+
+def test_columns_and_features_round_trip(synthetic_store):
+    path, written = synthetic_store
+    with FeatureStore(path) as store:
+        assert store.splits == ["test", "train"]
+        assert store.classes == ["class0", "class1", "class2", "class3"]
+        for split, w in written.items():
+            x, y = store.to_numpy(split, "clip")
+            np.testing.assert_array_equal(x, w["x"])
+            np.testing.assert_array_equal(y, w["y"])
+            assert x.dtype == np.float32 and y.dtype == np.int64
+            assert list(store.ids(split)) == w["ids"]
+            assert store.paths(split)[3] == f"/img/{w['ids'][3]}.jpg"
+            assert store.is_complete(split)
+
+
+def test_feature_set_provenance_round_trips(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path) as store:
+        info = store.feature_sets["clip"]
+    assert (info.dim, info.dtype, info.normalized) == (16, "float32", True)
+    assert info.provenance == {"backbone": "open_clip", "model": "tiny", "pretrained": "none"}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [slice(5, 17), slice(None, None, 3), [7, 2, 2, 39, 0], np.array([], dtype=int), np.arange(40) % 2 == 0],
+    ids=["slice", "strided", "fancy-repeats", "empty", "mask"],
+)
+def test_row_selection_equals_numpy_indexing(synthetic_store, rows):
+    path, written = synthetic_store
+    with FeatureStore(path) as store:
+        got = store.features("train", "clip", rows)
+        got_ids = store.ids("train", rows)
+    np.testing.assert_array_equal(got, written["train"]["x"][rows].reshape(-1, 16))
+    assert list(got_ids) == list(np.asarray(written["train"]["ids"], dtype=object)[rows])
+
+
+def test_row_selection_across_many_chunks(tmp_path):
+    rng = np.random.default_rng(1)
+    x = unit_rows(rng, 3000, 256)  # 1 MiB chunks of 1024 rows: three chunks
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", 256)
+        store.create_split("s", ["f"])
+        store.append("s", ids=[str(i) for i in range(3000)], paths=[""] * 3000, labels=np.zeros(3000), features={"f": x})
+        rows = rng.permutation(3000)[:700]
+        np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])
+
+
+def test_iter_chunks_covers_the_split_in_order(synthetic_store):
+    path, written = synthetic_store
+    with FeatureStore(path) as store:
+        chunks = list(store.iter_chunks("train", "clip", chunk_rows=16))
+        picked = list(store.iter_chunks("train", "clip", chunk_rows=3, rows=[9, 1, 5, 30]))
+    assert [len(c.rows) for c in chunks] == [16, 16, 8]
+    np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), written["train"]["x"])
+    np.testing.assert_array_equal(np.concatenate([c.labels for c in chunks]), written["train"]["y"])
+    np.testing.assert_array_equal(np.concatenate([c.rows for c in picked]), [9, 1, 5, 30])
+    np.testing.assert_array_equal(picked[1].features, written["train"]["x"][[30]])
+
+
+def test_float16_storage_round_trips_within_tolerance(tmp_path):
+    x = unit_rows(np.random.default_rng(2), 50, 64)
+    with FeatureStore(tmp_path / "h.h5", "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", 64, dtype="float16")
+        store.create_split("s", ["f"])
+        store.append("s", ids=list("x" * 50), paths=[""] * 50, labels=np.zeros(50), features={"f": x})
+    with FeatureStore(tmp_path / "h.h5") as store:
+        got = store.features("s", "f")
+        assert store.h5["splits/s/features/f"].dtype == np.float16
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, x, atol=1e-3)
+    assert np.abs(got - x).max() > 0  # really stored at half precision
+
+
+def test_views_skipped_and_metadata_round_trip(tmp_path):
+    x = unit_rows(np.random.default_rng(3), 6, 4)
+    with FeatureStore(tmp_path / "v.h5", "w") as store:
+        store.set_classes(["a", "b"])
+        store.add_feature_set("f", 4)
+        store.create_split("support", ["f"])
+        store.append("support", ids=["a", "a", "a", "b", "b", "b"], paths=[""] * 6, labels=[0, 0, 0, 1, 1, 1],
+                     features={"f": x}, views=[0, 1, 2, 0, 1, 2])
+        store.record_skipped("support", ids=["c"], paths=["c.png"], reasons=["cannot identify image file"])
+        store.set_metadata("extract", {"seed": 7, "views": 3})
+    with FeatureStore(tmp_path / "v.h5") as store:
+        np.testing.assert_array_equal(store.views("support"), [0, 1, 2, 0, 1, 2])
+        assert store.skipped("support") == [("c", "c.png", "cannot identify image file")]
+        assert store.metadata == {"extract": {"seed": 7, "views": 3}}
+        assert store.describe()["splits"]["support"]["views"] == 3
+
+
+def test_text_embeddings_round_trip_and_class_means(tmp_path):
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(6, 8)).astype(np.float32)
+    idx = np.array([0, 1, 2, 0, 1, 2])
+    with FeatureStore(tmp_path / "t.h5", "w") as store:
+        store.set_classes(["a", "b", "c"])
+        store.write_text("simple", emb, idx, ["p"] * 6, provenance={"model": "m"}, templates=["a {}", "b {}"])
+    with FeatureStore(tmp_path / "t.h5") as store:
+        text = store.text("simple")
+    np.testing.assert_array_equal(text.embeddings, emb)
+    assert text.templates == ["a {}", "b {}"] and text.provenance == {"model": "m"}
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    mean = unit[[1, 4]].mean(axis=0)
+    np.testing.assert_allclose(text.class_embeddings()[1], mean / np.linalg.norm(mean), rtol=1e-6)
+
+
+def test_feature_set_added_later_is_filled_and_completes(synthetic_store):
+    path, written = synthetic_store
+    aux = np.random.default_rng(5).normal(size=(40, 3)).astype(np.float32)
+    with FeatureStore(path, "a") as store:
+        store.add_feature_set("aux", 3, normalized=False, provenance={"model": "aux"})
+        store.create_split("train", ["aux"])
+        assert not store.is_complete("train")
+        store.append_features("train", "aux", aux[:25])
+        store.append_features("train", "aux", aux[25:])
+        store.mark_complete("train")
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.features("train", "aux"), aux)
+        np.testing.assert_array_equal(store.features("train", "clip"), written["train"]["x"])
+        assert store.is_complete("train")
+
+
+def test_fingerprint_changes_with_rows_and_recreation(tmp_path):
+    from tests.conftest import write_synthetic_store
+
+    path = tmp_path / "f.h5"
+    write_synthetic_store(path)
+    with FeatureStore(path) as store:
+        first = store.fingerprint("train", "clip")
+        assert first == store.fingerprint("train", "clip")
+        assert first != store.fingerprint("test", "clip")
+    write_synthetic_store(path)
+    with FeatureStore(path) as store:
+        assert store.fingerprint("train", "clip") != first
