@@ -40,7 +40,7 @@ def alpha_intervals(base: np.ndarray, delta: np.ndarray, y: np.ndarray) -> tuple
     lo = np.where(dv > 0, t, -np.inf).max(axis=1)
     hi = np.where(dv < 0, t, np.inf).min(axis=1)
     never = ((dv == 0) & (dz < 0)).any(axis=1)
-    lo[never] = np.inf
+    lo[never], hi[never] = np.inf, -np.inf
     return lo, hi
 
 

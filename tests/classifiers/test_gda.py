@@ -1,0 +1,197 @@
+import logging
+
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn.covariance import ledoit_wolf
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+from clipcache import ClipCacheError, FeatureStore
+from clipcache.classifiers import ClassMeanClassifier, GDAClassifier, InvalidFeaturesError
+
+
+def _imbalanced(seed=0, d=10, n_classes=4):
+    rng = np.random.default_rng(seed)
+    counts = np.array([30, 12, 20, 45])[:n_classes]
+    y = np.repeat(np.arange(n_classes), counts)
+    mu = rng.normal(size=(n_classes, d))
+    X = (mu[y] + rng.normal(size=(len(y), d)) @ rng.normal(size=(d, d)) * 0.5).astype(np.float32)
+    return X, y
+
+
+def _iclr_reference(X, y):
+    """The ICLR 2024 baseline's formulas, written out in float64 (uniform priors)."""
+    X = X.astype(np.float64)
+    classes = np.unique(y)
+    mus = np.stack([X[y == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([X[y == c] - mus[i] for i, c in enumerate(classes)])
+    cov = np.cov(centred.T)
+    d = X.shape[1]
+    prec = d * np.linalg.pinv((len(centred) - 1) * cov + np.trace(cov) * np.eye(d))
+    W = mus @ prec
+    b = np.log(np.full(len(classes), 1 / len(classes))) - 0.5 * np.einsum("kd,de,ke->k", mus, prec, mus)
+    return W, b
+
+
+def test_iclr2024_matches_reference_formula():
+    X, y = _imbalanced()
+    clf = GDAClassifier().fit(X, y)
+    W, b = _iclr_reference(X, y)
+    np.testing.assert_allclose(clf.coef_, W, rtol=1e-5, atol=1e-5 * np.abs(W).max())
+    np.testing.assert_allclose(clf.logits(X), X.astype(np.float64) @ W.T + b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.2, 0.9])
+def test_shrinkage_matches_sklearn_lda_lsqr_with_empirical_priors(shrinkage):
+    X, y = _imbalanced()
+    ours = GDAClassifier(precision="shrinkage", shrinkage=shrinkage, priors="empirical").fit(X, y)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(X.astype(np.float64), y)
+    np.testing.assert_allclose(ours.logits(X), ref.decision_function(X.astype(np.float64)), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X.astype(np.float64)), atol=1e-5)
+
+
+def test_shrinkage_matches_sklearn_lda_lsqr_with_uniform_priors():
+    X, y = _imbalanced(1)
+    ours = GDAClassifier(precision="shrinkage", shrinkage=0.3, priors="uniform").fit(X, y)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.3, priors=np.full(4, 0.25)).fit(X.astype(np.float64), y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X.astype(np.float64)), atol=1e-5)
+
+
+def test_ledoit_wolf_intensity_matches_sklearn_on_residuals():
+    X, y = _imbalanced(2, d=30)
+    clf = GDAClassifier(precision="ledoit-wolf").fit(X, y)
+    means = np.stack([X[y == c].mean(axis=0) for c in range(4)]).astype(np.float64)
+    _, delta = ledoit_wolf(X - means[y], assume_centered=True)
+    assert clf.shrinkage_ == pytest.approx(delta, rel=1e-5)
+
+
+def test_near_bayes_optimal_on_gaussian_data():
+    rng = np.random.default_rng(3)
+    d, n_classes = 8, 3
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T / d + 0.5 * np.eye(d)
+    mu = rng.normal(size=(n_classes, d)) * 0.8
+    chol = np.linalg.cholesky(cov)
+
+    def draw(n):
+        y = rng.integers(0, n_classes, n)
+        return (mu[y] + rng.normal(size=(n, d)) @ chol.T).astype(np.float32), y
+
+    X, y = draw(3000)
+    Xt, yt = draw(20000)
+    prec = np.linalg.inv(cov)
+    bayes = (Xt @ prec @ mu.T - 0.5 * np.einsum("kd,de,ke->k", mu, prec, mu)).argmax(axis=1)
+    bayes_acc = np.mean(bayes == yt)
+    acc = GDAClassifier(precision="ledoit-wolf").fit(X, y).score(Xt, yt)
+    assert bayes_acc - acc < 0.01
+
+
+def test_streaming_fit_equals_in_memory_fit():
+    X, y = _imbalanced(4)
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        return ((X[i : i + 7], y[i : i + 7]) for i in range(0, len(X), 7))
+
+    for precision in ("iclr2024", "ledoit-wolf", "shrinkage"):
+        a = GDAClassifier(precision=precision).fit(X, y)
+        b = GDAClassifier(precision=precision).fit_chunks(chunks)
+        np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.intercept_, a.intercept_, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 6  # two passes per fit
+
+
+def test_fit_store_streams_rows_of_a_split(tmp_path):
+    X, y = _imbalanced(5)
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a", "b", "c", "d"])
+        store.add_feature_set("f", X.shape[1], normalized=False, provenance={"model": "m"})
+        store.create_split("train", ["f"])
+        ids = [str(i) for i in range(len(y))]
+        store.append("train", ids=ids, paths=ids, labels=y, features={"f": X})
+        store.mark_complete("train")
+        rows = np.arange(0, len(y), 2)
+        streamed = GDAClassifier().fit_store(store, "train", "f", rows=rows, chunk_rows=5)
+    direct = GDAClassifier().fit(X[rows], y[rows])
+    np.testing.assert_allclose(streamed.coef_, direct.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(streamed.classes_, direct.classes_)
+
+
+def test_one_shot_falls_back_to_identity_covariance(caplog):
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(4, 6)).astype(np.float32), np.arange(4)
+    with caplog.at_level(logging.WARNING):
+        clf = GDAClassifier().fit(X, y)
+    assert clf.fallback_ == "identity" and "identity covariance" in caplog.text
+    Xt = rng.normal(size=(50, 6)).astype(np.float32)
+    nearest = ((Xt[:, None, :] - X[None]) ** 2).sum(-1).argmin(axis=1)
+    np.testing.assert_array_equal(clf.predict(Xt), nearest)
+
+
+def test_more_dimensions_than_samples_still_classifies(blobs):
+    rng = np.random.default_rng(7)
+    d = 200  # d > N = 40
+    proj = rng.normal(size=(16, d)).astype(np.float32)
+    clf = GDAClassifier().fit(blobs["X"] @ proj, blobs["y"])
+    assert np.isfinite(clf.coef_).all()
+    assert clf.score(blobs["Xt"] @ proj, blobs["yt"]) > 0.6
+
+
+def test_gda_beats_class_mean_with_correlated_noise():
+    rng = np.random.default_rng(8)
+    d = 12
+    mix = np.eye(d) + 2.0 * np.outer(np.ones(d), np.ones(d)) / np.sqrt(d)
+    mu = rng.normal(size=(4, d)) * 0.6
+
+    def draw(n):
+        y = np.repeat(np.arange(4), n)
+        return (mu[y] + rng.normal(size=(len(y), d)) @ mix).astype(np.float32), y
+
+    (X, y), (Xt, yt) = draw(16), draw(200)
+    gda = GDAClassifier().fit(X, y).score(Xt, yt)
+    ncm = ClassMeanClassifier(normalize=False).fit(X, y).score(Xt, yt)
+    assert gda > ncm + 0.05
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_raise(blobs, bad):
+    X = blobs["X"].copy()
+    X[3, 2] = bad
+    with pytest.raises(InvalidFeaturesError, match="NaN or inf"):
+        GDAClassifier().fit(X, blobs["y"])
+
+
+def test_non_finite_features_in_stream_raise(blobs):
+    X = blobs["X"].copy()
+    X[0, 0] = np.nan
+    with pytest.raises(ClipCacheError, match="NaN or inf"):
+        GDAClassifier().fit_chunks(lambda: [(X, blobs["y"])])
+
+
+def test_single_class_raises(blobs):
+    with pytest.raises(InvalidFeaturesError, match="at least 2 classes"):
+        GDAClassifier().fit(blobs["X"], np.zeros(len(blobs["X"]), dtype=int))
+
+
+def test_bad_precision_name_raises(blobs):
+    with pytest.raises(ClipCacheError, match="precision='oas' is not one of"):
+        GDAClassifier(precision="oas").fit(blobs["X"], blobs["y"])
+
+
+def test_float32_throughout(blobs):
+    clf = GDAClassifier().fit(blobs["X"].astype(np.float64), blobs["y"])
+    assert clf.coef_.dtype == np.float32 and clf.predict_proba(blobs["Xt"]).dtype == np.float32
+
+
+def test_torch_backend_matches_numpy(blobs):
+    a = GDAClassifier().fit(blobs["X"], blobs["y"])
+    b = GDAClassifier(device="cpu").fit(blobs["X"], blobs["y"])
+    np.testing.assert_allclose(b.logits(blobs["Xt"]), a.logits(blobs["Xt"]), rtol=1e-4, atol=1e-3)
+
+
+def test_predictions_are_bayes_rule_probabilities(blobs):
+    clf = GDAClassifier().fit(blobs["X"], blobs["y"])
+    z = clf.logits(blobs["Xt"]).astype(np.float64)
+    np.testing.assert_allclose(clf.predict_proba(blobs["Xt"]), scipy.special.softmax(z, axis=1), atol=1e-6)
+    _ = scipy.stats  # keep the import used

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from clipcache.classifiers import InvalidFeaturesError, KNNClassifier
+
+
+def _reference_proba(X, y, Q, k, weights, n_classes=5):
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    sims = Qn @ Xn.T
+    out = np.zeros((len(Q), n_classes))
+    for i in range(len(Q)):
+        nn = np.argsort(-sims[i], kind="stable")[:k]
+        for j in nn:
+            out[i, y[j]] += 1.0 if weights == "uniform" else 1.0 / max(1 - sims[i, j], 1e-6)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_votes_equal_brute_force(blobs, weights):
+    clf = KNNClassifier(n_neighbors=5, weights=weights).fit(blobs["X"], blobs["y"])
+    ref = _reference_proba(blobs["X"], blobs["y"], blobs["Xt"], 5, weights)
+    np.testing.assert_allclose(clf.predict_proba(blobs["Xt"]), ref, atol=1e-5)
+
+
+def test_inner_product_metric_uses_raw_features(blobs):
+    X = blobs["X"] * np.linspace(0.5, 2, len(blobs["X"]), dtype=np.float32)[:, None]
+    clf = KNNClassifier(n_neighbors=1, metric="ip").fit(X, blobs["y"])
+    np.testing.assert_array_equal(clf.predict(blobs["Xt"]), blobs["y"][(blobs["Xt"] @ X.T).argmax(axis=1)])
+
+
+def test_k_larger_than_support_is_capped(blobs):
+    assert KNNClassifier(n_neighbors=1000).fit(blobs["X"], blobs["y"]).n_neighbors_ == len(blobs["X"])
+
+
+def test_distance_weights_need_cosine(blobs):
+    with pytest.raises(InvalidFeaturesError, match='needs metric="cosine"'):
+        KNNClassifier(metric="ip", weights="distance").fit(blobs["X"], blobs["y"])
