@@ -1,0 +1,181 @@
+"""Queries per second of clipcache search against numpy brute force, on the same data in one run.
+
+The database (default 200,000 x 512 L2-normalised float32 vectors) is written
+to a temporary feature store; clipcache indexes it block by block
+(``clipcache.retrieval.build_index``) and searches it; the peer is numpy brute
+force: ``queries @ db.T`` per block of queries, then ``argpartition`` and a sort
+of the k best. Both get every core.
+
+The vectors are synthetic but clustered like real embeddings (``--clusters``
+centres on the sphere plus noise), because IVF on structureless uniform data
+needs to probe most lists; pass ``--clusters 0`` for uniform data.
+
+Printed: build time, queries/s, the speed-up over numpy, how many result ids
+equal numpy's where numpy's scores are not tied, the largest score difference,
+and for IVF the recall@k (against numpy's exact result) at several nprobe.
+
+Run: ``python benchmarks/search_speed.py`` (about 4 minutes on 2 cores);
+``--gpu`` searches with faiss-gpu when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import faiss
+import numpy as np
+
+from clipcache import FeatureStore
+from clipcache.retrieval import build_index, gpu_available
+
+
+def make_data(n: int, nq: int, d: int, clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Database (n, d) and queries (nq, d), float32, L2-normalised, drawn around shared centres."""
+    rng = np.random.default_rng(seed)
+    total = n + nq
+    out = np.empty((total, d), dtype=np.float32)
+    centres = rng.standard_normal((max(clusters, 1), d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    for start in range(0, total, 50_000):
+        b = min(50_000, total - start)
+        x = rng.standard_normal((b, d), dtype=np.float32)
+        if clusters:
+            x *= np.float32(noise / np.sqrt(d))
+            x += centres[rng.integers(0, clusters, b)]
+        out[start : start + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out[:n], out[n:]
+
+
+def numpy_knn(xb: np.ndarray, xq: np.ndarray, k: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k with numpy: (scores (q, k) float32, ids (q, k) int64), best first."""
+    scores = np.empty((len(xq), k), dtype=np.float32)
+    ids = np.empty((len(xq), k), dtype=np.int64)
+    for start in range(0, len(xq), block):
+        s = xq[start : start + block] @ xb.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        ids[start : start + block] = np.take_along_axis(part, order, axis=1)
+        scores[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return scores, ids
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's true top-k found, for (q, k) id arrays."""
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
+    return hits / truth.size
+
+
+def agreement(rows: np.ndarray, scores: np.ndarray, ref_ids: np.ndarray, ref_scores: np.ndarray, tol: float) -> dict:
+    """How far a result is from numpy's: ids equal where untied, max score difference."""
+    gaps = np.diff(ref_scores, axis=1)
+    untied = np.ones(ref_ids.shape, dtype=bool)
+    untied[:, 1:] &= gaps < -tol
+    untied[:, :-1] &= gaps < -tol
+    return {
+        "untied_fraction": float(untied.mean()),
+        "ids_equal_where_untied": float((rows[untied] == ref_ids[untied]).mean()),
+        "ids_equal_all": float((rows == ref_ids).mean()),
+        "max_score_diff": float(np.abs(scores - ref_scores).max()),
+    }
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000, help="database vectors")
+    p.add_argument("--nq", type=int, default=10_000, help="queries")
+    p.add_argument("--d", type=int, default=512, help="dimension")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=1000, help="centres of the synthetic data; 0 for uniform")
+    p.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the unit centres")
+    p.add_argument("--nlist", type=int, default=1024, help="IVF lists")
+    p.add_argument("--nprobe", default="4,8,16,32,64,128", help="comma-separated nprobe values to measure")
+    p.add_argument("--hnsw", action="store_true", help="also measure HNSW32 (slow to build on few cores)")
+    p.add_argument("--gpu", action="store_true", help="search with faiss-gpu when installed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+
+    print(
+        f"# search_speed: n={args.n} d={args.d} queries={args.nq} k={args.k} clusters={args.clusters} "
+        f"noise={args.noise}; faiss {faiss.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+        f"faiss threads {faiss.omp_get_max_threads()}, gpu={'yes' if args.gpu and gpu_available() else 'no'}"
+    )
+    xb, xq = make_data(args.n, args.nq, args.d, args.clusters, args.noise, args.seed)
+    figures: dict = {"config": vars(args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.h5")
+        with FeatureStore(path, "w") as store:
+            store.set_classes(["x"])
+            store.add_feature_set("clip", args.d, provenance={"model": "synthetic"})
+            store.create_split("db", ["clip"])
+            for start in range(0, args.n, 50_000):
+                b = min(50_000, args.n - start)
+                ids = [str(i) for i in range(start, start + b)]
+                store.append("db", ids=ids, paths=ids, labels=np.zeros(b, np.int64), features={"clip": xb[start : start + b]})
+            store.mark_complete("db")
+
+        (ref_scores, ref_ids), t_np = timed(numpy_knn, xb, xq, args.k)
+        qps_np = args.nq / t_np
+        print(f"numpy brute force:   {qps_np:10.0f} queries/s  ({t_np:.2f} s)")
+        figures["numpy"] = {"qps": qps_np, "seconds": t_np}
+
+        with FeatureStore(path, "r") as store:
+            flat, t_build = timed(build_index, store, "db", "clip", gpu=args.gpu)
+        flat.search(xq[:100], args.k)  # warm-up
+        res, t_flat = timed(flat.search, xq, args.k)
+        agree = agreement(res.rows, res.scores, ref_ids, ref_scores, 1e-5)
+        qps = args.nq / t_flat
+        print(
+            f"clipcache Flat ({flat.device}): {qps:10.0f} queries/s  ({t_flat:.2f} s, build {t_build:.2f} s)  "
+            f"speed-up {qps / qps_np:5.2f}x; ids equal where untied {agree['ids_equal_where_untied']:.4%} "
+            f"({agree['untied_fraction']:.2%} untied), all ids {agree['ids_equal_all']:.4%}, "
+            f"max |score diff| {agree['max_score_diff']:.2e}"
+        )
+        figures["flat"] = {"qps": qps, "seconds": t_flat, "build_seconds": t_build, "speedup": qps / qps_np, **agree}
+        del flat
+
+        with FeatureStore(path, "r") as store:
+            ivf, t_build = timed(build_index, store, "db", "clip", factory=f"IVF{args.nlist},Flat", gpu=args.gpu)
+        print(f"clipcache IVF{args.nlist},Flat ({ivf.device}): build {t_build:.1f} s (trained on {ivf.meta['train_rows']} rows)")
+        figures["ivf"] = {"build_seconds": t_build, "train_rows": ivf.meta["train_rows"], "nprobe": {}}
+        print(f"  {'nprobe':>6}  {'queries/s':>10}  {'speed-up':>8}  recall@{args.k}")
+        for nprobe in [int(v) for v in args.nprobe.split(",")]:
+            ivf.set_search_params(nprobe=nprobe)
+            ivf.search(xq[:100], args.k)
+            res, t = timed(ivf.search, xq, args.k)
+            r = recall(res.rows, ref_ids)
+            qps = args.nq / t
+            default = "  (default)" if nprobe == max(1, args.nlist // 16) else ""
+            print(f"  {nprobe:>6}  {qps:>10.0f}  {qps / qps_np:>7.1f}x  {r:.4f}{default}")
+            figures["ivf"]["nprobe"][nprobe] = {"qps": qps, "speedup": qps / qps_np, "recall": r}
+        del ivf
+
+        if args.hnsw:
+            with FeatureStore(path, "r") as store:
+                hnsw, t_build = timed(build_index, store, "db", "clip", factory="HNSW32")
+            hnsw.search(xq[:100], args.k)
+            res, t = timed(hnsw.search, xq, args.k)
+            r = recall(res.rows, ref_ids)
+            qps = args.nq / t
+            print(f"clipcache HNSW32 (efSearch 128): {qps:10.0f} queries/s  speed-up {qps / qps_np:.1f}x  recall {r:.4f}  build {t_build:.0f} s")
+            figures["hnsw"] = {"qps": qps, "speedup": qps / qps_np, "recall": r, "build_seconds": t_build}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
