@@ -64,7 +64,7 @@ def _print_report(report) -> None:
     if skipped:
         click.echo(f"Skipped {len(skipped)} unreadable images:", err=True)
         for split, (sid, _, reason) in skipped[:_MAX_SKIPPED_SHOWN]:
-            click.echo(f"  {split}/{sid}: {reason}", err=True)
+            click.echo(f"  [{split}] {sid}: {reason}", err=True)
         if len(skipped) > _MAX_SKIPPED_SHOWN:
             click.echo(f"  ... and {len(skipped) - _MAX_SKIPPED_SHOWN} more (see clipcache info).", err=True)
 

@@ -138,35 +138,42 @@ def test_resume_with_other_flags_is_refused(image_folder, tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys, torch
+    import os, signal, torch, h5py
     torch.set_num_threads({threads})
-    import clipcache.feature_store.store as store_module
+    from clipcache.feature_store import FeatureStore
     from clipcache.extract.loop import ExtractConfig, RunOptions, extract
-    real, calls = store_module._write_rows, [0]
-    def dying(*args):
+    real_append, real_flush, calls, dying = FeatureStore.append, h5py.File.flush, [0], [False]
+    def append(self, *args, **kwargs):
         calls[0] += 1
         if calls[0] == {kill_at}:
+            if {mid_write}:
+                dying[0] = True  # die at the first flush: rows written, not yet committed
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_append(self, *args, **kwargs)
+    def flush(self):
+        if dying[0]:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args)
-    store_module._write_rows = dying
+        return real_flush(self)
+    FeatureStore.append, h5py.File.flush = append, flush
     extract({path!r}, ExtractConfig(**{config!r}), RunOptions(progress=False))
     """
 )
 
 
-def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path):
+@pytest.mark.parametrize("mid_write", [False, True], ids=["between-batches", "mid-append"])
+def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path, mid_write):
     _corrupt(image_folder)
     config = _config(image_folder)
     extract(tmp_path / "full.h5", config, QUIET)
     killed = tmp_path / "killed.h5"
     kwargs = {k: getattr(config, k) for k in ("source", "model", "pretrained", "aux", "image_size", "batch_size")}
-    # 6 column writes per committed batch (+3 per skipped record): die inside the third append.
-    script = _KILL_SCRIPT.format(threads=torch.get_num_threads(), kill_at=17, path=str(killed), config=kwargs)
+    script = _KILL_SCRIPT.format(threads=torch.get_num_threads(), kill_at=3, mid_write=mid_write, path=str(killed), config=kwargs)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     with FeatureStore(killed, "a") as fs:
-        partial = fs.n_rows("train")
-    assert 0 < partial < 10
+        assert fs.n_rows("train") == 7  # two committed batches of 4, less one skipped image
+        assert [s[0] for s in fs.skipped("train")] == ["train/circle/002.png", "train/square/004.png"]
     extract(killed, config, QUIET, resume=True)
     assert snapshot(killed) == snapshot(tmp_path / "full.h5")
 

@@ -1,0 +1,95 @@
+"""The extract, text, merge and demo-data commands."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clipcache import FeatureStore
+from clipcache.cli.main import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*.png")):
+        h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_demo_data_is_deterministic(runner, tmp_path):
+    for name in ("a", "b"):
+        result = runner.invoke(cli, ["demo-data", str(tmp_path / name), "--train-per-class", "2", "--test-per-class", "1"])
+        assert result.exit_code == 0, result.output
+    assert "Wrote 12 images of 4 classes" in result.output
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+def test_extract_with_templates_and_info(runner, image_folder, tmp_path):
+    store = tmp_path / "s.h5"
+    args = ["extract", str(image_folder), str(store), "--model", "clipcache-tiny-vit", "--pretrained", "none",
+            "--templates", "simple", "--workers", "0", "--batch-size", "5"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "train 12, test 6 rows of clip" in result.output
+    with FeatureStore(store) as fs:
+        assert fs.text_names == ["simple"] and fs.n_rows("train") == 12
+
+
+def test_conflicting_flags_are_rejected_before_work(runner, image_folder, tmp_path):
+    store = tmp_path / "s.h5"
+    result = runner.invoke(cli, ["extract", str(image_folder), str(store), "--aux", "efficientnet-lite0", "--resume", "--overwrite"])
+    assert result.exit_code == 2 and "contradict" in result.output
+    assert not store.exists()
+
+
+def test_model_without_pretrained_is_rejected(runner, image_folder, tmp_path):
+    result = runner.invoke(cli, ["extract", str(image_folder), str(tmp_path / "s.h5"), "--model", "ViT-B-32"])
+    assert result.exit_code == 2 and "--pretrained" in result.output
+
+
+def test_library_error_is_one_line(runner, image_folder, tmp_path):
+    result = runner.invoke(cli, ["extract", str(image_folder), str(tmp_path / "s.h5"), "--aux", "resnet"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("Error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_skipped_images_are_reported(runner, image_folder, tmp_path):
+    (image_folder / "test" / "square" / "001.png").write_bytes(b"broken")
+    args = ["extract", str(image_folder), str(tmp_path / "s.h5"), "--model", "clipcache-tiny-vit", "--pretrained", "none",
+            "--split", "test", "--workers", "0"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "Skipped 1 unreadable images" in result.output and "[test] test/square/001.png" in result.output
+
+
+def test_shard_and_merge_commands(runner, image_folder, tmp_path):
+    base = ["extract", str(image_folder), "--model", "clipcache-tiny-vit", "--pretrained", "none", "--workers", "0",
+            "--batch-size", "4"]
+    for i in range(2):
+        result = runner.invoke(cli, base[:2] + [str(tmp_path / f"s{i}.h5")] + base[2:] + ["--shard", f"{i}/2"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["merge", str(tmp_path / "m.h5"), str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5")])
+    assert result.exit_code == 0, result.output
+    assert "Merged 2 shards" in result.output and "train 12" in result.output
+
+
+def test_bad_shard_value(runner, image_folder, tmp_path):
+    result = runner.invoke(cli, ["extract", str(image_folder), str(tmp_path / "s.h5"), "--aux", "efficientnet-lite0", "--shard", "2/2"])
+    assert result.exit_code == 1 and "0 <= i < n" in result.output
+
+
+def test_text_command(runner, image_folder, tmp_path):
+    store = tmp_path / "s.h5"
+    runner.invoke(cli, ["extract", str(image_folder), str(store), "--model", "clipcache-tiny-vit", "--pretrained", "none",
+                        "--split", "test", "--workers", "0"])
+    result = runner.invoke(cli, ["text", str(store), "--templates", "imagenet80"])
+    assert result.exit_code == 0, result.output
+    assert "160 prompts for 2 classes" in result.output
