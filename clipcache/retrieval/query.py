@@ -336,7 +336,8 @@ def find_index(store, split: str | None = None, features: str | None = None) -> 
             meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or meta.get("store_uuid") != store.uuid:
+        # Matched by file name, not uuid, so that an index of a recreated store is found and refused as stale.
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or Path(str(meta.get("store"))).name != store.path.name:
             continue
         if split not in (None, meta.get("split")) or features not in (None, meta.get("feature_set")):
             continue
