@@ -68,6 +68,7 @@ DEFAULT_EF_SEARCH = 128
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _MIN_TRAIN = 20_000
 _TRAIN_PER_LIST = 64
+_GPU_MAX_K = 2048
 
 
 class QueryError(ClipCacheError, ValueError):
@@ -316,6 +317,8 @@ class StoreIndex:
                 f"k={k} is larger than the {self.ntotal} vectors in the index of "
                 f"{self.split!r}/{self.feature_set!r}; ask for at most {self.ntotal}"
             )
+        if self.device == "gpu" and k > _GPU_MAX_K:
+            raise QueryError(f"k={k} is more than the {_GPU_MAX_K} neighbours faiss-gpu returns; search on the CPU (without --gpu)")
         return int(k)
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
@@ -537,7 +540,8 @@ def _read_sidecar(path: Path) -> dict:
             f"{side}: index format version {meta.get('format_version')} is not {INDEX_FORMAT_VERSION}, "
             f"the one clipcache {__version__} reads; rebuild the index with clipcache index"
         )
-    missing = [k for k in ("fingerprint", "split", "feature_set", "metric", "factory", "ntotal", "dim") if k not in meta]
+    required = ("fingerprint", "store_uuid", "store_rows", "split", "feature_set", "metric", "factory", "ntotal", "dim")
+    missing = [k for k in required if k not in meta]
     if missing:
         raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; rebuild the index with clipcache index")
     return meta

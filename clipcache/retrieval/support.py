@@ -224,6 +224,8 @@ def retrieve_support(
     if index is not None:
         if (index.split, index.feature_set) != (pool, features):
             raise ClipCacheError(f"the index is of {index.split!r}/{index.feature_set!r}, not of the pool {pool!r}/{features!r}")
+        if index.metric != "ip":
+            raise ClipCacheError(f"the index of {pool!r} uses metric {index.metric!r}; support retrieval needs an inner-product ('ip') index")
         index.check_store(store)
     name, queries = class_text_embeddings(store, features, text)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
