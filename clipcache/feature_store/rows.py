@@ -9,6 +9,8 @@ touches, and the rows come back in the order asked, repeats included.
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 
@@ -44,7 +46,7 @@ def normalize_rows(rows: Rows, n: int, where: str) -> slice | np.ndarray:
 
 
 def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray) -> np.ndarray:
-    """Read rows ``sel`` of ``ds``; float features come back as float32, strings as str.
+    """Read rows ``sel`` of ``ds``; float features come back as float32.
 
     Parameters
     ----------
@@ -56,17 +58,12 @@ def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (k, ...)
     """
-    is_str = h5py.check_string_dtype(ds.dtype) is not None
-    out_dtype = object if is_str else (np.float32 if ds.dtype.kind == "f" else ds.dtype)
-    reader = ds.asstr() if is_str else ds
+    out_dtype = np.float32 if ds.dtype.kind == "f" else ds.dtype
+    read_span = _raw_span_reader(ds) or (lambda lo, hi: ds[lo:hi])
     if isinstance(sel, slice):
         if sel.stop <= sel.start:
             return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
-        if not is_str and ds.dtype == out_dtype:
-            out = np.empty((sel.stop - sel.start,) + ds.shape[1:], dtype=out_dtype)
-            ds.read_direct(out, source_sel=np.s_[sel.start : sel.stop])
-            return out
-        return np.asarray(reader[sel.start : sel.stop]).astype(out_dtype, copy=False)
+        return np.asarray(read_span(sel.start, sel.stop)).astype(out_dtype, copy=False)
     if sel.size == 0:
         return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
     uniq, inverse = np.unique(sel, return_inverse=True)
@@ -77,10 +74,57 @@ def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray) -> np.ndarray:
     start = 0
     for stop in [*cuts.tolist(), len(uniq)]:
         lo, hi = int(uniq[start]), int(uniq[stop - 1]) + 1
-        span = np.asarray(reader[lo:hi])
-        gathered[start:stop] = span[uniq[start:stop] - lo]
+        gathered[start:stop] = read_span(lo, hi)[uniq[start:stop] - lo]
         start = stop
     return gathered[inverse]
+
+
+def _raw_span_reader(ds: h5py.Dataset):
+    """A reader of rows [lo, hi) that bypasses HDF5's chunk pipeline, or None if unsafe.
+
+    For chunks that are unfiltered, native-endian and span whole rows, the bytes
+    of rows a..b of a chunk are one contiguous run in the file, so they can be
+    ``preadv``-ed straight into the output array: about 1.3x faster than
+    ``read_direct`` on a full read (see benchmarks/store_io.py).
+    """
+    if (
+        ds.chunks is None
+        or ds.chunks[1:] != ds.shape[1:]
+        or ds.compression is not None
+        or ds.shuffle
+        or ds.fletcher32
+        or not ds.dtype.isnative
+        or ds.dtype.kind not in "fiu"
+        or ds.file.driver != "sec2"
+        or ds.file.userblock_size
+    ):
+        return None
+    chunk_rows = ds.chunks[0]
+    row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+
+    def read_span(lo: int, hi: int) -> np.ndarray:
+        out = np.empty((hi - lo,) + ds.shape[1:], dtype=ds.dtype)
+        flat = memoryview(out.reshape(-1)).cast("B")
+        fd = os.open(ds.file.filename, os.O_RDONLY)
+        try:
+            for first in range(lo - lo % chunk_rows, hi, chunk_rows):
+                a, b = max(lo, first), min(hi, first + chunk_rows)
+                info = ds.id.get_chunk_info_by_coord((first,) + (0,) * (ds.ndim - 1))
+                if info.byte_offset is None:  # never written: HDF5 knows the fill value
+                    out[a - lo : b - lo] = ds[a:b]
+                    continue
+                view = flat[(a - lo) * row_bytes : (b - lo) * row_bytes]
+                offset = info.byte_offset + (a - first) * row_bytes
+                while len(view):
+                    got = os.preadv(fd, [view], offset)
+                    if got <= 0:
+                        raise OSError(f"unexpected end of file at byte {offset}")
+                    view, offset = view[got:], offset + got
+        finally:
+            os.close(fd)
+        return out
+
+    return read_span
 
 
 class StringColumn:

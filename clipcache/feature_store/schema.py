@@ -25,7 +25,7 @@ ENCODINGS = {"split": 1, "feature-set": 1, "text-embeddings": 1}
 IDENTITY_KEYS = ("backbone", "model", "pretrained", "weights_sha256", "preprocess")
 
 #: Target size of one HDF5 chunk of a feature dataset.
-FEATURE_CHUNK_BYTES = 1 << 20
+FEATURE_CHUNK_BYTES = 4 << 20
 #: Rows per chunk of the per-sample columns (ids, paths, labels, views).
 COLUMN_CHUNK_ROWS = 4096
 

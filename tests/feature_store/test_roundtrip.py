@@ -44,13 +44,13 @@ def test_row_selection_equals_numpy_indexing(synthetic_store, rows):
 
 def test_row_selection_across_many_chunks(tmp_path):
     rng = np.random.default_rng(1)
-    x = unit_rows(rng, 3000, 256)  # 1 MiB chunks of 1024 rows: three chunks
+    x = unit_rows(rng, 9000, 256)  # 4 MiB chunks of 4096 rows: use 9000 rows to cross chunks
     with FeatureStore(tmp_path / "s.h5", "w") as store:
         store.set_classes(["a"])
         store.add_feature_set("f", 256)
         store.create_split("s", ["f"])
-        store.append("s", ids=[str(i) for i in range(3000)], paths=[""] * 3000, labels=np.zeros(3000), features={"f": x})
-        rows = rng.permutation(3000)[:700]
+        store.append("s", ids=[str(i) for i in range(9000)], paths=[""] * 9000, labels=np.zeros(9000), features={"f": x})
+        rows = rng.permutation(9000)[:700]
         np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])
 
 
