@@ -1,0 +1,5 @@
+"""``python -m clipcache``, used for ``torchrun -m clipcache extract ...``."""
+
+from clipcache.cli import main
+
+main()
