@@ -8,6 +8,7 @@ numpy float32 arrays, so estimators never hold torch tensors.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg.blas
 
 from clipcache.errors import ClipCacheError
 
@@ -34,10 +35,18 @@ def matmul(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:
 
 
 def gram(x: np.ndarray, device: str | None) -> np.ndarray:
-    """``x.T @ x`` accumulated in float64, shape (d, d), for x (n, d)."""
+    """``x.T @ x`` for x (n, d) float32, returned as float64 (d, d).
+
+    On numpy this is one BLAS ``ssyrk`` (the upper triangle only, half a
+    matrix product's work) in float32, mirrored; callers keep blocks to at
+    most a few ten thousand rows and sum the blocks in float64.
+    """
     if device is None:
-        x64 = x.astype(np.float64, copy=False)
-        return x64.T @ x64
+        a = np.asarray(x, dtype=np.float32)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        upper = scipy.linalg.blas.ssyrk(1.0, a.T, lower=0).astype(np.float64)
+        return np.triu(upper) + np.triu(upper, 1).T
     torch, dev = _torch_device(device)
-    t = torch.as_tensor(x, device=dev).double()
-    return (t.T @ t).cpu().numpy()
+    t = torch.as_tensor(x, device=dev)
+    return (t.T @ t).double().cpu().numpy()

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("iclr2024", "ledoit-wolf", "shrinkage")
 PRIORS = ("uniform", "empirical")
+_BLOCK_ROWS = 16384
 
 
 @dataclass
@@ -42,37 +43,54 @@ class _Moments:
     sum_r4: float
 
 
+def _blocks(X: np.ndarray, codes: np.ndarray, size: int = _BLOCK_ROWS):
+    """Yield ``(X[i:i+size], codes[i:i+size])`` blocks of in-memory data."""
+    for start in range(0, len(X), size):
+        yield X[start : start + size], codes[start : start + size]
+
+
 def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
-    """First pass: per-code sums (K, d) float64 and counts (K,) for codes >= 0; and d."""
-    sums = np.zeros((0, 0))
-    counts = np.zeros(0, dtype=np.int64)
+    """First pass: per-code sums (K, d) float64 and counts (K,) int64 for codes >= 0; and d."""
+    sums, counts, d = None, np.zeros(0, dtype=np.int64), 0
     for X, codes in chunks:
-        if len(codes) and codes.min() < 0:
+        d = X.shape[1]
+        if sums is None:
+            sums = np.zeros((0, d))
+        if len(codes) == 0:
+            continue
+        if codes.min() < 0:
             raise InvalidFeaturesError("labels contain -1 (unlabelled rows); select labelled rows to fit GDA")
-        k = int(codes.max(initial=-1)) + 1
-        if sums.size == 0:
-            sums = np.zeros((k, X.shape[1]))
-        if k > len(sums):
-            sums = np.vstack([sums, np.zeros((k - len(sums), sums.shape[1]))])
+        k = int(codes.max()) + 1
+        if k > len(counts):
+            grown = np.zeros((k, X.shape[1]))
+            grown[: len(sums)] = sums
+            sums = grown
             counts = np.concatenate([counts, np.zeros(k - len(counts), dtype=np.int64)])
-        elif k > len(counts):
-            counts = np.concatenate([counts, np.zeros(k - len(counts), dtype=np.int64)])
-        np.add.at(sums, codes, X.astype(np.float64, copy=False))
-        counts[: k] += np.bincount(codes, minlength=k)
-    return sums, counts, sums.shape[1]
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        present, starts = np.unique(sorted_codes, return_index=True)
+        sums[present] += np.add.reduceat(X[order], starts, axis=0, dtype=np.float64)
+        counts += np.bincount(codes, minlength=len(counts))
+    return (np.zeros((0, d)) if sums is None else sums), counts, d
 
 
 def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code: np.ndarray, device) -> tuple[np.ndarray, float]:
     """Second pass: weighted residual scatter (d, d) float64 and sum of ||r||^4."""
     d = means_by_code.shape[1]
+    means32 = means_by_code.astype(np.float32)
+    root_w = np.sqrt(weight_by_code).astype(np.float32)
+    uniform = bool(np.all(weight_by_code == 1))
     scatter = np.zeros((d, d))
     sum_r4 = 0.0
     for X, codes in chunks:
-        r = X.astype(np.float64, copy=False) - means_by_code[codes]
-        sq = np.einsum("ij,ij->i", r, r)
-        sum_r4 += float(sq @ sq)
-        r *= np.sqrt(weight_by_code[codes])[:, None]
-        scatter += _backend.gram(r.astype(np.float32) if device is not None else r, device)
+        for start in range(0, len(X), _BLOCK_ROWS):
+            c = codes[start : start + _BLOCK_ROWS]
+            r = X[start : start + _BLOCK_ROWS] - means32[c]
+            sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
+            sum_r4 += float(sq @ sq)
+            if not uniform:
+                r *= root_w[c][:, None]
+            scatter += _backend.gram(r, device)
     return scatter, sum_r4
 
 
@@ -184,7 +202,7 @@ class GDAClassifier(LogitClassifier):
         self._check_params()
         X, y = self._check_Xy(X, y)
         classes, codes = self._encode(y)
-        self._fit_moments(lambda: [(X, codes)], classes)
+        self._fit_moments(lambda: _blocks(X, codes), classes)
         return self
 
     def fit_chunks(self, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]):

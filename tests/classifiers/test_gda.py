@@ -41,7 +41,7 @@ def test_iclr2024_matches_reference_formula():
     np.testing.assert_allclose(clf.logits(X), X.astype(np.float64) @ W.T + b, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shrinkage", [0.0, 0.2, 0.9])
+@pytest.mark.parametrize("shrinkage", [0.05, 0.2, 0.9])
 def test_shrinkage_matches_sklearn_lda_lsqr_with_empirical_priors(shrinkage):
     X, y = _imbalanced()
     ours = GDAClassifier(precision="shrinkage", shrinkage=shrinkage, priors="empirical").fit(X, y)
@@ -97,8 +97,9 @@ def test_streaming_fit_equals_in_memory_fit():
     for precision in ("iclr2024", "ledoit-wolf", "shrinkage"):
         a = GDAClassifier(precision=precision).fit(X, y)
         b = GDAClassifier(precision=precision).fit_chunks(chunks)
-        np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(b.intercept_, a.intercept_, rtol=1e-5, atol=1e-5)
+        scale = np.abs(a.coef_).max()
+        np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-5, atol=1e-5 * scale)
+        np.testing.assert_allclose(b.intercept_, a.intercept_, rtol=1e-5, atol=1e-5 * np.abs(a.intercept_).max())
     assert len(calls) == 6  # two passes per fit
 
 
@@ -114,7 +115,7 @@ def test_fit_store_streams_rows_of_a_split(tmp_path):
         rows = np.arange(0, len(y), 2)
         streamed = GDAClassifier().fit_store(store, "train", "f", rows=rows, chunk_rows=5)
     direct = GDAClassifier().fit(X[rows], y[rows])
-    np.testing.assert_allclose(streamed.coef_, direct.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(streamed.coef_, direct.coef_, rtol=1e-5, atol=1e-5 * np.abs(direct.coef_).max())
     np.testing.assert_array_equal(streamed.classes_, direct.classes_)
 
 
