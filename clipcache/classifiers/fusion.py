@@ -72,7 +72,7 @@ class LogitBiasFusion(LogitClassifier):
 
     X is the concatenation ``[x_clip | x_aux]``: the last ``aux_dim`` columns
     are the auxiliary backbone's features (``FeatureStore`` feature sets are
-    concatenated by :func:`clipcache.evaluation.fusion_features`).
+    concatenated by :func:`clipcache.evaluation.protocol.read_features`).
 
     Parameters
     ----------
