@@ -27,7 +27,12 @@ from clipcache.errors import ClipCacheError, DatasetError, StoreError, StoreMism
 from clipcache.extract.backbones import Backbone, Preprocess, build_backbones
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.plan import SplitPlan, build_plans, select_samples
-from clipcache.extract.transforms import augmented_view, eval_transform, view_params
+from clipcache.extract.transforms import (
+    augmented_view_uint8,
+    eval_transform_uint8,
+    normalize_batch,
+    view_params,
+)
 from clipcache.feature_store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -166,7 +171,7 @@ class _ItemDataset(TorchDataset):
     def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int):
         self.plan = plan
         self.preprocesses = list(preprocesses)
-        self.transforms = [eval_transform(pp) for pp in self.preprocesses]
+        self.transforms = [eval_transform_uint8(pp) for pp in self.preprocesses]
         self.augment = augment
         self.seed = seed
 
@@ -180,7 +185,7 @@ class _ItemDataset(TorchDataset):
             tensors = self._tensors(image, item, sample)
             error = ""
         except _DECODE_ERRORS as exc:
-            tensors = [torch.zeros(3, pp.image_size, pp.image_size) for pp in self.preprocesses]
+            tensors = [torch.zeros(3, pp.image_size, pp.image_size, dtype=torch.uint8) for pp in self.preprocesses]
             error = f"{type(exc).__name__}: {exc}".strip()
         return item, tensors, error
 
@@ -190,7 +195,7 @@ class _ItemDataset(TorchDataset):
         view = item % self.plan.views
         rng = np.random.default_rng([self.seed, sample, view])
         params = view_params(image.width, image.height, rng)
-        return [augmented_view(image, params, pp) for pp in self.preprocesses]
+        return [augmented_view_uint8(image, params, pp) for pp in self.preprocesses]
 
 
 def _collate(batch):
@@ -271,12 +276,14 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _encode(backbones, groups, tensors, ok, device, amp) -> dict[str, np.ndarray]:
+def _encode(backbones, preprocesses, groups, tensors, ok, device, amp) -> dict[str, np.ndarray]:
+    """Normalise each preprocessing group's uint8 batch on ``device`` and encode it."""
     out = {}
-    with torch.inference_mode(), _autocast(device, amp):
-        for backbone, group in zip(backbones, groups, strict=True):
-            x = tensors[group][ok].to(device, non_blocking=True)
-            out[backbone.name] = backbone.features(x).float().cpu().numpy()
+    with torch.inference_mode():
+        inputs = [normalize_batch(t[ok].to(device, non_blocking=True), pp) for t, pp in zip(tensors, preprocesses, strict=True)]
+        with _autocast(device, amp):
+            for backbone, group in zip(backbones, groups, strict=True):
+                out[backbone.name] = backbone.features(inputs[group]).float().cpu().numpy()
     return out
 
 
@@ -300,7 +307,7 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     bar = _progress_bar(plan, start, options)
     try:
         for items, tensors, errors in loader:
-            _commit_batch(store, plan, backbones, groups, items, tensors, errors, recorded, device, options)
+            _commit_batch(store, plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
             report.encoded += len(items)
             bar.update(len(items))
     finally:
@@ -308,7 +315,7 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     store.mark_complete(plan.name)
 
 
-def _commit_batch(store, plan, backbones, groups, items, tensors, errors, recorded, device, options) -> None:
+def _commit_batch(store, plan, backbones, grouping, items, tensors, errors, recorded, device, options) -> None:
     ok = np.array([not e for e in errors], dtype=bool)
     bad = [(int(i), e) for i, e in zip(items.tolist(), errors, strict=True) if e]
     if bad and options.strict:
@@ -324,7 +331,7 @@ def _commit_batch(store, plan, backbones, groups, items, tensors, errors, record
     if not ok.any():
         return
     good = items.numpy()[ok]
-    features = _encode(backbones, groups, tensors, torch.from_numpy(ok), device, options.amp)
+    features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device, options.amp)
     keys = [plan.key(int(i)) for i in good]
     labels = plan.source.labels[[plan.sample_of(int(i)) for i in good]]
     views = (good % plan.views).astype(np.int16)
