@@ -66,10 +66,13 @@ def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
             grown[: len(sums)] = sums
             sums = grown
             counts = np.concatenate([counts, np.zeros(k - len(counts), dtype=np.int64)])
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
-        present, starts = np.unique(sorted_codes, return_index=True)
-        sums[present] += np.add.reduceat(X[order], starts, axis=0, dtype=np.float64)
+        for start in range(0, len(codes), _BLOCK_ROWS):
+            block, c = X[start : start + _BLOCK_ROWS], codes[start : start + _BLOCK_ROWS]
+            if len(c) > 1 and (c[1:] < c[:-1]).any():
+                order = np.argsort(c, kind="stable")
+                block, c = block[order], c[order]
+            present, starts = np.unique(c, return_index=True)
+            sums[present] += np.add.reduceat(block, starts, axis=0)
         counts += np.bincount(codes, minlength=len(counts))
     return (np.zeros((0, d)) if sums is None else sums), counts, d
 
