@@ -103,7 +103,7 @@ def bench_tip(rng, n_classes, shots, d, n_val, n_alpha, n_beta, ref_cells):
           f"grid {n_alpha} alpha x {n_beta} beta")
     centres = l2_normalize(rng.normal(size=(n_classes, d)).astype(np.float32))
     codes = np.repeat(np.arange(n_classes), shots)
-    noise = 3.0 / np.sqrt(d)
+    noise = 2.0 / np.sqrt(d)
     keys = l2_normalize(centres[codes] + noise * rng.normal(size=(len(codes), d)).astype(np.float32))
     yv = rng.integers(0, n_classes, n_val)
     fv = l2_normalize(centres[yv] + noise * rng.normal(size=(n_val, d)).astype(np.float32))

@@ -77,12 +77,12 @@ def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return (np.zeros((0, d)) if sums is None else sums), counts, d
 
 
-def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code: np.ndarray, device) -> tuple[np.ndarray, float]:
-    """Second pass: weighted residual scatter (d, d) float64 and sum of ||r||^4."""
+def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code, device) -> tuple[np.ndarray, float]:
+    """Second pass: residual scatter (d, d) float64, weighted per code unless ``weight_by_code`` is None, and sum of ||r||^4."""
     d = means_by_code.shape[1]
     means32 = means_by_code.astype(np.float32)
-    root_w = np.sqrt(weight_by_code).astype(np.float32)
-    uniform = bool(np.all(weight_by_code == 1))
+    uniform = weight_by_code is None
+    root_w = None if uniform else np.sqrt(weight_by_code).astype(np.float32)
     scatter = np.zeros((d, d))
     sum_r4 = 0.0
     for X, codes in chunks:
@@ -272,10 +272,16 @@ class GDAClassifier(LogitClassifier):
         n_classes, n = len(keep), int(counts_k.sum())
         means_by_code = sums / np.maximum(counts, 1)[:, None]
         priors = np.full(n_classes, 1.0 / n_classes) if self.priors == "uniform" else counts_k / n
-        weights = np.ones(len(counts))
+        weights, scale = None, 1.0
         if self.precision == "shrinkage":
-            weights[keep] = priors / counts_k
+            per_class = priors / counts_k  # sum_k prior_k C_k with C_k = scatter_k / n_k
+            if np.allclose(per_class, per_class[0], rtol=1e-12):
+                scale = float(per_class[0])
+            else:
+                weights = np.zeros(len(counts))
+                weights[keep] = per_class
         scatter, sum_r4 = _within_scatter(chunks(), means_by_code, weights, self.device)
+        scatter *= scale
         moments = _Moments(counts_k, means_by_code[keep], scatter, sum_r4)
         if n <= n_classes or np.trace(scatter) <= 0:
             logger.warning(
