@@ -77,8 +77,9 @@ def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return (np.zeros((0, d)) if sums is None else sums), counts, d
 
 
-def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code, device) -> tuple[np.ndarray, float]:
-    """Second pass: residual scatter (d, d) float64, weighted per code unless ``weight_by_code`` is None, and sum of ||r||^4."""
+def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code, device, fourth: bool) -> tuple[np.ndarray, float]:
+    """Second pass: residual scatter (d, d) float64, weighted per code unless ``weight_by_code``
+    is None, and (when ``fourth``) the sum of ||r||^4 that Ledoit-Wolf needs."""
     d = means_by_code.shape[1]
     means32 = means_by_code.astype(np.float32)
     uniform = weight_by_code is None
@@ -89,8 +90,9 @@ def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code, device) -
         for start in range(0, len(X), _BLOCK_ROWS):
             c = codes[start : start + _BLOCK_ROWS]
             r = X[start : start + _BLOCK_ROWS] - means32[c]
-            sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
-            sum_r4 += float(sq @ sq)
+            if fourth:
+                sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
+                sum_r4 += float(sq @ sq)
             if not uniform:
                 r *= root_w[c][:, None]
             scatter += _backend.gram(r, device)
@@ -280,7 +282,9 @@ class GDAClassifier(LogitClassifier):
             else:
                 weights = np.zeros(len(counts))
                 weights[keep] = per_class
-        scatter, sum_r4 = _within_scatter(chunks(), means_by_code, weights, self.device)
+        scatter, sum_r4 = _within_scatter(
+            chunks(), means_by_code, weights, self.device, fourth=self.precision == "ledoit-wolf"
+        )
         scatter *= scale
         moments = _Moments(counts_k, means_by_code[keep], scatter, sum_r4)
         if n <= n_classes or np.trace(scatter) <= 0:
