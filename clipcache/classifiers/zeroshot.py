@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import validate_data
 
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
 from clipcache.errors import ClipCacheError
@@ -117,8 +118,6 @@ class ZeroShotClassifier(LogitClassifier):
         return self
 
     def _check_X_unfitted(self, X):
-        from sklearn.utils.validation import validate_data
-
         try:
             return validate_data(self, X, dtype=np.float32)
         except ValueError as exc:
