@@ -46,7 +46,7 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--resume and --overwrite contradict each other; pass one.")
     if not model and not aux:
         raise click.UsageError("Give a backbone: --model NAME --pretrained TAG|FILE|none, and/or --aux SPEC.")
-    if model and pretrained is None:
+    if model and pretrained is None and not model.startswith(("hf-hub:", "local-dir:")):
         raise click.UsageError(f"--model {model} needs --pretrained: a tag (e.g. openai), a local weights file, or none for random weights.")
     if pretrained is not None and not model:
         raise click.UsageError("--pretrained applies to --model; auxiliary weights go in --aux timm:NAME=WEIGHTS.")

