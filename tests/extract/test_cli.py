@@ -104,5 +104,5 @@ def test_torchrun_rank_writes_its_own_shard(runner, image_folder, tmp_path, monk
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     with FeatureStore(tmp_path / "feats.shard-01-of-02.h5") as fs:
-        assert fs.metadata["shard"]["index"] == 1 and fs.n_rows("train") == 4
+        assert fs.metadata["shard"]["index"] == 1 and fs.n_rows("train") == 8  # batches 1-2 of 3
     assert not (tmp_path / "feats.h5").exists()
