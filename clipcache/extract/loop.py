@@ -280,7 +280,11 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device, amp) -> dict[s
     """Normalise each preprocessing group's uint8 batch on ``device`` and encode it."""
     out = {}
     with torch.inference_mode():
-        inputs = [normalize_batch(t[ok].to(device, non_blocking=True), pp) for t, pp in zip(tensors, preprocesses, strict=True)]
+        keep = None if bool(ok.all()) else ok.to(device)
+        inputs = []
+        for t, pp in zip(tensors, preprocesses, strict=True):
+            x = t.to(device, non_blocking=True)  # whole pinned batch; drop failed rows on the device
+            inputs.append(normalize_batch(x if keep is None else x[keep], pp))
         with _autocast(device, amp):
             for backbone, group in zip(backbones, groups, strict=True):
                 out[backbone.name] = backbone.features(inputs[group]).float().cpu().numpy()
