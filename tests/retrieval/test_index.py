@@ -195,3 +195,11 @@ def test_l2_metric_returns_squared_distances(db):
         result = build_index(store, "db", "clip", metric="l2").search(xq[:3], 1)
     expected = ((xq[:3, None, :] - xb[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(result.scores[:, 0], expected, atol=1e-5)
+
+
+def test_search_restores_faiss_blas_block_sizes(db):
+    path, _, xq = db
+    before = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
+    with FeatureStore(path) as store:
+        build_index(store, "db", "clip").search(xq, 3)
+    assert (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs) == before
