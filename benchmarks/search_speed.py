@@ -154,58 +154,63 @@ def main(argv=None) -> int:
                 store.append("db", ids=ids, paths=ids, labels=np.zeros(b, np.int64), features={"clip": xb[start : start + b]})
             store.mark_complete("db")
 
+        indexes = {}
         with FeatureStore(path, "r") as store:
-            flat, t_build = timed(build_index, store, "db", "clip", gpu=args.gpu)
-        flat.search(xq[:100], args.k)  # warm-up
+            indexes["flat"], t_flat_build = timed(build_index, store, "db", "clip", gpu=args.gpu)
+            ivf_factory = f"IVF{args.nlist},Flat"
+            indexes["ivf"], t_ivf_build = timed(build_index, store, "db", "clip", factory=ivf_factory, gpu=args.gpu)
+            if args.hnsw:
+                indexes["hnsw"], t_hnsw_build = timed(build_index, store, "db", "clip", factory="HNSW32")
+        nprobes = [int(v) for v in args.nprobe.split(",")]
 
-        def flat_knn(q, k):
-            res = flat.search(q, k)
-            return res.scores, res.rows
+        def searcher(index, nprobe=None):
+            def knn(q, k):
+                if nprobe is not None:
+                    index.set_search_params(nprobe=nprobe)
+                res = index.search(q, k)
+                return res.scores, res.rows
 
-        results, seconds = interleaved(
-            {"numpy": lambda q, k: numpy_knn(xb, q, k), "flat": flat_knn}, xq, args.k, args.block
-        )
+            return knn
+
+        fns = {"numpy": lambda q, k: numpy_knn(xb, q, k), "flat": searcher(indexes["flat"])}
+        fns.update({f"ivf{p}": searcher(indexes["ivf"], p) for p in nprobes})
+        if args.hnsw:
+            fns["hnsw"] = searcher(indexes["hnsw"])
+        for fn in fns.values():
+            fn(xq[:100], args.k)  # warm-up
+        results, seconds = interleaved(fns, xq, args.k, args.block)
         ref_scores, ref_ids = results["numpy"]
-        t_np, t_flat = seconds["numpy"], seconds["flat"]
-        qps_np = args.nq / t_np
-        print(f"numpy brute force:   {qps_np:10.0f} queries/s  ({t_np:.2f} s)")
-        figures["numpy"] = {"qps": qps_np, "seconds": t_np}
+        qps_np = args.nq / seconds["numpy"]
+        print(f"numpy brute force:   {qps_np:10.0f} queries/s  ({seconds['numpy']:.2f} s)")
+        figures["numpy"] = {"qps": qps_np, "seconds": seconds["numpy"]}
+
+        flat = indexes["flat"]
         agree = agreement(results["flat"][1], results["flat"][0], ref_ids, ref_scores, 1e-5)
-        qps = args.nq / t_flat
+        qps = args.nq / seconds["flat"]
         print(
-            f"clipcache Flat ({flat.device}): {qps:10.0f} queries/s  ({t_flat:.2f} s, build {t_build:.2f} s)  "
+            f"clipcache Flat ({flat.device}): {qps:10.0f} queries/s  ({seconds['flat']:.2f} s, build {t_flat_build:.2f} s)  "
             f"speed-up {qps / qps_np:5.2f}x; ids equal where untied {agree['ids_equal_where_untied']:.4%} "
             f"({agree['untied_fraction']:.2%} untied), all ids {agree['ids_equal_all']:.4%}, "
             f"max |score diff| {agree['max_score_diff']:.2e}"
         )
-        figures["flat"] = {"qps": qps, "seconds": t_flat, "build_seconds": t_build, "speedup": qps / qps_np, **agree}
-        flat = None  # free the index before building the next
+        figures["flat"] = {"qps": qps, "seconds": seconds["flat"], "build_seconds": t_flat_build, "speedup": qps / qps_np, **agree}
 
-        with FeatureStore(path, "r") as store:
-            ivf, t_build = timed(build_index, store, "db", "clip", factory=f"IVF{args.nlist},Flat", gpu=args.gpu)
-        print(f"clipcache IVF{args.nlist},Flat ({ivf.device}): build {t_build:.1f} s (trained on {ivf.meta['train_rows']} rows)")
-        figures["ivf"] = {"build_seconds": t_build, "train_rows": ivf.meta["train_rows"], "nprobe": {}}
+        ivf = indexes["ivf"]
+        print(f"clipcache {ivf_factory} ({ivf.device}): build {t_ivf_build:.1f} s (trained on {ivf.meta['train_rows']} rows)")
+        figures["ivf"] = {"build_seconds": t_ivf_build, "train_rows": ivf.meta["train_rows"], "nprobe": {}}
         print(f"  {'nprobe':>6}  {'queries/s':>10}  {'speed-up':>8}  recall@{args.k}")
-        for nprobe in [int(v) for v in args.nprobe.split(",")]:
-            ivf.set_search_params(nprobe=nprobe)
-            ivf.search(xq[:100], args.k)
-            res, t = timed(ivf.search, xq, args.k)
-            r = recall(res.rows, ref_ids)
-            qps = args.nq / t
+        for nprobe in nprobes:
+            r = recall(results[f"ivf{nprobe}"][1], ref_ids)
+            qps = args.nq / seconds[f"ivf{nprobe}"]
             default = "  (default)" if nprobe == max(1, args.nlist // 16) else ""
             print(f"  {nprobe:>6}  {qps:>10.0f}  {qps / qps_np:>7.1f}x  {r:.4f}{default}")
             figures["ivf"]["nprobe"][nprobe] = {"qps": qps, "speedup": qps / qps_np, "recall": r}
-        del ivf
 
         if args.hnsw:
-            with FeatureStore(path, "r") as store:
-                hnsw, t_build = timed(build_index, store, "db", "clip", factory="HNSW32")
-            hnsw.search(xq[:100], args.k)
-            res, t = timed(hnsw.search, xq, args.k)
-            r = recall(res.rows, ref_ids)
-            qps = args.nq / t
-            print(f"clipcache HNSW32 (efSearch 128): {qps:10.0f} queries/s  speed-up {qps / qps_np:.1f}x  recall {r:.4f}  build {t_build:.0f} s")
-            figures["hnsw"] = {"qps": qps, "speedup": qps / qps_np, "recall": r, "build_seconds": t_build}
+            r = recall(results["hnsw"][1], ref_ids)
+            qps = args.nq / seconds["hnsw"]
+            print(f"clipcache HNSW32 (efSearch 128): {qps:10.0f} queries/s  speed-up {qps / qps_np:.1f}x  recall {r:.4f}  build {t_hnsw_build:.0f} s")
+            figures["hnsw"] = {"qps": qps, "speedup": qps / qps_np, "recall": r, "build_seconds": t_hnsw_build}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
