@@ -313,7 +313,7 @@ def fit_from_store(
         )
         rows = split_rows(store, protocol)
         labels = store.labels(train_split)
-        sample = sample_few_shot(labels, shots, seed, len(protocol.classes), rows.train_candidates)
+        sample = sample_few_shot(labels, shots, seed, len(protocol.classes), rows.train_candidates, protocol.classes)
         estimator = build_estimator(method, protocol, store)
         if method == "gda" and shots == 0:
             estimator.fit_store(store, train_split, protocol.features, rows=sample.rows, chunk_rows=chunk_rows)

@@ -133,7 +133,7 @@ def run_evaluation(
         }
         for k in shots:
             for seed in seeds:
-                sample = sample_few_shot(labels, k, seed, n_classes, rows.train_candidates)
+                sample = sample_few_shot(labels, k, seed, n_classes, rows.train_candidates, protocol.classes)
                 report.supports.append(sample.record(store.ids(train_split, sample.rows)))
                 y = labels[sample.rows]
                 for method in methods:

@@ -51,7 +51,12 @@ class FewShotSample:
 
 
 def sample_few_shot(
-    labels: np.ndarray, shots: int, seed: int, n_classes: int, candidates: np.ndarray | None = None
+    labels: np.ndarray,
+    shots: int,
+    seed: int,
+    n_classes: int,
+    candidates: np.ndarray | None = None,
+    class_names=None,
 ) -> FewShotSample:
     """Draw ``shots`` rows per class without replacement.
 
@@ -70,6 +75,8 @@ def sample_few_shot(
         C; every class in ``range(C)`` must have at least one candidate.
     candidates : ndarray of int, optional
         Rows that may be drawn (e.g. train minus a carved validation set).
+    class_names : sequence of str, optional
+        Used in error messages.
 
     Returns
     -------
@@ -88,8 +95,9 @@ def sample_few_shot(
     for c in range(n_classes):
         rows = pool[labels[pool] == c]
         if len(rows) == 0:
+            name = f"{class_names[c]!r} (index {c})" if class_names is not None else f"index {c}"
             raise ProtocolError(
-                f"class index {c} has no labelled sample in the training split, so a support set "
+                f"class {name} has no labelled sample in the training split, so a support set "
                 "cannot cover every class; add samples of it or use a split that has them"
             )
         if shots and len(rows) < shots:

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clipcache.evaluation import ProtocolError, carve_validation, sample_few_shot
 
@@ -36,8 +38,8 @@ def test_only_candidates_are_drawn(labels):
 
 
 def test_class_without_samples_raises(labels):
-    with pytest.raises(ProtocolError, match="class index 4 has no labelled sample"):
-        sample_few_shot(labels, 2, 1, 5)
+    with pytest.raises(ProtocolError, match=r"class 'e' \(index 4\) has no labelled sample"):
+        sample_few_shot(labels, 2, 1, 5, class_names=list("abcde"))
 
 
 def test_short_class_gives_all_its_rows():
@@ -58,3 +60,18 @@ def test_carved_validation_is_disjoint_fixed_and_balanced(labels):
     assert not set(val) & set(train) and len(val) + len(train) == 200
     np.testing.assert_array_equal(val, val2)
     np.testing.assert_array_equal(np.bincount(labels[val], minlength=4), [5, 5, 5, 5])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    counts=st.lists(st.integers(1, 12), min_size=2, max_size=6),
+    shots=st.integers(0, 10),
+    seed=st.integers(0, 2**31),
+)
+def test_support_takes_min_of_shots_and_class_size(counts, shots, seed):
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+    s = sample_few_shot(labels, shots, seed, len(counts))
+    expected = counts if shots == 0 else [min(shots, c) for c in counts]
+    assert s.per_class.tolist() == expected
+    assert len(np.unique(s.rows)) == len(s.rows)
+    assert np.bincount(labels[s.rows], minlength=len(counts)).tolist() == expected
