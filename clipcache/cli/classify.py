@@ -30,15 +30,19 @@ def _method_list(value: str) -> list[str]:
 
 
 def _store_options(f):
-    f = click.option("--features", help="Feature set to classify (the store's only one by default).")(f)
-    f = click.option("--aux-features", help="Auxiliary feature set (fusion).")(f)
-    f = click.option("--text", help="Text embeddings for zero-shot weights (the store's only set by default).")(f)
-    f = click.option("--base", type=click.Choice(["auto", "zeroshot", "ncm"]), default="auto", show_default=True,
-                     help="Base logits of gda-zs, tip and fusion: zero-shot, or nearest class mean (no text).")(f)
-    f = click.option("--train-split", default="train", show_default=True, help="Split the support set is drawn from.")(f)
-    f = click.option("--val-split", help="Validation split (default: 'val' if present, else carved from train).")(f)
-    f = click.option("--val-per-class", type=int, default=10, show_default=True,
-                     help="Rows per class carved from train when there is no validation split.")(f)
+    options = [
+        click.option("--features", help="Feature set to classify (the store's only one by default)."),
+        click.option("--aux-features", help="Auxiliary feature set (fusion)."),
+        click.option("--text", help="Text embeddings for zero-shot weights (the store's only set by default)."),
+        click.option("--base", type=click.Choice(["auto", "zeroshot", "ncm"]), default="auto", show_default=True,
+                     help="Base logits of gda-zs, tip and fusion: zero-shot, or nearest class mean (no text)."),
+        click.option("--train-split", default="train", show_default=True, help="Split the support set is drawn from."),
+        click.option("--val-split", help="Validation split (default: 'val' if present, else carved from train)."),
+        click.option("--val-per-class", type=int, default=10, show_default=True,
+                     help="Rows per class carved from train when there is no validation split."),
+    ]
+    for option in reversed(options):  # click lists options in decoration order, outermost first
+        f = option(f)
     return f
 
 
@@ -67,7 +71,7 @@ def fit_command(store, method, features, aux_features, text, base, train_split, 
     hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
     click.echo(
         f"fitted {method} on {meta['support']['n']} samples of {train_split!r} "
-        f"({shots or 'all'}-shot, seed {seed}); validation: {meta['val']['split']!r}"
+        f"({f'{shots}-shot, seed {seed}' if shots else 'every row'}); validation: {meta['val']['split']!r}"
         f"{' (carved)' if meta['val']['carved'] else ''}; hyper-parameters: {hp}; saved {output}"
     )
 

@@ -115,7 +115,7 @@ def carve_validation(labels: np.ndarray, per_class: int, n_classes: int, seed: i
     ----------
     labels : ndarray of shape (n,), int64
     per_class : int
-        Validation rows per class; a class keeps at least one row for training.
+        Validation rows per class, at most half of the class, so that at least half stays for training.
     n_classes : int
     seed : int, default=VAL_SEED
 
@@ -127,7 +127,7 @@ def carve_validation(labels: np.ndarray, per_class: int, n_classes: int, seed: i
     val = []
     for c in range(n_classes):
         rows = np.flatnonzero(labels == c)
-        k = min(per_class, max(len(rows) - 1, 0))
+        k = min(per_class, len(rows) // 2)  # at least half of each class stays for training
         val.append(np.random.default_rng((seed, c)).permutation(rows)[:k])
     val_rows = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
     train_rows = np.setdiff1d(np.flatnonzero(labels >= 0), val_rows)
