@@ -186,11 +186,11 @@ def _structure(index: faiss.Index) -> dict:
 def _search_params(structure: dict, nprobe: int | None, ef_search: int | None) -> dict:
     params = {}
     if structure["nlist"]:
-        params["nprobe"] = int(nprobe) if nprobe else default_nprobe(structure["nlist"])
+        params["nprobe"] = int(nprobe) if nprobe is not None else default_nprobe(structure["nlist"])
         if params["nprobe"] < 1:
             raise ClipCacheError(f"nprobe must be at least 1, not {nprobe}")
     if structure["hnsw"]:
-        params["efSearch"] = int(ef_search) if ef_search else DEFAULT_EF_SEARCH
+        params["efSearch"] = int(ef_search) if ef_search is not None else DEFAULT_EF_SEARCH
         if params["efSearch"] < 1:
             raise ClipCacheError(f"efSearch must be at least 1, not {ef_search}")
     return params
@@ -280,7 +280,11 @@ class StoreIndex:
         """Change the IVF ``nprobe`` or HNSW ``efSearch`` used by :meth:`search` (and saved)."""
         current = self.search_params
         structure = {"nlist": int(self.meta.get("nlist", 0)), "hnsw": bool(self.meta.get("hnsw", False))}
-        params = _search_params(structure, nprobe or current.get("nprobe"), ef_search or current.get("efSearch"))
+        params = _search_params(
+            structure,
+            nprobe if nprobe is not None else current.get("nprobe"),
+            ef_search if ef_search is not None else current.get("efSearch"),
+        )
         self.meta["search_params"] = params
         self._apply_params()
 
