@@ -17,7 +17,7 @@ FORMAT_NAME = "clipcache.feature_store"
 FORMAT_VERSION = 1
 
 #: encoding_type -> newest encoding_version this release reads and writes.
-ENCODINGS = {"split": 1, "feature-set": 1, "text-embeddings": 1}
+ENCODINGS = {"split": 1, "feature-set": 1, "text-embeddings": 1, "string-column": 1}
 
 #: Provenance keys that identify what produced a feature set. Two feature sets
 #: that differ in any of them hold features from different models or

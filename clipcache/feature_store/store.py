@@ -381,6 +381,18 @@ class FeatureStore:
         schema.check_element(self.path, group, "split")
         return group
 
+    def _check_split_layout(self, group: h5py.Group) -> None:
+        """Raise StoreFormatError unless ``group`` has every member a version-1 split has."""
+        columns = [(group, name) for name in _STRING_COLUMNS] + [(group["skipped"], n) for n in _SKIPPED_COLUMNS]
+        for parent, name in columns:
+            member = parent.get(name)
+            if not isinstance(member, h5py.Group):
+                raise StoreFormatError(f"{self.path}: {parent.name}/{name} is not a string column; the store is corrupt")
+            schema.check_element(self.path, member, "string-column")
+        for name in ("labels", "views", "state"):
+            if not isinstance(group.get(name), h5py.Dataset):
+                raise StoreFormatError(f"{self.path}: {group.name}/{name} is missing; the store is corrupt")
+
     def split_feature_sets(self, split: str) -> list[str]:
         """The feature sets that have a column in ``split``."""
         return json.loads(self._split(split)["state"].attrs["features"])
@@ -451,6 +463,7 @@ class FeatureStore:
         """Cut every column back to its committed length (after a crash, rows past it are partial)."""
         for split in self.splits:
             group = self._split(split)
+            self._check_split_layout(group)
             state, names = self._state(split)
             n = int(state[schema.STATE_ROWS])
             for col in _STRING_COLUMNS:
@@ -643,9 +656,12 @@ class FeatureStore:
 
     def _column(self, split: str, col: str, rows: Rows, n: int | None = None) -> np.ndarray:
         n = self.n_rows(split) if n is None else n
-        obj = self._split(split)[col]
-        if isinstance(obj, h5py.Group):
-            obj = StringColumn(obj)
+        group = self._split(split)
+        if col in _STRING_COLUMNS:
+            self._check_split_layout(group)
+            obj = StringColumn(group[col])
+        else:
+            obj = group[col]
         if self.mode == "r" and self.h5.swmr_mode:
             obj.refresh()
         sel = normalize_rows(rows, n, f"{self.path}: split {split!r}")

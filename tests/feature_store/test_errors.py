@@ -159,3 +159,14 @@ def test_create_exclusive_refuses_existing_file(synthetic_store):
     path, _ = synthetic_store
     with pytest.raises(StoreError, match="already exists"):
         FeatureStore(path, "x")
+
+
+def test_split_with_a_foreign_layout_is_a_format_error(synthetic_store):
+    path, _ = synthetic_store
+    with h5py.File(path, "r+") as f:
+        del f["splits/train/ids"]
+        f["splits/train"].create_dataset("ids", data=["a"] * 40, dtype=h5py.string_dtype())
+    with FeatureStore(path) as store, pytest.raises(StoreFormatError, match="/splits/train/ids is not a string column"):
+        store.ids("train")
+    with pytest.raises(StoreFormatError, match="not a string column"):
+        FeatureStore(path, "a")
