@@ -14,7 +14,7 @@ Printed: build time, queries/s, the speed-up over numpy, how many result ids
 equal numpy's where numpy's scores are not tied, the largest score difference,
 and for IVF the recall@k (against numpy's exact result) at several nprobe.
 
-Run: ``python benchmarks/search_speed.py`` (about 4 minutes on 2 cores);
+Run: ``python benchmarks/search_speed.py`` (about 5 minutes on 2 cores);
 ``--gpu`` searches with faiss-gpu when it is installed.
 """
 
