@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clipcache import FeatureStore
 from clipcache.errors import ClipCacheError, StoreMismatchError
@@ -145,3 +147,30 @@ def test_support_uses_the_saved_pool_index_when_asked(pool_store):
     with FeatureStore(path) as store:
         assert sorted(store.ids("support").tolist()) == sorted(f"pool-{r:05d}" for r in exact.rows)
     assert summary["per_class"] == {f"class{i}": 6 for i in range(N_CLASSES)}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_classes=st.integers(5, 12),
+    k=st.integers(1, 6),
+    n=st.integers(12, 90),
+    seed=st.integers(0, 2**16),
+    clustered=st.booleans(),
+)
+def test_exclusive_support_matches_the_whole_pool_greedy_rule(tmp_path, n_classes, k, n, seed, clustered):
+    # More than 4 classes, so the candidate list starts below k * C and has to grow.
+    rng = np.random.default_rng(seed)
+    d = 6
+    text = unit(rng.normal(size=(n_classes, d)))
+    x = unit(text[rng.integers(0, n_classes, n)] + rng.normal(size=(n, d))) if clustered else unit(rng.normal(size=(n, d)))
+    k = min(k, n)
+    path = tmp_path / f"prop-{seed}-{n_classes}-{k}-{n}-{clustered}.h5"
+    with FeatureStore(path, "w") as store:
+        store.set_classes([f"c{i}" for i in range(n_classes)])
+        store.add_feature_set("clip", d, provenance={})
+        store.create_split("pool", ["clip"])
+        store.append("pool", ids=[str(i) for i in range(n)], paths=[""] * n, labels=np.full(n, -1), features={"clip": x})
+        store.write_text("t", text, np.arange(n_classes), ["p"] * n_classes, provenance={})
+        support = retrieve_support(store, "pool", "clip", k, chunk_rows=17)
+    got = set(zip(support.labels.tolist(), support.rows.tolist(), strict=True))
+    assert got == greedy_reference(text @ x.T, k)
