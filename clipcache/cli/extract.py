@@ -80,7 +80,8 @@ def _print_report(report) -> None:
 @click.option("--max-per-class", multiple=True, help="Keep the first N images of each class: N, or SPLIT=N (repeatable).")
 @click.option("--val-per-class", type=int, default=0, show_default=True, help="Move the next N per class of train into a 'val' split.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=int, default=lambda: max(1, min(8, (os.cpu_count() or 2) // 2)),
+              show_default="half the CPUs, 1 to 8", help="DataLoader worker processes (0 decodes in the main process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast dtype (GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")

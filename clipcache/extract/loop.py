@@ -416,7 +416,7 @@ def extract(
         if templates:
             from clipcache.extract.prompts import embed_prompts
 
-            embed_prompts(store, templates, backbone=_text_backbone(backbones))
+            embed_prompts(store, templates, backbone=_text_backbone(backbones), overwrite=True)
         for plan in plans:
             report.rows[plan.name] = store.n_rows(plan.name)
             report.skipped[plan.name] = store.skipped(plan.name)

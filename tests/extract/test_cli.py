@@ -106,3 +106,12 @@ def test_torchrun_rank_writes_its_own_shard(runner, image_folder, tmp_path, monk
     with FeatureStore(tmp_path / "feats.shard-01-of-02.h5") as fs:
         assert fs.metadata["shard"]["index"] == 1 and fs.n_rows("train") == 8  # batches 1-2 of 3
     assert not (tmp_path / "feats.h5").exists()
+
+
+def test_resume_of_finished_run_with_templates_succeeds(runner, image_folder, tmp_path):
+    args = ["extract", str(image_folder), str(tmp_path / "s.h5"), "--model", "clipcache-tiny-vit", "--pretrained", "none",
+            "--split", "test", "--templates", "simple", "--workers", "0"]
+    assert runner.invoke(cli, args).exit_code == 0
+    result = runner.invoke(cli, args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert "0 images encoded" in result.output

@@ -161,6 +161,7 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mid_write", [False, True], ids=["between-batches", "mid-append"])
 def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path, mid_write):
     _corrupt(image_folder)

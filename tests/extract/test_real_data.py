@@ -12,6 +12,8 @@ from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 
 CIFAR_CLASSES = ("airplane", "automobile", "frog", "ship")
+pytestmark = pytest.mark.data
+
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
