@@ -44,3 +44,23 @@ class DatasetError(ClipCacheError):
 
 class IndexMismatchError(ClipCacheError):
     """A saved index does not match its feature store."""
+
+
+class InvalidFeaturesError(ClipCacheError, ValueError):
+    """Features or labels given to an estimator are unusable (NaN, inf, wrong shape, too few)."""
+
+
+class ModelFileError(ClipCacheError):
+    """A fitted-model file cannot be written or read."""
+
+
+class MissingTextError(ClipCacheError, ValueError):
+    """Zero-shot weights were asked for but no text embeddings were given."""
+
+
+class ProtocolError(ClipCacheError):
+    """The evaluation protocol cannot run on the given store, splits or options."""
+
+
+class QueryError(ClipCacheError, ValueError):
+    """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""

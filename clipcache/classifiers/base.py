@@ -17,13 +17,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipcache.classifiers import _backend
-from clipcache.errors import ClipCacheError, NotFittedError
+from clipcache.errors import InvalidFeaturesError, NotFittedError
 
 __all__ = ["EstimatorNotFittedError", "InvalidFeaturesError", "LogitClassifier", "softmax", "l2_normalize"]
-
-
-class InvalidFeaturesError(ClipCacheError, ValueError):
-    """Features or labels given to an estimator are unusable (NaN, inf, wrong shape, too few)."""
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):

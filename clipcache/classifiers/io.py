@@ -19,17 +19,13 @@ import h5py
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from clipcache.errors import ClipCacheError
+from clipcache.errors import ModelFileError
 
 __all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_VERSION"]
 
 MODEL_FORMAT = "clipcache.model"
 MODEL_VERSION = 1
 _META = "__clipcache_model__"
-
-
-class ModelFileError(ClipCacheError):
-    """A model file cannot be written or read."""
 
 
 def _classes() -> dict:

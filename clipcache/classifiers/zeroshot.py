@@ -6,13 +6,9 @@ import numpy as np
 from sklearn.utils.validation import validate_data
 
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
-from clipcache.errors import ClipCacheError
+from clipcache.errors import MissingTextError
 
 __all__ = ["MissingTextError", "ZeroShotClassifier", "prompt_ensemble"]
-
-
-class MissingTextError(ClipCacheError, ValueError):
-    """Zero-shot weights were asked for but no text embeddings were given."""
 
 
 def prompt_ensemble(embeddings: np.ndarray, class_index: np.ndarray | None, n_classes: int | None = None) -> np.ndarray:

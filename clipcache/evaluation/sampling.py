@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipcache.errors import ClipCacheError
+from clipcache.errors import ProtocolError
 
 __all__ = ["ProtocolError", "FewShotSample", "sample_few_shot", "carve_validation", "VAL_SEED"]
 
@@ -15,10 +15,6 @@ logger = logging.getLogger(__name__)
 
 #: Fixed seed of the validation split carved from train when a store has none.
 VAL_SEED = 0
-
-
-class ProtocolError(ClipCacheError):
-    """The evaluation protocol cannot run on the given store, splits or options."""
 
 
 @dataclass(frozen=True)

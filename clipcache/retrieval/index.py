@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from clipcache import __version__
-from clipcache.errors import ClipCacheError, IndexMismatchError
+from clipcache.errors import ClipCacheError, IndexMismatchError, QueryError
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,6 @@ _GPU_MAX_K = 2048
 # scratch) measured 1.5-2x faster on 2 busy cores (benchmarks/search_speed.py).
 _BLAS_QUERY_BLOCK = 1024
 _BLAS_DATABASE_BLOCK = 16384
-
-
-class QueryError(ClipCacheError, ValueError):
-    """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""
 
 
 @dataclass(frozen=True)
