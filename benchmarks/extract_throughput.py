@@ -17,7 +17,7 @@ JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
 
     python benchmarks/extract_throughput.py                      # CPU, efficientnet-lite0
     python benchmarks/extract_throughput.py --device cuda --model ViT-B-32 --pretrained none \\
-        --aux '' --workers 16 --batch-size 256 --amp bf16 --per-class 500
+        --aux '' --workers 16 --batch-size 256 --amp bf16 --per-class 1000
 
 Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz``
 (unpacked once into ``/tmp/cifar10-jpg``), or from ``--source``.
