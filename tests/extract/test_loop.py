@@ -259,3 +259,24 @@ def test_no_backbone_is_rejected(image_folder, tmp_path):
     with pytest.raises(ModelLoadError, match="--model"):
         extract(tmp_path / "s.h5", _config(image_folder, model=None, aux=()), QUIET)
     assert not os.path.exists(tmp_path / "s.h5")
+
+
+def test_interrupted_run_with_views_resumes_to_identical_store(image_folder, tmp_path, monkeypatch):
+    config = _config(image_folder, splits=("train",), aux=(), augment_views=3, batch_size=5)
+    extract(tmp_path / "full.h5", config, QUIET)
+    real_append, calls = FeatureStore.append, [0]
+
+    def failing_append(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "append", failing_append)
+    with pytest.raises(KeyboardInterrupt):
+        extract(tmp_path / "cut.h5", config, QUIET)
+    monkeypatch.setattr(FeatureStore, "append", real_append)
+    with FeatureStore(tmp_path / "cut.h5") as fs:
+        assert fs.n_rows("train") == 10 and fs.views("train")[-1] == 0  # the cut falls between views of one image
+    extract(tmp_path / "cut.h5", config, QUIET, resume=True)
+    assert snapshot(tmp_path / "cut.h5") == snapshot(tmp_path / "full.h5")
