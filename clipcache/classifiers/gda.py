@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 
 from clipcache.classifiers import _backend
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
@@ -68,11 +69,11 @@ def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
             counts = np.concatenate([counts, np.zeros(k - len(counts), dtype=np.int64)])
         for start in range(0, len(codes), _BLOCK_ROWS):
             block, c = X[start : start + _BLOCK_ROWS], codes[start : start + _BLOCK_ROWS]
-            if len(c) > 1 and (c[1:] < c[:-1]).any():
-                order = np.argsort(c, kind="stable")
-                block, c = block[order], c[order]
-            present, starts = np.unique(c, return_index=True)
-            sums[present] += np.add.reduceat(block, starts, axis=0)
+            # A sparse one-hot (K, b) times the block: one pass, no sort or row gather.
+            onehot = scipy.sparse.csr_matrix(
+                (np.ones(len(c), dtype=np.float32), (c, np.arange(len(c)))), shape=(len(sums), len(c))
+            )
+            sums += onehot @ block
         counts += np.bincount(codes, minlength=len(counts))
     return (np.zeros((0, d)) if sums is None else sums), counts, d
 

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("zeroshot", "ncm", "gda", "gda-zs", "tip", "fusion", "knn")
 BASES = ("auto", "zeroshot", "ncm")
 KNN_GRID = (1, 3, 5, 10, 20)
-_MODEL_KEYS = ("model", "pretrained", "weights_sha256")
 
 
 @dataclass
@@ -102,22 +101,6 @@ def _check_split(store: FeatureStore, split: str, name: str) -> None:
     if not store.is_complete(split):
         logger.warning("split %r of %s is not complete; using its %d committed rows", split, store.path, store.n_rows(split))
 
-
-def _check_text_matches(store: FeatureStore, text: str, features: str) -> None:
-    t = store.text(text)
-    info = store.feature_sets[features]
-    if t.embeddings.shape[1] != info.dim:
-        raise StoreMismatchError(
-            f"{store.path}: text embeddings {text!r} have dimension {t.embeddings.shape[1]} but feature set "
-            f"{features!r} has {info.dim}; pick text and image features from the same CLIP model"
-        )
-    for key in _MODEL_KEYS:
-        a, b = t.provenance.get(key), info.provenance.get(key)
-        if a is not None and b is not None and a != b:
-            raise StoreMismatchError(
-                f"{store.path}: text embeddings {text!r} come from {key} {a!r} but feature set {features!r} "
-                f"from {b!r}; features from different models cannot be compared, pick a matching --text or --features"
-            )
 
 
 def resolve_protocol(
@@ -174,7 +157,7 @@ def resolve_protocol(
             "or use --base ncm and a method without zero-shot"
         )
     if text is not None:
-        _check_text_matches(store, text, features)
+        store.check_text_matches(text, features)
     if "fusion" in methods and aux_features is None:
         raise ProtocolError("method fusion needs the auxiliary backbone's features; pass --aux-features NAME")
     if val_split is None and "val" in store.splits and train_split != "val":

@@ -827,6 +827,26 @@ class FeatureStore:
         text.move(tmp, name)
         self.h5.flush()
 
+    def check_text_matches(self, text: str, features: str) -> None:
+        """Raise StoreMismatchError unless text embeddings ``text`` come from the model of ``features``.
+
+        The dimensions must agree, and so must every model-identifying provenance
+        key (backbone, model, pretrained, weights_sha256) that both record.
+        """
+        emb, info = self.text(text), self._feature_set(features)
+        if emb.embeddings.shape[1] != info.dim:
+            raise StoreMismatchError(
+                f"{self.path}: text embeddings {text!r} have dimension {emb.embeddings.shape[1]} but feature set "
+                f"{features!r} has {info.dim}; pick text and image features of the same CLIP model"
+            )
+        for key in ("backbone", "model", "pretrained", "weights_sha256"):
+            a, b = emb.provenance.get(key), info.provenance.get(key)
+            if a is not None and b is not None and a != b:
+                raise StoreMismatchError(
+                    f"{self.path}: text embeddings {text!r} have {key} {a!r} but feature set {features!r} has "
+                    f"{b!r}; features from different models cannot be compared, pick matching text and features"
+                )
+
     def text(self, name: str) -> TextEmbeddings:
         """Read a set of text embeddings."""
         group = self.h5["text"].get(name)

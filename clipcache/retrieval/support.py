@@ -30,14 +30,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from clipcache.errors import ClipCacheError, StoreMismatchError
+from clipcache.errors import ClipCacheError
 from clipcache.retrieval.index import QueryError, StoreIndex
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SupportSet", "class_text_embeddings", "retrieve_support", "write_support", "build_support_split"]
 
-_IDENTITY = ("backbone", "model", "pretrained", "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -117,20 +116,8 @@ def class_text_embeddings(store, features: str, text: str | None = None) -> tupl
         known = ", ".join(store.feature_sets) or "none"
         raise ClipCacheError(f"{store.path}: no feature set {features!r} (the store has: {known}); pass --features")
     name = _choose_text(store, features, text)
+    store.check_text_matches(name, features)
     emb = store.text(name)
-    info = store.feature_sets[features]
-    if emb.embeddings.shape[1] != info.dim:
-        raise StoreMismatchError(
-            f"{store.path}: text embeddings {name!r} have dimension {emb.embeddings.shape[1]} but feature set "
-            f"{features!r} has {info.dim}; use text embeddings of the same CLIP model"
-        )
-    for key in _IDENTITY:
-        a, b = emb.provenance.get(key), info.provenance.get(key)
-        if a is not None and b is not None and a != b:
-            raise StoreMismatchError(
-                f"{store.path}: text embeddings {name!r} have {key} {a!r} but feature set {features!r} has {b!r}; "
-                "use text embeddings of the same CLIP model"
-            )
     n_classes = len(store.classes)
     if n_classes == 0:
         raise ClipCacheError(f"{store.path}: the store has no class names; set them before retrieving a support set")

@@ -170,3 +170,17 @@ def test_split_with_a_foreign_layout_is_a_format_error(synthetic_store):
         store.ids("train")
     with pytest.raises(StoreFormatError, match="not a string column"):
         FeatureStore(path, "a")
+
+
+def test_text_from_another_model_does_not_match_features(synthetic_store):
+    path, _ = synthetic_store
+    emb = unit_rows(np.random.default_rng(0), 4, 16)
+    with FeatureStore(path, "a") as store:
+        store.write_text("same", emb, [0, 1, 2, 3], list("abcd"), provenance={"model": "tiny", "pretrained": "none"})
+        store.write_text("other", emb, [0, 1, 2, 3], list("abcd"), provenance={"model": "ViT-B-32"})
+        store.write_text("wide", np.ones((4, 8)), [0, 1, 2, 3], list("abcd"), provenance={"model": "tiny"})
+        store.check_text_matches("same", "clip")
+        with pytest.raises(StoreMismatchError, match="'other' have model 'ViT-B-32' but feature set 'clip' has 'tiny'"):
+            store.check_text_matches("other", "clip")
+        with pytest.raises(StoreMismatchError, match="dimension 8 but feature set 'clip' has 16"):
+            store.check_text_matches("wide", "clip")
