@@ -21,13 +21,9 @@ import logging
 import os
 from collections.abc import Sequence
 
-import h5py
-import numpy as np
-
 from clipcache.errors import StoreError, StoreMismatchError
 from clipcache.extract.loop import CONFIG_KEY, SHARD_KEY
 from clipcache.feature_store import FeatureStore
-from clipcache.feature_store import schema as _schema
 
 logger = logging.getLogger(__name__)
 
@@ -175,51 +171,15 @@ def merge_stores(
                 for shard in ordered:
                     _copy_rows(out, shard, split, names)
             rows = {split: out.n_rows(split) for split in first.splits}
-            if layout == "virtual":
-                for split in first.splits:
+            for split in first.splits:
+                if layout == "virtual":
                     out.create_split(split, feature_sets=first.split_feature_sets(split))
-            else:
-                for split in first.splits:
-                    out.mark_complete(split)
-        if layout == "virtual":
-            plan = {
-                split: [(shard.path, shard.n_rows(split)) for shard in ordered] for split in first.splits
-            }
-            sets = {split: first.split_feature_sets(split) for split in first.splits}
-            infos = first.feature_sets
+                    sources = [(shard.path, shard.n_rows(split)) for shard in ordered]
+                    for name in first.split_feature_sets(split):
+                        out.link_features(split, name, sources)
+                out.mark_complete(split)
     finally:
         for store in stores:
             store.close()
-    if layout == "virtual":
-        _virtualize(output, plan, sets, infos)
-        with FeatureStore(output, "a") as out:
-            for split in plan:
-                out.mark_complete(split)
     return MergeReport(path=output, rows=rows, shards=len(ordered), layout=layout)
 
-
-def _virtualize(output: str, plan: dict, sets: dict, infos: dict) -> None:
-    """Replace the (empty) feature datasets of ``output`` by virtual datasets over the shards."""
-    base = os.path.dirname(os.path.abspath(output))
-    with h5py.File(output, "r+", locking=False) as h5:
-        for split, sources in plan.items():
-            group = h5["splits"][split]
-            total = sum(n for _, n in sources)
-            for name in sets[split]:
-                info = infos[name]
-                layout = h5py.VirtualLayout(shape=(total, info.dim), dtype=np.dtype(info.dtype))
-                at = 0
-                for path, n in sources:
-                    if n:
-                        rel = os.path.relpath(os.path.abspath(path), base)
-                        src = h5py.VirtualSource(rel, f"splits/{split}/features/{name}", shape=(n, info.dim))
-                        layout[at : at + n] = src[0:n]
-                    at += n
-                del group["features"][name]
-                group["features"].create_virtual_dataset(name, layout, fillvalue=np.nan)
-            state = group["state"][:]
-            names = json.loads(group["state"].attrs["features"])
-            for i, name in enumerate(names):
-                if name in sets[split]:
-                    state[_schema.STATE_FIXED + i] = total
-            group["state"][:] = state

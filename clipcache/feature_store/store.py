@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -577,6 +578,45 @@ class FeatureStore:
         state[i] = have + len(x)
         h5["splits"][split]["state"][:] = state
         h5.flush()
+
+    def link_features(self, split: str, name: str, sources: Sequence[tuple[str | Path, int]]) -> None:
+        """Make feature set ``name`` of ``split`` an HDF5 virtual dataset over other stores' rows.
+
+        Used to merge shards without copying: the rows of ``split`` are the
+        concatenation of the first n rows of the same split and feature set of
+        each source store, in order. Sources are referenced by path relative to
+        this store, so they must stay beside it.
+
+        Parameters
+        ----------
+        split, name : str
+        sources : sequence of (path, n)
+            Source stores and how many rows to take from each; the n add up to
+            this split's rows.
+        """
+        state, names = self._state(split)
+        info = self._feature_set(name)
+        if name not in names:
+            raise StoreError(f"{self.path}: split {split!r} has no feature set {name!r}; create_split it first")
+        total = sum(int(n) for _, n in sources)
+        if total != state[schema.STATE_ROWS]:
+            raise StoreError(
+                f"{self.path}: split {split!r} has {int(state[schema.STATE_ROWS])} rows but the sources hold {total}"
+            )
+        layout = h5py.VirtualLayout(shape=(total, info.dim), dtype=np.dtype(info.dtype))
+        base, at = self.path.resolve().parent, 0
+        for path, n in sources:
+            if n:
+                rel = os.path.relpath(Path(path).resolve(), base)
+                source = h5py.VirtualSource(rel, f"splits/{split}/features/{name}", shape=(int(n), info.dim))
+                layout[at : at + int(n)] = source[0 : int(n)]
+            at += int(n)
+        features = self._structure()["splits"][split]["features"]
+        del features[name]
+        features.create_virtual_dataset(name, layout, fillvalue=np.nan)
+        state[schema.STATE_FIXED + names.index(name)] = total
+        self.h5["splits"][split]["state"][:] = state
+        self.h5.flush()
 
     def record_skipped(self, split: str, *, ids: Sequence[str], paths: Sequence[str], reasons: Sequence[str]) -> None:
         """Record samples that could not be read, with the reason, without adding rows."""

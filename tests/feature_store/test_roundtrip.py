@@ -142,3 +142,24 @@ def test_fingerprint_changes_with_rows_and_recreation(tmp_path):
     write_synthetic_store(path)
     with FeatureStore(path) as store:
         assert store.fingerprint("train", "clip") != first
+
+
+def test_linked_features_read_through_to_their_sources(tmp_path):
+    from tests.conftest import write_synthetic_store
+
+    parts = [write_synthetic_store(tmp_path / f"part{i}.h5", {"train": n}, seed=i) for i, n in enumerate((7, 5))]
+    with FeatureStore(tmp_path / "merged.h5", "w") as store:
+        store.set_classes([f"class{i}" for i in range(4)])
+        store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
+        store.create_split("train")
+        for part in parts:
+            w = part["train"]
+            store.append("train", ids=w["ids"], paths=w["ids"], labels=w["y"], features={})
+        store.create_split("train", ["clip"])
+        store.link_features("train", "clip", [(tmp_path / "part0.h5", 7), (tmp_path / "part1.h5", 5)])
+        store.mark_complete("train")
+    with FeatureStore(tmp_path / "merged.h5") as store:
+        assert store.h5["splits/train/features/clip"].is_virtual
+        want = np.concatenate([p["train"]["x"] for p in parts])
+        np.testing.assert_array_equal(store.features("train", "clip"), want)
+        np.testing.assert_array_equal(store.features("train", "clip", [11, 0, 7]), want[[11, 0, 7]])
