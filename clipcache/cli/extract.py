@@ -185,11 +185,14 @@ def merge_command(output, inputs, layout, overwrite):
 @click.option("--train-per-class", type=int, default=12, show_default=True)
 @click.option("--test-per-class", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_data_command(directory, train_per_class, test_per_class, seed):
+@click.option("--overwrite", is_flag=True, help="Replace the train and test folders if DIRECTORY has them.")
+def demo_data_command(directory, train_per_class, test_per_class, seed, overwrite):
     """Draw a tiny built-in dataset of shapes (circle, square, star, triangle) into DIRECTORY."""
     from clipcache.extract.demo import DEMO_CLASSES, write_demo_dataset
 
-    counts = write_demo_dataset(directory, train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
+    counts = write_demo_dataset(
+        directory, train_per_class=train_per_class, test_per_class=test_per_class, seed=seed, overwrite=overwrite
+    )
     click.echo(
         f"Wrote {sum(counts.values())} images of {len(DEMO_CLASSES)} classes to {directory} "
         f"(train {counts['train']}, test {counts['test']})."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,24 @@ def draw_shape(kind: str, rng: np.random.Generator, size: int = DEMO_SIZE) -> Im
 
 
 def write_demo_dataset(
-    directory: str | os.PathLike, *, train_per_class: int = 12, test_per_class: int = 6, seed: int = 0
+    directory: str | os.PathLike,
+    *,
+    train_per_class: int = 12,
+    test_per_class: int = 6,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, int]:
     """Write the demo ImageFolder tree.
 
     Parameters
     ----------
     directory : path
-        Created if missing; must not already hold a ``train`` or ``test`` folder.
+        Created if missing; must not already hold a ``train`` or ``test`` folder
+        unless ``overwrite``.
     train_per_class, test_per_class : int
     seed : int
+    overwrite : bool
+        Replace existing ``train`` and ``test`` folders.
 
     Returns
     -------
@@ -84,8 +93,11 @@ def write_demo_dataset(
         Images written per split.
     """
     root = Path(directory)
-    if any((root / split).exists() for split in ("train", "test")):
-        raise DatasetError(f"{root}: already holds a train or test folder; give an empty or new directory.")
+    existing = [root / split for split in ("train", "test") if (root / split).exists()]
+    if existing and not overwrite:
+        raise DatasetError(f"{root}: already holds a train or test folder; give an empty or new directory, or overwrite it.")
+    for folder in existing:
+        shutil.rmtree(folder)
     rng = np.random.default_rng(seed)
     counts = {}
     for split, n in (("train", train_per_class), ("test", test_per_class)):

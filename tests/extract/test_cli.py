@@ -32,6 +32,18 @@ def test_demo_data_is_deterministic(runner, tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+
+def test_demo_data_refuses_a_filled_folder_unless_overwritten(runner, tmp_path):
+    args = ["demo-data", str(tmp_path / "d"), "--train-per-class", "2", "--test-per-class", "1"]
+    assert runner.invoke(cli, args).exit_code == 0
+    first = _digest(tmp_path / "d")
+    (tmp_path / "d" / "train" / "circle" / "stale.png").write_bytes(b"x")
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 1 and "already holds a train or test folder" in again.output
+    assert runner.invoke(cli, [*args, "--overwrite"]).exit_code == 0
+    assert _digest(tmp_path / "d") == first  # the stale file is gone, the rest redrawn identically
+
+
 def test_extract_with_templates_and_info(runner, image_folder, tmp_path):
     store = tmp_path / "s.h5"
     args = ["extract", str(image_folder), str(store), "--model", "clipcache-tiny-vit", "--pretrained", "none",
