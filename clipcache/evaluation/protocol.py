@@ -216,24 +216,46 @@ def read_features(store: FeatureStore, split: str, method: str, protocol: Protoc
 
 @dataclass
 class SplitRows:
-    """Rows of the training and validation splits after carving."""
+    """Rows of the training and validation splits after carving.
 
-    train_candidates: np.ndarray
+    Sampling and carving work on images, not rows: in a split extracted with
+    ``--augment-views N`` each image has N rows (one per view) under one id, and
+    all of them go to the same side, so that no view of a validation image is
+    ever in the support set and k shots means k images.
+    """
+
+    train_candidates: np.ndarray  # (m,) int64: the first row of each candidate support image
     val_split: str
     val_rows: np.ndarray
     carved: bool
+    image_of_row: np.ndarray | None = None  # (n,) int64 image index of each train row; None: one row per image
+
+    def expand(self, first_rows: np.ndarray) -> np.ndarray:
+        """All rows (every view) of the images whose first rows are given, ascending."""
+        if self.image_of_row is None:
+            return np.asarray(first_rows, dtype=np.int64)
+        chosen = np.isin(self.image_of_row, self.image_of_row[first_rows])
+        return np.flatnonzero(chosen).astype(np.int64)
 
 
 def split_rows(store: FeatureStore, protocol: Protocol) -> SplitRows:
-    """The candidate support rows and the validation rows (carved from train when needed)."""
-    labels = store.labels(protocol.train_split)
-    n_classes = len(protocol.classes)
+    """The candidate support images and the validation rows (carved from train when needed)."""
+    split = protocol.train_split
+    labels = store.labels(split)
+    image_of_row = None
+    first = np.flatnonzero(labels >= 0)
+    if store.views(split).max(initial=0) > 0:
+        _, first_of_image, image_of_row = np.unique(store.ids(split), return_index=True, return_inverse=True)
+        first = np.sort(first_of_image[labels[first_of_image] >= 0])
     if protocol.val_split is not None:
         val_labels = store.labels(protocol.val_split)
-        return SplitRows(np.flatnonzero(labels >= 0), protocol.val_split, np.flatnonzero(val_labels >= 0), False)
-    val_rows, train_rows = carve_validation(labels, protocol.val_per_class, n_classes, VAL_SEED)
-    logger.info("no validation split: carved %d rows from %r with seed %d", len(val_rows), protocol.train_split, VAL_SEED)
-    return SplitRows(train_rows, protocol.train_split, val_rows, True)
+        return SplitRows(first, protocol.val_split, np.flatnonzero(val_labels >= 0), False, image_of_row)
+    per_image = labels[first]
+    val_images, train_images = carve_validation(per_image, protocol.val_per_class, len(protocol.classes), VAL_SEED)
+    rows = SplitRows(first[train_images], split, np.empty(0, np.int64), True, image_of_row)
+    rows.val_rows = rows.expand(first[val_images])
+    logger.info("no validation split: carved %d images from %r with seed %d", len(val_images), split, VAL_SEED)
+    return rows
 
 
 def fit_method(estimator, method: str, X, y, X_val, y_val):
@@ -297,11 +319,12 @@ def fit_from_store(
         rows = split_rows(store, protocol)
         labels = store.labels(train_split)
         sample = sample_few_shot(labels, shots, seed, len(protocol.classes), rows.train_candidates, protocol.classes)
+        support = rows.expand(sample.rows)
         estimator = build_estimator(method, protocol, store)
         if method == "gda" and shots == 0:
-            estimator.fit_store(store, train_split, protocol.features, rows=sample.rows, chunk_rows=chunk_rows)
+            estimator.fit_store(store, train_split, protocol.features, rows=support, chunk_rows=chunk_rows)
         else:
-            X, y = read_features(store, train_split, method, protocol, sample.rows), labels[sample.rows]
+            X, y = read_features(store, train_split, method, protocol, support), labels[support]
             X_val = read_features(store, rows.val_split, method, protocol, rows.val_rows)
             y_val = store.labels(rows.val_split, rows.val_rows)
             estimator = fit_method(estimator, method, X, y, X_val, y_val)

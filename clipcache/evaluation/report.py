@@ -135,10 +135,11 @@ def run_evaluation(
             for seed in seeds:
                 sample = sample_few_shot(labels, k, seed, n_classes, rows.train_candidates, protocol.classes)
                 report.supports.append(sample.record(store.ids(train_split, sample.rows)))
-                y = labels[sample.rows]
+                support = rows.expand(sample.rows)
+                y = labels[support]
                 for method in methods:
                     X_val, X_test = features_for(method)
-                    X = read_features(store, train_split, method, protocol, sample.rows)
+                    X = read_features(store, train_split, method, protocol, support)
                     estimator = build_estimator(method, protocol, store)
                     metrics, hp = evaluate_one(estimator, method, X, y, X_val, y_val, X_test, y_test, n_classes)
                     logger.info("%s %d-shot seed %d: top-1 %.4f", method, k, seed, metrics["top1"])

@@ -101,3 +101,36 @@ def test_predict_writes_one_row_per_sample_matching_the_model(store, tmp_path):
         expected = est.predict(s.features("test", "clip"))
     assert n == 150 and len(rows) == 151
     assert [int(r.split(",")[3]) for r in rows[1:]] == expected.tolist()
+
+
+def _views_store(path, n_images=12, views=3, n_classes=3, d=8):
+    """Each image stored as ``views`` rows under one id, view index 0..views-1."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n_images) % n_classes, views)
+    x = rng.normal(size=(n_images * views, d)).astype(np.float32) + 3 * np.eye(n_classes, d)[labels]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"img{i:03d}" for i in np.repeat(np.arange(n_images), views)]
+    with FeatureStore(path, "w") as s:
+        s.set_classes([f"c{i}" for i in range(n_classes)])
+        s.add_feature_set("f", d, provenance={"model": "m"})
+        s.create_split("train", ["f"])
+        s.append("train", ids=ids, paths=ids, labels=labels, features={"f": x}, views=np.tile(np.arange(views), n_images))
+    return path
+
+
+def test_views_of_one_image_stay_together_in_support_and_validation(tmp_path):
+    from clipcache.evaluation.protocol import split_rows
+
+    path = _views_store(tmp_path / "views.h5")
+    meta = fit_from_store(path, "gda", tmp_path / "m.npz", shots=2, seed=1, val_per_class=1)
+    assert meta["val"]["n"] == 3 * 3  # one image per class, each with its 3 views
+    support_ids = meta["support"]["ids"]
+    assert len(support_ids) == len(set(support_ids)) == 2 * 3  # k shots = k images
+    with FeatureStore(path) as s:
+        rows = split_rows(s, resolve_protocol(s, ["gda"], val_per_class=1, test_split=None))
+        val_ids = s.ids("train", rows.val_rows)
+        support_rows = rows.expand(np.flatnonzero(np.isin(s.ids("train"), support_ids)))
+        assert len(support_rows) == 2 * 3 * 3  # every view of each support image
+        assert sorted(s.views("train", support_rows)) == sorted([0, 1, 2] * 6)
+    assert not set(val_ids) & set(support_ids)
+    assert all((val_ids == i).sum() == 3 for i in set(val_ids))
