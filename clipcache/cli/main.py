@@ -2,7 +2,7 @@
 
 Each command module (``info``, ``extract``, ``classify``, ``retrieval``) exposes a
 list ``COMMANDS`` of click commands; this module adds them to the group. A
-:class:`~clipcache.errors.ClipCacheError` escaping a command is printed as one
+:class:`~clipcache.errors.ClipCacheError` (or an OSError) escaping a command is printed as one
 line on stderr and the process exits with status 1, never with a traceback.
 """
 
@@ -23,6 +23,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ClipCacheError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a file the library did not anticipate: still one line, naming it
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             click.echo("clipcache: interrupted", err=True)
             sys.exit(130)

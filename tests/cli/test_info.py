@@ -39,3 +39,14 @@ def test_info_json_is_machine_readable(synthetic_store):
     assert d["splits"]["test"] == {"rows": 20, "complete": True, "skipped": 0, "labelled": 20, "views": 1,
                                    "features": {"clip": 20}}
     assert d["feature_sets"]["clip"]["dim"] == 16
+
+
+def test_unexpected_os_error_is_one_line_naming_the_file(tmp_path):
+    from clipcache.extract.demo import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "imgs", train_per_class=1, test_per_class=1)
+    missing = tmp_path / "nope" / "s.h5"
+    result = CliRunner().invoke(cli, ["extract", str(tmp_path / "imgs"), str(missing), "--aux", "efficientnet-lite0",
+                                      "--workers", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {missing}: cannot open the store for writing (No such file or directory)"]

@@ -184,3 +184,9 @@ def test_text_from_another_model_does_not_match_features(synthetic_store):
             store.check_text_matches("other", "clip")
         with pytest.raises(StoreMismatchError, match="dimension 8 but feature set 'clip' has 16"):
             store.check_text_matches("wide", "clip")
+
+
+def test_unwritable_location_is_a_one_line_error(tmp_path):
+    target = tmp_path / "missing-dir" / "s.h5"
+    with pytest.raises(StoreError, match="missing-dir/s.h5: cannot open the store for writing"):
+        FeatureStore(target, "w")
