@@ -353,9 +353,9 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if model == TINY_CLIP_NAME and not (pretrained and os.path.isdir(pretrained)):
-            if pretrained is not None:
-                raise ModelLoadError(f"Model {TINY_CLIP_NAME} has no pretrained weights; pass --pretrained none.")
             module, tokenizer = _build_tiny_clip()
+            if pretrained is not None:
+                weights_sha256 = _load_tiny_file(module, pretrained)
         else:
             model_name, ckpt = _resolve_open_clip_source(model, pretrained)
             try:
@@ -377,6 +377,19 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
         "init_seed": seed if pretrained is None else None,
     }
     return OpenClipBackbone(module.eval(), tokenizer, _open_clip_preprocess(module), provenance)
+
+
+def _load_tiny_file(module: torch.nn.Module, path: str) -> str:
+    """Load a state-dict file into the tiny test model; return its sha256."""
+    from clipcache.extract.testing import TINY_CLIP_NAME
+
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"Model {TINY_CLIP_NAME} has no pretrained tags; pass a weights file, a checkpoint folder, or none.")
+    try:
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except Exception as exc:
+        raise ModelLoadError(f"Weights file {path} does not load into {TINY_CLIP_NAME} ({type(exc).__name__}); save its state dict.") from None
+    return sha256_file(path)
 
 
 def _resolve_open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:

@@ -136,6 +136,19 @@ def test_local_checkpoint_directory_loads(tmp_path):
     assert open_clip.list_models().count("clipcache-tiny-vit") == 0  # the global registry is untouched
 
 
+
+def test_local_checkpoint_file_loads_and_is_hashed(tmp_path):
+    source = build_open_clip("clipcache-tiny-vit", "none", seed=3)
+    weights = tmp_path / "tiny.pt"
+    torch.save(source.module.state_dict(), weights)
+    loaded = build_open_clip("clipcache-tiny-vit", str(weights))
+    imgs = _images(2)
+    np.testing.assert_allclose(loaded.encode_images(imgs), source.encode_images(imgs), atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_text(["a cat"]), source.encode_text(["a cat"]), atol=1e-6)
+    prov = loaded.provenance()
+    assert prov["pretrained"] == str(weights) and prov["weights_sha256"] == backbones.sha256_file(weights)
+
+
 def test_unknown_open_clip_model_is_rejected():
     with pytest.raises(ModelLoadError, match="not an open_clip model"):
         build_open_clip("no-such-model", "none")
