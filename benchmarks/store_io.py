@@ -103,7 +103,7 @@ def main() -> None:
     mb = x.nbytes / 2**20
     print(f"N={args.rows} d={args.dim} float32 ({mb:.0f} MiB); best of {args.repeat}")
     print(f"write: store {t_write_store:.2f} s ({args.batch}-row appends), numpy.save {t_write_npy:.2f} s")
-    print(f"| operation | clipcache (s) | peer | peer (s) | clipcache / peer |")
+    print("| operation | clipcache (s) | peer | peer (s) | clipcache / peer |")
     print("|---|---:|---|---:|---:|")
     for op, t_st, peer, t_peer in results:
         print(f"| {op} | {t_st:.3f} | {peer} | {t_peer:.3f} | {t_st / t_peer:.2f}x |")
