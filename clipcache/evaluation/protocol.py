@@ -102,7 +102,6 @@ def _check_split(store: FeatureStore, split: str, name: str) -> None:
         logger.warning("split %r of %s is not complete; using its %d committed rows", split, store.path, store.n_rows(split))
 
 
-
 def resolve_protocol(
     store: FeatureStore,
     methods,

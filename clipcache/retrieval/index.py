@@ -206,8 +206,6 @@ def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
         return index, "cpu"
 
 
-
-
 class StoreIndex:
     """A FAISS index over one feature set of one split, with its store row mapping.
 

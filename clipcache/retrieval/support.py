@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["SupportSet", "class_text_embeddings", "retrieve_support", "write_support", "build_support_split"]
 
 
-
 @dataclass(frozen=True)
 class SupportSet:
     """A pseudo-labelled support set drawn from a pool split.

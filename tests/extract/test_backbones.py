@@ -136,7 +136,6 @@ def test_local_checkpoint_directory_loads(tmp_path):
     assert open_clip.list_models().count("clipcache-tiny-vit") == 0  # the global registry is untouched
 
 
-
 def test_local_checkpoint_file_loads_and_is_hashed(tmp_path):
     source = build_open_clip("clipcache-tiny-vit", "none", seed=3)
     weights = tmp_path / "tiny.pt"

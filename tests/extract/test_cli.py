@@ -32,7 +32,6 @@ def test_demo_data_is_deterministic(runner, tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
-
 def test_demo_data_refuses_a_filled_folder_unless_overwritten(runner, tmp_path):
     args = ["demo-data", str(tmp_path / "d"), "--train-per-class", "2", "--test-per-class", "1"]
     assert runner.invoke(cli, args).exit_code == 0
