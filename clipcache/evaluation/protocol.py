@@ -168,6 +168,8 @@ def resolve_protocol(
                 _check_split(store, split, aux_features)
     if val_split is not None and val_split in (train_split, test_split):
         raise ProtocolError(f"the validation split {val_split!r} must differ from the train and test splits")
+    if test_split is not None and test_split == train_split:
+        raise ProtocolError(f"the test split {test_split!r} must differ from the split the support sets are drawn from")
     return Protocol(features, aux_features, text, base, train_split, val_split, test_split, val_per_class,
                     list(store.classes))
 

@@ -134,3 +134,13 @@ def test_views_of_one_image_stay_together_in_support_and_validation(tmp_path):
         assert sorted(s.views("train", support_rows)) == sorted([0, 1, 2] * 6)
     assert not set(val_ids) & set(support_ids)
     assert all((val_ids == i).sum() == 3 for i in set(val_ids))
+
+
+@pytest.mark.parametrize(
+    "splits, message",
+    [({"val_split": "test"}, "validation split 'test' must differ"),
+     ({"test_split": "train"}, "test split 'train' must differ")],
+)
+def test_hyper_parameters_and_scores_never_touch_the_support_split_or_test(store, splits, message):
+    with FeatureStore(store) as s, pytest.raises(ProtocolError, match=message):
+        resolve_protocol(s, ["tip"], **splits)
