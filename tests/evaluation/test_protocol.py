@@ -143,4 +143,4 @@ def test_views_of_one_image_stay_together_in_support_and_validation(tmp_path):
 )
 def test_hyper_parameters_and_scores_never_touch_the_support_split_or_test(store, splits, message):
     with FeatureStore(store) as s, pytest.raises(ProtocolError, match=message):
-        resolve_protocol(s, ["tip"], **splits)
+        resolve_protocol(s, ["tip"], features="clip", **splits)
