@@ -3,9 +3,8 @@
 The public API is re-exported here; see ``docs/`` for the guides.
 """
 
-__version__ = "0.1.0"
-
-from clipcache.errors import (  # noqa: E402
+from clipcache._version import __version__
+from clipcache.errors import (
     ClipCacheError,
     IndexMismatchError,
     ModelLoadError,
@@ -16,7 +15,7 @@ from clipcache.errors import (  # noqa: E402
     StoreMismatchError,
     StoreVersionError,
 )
-from clipcache.feature_store import FeatureSetInfo, FeatureStore, TextEmbeddings  # noqa: E402
+from clipcache.feature_store import FeatureSetInfo, FeatureStore, TextEmbeddings
 
 __all__ = [
     "__version__",

@@ -18,27 +18,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipcache.classifiers import _backend
 from clipcache.errors import InvalidFeaturesError, NotFittedError
+from clipcache.ops import l2_normalize
 
 __all__ = ["EstimatorNotFittedError", "InvalidFeaturesError", "LogitClassifier", "softmax", "l2_normalize"]
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
     """A clipcache estimator was used before ``fit`` (both clipcache's and scikit-learn's NotFittedError)."""
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero).
-
-    Parameters
-    ----------
-    x : ndarray of shape (n, d), float32
-
-    Returns
-    -------
-    ndarray of shape (n, d), same dtype
-    """
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from clipcache._io import atomic_output
 from clipcache.errors import ModelFileError
 
 __all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_VERSION"]
@@ -121,16 +122,15 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
         "metadata": metadata or {},
     }
     text = json.dumps(doc, sort_keys=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if suffix == ".npz":
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{_META: np.array(text)}, **arrays)
-    else:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs[_META] = text
-            for key, arr in arrays.items():
-                h5.create_dataset(key, data=arr if arr.dtype.kind != "U" else arr.astype(h5py.string_dtype()))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        if suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{_META: np.array(text)}, **arrays)
+        else:
+            with h5py.File(tmp, "w") as h5:
+                h5.attrs[_META] = text
+                for key, arr in arrays.items():
+                    h5.create_dataset(key, data=arr if arr.dtype.kind != "U" else arr.astype(h5py.string_dtype()))
     return path
 
 

@@ -7,41 +7,9 @@ from sklearn.utils.validation import validate_data
 
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
 from clipcache.errors import MissingTextError
+from clipcache.ops import prompt_ensemble
 
 __all__ = ["MissingTextError", "ZeroShotClassifier", "prompt_ensemble"]
-
-
-def prompt_ensemble(embeddings: np.ndarray, class_index: np.ndarray | None, n_classes: int | None = None) -> np.ndarray:
-    """Class weights of a prompt ensemble.
-
-    Parameters
-    ----------
-    embeddings : ndarray of shape (M, d), float
-        One text embedding per (class, template) prompt.
-    class_index : ndarray of shape (M,), int, or None
-        The class of each row; None means row i is class i (M = C).
-    n_classes : int, optional
-        C; by default ``class_index.max() + 1``.
-
-    Returns
-    -------
-    ndarray of shape (C, d), float32
-        Per class, the mean of its L2-normalised prompt embeddings, normalised again.
-    """
-    e = l2_normalize(np.asarray(embeddings, dtype=np.float32))
-    if class_index is None:
-        return l2_normalize(e)
-    idx = np.asarray(class_index, dtype=np.int64).reshape(-1)
-    n_classes = int(idx.max()) + 1 if n_classes is None else int(n_classes)
-    sums = np.zeros((n_classes, e.shape[1]), dtype=np.float64)
-    np.add.at(sums, idx, e)
-    counts = np.bincount(idx, minlength=n_classes)
-    if (counts == 0).any():
-        raise MissingTextError(
-            f"text embeddings have no prompt for class index {int(np.flatnonzero(counts == 0)[0])}; "
-            "re-extract the text embeddings for every class"
-        )
-    return l2_normalize(sums.astype(np.float32))
 
 
 class ZeroShotClassifier(LogitClassifier):

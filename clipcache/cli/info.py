@@ -7,11 +7,11 @@ import json
 import click
 
 from clipcache.feature_store import FeatureStore
+from clipcache.feature_store.schema import MODEL_KEYS
 
 
 def _provenance_line(prov: dict) -> str:
-    keys = ("backbone", "model", "pretrained", "weights_sha256")
-    parts = [f"{k}={str(prov[k])[:16] if k == 'weights_sha256' else prov[k]}" for k in keys if prov.get(k)]
+    parts = [f"{k}={str(prov[k])[:16] if k == 'weights_sha256' else prov[k]}" for k in MODEL_KEYS if prov.get(k)]
     return ", ".join(parts) or "no provenance"
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from clipcache import __version__
+from clipcache._version import __version__
 from clipcache.errors import ClipCacheError
 
 

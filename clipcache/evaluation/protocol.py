@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipcache._io import atomic_output
 from clipcache.classifiers import (
     ClassMeanClassifier,
     GDAClassifier,
@@ -32,7 +33,7 @@ from clipcache.errors import StoreMismatchError
 from clipcache.evaluation.metrics import all_metrics
 from clipcache.evaluation.sampling import VAL_SEED, ProtocolError, carve_validation, sample_few_shot
 from clipcache.feature_store import FeatureStore
-from clipcache.feature_store.schema import IDENTITY_KEYS
+from clipcache.feature_store.schema import model_identity
 
 __all__ = [
     "METHODS",
@@ -84,13 +85,7 @@ class Protocol:
     def identities(self, store: FeatureStore) -> dict:
         """Provenance identity of each feature set used, by name."""
         names = [n for n in (self.features, self.aux_features) if n]
-        return {n: _model_identity(store.feature_sets[n].provenance, store.feature_sets[n].dim) for n in names}
-
-
-def _model_identity(provenance: dict, dim: int) -> dict:
-    ident = {k: provenance.get(k) for k in IDENTITY_KEYS}
-    ident["dim"] = int(dim)
-    return ident
+        return {n: model_identity(store.feature_sets[n].provenance, store.feature_sets[n].dim) for n in names}
 
 
 def _check_split(store: FeatureStore, split: str, name: str) -> None:
@@ -180,7 +175,7 @@ def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_n
         if protocol.base == "zeroshot":
             t = store.text(protocol.text)
             scale = float(t.provenance.get("logit_scale", 100.0))
-            return ZeroShotClassifier(t.embeddings, t.class_index, logit_scale=scale)
+            return ZeroShotClassifier(text_embeddings=t.embeddings, class_index=t.class_index, logit_scale=scale)
         return ClassMeanClassifier()
 
     if method == "zeroshot":
@@ -190,9 +185,9 @@ def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_n
     if method == "gda":
         return GDAClassifier()
     if method == "gda-zs":
-        return LogitEnsemble(base(), GDAClassifier())
+        return LogitEnsemble(base=base(), model=GDAClassifier())
     if method == "tip":
-        return TipAdapter(base())
+        return TipAdapter(base=base())
     if method == "fusion":
         aux_dim = store.feature_sets[protocol.aux_features].dim
         return LogitBiasFusion(aux_dim=aux_dim, base=base(), aux=ClassMeanClassifier())
@@ -359,7 +354,7 @@ def check_model_matches(store: FeatureStore, metadata: dict) -> None:
         if name not in store.feature_sets:
             raise StoreMismatchError(f"{store.path}: no feature set {name!r}, which the model was fitted on")
         info = store.feature_sets[name]
-        if _model_identity(info.provenance, info.dim) != ident:
+        if model_identity(info.provenance, info.dim) != ident:
             raise StoreMismatchError(
                 f"{store.path}: feature set {name!r} comes from a different model or preprocessing than the "
                 "features the model was fitted on; re-extract with the same backbone or refit on this store"
@@ -388,9 +383,7 @@ def predict_to_csv(
                             list(store.classes))
         _check_split(store, split, protocol.features)
         n = store.n_rows(split)
-        output = Path(output)
-        tmp = output.with_name(output.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_output(output) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["id", "path", "label", "pred", "pred_name", "confidence"])
             for start in range(0, n, chunk_rows):
@@ -401,7 +394,6 @@ def predict_to_csv(
                 for i, p, lab, path, c in zip(store.ids(split, sl), pred, store.labels(split, sl),
                                               store.paths(split, sl), conf, strict=True):
                     writer.writerow([i, path, int(lab), int(p), store.classes[int(p)], f"{c:.6f}"])
-        os.replace(tmp, output)
     return n
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipcache._io import atomic_output
 from clipcache.evaluation.metrics import mean_ci
 from clipcache.evaluation.protocol import (
     build_estimator,
@@ -61,10 +62,8 @@ class EvaluationReport:
         return {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
 
 
 def run_evaluation(

@@ -23,6 +23,9 @@ ENCODINGS = {"split": 1, "feature-set": 1, "text-embeddings": 1, "string-column"
 #: that differ in any of them hold features from different models or
 #: preprocessing and must never share a name.
 IDENTITY_KEYS = ("backbone", "model", "pretrained", "weights_sha256", "preprocess")
+#: The subset of IDENTITY_KEYS that names the network and its weights (not the
+#: preprocessing): text embeddings and image features must agree on these.
+MODEL_KEYS = ("backbone", "model", "pretrained", "weights_sha256")
 
 #: Target size of one HDF5 chunk of a feature dataset.
 FEATURE_CHUNK_BYTES = 4 << 20
@@ -74,8 +77,15 @@ def dump_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
-    """The part of a feature set's description that must match for rows to be mixed."""
+def model_identity(provenance: dict, dim: int) -> dict:
+    """What makes two feature sets comparable: the identity keys of the provenance, and the dimension."""
     ident = {key: provenance.get(key) for key in IDENTITY_KEYS}
-    ident.update(dim=int(dim), dtype=str(dtype), normalized=bool(normalized))
+    ident["dim"] = int(dim)
+    return ident
+
+
+def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
+    """The part of a feature set's description that must match for rows to be mixed in one store."""
+    ident = model_identity(provenance, dim)
+    ident.update(dtype=str(dtype), normalized=bool(normalized))
     return ident

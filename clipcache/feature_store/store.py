@@ -31,10 +31,11 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from clipcache import __version__
+from clipcache._version import __version__
 from clipcache.errors import StoreError, StoreFormatError, StoreMismatchError
 from clipcache.feature_store import _hdf5, schema
 from clipcache.feature_store.rows import Rows, StringColumn, normalize_rows, read_rows
+from clipcache.ops import prompt_ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +111,7 @@ class TextEmbeddings:
         ndarray of shape (C, d), float32
             Per class, the mean of its L2-normalised prompt embeddings, normalised again.
         """
-        n_classes = int(self.class_index.max()) + 1 if n_classes is None else n_classes
-        unit = _l2_normalize(self.embeddings)
-        sums = np.zeros((n_classes, unit.shape[1]), dtype=np.float64)
-        np.add.at(sums, self.class_index, unit)
-        return _l2_normalize(sums.astype(np.float32))
+        return prompt_ensemble(self.embeddings, self.class_index, n_classes)
 
 
 class Chunk(NamedTuple):
@@ -123,11 +120,6 @@ class Chunk(NamedTuple):
     rows: np.ndarray  # (b,) int64
     features: np.ndarray  # (b, d) float32
     labels: np.ndarray  # (b,) int64
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _now() -> str:
@@ -879,7 +871,7 @@ class FeatureStore:
                 f"{self.path}: text embeddings {text!r} have dimension {emb.embeddings.shape[1]} but feature set "
                 f"{features!r} has {info.dim}; pick text and image features of the same CLIP model"
             )
-        for key in ("backbone", "model", "pretrained", "weights_sha256"):
+        for key in schema.MODEL_KEYS:
             a, b = emb.provenance.get(key), info.provenance.get(key)
             if a is not None and b is not None and a != b:
                 raise StoreMismatchError(

@@ -39,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from clipcache import __version__
+from clipcache._version import __version__
 from clipcache.errors import ClipCacheError, IndexMismatchError, QueryError
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clipcache.errors import ClipCacheError, IndexMismatchError
+from clipcache.ops import l2_normalize
 from clipcache.retrieval.index import (
     INDEX_FORMAT,
     QueryError,
@@ -235,10 +236,9 @@ def query_vectors(
         return index.check_queries(_backbone(store, index.feature_set).encode_text([str(t) for t in value]))
     x = index.check_queries(value)
     if normalize and store.feature_sets[index.feature_set].normalized:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
+        if not np.linalg.norm(x, axis=1).all():
             raise QueryError("a query vector is all zeros and cannot be normalised; pass normalize=False or a real vector")
-        x = (x / norms).astype(np.float32, copy=False)
+        x = l2_normalize(x).astype(np.float32, copy=False)
     return x
 
 
