@@ -5,9 +5,26 @@ sentence that names the file or field at fault and, where there is one, the fix.
 The command line prints that message on one line and exits non-zero.
 """
 
+from __future__ import annotations
+
 
 class ClipCacheError(Exception):
-    """Base class of every error that clipcache raises on bad input or state."""
+    """Base class of every error that clipcache raises on bad input or state.
+
+    Parameters
+    ----------
+    message : str
+        One sentence in the words of the Python API (parameter names, not
+        command-line flags), with no final period.
+    param : str, optional
+        The API parameter at fault (``"feature_set"``, ``"pretrained"`` ...).
+        The command line names the matching flag after the message, so the
+        library never has to.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class StoreError(ClipCacheError):

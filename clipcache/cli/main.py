@@ -17,12 +17,27 @@ from clipcache._version import __version__
 from clipcache.errors import ClipCacheError
 
 
+def with_flag_hint(ctx: click.Context, exc: ClipCacheError) -> str:
+    """The library's message, followed by the flag of the invoked command that sets ``exc.param``, if any."""
+    message = str(exc)
+    sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
+    if not exc.param or sub is None:
+        return message
+    for param in sub.params:
+        if param.name == exc.param and isinstance(param, click.Option):
+            flag = max(param.opts, key=len)
+            return f"{message} ({flag})"
+        if param.name == exc.param and isinstance(param, click.Argument):
+            return f"{message} ({param.human_readable_name})"
+    return message
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ClipCacheError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(with_flag_hint(ctx, exc)) from None
         except OSError as exc:  # a file the library did not anticipate: still one line, naming it
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
