@@ -176,8 +176,12 @@ def test_single_class_raises(blobs):
 
 
 def test_bad_precision_name_raises(blobs):
-    with pytest.raises(ClipCacheError, match="precision='oas' is not one of"):
+    with pytest.raises(ClipCacheError) as info:
         GDAClassifier(precision="oas").fit(blobs["X"], blobs["y"])
+    assert str(info.value) == (
+        "GDAClassifier got precision='oas'; precision must be 'iclr2024', 'ledoit-wolf' or 'shrinkage'"
+    )
+    assert info.value.param == "precision"
 
 
 def test_float32_throughout(blobs):

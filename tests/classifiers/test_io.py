@@ -24,15 +24,15 @@ def _fuse(X):
 
 def _fitted(name, blobs, text_weights):
     X, y, Xv, yv = blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"]
-    zs = ZeroShotClassifier(*text_weights)
+    zs = ZeroShotClassifier(**text_weights)
     if name == "fusion":
         return LogitBiasFusion(aux_dim=4, base=zs, aux=GDAClassifier()).fit(_fuse(X), y, _fuse(Xv), yv)
     return {
         "zeroshot": lambda: zs.fit(X, y),
         "ncm": lambda: ClassMeanClassifier().fit(X, y),
         "gda": lambda: GDAClassifier(precision="ledoit-wolf").fit(X, y),
-        "gda-zs": lambda: LogitEnsemble(zs, GDAClassifier()).fit(X, y, Xv, yv),
-        "tip": lambda: TipAdapter(zs).fit(X, y, Xv, yv),
+        "gda-zs": lambda: LogitEnsemble(base=zs, model=GDAClassifier()).fit(X, y, Xv, yv),
+        "tip": lambda: TipAdapter(base=zs).fit(X, y, Xv, yv),
         "knn": lambda: KNNClassifier(n_neighbors=3, weights="distance").fit(X, y),
     }[name]()
 

@@ -34,8 +34,8 @@ def test_check_estimator(estimator, check):
 def test_zero_shot_and_tip_work_in_cross_val_score(blobs, text_weights):
     X = np.vstack([blobs["X"], blobs["Xt"]])
     y = np.concatenate([blobs["y"], blobs["yt"]])
-    zs = cross_val_score(ZeroShotClassifier(*text_weights), X, y, cv=3)
-    tip = cross_val_score(TipAdapter(ZeroShotClassifier(*text_weights)), X, y, cv=3)
+    zs = cross_val_score(ZeroShotClassifier(**text_weights), X, y, cv=3)
+    tip = cross_val_score(TipAdapter(base=ZeroShotClassifier(**text_weights)), X, y, cv=3)
     assert zs.shape == tip.shape == (3,) and tip.mean() > 0.6
 
 
