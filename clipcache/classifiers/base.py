@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipcache.classifiers import _backend
@@ -112,7 +112,14 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
             X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         except ValueError as exc:
             raise InvalidFeaturesError(_finite_message(exc)) from None
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError:
+            raise InvalidFeaturesError(
+                f"Unknown label type: {type_of_target(y)}; y must hold class labels (ints, strings or "
+                "whole-number floats)",
+                param="y",
+            ) from None
         return X, y
 
     def _check_X(self, X) -> np.ndarray:
