@@ -105,6 +105,7 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
     def _validate_params(self) -> None:
         """Check every parameter against ``_parameter_constraints``; raise :class:`InvalidParameterError`."""
         validate_parameters(type(self).__name__, self._parameter_constraints, self.get_params(deep=False))
+        _backend.check_device(self.device)
 
     def _check_Xy(self, X, y):
         """Validate training data; return X (n, d) float32 and y (n,)."""

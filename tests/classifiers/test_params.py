@@ -181,3 +181,9 @@ def test_options_grid_methods_and_device():
 def test_an_undeclared_parameter_is_a_programming_error():
     with pytest.raises(TypeError, match="declares no constraint for parameter 'k'"):
         validate_parameters("Thing", {}, {"k": 1})
+
+
+def test_an_unknown_device_name_raises_before_the_data_is_read():
+    with pytest.raises(InvalidParameterError, match="device 'gpu0' is not a torch device") as info:
+        GDAClassifier(device="gpu0").fit(_Untouchable(), _Untouchable())
+    assert info.value.param == "device"
