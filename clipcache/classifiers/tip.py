@@ -12,7 +12,7 @@ from clipcache.classifiers._validation import check_same_classes
 from clipcache.classifiers.base import ValidatedLogitClassifier, l2_normalize
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
-__all__ = ["TipAdapter", "DEFAULT_ALPHAS", "DEFAULT_BETAS"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "TipAdapter", "cache_logits", "search_alpha_beta"]
 
 DEFAULT_ALPHAS = np.round(np.linspace(0.0, 10.0, 41), 6)
 DEFAULT_BETAS = np.round(np.linspace(0.5, 10.0, 20), 6)
