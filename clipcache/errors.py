@@ -63,6 +63,10 @@ class IndexMismatchError(ClipCacheError):
     """A saved index does not match its feature store."""
 
 
+class InvalidParameterError(ClipCacheError, ValueError):
+    """A parameter value is outside what the function accepts"""
+
+
 class InvalidFeaturesError(ClipCacheError, ValueError):
     """Features or labels given to an estimator are unusable (NaN, inf, wrong shape, too few)."""
 

@@ -8,10 +8,19 @@
 - :class:`LogitBiasFusion`: uncertainty-gated bias from auxiliary features.
 - :class:`KNNClassifier`: k-NN on FAISS.
 
+They share :class:`LogitClassifier` (declared parameter rules, checked when
+``fit`` starts; keyword-only parameters); the three whose hyper-parameters are
+searched on validation data share :class:`ValidatedLogitClassifier`.
+
 Fitted models are saved with :func:`save_model` and read with :func:`load_model`.
 """
 
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
+from clipcache.classifiers.base import (
+    InvalidFeaturesError,
+    InvalidParameterError,
+    LogitClassifier,
+    ValidatedLogitClassifier,
+)
 from clipcache.classifiers.ensemble import LogitEnsemble
 from clipcache.classifiers.fusion import LogitBiasFusion
 from clipcache.classifiers.gda import GDAClassifier
@@ -25,6 +34,7 @@ __all__ = [
     "ClassMeanClassifier",
     "GDAClassifier",
     "InvalidFeaturesError",
+    "InvalidParameterError",
     "KNNClassifier",
     "LogitBiasFusion",
     "LogitClassifier",
@@ -32,6 +42,7 @@ __all__ = [
     "MissingTextError",
     "ModelFileError",
     "TipAdapter",
+    "ValidatedLogitClassifier",
     "ZeroShotClassifier",
     "load_model",
     "prompt_ensemble",

@@ -10,19 +10,31 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg.blas
 
-from clipcache.errors import ClipCacheError
+from clipcache.errors import ClipCacheError, InvalidParameterError
+
+__all__ = ["check_device", "gram", "matmul"]
 
 
 def _torch_device(device: str):
-    import torch
+    import torch  # only when a device is asked for: numpy users never import torch
 
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ClipCacheError(f"device {device!r} is not a torch device; use None (numpy), 'cpu' or 'cuda'") from None
+        raise InvalidParameterError(
+            f"device {device!r} is not a torch device; use None (numpy), 'cpu' or 'cuda'", param="device"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClipCacheError(f"device {device!r} was asked for but torch sees no CUDA GPU; use device=None for the CPU")
+        raise ClipCacheError(
+            f"device {device!r} was asked for but torch sees no CUDA GPU; use device=None for the CPU", param="device"
+        )
     return torch, dev
+
+
+def check_device(device) -> None:
+    """Raise unless ``device`` is None or a torch device that is available here."""
+    if device is not None:
+        _torch_device(device)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:

@@ -1,18 +1,12 @@
-"""Checks shared by the ensembles: validation data and class alignment."""
+"""Checks shared by the ensembles: class alignment and validation labels."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from clipcache.classifiers.base import InvalidFeaturesError
+from clipcache.errors import InvalidFeaturesError
 
-
-def check_grid(values, name: str, default: np.ndarray) -> np.ndarray:
-    """A 1-D float64 grid (the default when None), non-empty, finite and non-negative."""
-    grid = default if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
-    if grid.size == 0 or not np.isfinite(grid).all() or (grid < 0).any():
-        raise InvalidFeaturesError(f"{name} must be a non-empty list of finite non-negative numbers")
-    return grid
+__all__ = ["check_same_classes", "encode_validation"]
 
 
 def check_same_classes(base_classes: np.ndarray, support_classes: np.ndarray, what: str) -> None:
@@ -23,7 +17,8 @@ def check_same_classes(base_classes: np.ndarray, support_classes: np.ndarray, wh
         raise InvalidFeaturesError(
             f"{what}: the support set and the base classifier disagree on class {label!r} "
             f"({len(missing)} of {len(base_classes)} base classes have no support sample); "
-            "sample at least one support example per class"
+            "sample at least one support example per class",
+            param="y",
         )
 
 
@@ -33,5 +28,7 @@ def encode_validation(classes: np.ndarray, y_val) -> np.ndarray:
     idx = np.searchsorted(classes, y_val)
     idx = np.clip(idx, 0, len(classes) - 1)
     if not (classes[idx] == y_val).all():
-        raise InvalidFeaturesError("y_val holds labels that the support set does not; validate on the same classes")
+        raise InvalidFeaturesError(
+            "y_val holds labels that the support set does not; validate on the same classes", param="y_val"
+        )
     return idx.astype(np.int64)

@@ -4,23 +4,43 @@ Every estimator derives from :class:`LogitClassifier`: it computes class
 logits of shape (n, C) in ``_logits`` and gets ``decision_function``,
 ``predict_proba`` and ``predict`` from here, following scikit-learn's
 conventions (``classes_``, ``n_features_in_``, a 1-D decision function for
-two classes). Features are validated once, at the boundary, and converted to
-float32 there; NaN or inf raise :class:`InvalidFeaturesError`.
+two classes). Parameters are checked against the class's declared
+``_parameter_constraints`` when ``fit`` starts, before any data is read; a bad
+one raises :class:`InvalidParameterError`. Features are validated once, at the
+boundary, and converted to float32 there; NaN or inf raise
+:class:`InvalidFeaturesError`.
+
+The classifiers whose hyper-parameters are searched on validation data (Tip-Adapter,
+logit-bias fusion, the logit ensemble) share one ``fit`` in
+:class:`ValidatedLogitClassifier`.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clipcache.classifiers import _backend
-from clipcache.errors import InvalidFeaturesError, NotFittedError
+from clipcache.classifiers._params import validate_parameters
+from clipcache.classifiers._search import grid_argmax
+from clipcache.classifiers._validation import encode_validation
+from clipcache.errors import InvalidFeaturesError, InvalidParameterError, NotFittedError
 from clipcache.ops import l2_normalize
 
-__all__ = ["EstimatorNotFittedError", "InvalidFeaturesError", "LogitClassifier", "softmax", "l2_normalize"]
+__all__ = [
+    "EstimatorNotFittedError",
+    "InvalidFeaturesError",
+    "InvalidParameterError",
+    "LogitClassifier",
+    "ValidatedLogitClassifier",
+    "l2_normalize",
+    "softmax",
+]
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
@@ -43,11 +63,49 @@ def _finite_message(exc: ValueError) -> str:
 
 
 class LogitClassifier(ClassifierMixin, BaseEstimator):
-    """Base class: subclasses set ``classes_`` in ``fit`` and implement ``_logits``."""
+    """Base class of the clipcache estimators.
+
+    Subclasses declare ``_parameter_constraints`` (see
+    :mod:`clipcache.classifiers._params`), take their parameters keyword-only
+    in ``__init__``, implement ``_fit(X, codes)`` (or override ``fit``) and
+    ``_logits(X)``.
+    """
 
     device = None  # overridden by the ``device`` parameter of subclasses that take one
+    _parameter_constraints: ClassVar[dict] = {}
+
+    # -- fitting --------------------------------------------------------------------
+
+    def fit(self, X, y):
+        """Fit on the support set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Support features; converted to float32.
+        y : array-like of shape (n,)
+            Labels of any sortable dtype (int, str, float); ``classes_`` keeps it.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X, y = self._check_Xy(X, y)
+        self.classes_, codes = self._encode(y)
+        self._fit(X, codes)
+        return self
+
+    def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:  # pragma: no cover - abstract
+        """Learn from X (n, d) float32 and codes (n,) int64, the column of ``classes_`` of each row."""
+        raise NotImplementedError
 
     # -- validation -----------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        """Check every parameter against ``_parameter_constraints``; raise :class:`InvalidParameterError`."""
+        validate_parameters(type(self).__name__, self._parameter_constraints, self.get_params(deep=False))
+        _backend.check_device(self.device)
 
     def _check_Xy(self, X, y):
         """Validate training data; return X (n, d) float32 and y (n,)."""
@@ -55,7 +113,14 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
             X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         except ValueError as exc:
             raise InvalidFeaturesError(_finite_message(exc)) from None
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError:
+            raise InvalidFeaturesError(
+                f"Unknown label type: {type_of_target(y)}; y must hold class labels (ints, strings or "
+                "whole-number floats)",
+                param="y",
+            ) from None
         return X, y
 
     def _check_X(self, X) -> np.ndarray:
@@ -125,3 +190,79 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+class ValidatedLogitClassifier(LogitClassifier):
+    """Base class of the classifiers whose hyper-parameters are chosen on validation data.
+
+    ``fit(X, y, X_val, y_val)`` checks the parameters, fits the parts on the
+    support set (``_fit_parts``), and then either keeps the fixed
+    hyper-parameters or, when validation data is given, counts the correct
+    validation predictions over the whole search grid (``_count_correct``) and
+    keeps the best cell (the first in C order on ties).
+
+    Subclasses declare ``_search_axes``, the searched hyper-parameters in the
+    order of the axes of ``search_accuracy_``. For each name ``h`` the
+    parameter ``h`` is the fixed value, ``h_grid`` the grid (None for
+    ``_default_grids[h]``), and ``h_`` the value used after ``fit``.
+    """
+
+    _search_axes: ClassVar[tuple[str, ...]] = ()
+    _default_grids: ClassVar[dict[str, np.ndarray]] = {}
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Fit on the support set; search the hyper-parameters on validation data if given.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Support features; converted to float32.
+        y : array-like of shape (n,)
+            Support labels.
+        X_val : array-like of shape (m, d), optional
+            Validation features, disjoint from the test data.
+        y_val : array-like of shape (m,), optional
+            Validation labels, all among ``y``'s classes. Pass both or neither.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        if (X_val is None) != (y_val is None):
+            raise InvalidParameterError(
+                f"{type(self).__name__}.fit got only one of X_val and y_val; pass both to search "
+                f"{' and '.join(self._search_axes)}, or neither"
+            )
+        X, y = self._check_Xy(X, y)
+        self._fit_parts(X, y)
+        for name in self._search_axes:
+            setattr(self, f"{name}_", float(getattr(self, name)))
+        self.search_accuracy_ = np.zeros((0,) * len(self._search_axes))
+        if X_val is not None:
+            Xv = self._check_X(X_val)
+            yv = encode_validation(self.classes_, y_val)
+            grids = [self._grid(name) for name in self._search_axes]
+            counts = self._count_correct(Xv, yv, grids)
+            self.search_accuracy_ = counts / len(yv)
+            for name, grid, i in zip(self._search_axes, grids, grid_argmax(counts), strict=True):
+                setattr(self, f"{name}_", float(grid[i]))
+        return self
+
+    def _grid(self, name: str) -> np.ndarray:
+        """The search grid of hyper-parameter ``name``, float64 (A,)."""
+        values = getattr(self, f"{name}_grid")
+        return self._default_grids[name] if values is None else np.asarray(values, dtype=np.float64)
+
+    @staticmethod
+    def _fit_part(estimator, default: type, X: np.ndarray, y: np.ndarray):
+        """A clone of ``estimator`` (``default()`` when None), fitted on (X, y)."""
+        return (default() if estimator is None else clone(estimator)).fit(X, y)
+
+    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
+        """Fit the parts on X (n, d) float32, y (n,); set ``classes_``."""
+        raise NotImplementedError
+
+    def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+        """Correct predictions on (X, codes) at every cell of the grid (int64, one axis per grid)."""
+        raise NotImplementedError  # pragma: no cover - abstract

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.base import clone
+from numbers import Real
 
-from clipcache.classifiers._search import correct_over_alpha, grid_argmax
-from clipcache.classifiers._validation import check_grid, check_same_classes, encode_validation
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
+import numpy as np
+
+from clipcache.classifiers._params import Grid, HasMethods, Interval
+from clipcache.classifiers._search import correct_over_alpha
+from clipcache.classifiers._validation import check_same_classes
+from clipcache.classifiers.base import ValidatedLogitClassifier
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
@@ -16,10 +18,11 @@ __all__ = ["LogitEnsemble", "DEFAULT_ENSEMBLE_ALPHAS"]
 DEFAULT_ENSEMBLE_ALPHAS = np.concatenate([[0.0], np.logspace(-4, 3, 57)])
 
 
-class LogitEnsemble(LogitClassifier):
+class LogitEnsemble(ValidatedLogitClassifier):
     """Sum of two classifiers' logits: ``base(x) + alpha * model(x)``.
 
-    The ICLR 2024 training-free baseline is ``LogitEnsemble(ZeroShotClassifier(...), GDAClassifier())``.
+    The ICLR 2024 training-free baseline is
+    ``LogitEnsemble(base=ZeroShotClassifier(...), model=GDAClassifier())``.
 
     Parameters
     ----------
@@ -27,9 +30,9 @@ class LogitEnsemble(LogitClassifier):
         Usually :class:`ZeroShotClassifier`; None for :class:`ClassMeanClassifier`.
     model : estimator, optional
         Fitted on the support set; None for :class:`GDAClassifier`.
-    alpha : float, default=1.0
+    alpha : float >= 0, default=1.0
         Used when ``fit`` gets no validation data; otherwise searched on ``alpha_grid``.
-    alpha_grid : array-like of float, optional
+    alpha_grid : array-like of float >= 0, optional
         Default ``DEFAULT_ENSEMBLE_ALPHAS`` (0 and 10^-4 ... 10^3).
 
     Attributes
@@ -37,47 +40,59 @@ class LogitEnsemble(LogitClassifier):
     base_, model_ : fitted estimators
     alpha_ : float
     search_accuracy_ : ndarray of shape (len(alpha_grid),), float64
+        Validation accuracy at each alpha (empty when no search ran).
     classes_ : ndarray of shape (C,)
     n_features_in_ : int
+
+    Examples
+    --------
+    Two classes in the same direction at different distances: the cosine base
+    (:class:`ClassMeanClassifier`) cannot tell them apart, GDA can, and the
+    validation search gives GDA a large weight:
+
+    >>> import numpy as np
+    >>> from clipcache.classifiers import LogitEnsemble
+    >>> rng = np.random.default_rng(0)
+    >>> centres = np.array([[1, 1], [2, 2]], dtype=np.float32)
+    >>> def draw(n):
+    ...     y = np.repeat(np.arange(2), n)
+    ...     return (centres[y] + 0.3 * rng.normal(size=(len(y), 2))).astype(np.float32), y
+    >>> (X, y), (Xv, yv), (Xt, yt) = draw(5), draw(10), draw(50)
+    >>> clf = LogitEnsemble(alpha_grid=[0.0, 0.1, 1.0, 10.0]).fit(X, y, Xv, yv)
+    >>> clf.search_accuracy_
+    array([0.4 , 0.45, 0.85, 1.  ])
+    >>> clf.alpha_
+    10.0
+    >>> clf.base_.score(Xt, yt), clf.score(Xt, yt)
+    (0.5, 0.96)
+    >>> bool(np.allclose(clf.logits(Xt), clf.base_.logits(Xt) + 10.0 * clf.model_.logits(Xt)))
+    True
     """
 
-    def __init__(self, base=None, model=None, alpha=1.0, alpha_grid=None):
+    _parameter_constraints = {
+        "base": [None, HasMethods("fit", "logits")],
+        "model": [None, HasMethods("fit", "logits")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "alpha_grid": [None, Grid()],
+    }
+    _search_axes = ("alpha",)
+    _default_grids = {"alpha": DEFAULT_ENSEMBLE_ALPHAS}
+
+    def __init__(self, *, base=None, model=None, alpha=1.0, alpha_grid=None):
         self.base = base
         self.model = model
         self.alpha = alpha
         self.alpha_grid = alpha_grid
 
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Fit both classifiers on the support set; search alpha on validation if given.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d)
-        y : array-like of shape (n,)
-        X_val : array-like of shape (m, d), optional
-        y_val : array-like of shape (m,), optional
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._check_Xy(X, y)
-        alphas = check_grid(self.alpha_grid, "alpha_grid", DEFAULT_ENSEMBLE_ALPHAS)
-        self.base_ = (ClassMeanClassifier() if self.base is None else clone(self.base)).fit(X, y)
-        self.model_ = (GDAClassifier() if self.model is None else clone(self.model)).fit(X, y)
+    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)
+        self.model_ = self._fit_part(self.model, GDAClassifier, X, y)
         self.classes_ = np.asarray(self.model_.classes_)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, "LogitEnsemble")
-        self.alpha_ = float(self.alpha)
-        self.search_accuracy_ = np.zeros(0)
-        if (X_val is None) != (y_val is None):
-            raise InvalidFeaturesError("pass both X_val and y_val to search alpha, or neither")
-        if X_val is not None:
-            Xv = self._check_X(X_val)
-            yv = encode_validation(self.classes_, y_val)
-            counts = correct_over_alpha(self.base_.logits(Xv), self.model_.logits(Xv), yv, alphas)
-            self.search_accuracy_ = counts / len(yv)
-            self.alpha_ = float(alphas[grid_argmax(counts)[0]])
-        return self
+        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
+
+    def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+        (alphas,) = grids
+        return correct_over_alpha(self.base_.logits(X), self.model_.logits(X), codes, alphas)
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self.base_.logits(X) + np.float32(self.alpha_) * self.model_.logits(X)

@@ -8,15 +8,17 @@ the CLIP prediction's uncertainty, ``psi = u ** power``.
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.base import clone
+from numbers import Integral, Real
 
-from clipcache.classifiers._search import correct_over_alpha, grid_argmax
-from clipcache.classifiers._validation import check_grid, check_same_classes, encode_validation
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, softmax
+import numpy as np
+
+from clipcache.classifiers._params import Grid, HasMethods, Interval, Options
+from clipcache.classifiers._search import correct_over_alpha
+from clipcache.classifiers._validation import check_same_classes
+from clipcache.classifiers.base import InvalidParameterError, ValidatedLogitClassifier, softmax
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
-__all__ = ["LogitBiasFusion", "uncertainty", "zscore", "UNCERTAINTIES"]
+__all__ = ["DEFAULT_FUSION_ALPHAS", "DEFAULT_POWERS", "LogitBiasFusion", "UNCERTAINTIES", "uncertainty", "zscore"]
 
 UNCERTAINTIES = ("kurtosis", "entropy")
 DEFAULT_FUSION_ALPHAS = np.concatenate([[0.0], np.logspace(-2, 2, 41)])
@@ -67,7 +69,7 @@ def uncertainty(logits: np.ndarray, kind: str) -> np.ndarray:
     return np.where(var > 0, 1.0 / np.maximum(kappa, 1.0), 1.0).astype(np.float32)
 
 
-class LogitBiasFusion(LogitClassifier):
+class LogitBiasFusion(ValidatedLogitClassifier):
     """CLIP logits plus an uncertainty-gated bias from auxiliary features.
 
     X is the concatenation ``[x_clip | x_aux]``: the last ``aux_dim`` columns
@@ -76,7 +78,7 @@ class LogitBiasFusion(LogitClassifier):
 
     Parameters
     ----------
-    aux_dim : int
+    aux_dim : int >= 1, default=1
         Number of trailing columns of X that hold auxiliary features.
     base : estimator, optional
         CLIP logits on the leading columns; usually :class:`ZeroShotClassifier`.
@@ -85,20 +87,60 @@ class LogitBiasFusion(LogitClassifier):
         Closed-form classifier on the aux columns: :class:`ClassMeanClassifier`
         (default, class-mean prototypes) or :class:`GDAClassifier`.
     uncertainty : {"kurtosis", "entropy"}, default="kurtosis"
-    alpha, power : float, default=1.0, 1.0
+    alpha, power : float >= 0, default=1.0, 1.0
         Used when ``fit`` gets no validation data; otherwise searched.
-    alpha_grid, power_grid : array-like of float, optional
+    alpha_grid, power_grid : array-like of float >= 0, optional
+        Search grids (defaults ``DEFAULT_FUSION_ALPHAS``, ``DEFAULT_POWERS``).
 
     Attributes
     ----------
     base_, aux_ : fitted estimators
     alpha_, power_ : float
     search_accuracy_ : ndarray of shape (len(power_grid), len(alpha_grid)), float64
+        Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
     n_features_in_ : int
+
+    Examples
+    --------
+    Two CLIP columns that tell classes 0 and 1 apart but not 1 and 2, and one
+    auxiliary column that separates 1 from 2:
+
+    >>> import numpy as np
+    >>> from clipcache.classifiers import LogitBiasFusion
+    >>> rng = np.random.default_rng(0)
+    >>> clip = np.array([[1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    >>> aux = np.array([[0.0], [-1.0], [1.0]], dtype=np.float32)
+    >>> def draw(n):
+    ...     y = np.repeat(np.arange(3), n)
+    ...     x = np.hstack([clip[y], aux[y]]) + 0.3 * rng.normal(size=(len(y), 3))
+    ...     return x.astype(np.float32), y
+    >>> (X, y), (Xv, yv), (Xt, yt) = draw(5), draw(10), draw(50)
+    >>> fusion = LogitBiasFusion(aux_dim=1, uncertainty="entropy", alpha_grid=[0.0, 10.0],
+    ...                          power_grid=[0.0, 1.0]).fit(X, y, Xv, yv)
+    >>> fusion.search_accuracy_.round(3)
+    array([[0.733, 1.   ],
+           [0.733, 0.933]])
+    >>> fusion.power_, fusion.alpha_
+    (0.0, 10.0)
+    >>> round(fusion.base_.score(Xt[:, :2], yt), 3), round(fusion.score(Xt, yt), 3)
+    (0.627, 0.967)
     """
 
-    def __init__(self, aux_dim=1, base=None, aux=None, uncertainty="kurtosis", alpha=1.0, power=1.0,
+    _parameter_constraints = {
+        "aux_dim": [Interval(Integral, 1, None, closed="left")],
+        "base": [None, HasMethods("fit", "logits")],
+        "aux": [None, HasMethods("fit", "logits")],
+        "uncertainty": [Options(*UNCERTAINTIES)],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "power": [Interval(Real, 0, None, closed="left")],
+        "alpha_grid": [None, Grid()],
+        "power_grid": [None, Grid()],
+    }
+    _search_axes = ("power", "alpha")
+    _default_grids = {"alpha": DEFAULT_FUSION_ALPHAS, "power": DEFAULT_POWERS}
+
+    def __init__(self, *, aux_dim=1, base=None, aux=None, uncertainty="kurtosis", alpha=1.0, power=1.0,
                  alpha_grid=None, power_grid=None):
         self.aux_dim = aux_dim
         self.base = base
@@ -113,41 +155,18 @@ class LogitBiasFusion(LogitClassifier):
         k = int(self.aux_dim)
         return X[:, : X.shape[1] - k], X[:, X.shape[1] - k :]
 
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Fit the base and aux classifiers on the support set; search alpha and power on validation.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d_clip + aux_dim)
-        y : array-like of shape (n,)
-        X_val : array-like of shape (m, d_clip + aux_dim), optional
-        y_val : array-like of shape (m,), optional
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._check_Xy(X, y)
-        if self.uncertainty not in UNCERTAINTIES:
-            raise InvalidFeaturesError(f"uncertainty={self.uncertainty!r} is not one of {', '.join(UNCERTAINTIES)}")
-        if not 1 <= int(self.aux_dim) < X.shape[1]:
-            raise InvalidFeaturesError(
-                f"aux_dim={self.aux_dim} must leave at least one CLIP column, but X has {X.shape[1]} feature(s)"
+    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
+        if int(self.aux_dim) >= X.shape[1]:
+            raise InvalidParameterError(
+                f"LogitBiasFusion got aux_dim={self.aux_dim} but X has {X.shape[1]} feature(s); "
+                "aux_dim must leave at least one CLIP column",
+                param="aux_dim",
             )
-        alphas = check_grid(self.alpha_grid, "alpha_grid", DEFAULT_FUSION_ALPHAS)
-        powers = check_grid(self.power_grid, "power_grid", DEFAULT_POWERS)
         x_clip, x_aux = self._split(X)
-        self.base_ = (ClassMeanClassifier() if self.base is None else clone(self.base)).fit(x_clip, y)
-        self.aux_ = (ClassMeanClassifier() if self.aux is None else clone(self.aux)).fit(x_aux, y)
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, x_clip, y)
+        self.aux_ = self._fit_part(self.aux, ClassMeanClassifier, x_aux, y)
         self.classes_ = np.asarray(self.aux_.classes_)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, "LogitBiasFusion")
-        self.alpha_, self.power_ = float(self.alpha), float(self.power)
-        self.search_accuracy_ = np.zeros((0, 0))
-        if (X_val is None) != (y_val is None):
-            raise InvalidFeaturesError("pass both X_val and y_val to search alpha and power, or neither")
-        if X_val is not None:
-            self._search(X_val, y_val, alphas, powers)
-        return self
+        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
 
     def _parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Base logits (n, C), uncertainty (n,), z-scored bias (n, C)."""
@@ -155,14 +174,10 @@ class LogitBiasFusion(LogitClassifier):
         base = self.base_.logits(x_clip)
         return base, uncertainty(base, self.uncertainty), zscore(self.aux_.logits(x_aux))
 
-    def _search(self, X_val, y_val, alphas, powers) -> None:
-        Xv = self._check_X(X_val)
-        yv = encode_validation(self.classes_, y_val)
-        base, u, bias = self._parts(Xv)
-        counts = np.stack([correct_over_alpha(base, (u**p)[:, None] * bias, yv, alphas) for p in powers])
-        self.search_accuracy_ = counts / len(yv)
-        i, j = grid_argmax(counts)
-        self.power_, self.alpha_ = float(powers[i]), float(alphas[j])
+    def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+        powers, alphas = grids
+        base, u, bias = self._parts(X)
+        return np.stack([correct_over_alpha(base, (u**p)[:, None] * bias, codes, alphas) for p in powers])
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         base, u, bias = self._parts(X)

@@ -20,6 +20,13 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from clipcache._io import atomic_output
+from clipcache.classifiers.ensemble import LogitEnsemble
+from clipcache.classifiers.fusion import LogitBiasFusion
+from clipcache.classifiers.gda import GDAClassifier
+from clipcache.classifiers.knn import KNNClassifier
+from clipcache.classifiers.prototypes import ClassMeanClassifier
+from clipcache.classifiers.tip import TipAdapter
+from clipcache.classifiers.zeroshot import ZeroShotClassifier
 from clipcache.errors import ModelFileError
 
 __all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_VERSION"]
@@ -27,22 +34,14 @@ __all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_
 MODEL_FORMAT = "clipcache.model"
 MODEL_VERSION = 1
 _META = "__clipcache_model__"
+_DTYPE = "numpy_dtype"  # HDF5 attribute: the numpy dtype of a string array (e.g. "<U3")
 
-
-def _classes() -> dict:
-    from clipcache.classifiers.ensemble import LogitEnsemble
-    from clipcache.classifiers.fusion import LogitBiasFusion
-    from clipcache.classifiers.gda import GDAClassifier
-    from clipcache.classifiers.knn import KNNClassifier
-    from clipcache.classifiers.prototypes import ClassMeanClassifier
-    from clipcache.classifiers.tip import TipAdapter
-    from clipcache.classifiers.zeroshot import ZeroShotClassifier
-
-    return {
-        cls.__name__: cls
-        for cls in (ZeroShotClassifier, ClassMeanClassifier, GDAClassifier, LogitEnsemble, TipAdapter,
-                    LogitBiasFusion, KNNClassifier)
-    }
+#: The only classes a model file can create, by name.
+_CLASSES = {
+    cls.__name__: cls
+    for cls in (ZeroShotClassifier, ClassMeanClassifier, GDAClassifier, LogitEnsemble, TipAdapter,
+                LogitBiasFusion, KNNClassifier)
+}
 
 
 def _encode_value(value, path: str, arrays: dict):
@@ -63,7 +62,7 @@ def _encode_value(value, path: str, arrays: dict):
 
 def _encode(est: BaseEstimator, path: str, arrays: dict) -> dict:
     name = type(est).__name__
-    if name not in _classes():
+    if name not in _CLASSES:
         raise ModelFileError(f"cannot save a {name}; only clipcache classifiers can be saved")
     params = {k: _encode_value(v, f"{path}/params/{k}", arrays) for k, v in est.get_params(deep=False).items()}
     attrs = {
@@ -83,7 +82,7 @@ def _decode_value(spec: dict, arrays):
 
 
 def _decode(tree: dict, arrays) -> BaseEstimator:
-    cls = _classes().get(tree.get("class"))
+    cls = _CLASSES.get(tree.get("class"))
     if cls is None:
         raise ModelFileError(f"model file names an unknown classifier {tree.get('class')!r}")
     est = cls(**{k: _decode_value(v, arrays) for k, v in tree["params"].items()})
@@ -109,6 +108,22 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
     Returns
     -------
     Path
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from clipcache.classifiers import KNNClassifier, load_model, save_model
+    >>> X = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    >>> y = np.array(["cat", "cat", "dog", "dog"])
+    >>> knn = KNNClassifier(n_neighbors=1).fit(X, y)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_model(knn, os.path.join(tmp, "knn.h5"), {"shots": 2})
+    ...     loaded, metadata = load_model(path)
+    >>> metadata
+    {'shots': 2}
+    >>> loaded.predict(np.array([[0.2, 0.8]], dtype=np.float32))
+    array(['dog'], dtype='<U3')
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -130,7 +145,10 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
             with h5py.File(tmp, "w") as h5:
                 h5.attrs[_META] = text
                 for key, arr in arrays.items():
-                    h5.create_dataset(key, data=arr if arr.dtype.kind != "U" else arr.astype(h5py.string_dtype()))
+                    if arr.dtype.kind == "U":  # HDF5 has no UCS-4 strings: UTF-8, with the numpy dtype beside
+                        h5.create_dataset(key, data=arr.astype(h5py.string_dtype())).attrs[_DTYPE] = arr.dtype.str
+                    else:
+                        h5.create_dataset(key, data=arr)
     return path
 
 
@@ -141,6 +159,21 @@ def _read_npz(path: Path) -> tuple[str, dict]:
         return str(z[_META][()]), {k: z[k] for k in z.files if k != _META}
 
 
+def _read_dataset(obj: h5py.Dataset) -> np.ndarray:
+    """A dataset as numpy; UTF-8 strings come back as the numpy str dtype they were saved from."""
+    if _DTYPE in obj.attrs:
+        try:
+            saved = np.dtype(str(obj.attrs[_DTYPE]))
+        except TypeError:
+            raise ValueError(f"dataset {obj.name} records an unknown dtype {obj.attrs[_DTYPE]!r}") from None
+        if saved.kind == "U":
+            return np.asarray(obj.asstr()[()], dtype=saved)
+    string = h5py.check_string_dtype(obj.dtype)
+    if string is not None and string.length is None:  # written before the dtype was recorded
+        return np.asarray(obj.asstr()[()], dtype=str)
+    return obj[()]
+
+
 def _read_h5(path: Path) -> tuple[str, dict]:
     with h5py.File(path, "r") as h5:
         if _META not in h5.attrs:
@@ -149,8 +182,7 @@ def _read_h5(path: Path) -> tuple[str, dict]:
 
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                data = obj[()]
-                arrays[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else data
+                arrays[name] = _read_dataset(obj)
 
         h5.visititems(visit)
         return str(h5.attrs[_META]), arrays
@@ -159,10 +191,30 @@ def _read_h5(path: Path) -> tuple[str, dict]:
 def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
     """Read a model written by :func:`save_model`.
 
+    Parameters
+    ----------
+    path : str or PathLike
+        A ``.h5``, ``.hdf5`` or ``.npz`` model file.
+
     Returns
     -------
     estimator : fitted clipcache classifier
+        Predicts exactly as the saved one, with labels of the same dtype.
     metadata : dict
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from clipcache.classifiers import GDAClassifier, load_model, save_model
+    >>> X = np.array([[0, 0], [0.2, 0.1], [1, 1], [0.9, 1.2]], dtype=np.float32)
+    >>> gda = GDAClassifier().fit(X, [1.0, 1.0, 2.0, 2.0])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     loaded, _ = load_model(save_model(gda, os.path.join(tmp, "gda.npz")))
+    >>> loaded.classes_
+    array([1., 2.])
+    >>> bool((loaded.logits(X) == gda.logits(X)).all())
+    True
     """
     path = Path(path)
     if not path.is_file():
@@ -171,7 +223,7 @@ def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
         text, arrays = _read_npz(path) if path.suffix.lower() == ".npz" else _read_h5(path)
         doc = json.loads(text)
     except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot read the model file ({exc})") from None
+        raise ModelFileError(f"{path}: cannot read the model file ({str(exc).rstrip('.')})") from None
     if doc.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a clipcache model file")
     if int(doc.get("version", -1)) > MODEL_VERSION:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import faiss
 import numpy as np
 
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
+from clipcache.classifiers._params import Interval, Options
+from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, l2_normalize
 
-__all__ = ["KNNClassifier"]
+__all__ = ["KNNClassifier", "METRICS", "WEIGHTS", "vote"]
 
 METRICS = ("cosine", "ip")
 WEIGHTS = ("uniform", "distance")
@@ -42,7 +45,7 @@ class KNNClassifier(LogitClassifier):
 
     Parameters
     ----------
-    n_neighbors : int, default=5
+    n_neighbors : int >= 1, default=5
         k; capped at the number of support samples.
     metric : {"cosine", "ip"}, default="cosine"
         Cosine normalises features and queries; "ip" uses raw inner products.
@@ -62,39 +65,47 @@ class KNNClassifier(LogitClassifier):
     -----
     ``logits`` are the log vote fractions (floored at 1e-12), so ``predict_proba``
     returns the vote fractions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clipcache.classifiers import KNNClassifier
+    >>> X = np.array([[1, 0], [1, 0.2], [0.9, -0.1], [0, 1], [0.2, 1]], dtype=np.float32)
+    >>> y = np.array(["cat", "cat", "cat", "dog", "dog"])
+    >>> knn = KNNClassifier(n_neighbors=3).fit(X, y)
+    >>> queries = np.array([[1, 0.1], [0.1, 1]], dtype=np.float32)
+    >>> knn.predict(queries)
+    array(['cat', 'dog'], dtype='<U3')
+    >>> knn.predict_proba(queries).round(3)
+    array([[1.   , 0.   ],
+           [0.333, 0.667]], dtype=float32)
     """
 
-    def __init__(self, n_neighbors=5, metric="cosine", weights="uniform"):
+    _parameter_constraints = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "metric": [Options(*METRICS)],
+        "weights": [Options(*WEIGHTS)],
+    }
+
+    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform"):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weights = weights
 
-    def fit(self, X, y):
-        """Index the support set.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d)
-        y : array-like of shape (n,)
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._check_Xy(X, y)
-        if self.metric not in METRICS:
-            raise InvalidFeaturesError(f"metric={self.metric!r} is not one of {', '.join(METRICS)}")
-        if self.weights not in WEIGHTS:
-            raise InvalidFeaturesError(f"weights={self.weights!r} is not one of {', '.join(WEIGHTS)}")
+    def _validate_params(self) -> None:
+        super()._validate_params()
         if self.weights == "distance" and self.metric != "cosine":
-            raise InvalidFeaturesError('weights="distance" needs metric="cosine"; use weights="uniform" for "ip"')
-        if int(self.n_neighbors) < 1:
-            raise InvalidFeaturesError(f"n_neighbors={self.n_neighbors} must be at least 1")
-        self.classes_, self.key_codes_ = self._encode(y)
+            raise InvalidParameterError(
+                f"KNNClassifier got weights='distance' with metric={self.metric!r}; weights='distance' "
+                "needs metric='cosine', so use weights='uniform' with that metric",
+                param="weights",
+            )
+
+    def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:
+        self.key_codes_ = codes
         self.keys_ = np.ascontiguousarray(l2_normalize(X) if self.metric == "cosine" else X)
         self.n_neighbors_ = min(int(self.n_neighbors), len(X))
         self._restore()
-        return self
 
     def _restore(self) -> None:
         """(Re)build the FAISS index from ``keys_``; called by ``fit`` and by model loading."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
+from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import LogitClassifier, l2_normalize
 
 __all__ = ["ClassMeanClassifier", "class_means"]
@@ -47,31 +50,40 @@ class ClassMeanClassifier(LogitClassifier):
         L2-normalised class means.
     classes_ : ndarray of shape (C,)
     n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from clipcache.classifiers import ClassMeanClassifier
+    >>> X = np.array([[2, 0], [1, 0], [0, 3], [0, 1]], dtype=np.float32)
+    >>> y = np.array(["cat", "cat", "dog", "dog"])
+    >>> clf = ClassMeanClassifier(logit_scale=10.0).fit(X, y)
+    >>> clf.prototypes_
+    array([[1., 0.],
+           [0., 1.]], dtype=float32)
+    >>> queries = np.array([[2, 1], [1, 3]], dtype=np.float32)
+    >>> clf.logits(queries).round(2)
+    array([[8.94, 4.47],
+           [3.16, 9.49]], dtype=float32)
+    >>> clf.predict(queries)
+    array(['cat', 'dog'], dtype='<U3')
     """
 
-    def __init__(self, logit_scale=100.0, normalize=True, device=None):
+    _parameter_constraints = {
+        "logit_scale": [Interval(Real, 0, None, closed="neither")],
+        "normalize": ["boolean"],
+        "device": [None, Device()],
+    }
+
+    def __init__(self, *, logit_scale=100.0, normalize=True, device=None):
         self.logit_scale = logit_scale
         self.normalize = normalize
         self.device = device
 
-    def fit(self, X, y):
-        """Compute the class prototypes.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d)
-        y : array-like of shape (n,)
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._check_Xy(X, y)
-        self.classes_, codes = self._encode(y)
+    def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:
         if self.normalize:
             X = l2_normalize(X)
         self.prototypes_ = l2_normalize(class_means(X, codes, len(self.classes_)))
-        return self
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         if self.normalize:

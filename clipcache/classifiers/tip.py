@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.base import clone
+from numbers import Real
 
-from clipcache.classifiers._search import correct_over_alpha, grid_argmax
-from clipcache.classifiers._validation import check_grid, check_same_classes, encode_validation
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
+import numpy as np
+
+from clipcache.classifiers._params import Device, Grid, HasMethods, Interval
+from clipcache.classifiers._search import correct_over_alpha
+from clipcache.classifiers._validation import check_same_classes
+from clipcache.classifiers.base import ValidatedLogitClassifier, l2_normalize
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
-__all__ = ["TipAdapter", "DEFAULT_ALPHAS", "DEFAULT_BETAS"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "TipAdapter", "cache_logits", "search_alpha_beta"]
 
 DEFAULT_ALPHAS = np.round(np.linspace(0.0, 10.0, 41), 6)
 DEFAULT_BETAS = np.round(np.linspace(0.5, 10.0, 20), 6)
@@ -61,7 +63,7 @@ def search_alpha_beta(
     return counts
 
 
-class TipAdapter(LogitClassifier):
+class TipAdapter(ValidatedLogitClassifier):
     """Training-free Tip-Adapter: ``logits = base(x) + alpha * exp(-beta (1 - f K^T)) V``.
 
     f is the L2-normalised query, K the normalised support features (the cache
@@ -73,9 +75,9 @@ class TipAdapter(LogitClassifier):
         Gives the base logits (usually :class:`ZeroShotClassifier`); cloned and
         fitted on the support set. None: :class:`ClassMeanClassifier` on the
         support features, for features without text embeddings.
-    alpha, beta : float, default=1.0, 5.5
+    alpha, beta : float >= 0, default=1.0, 5.5
         Used when ``fit`` gets no validation data; otherwise searched.
-    alpha_grid, beta_grid : array-like of float, optional
+    alpha_grid, beta_grid : array-like of float >= 0, optional
         Search grids (defaults ``DEFAULT_ALPHAS``, ``DEFAULT_BETAS``).
     device : str, optional
         None for numpy; a torch device for the affinity products.
@@ -92,9 +94,43 @@ class TipAdapter(LogitClassifier):
         Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
     n_features_in_ : int
+
+    Examples
+    --------
+    Each class has two opposite modes, so its class mean points nowhere useful
+    and the base alone is at chance; the cache of support samples fixes that:
+
+    >>> import numpy as np
+    >>> from clipcache.classifiers import ClassMeanClassifier, TipAdapter
+    >>> rng = np.random.default_rng(0)
+    >>> modes = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.float32)
+    >>> def draw(n):
+    ...     m = np.tile(np.arange(4), n)
+    ...     return (modes[m] + 0.2 * rng.normal(size=(len(m), 2))).astype(np.float32), m // 2
+    >>> (X, y), (Xv, yv), (Xt, yt) = draw(3), draw(10), draw(50)
+    >>> tip = TipAdapter(base=ClassMeanClassifier(logit_scale=1.0), alpha_grid=[0.0, 1.0, 10.0],
+    ...                  beta_grid=[1.0, 5.0]).fit(X, y, Xv, yv)
+    >>> tip.search_accuracy_
+    array([[0.5, 0.8, 1. ],
+           [0.5, 1. , 1. ]])
+    >>> tip.beta_, tip.alpha_
+    (1.0, 10.0)
+    >>> tip.base_.score(Xt, yt), tip.score(Xt, yt)
+    (0.5, 1.0)
     """
 
-    def __init__(self, base=None, alpha=1.0, beta=5.5, alpha_grid=None, beta_grid=None, device=None):
+    _parameter_constraints = {
+        "base": [None, HasMethods("fit", "logits")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "alpha_grid": [None, Grid()],
+        "beta_grid": [None, Grid()],
+        "device": [None, Device()],
+    }
+    _search_axes = ("beta", "alpha")
+    _default_grids = {"alpha": DEFAULT_ALPHAS, "beta": DEFAULT_BETAS}
+
+    def __init__(self, *, base=None, alpha=1.0, beta=5.5, alpha_grid=None, beta_grid=None, device=None):
         self.base = base
         self.alpha = alpha
         self.beta = beta
@@ -102,50 +138,21 @@ class TipAdapter(LogitClassifier):
         self.beta_grid = beta_grid
         self.device = device
 
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Build the cache from the support set; search alpha and beta on validation if given.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d)
-            Support features.
-        y : array-like of shape (n,)
-        X_val : array-like of shape (m, d), optional
-        y_val : array-like of shape (m,), optional
-
-        Returns
-        -------
-        self
-        """
-        X, y = self._check_Xy(X, y)
-        alphas = check_grid(self.alpha_grid, "alpha_grid", DEFAULT_ALPHAS)
-        betas = check_grid(self.beta_grid, "beta_grid", DEFAULT_BETAS)
-        base = ClassMeanClassifier() if self.base is None else clone(self.base)
-        self.base_ = base.fit(X, y)
+    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)
         self.classes_, codes = self._encode(y)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, "TipAdapter")
+        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
         order = np.argsort(codes, kind="stable")
         self.keys_ = l2_normalize(X[order])
         self.key_codes_ = codes[order]
-        self.alpha_, self.beta_ = float(self.alpha), float(self.beta)
-        self.search_accuracy_ = np.zeros((0, 0))
-        if (X_val is None) != (y_val is None):
-            raise InvalidFeaturesError("pass both X_val and y_val to search alpha and beta, or neither")
-        if X_val is not None:
-            self._search(X_val, y_val, alphas, betas)
-        return self
 
-    def _search(self, X_val, y_val, alphas, betas) -> None:
-        Xv = self._check_X(X_val)
-        yv = encode_validation(self.classes_, y_val)
-        base = self.base_.logits(Xv)
-        fv = l2_normalize(Xv)
-        counts = search_alpha_beta(
-            base, lambda sl: self._matmul(fv[sl], self.keys_.T), self.key_codes_, len(self.classes_), yv, alphas, betas
+    def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
+        betas, alphas = grids
+        fv = l2_normalize(X)
+        return search_alpha_beta(
+            self.base_.logits(X), lambda sl: self._matmul(fv[sl], self.keys_.T), self.key_codes_,
+            len(self.classes_), codes, alphas, betas,
         )
-        self.search_accuracy_ = counts / len(yv)
-        i, j = grid_argmax(counts)
-        self.beta_, self.alpha_ = float(betas[i]), float(alphas[j])
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         base = self.base_.logits(X)

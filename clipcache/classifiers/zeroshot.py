@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from sklearn.utils.validation import validate_data
 
+from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
 from clipcache.errors import MissingTextError
 from clipcache.ops import prompt_ensemble
@@ -35,9 +38,36 @@ class ZeroShotClassifier(LogitClassifier):
     classes_ : ndarray of shape (C,), int64
         ``arange(C)``: label i is the class of text row(s) i.
     n_features_in_ : int
+
+    Examples
+    --------
+    Two prompts per class, for three classes in 3-D:
+
+    >>> import numpy as np
+    >>> from clipcache.classifiers import ZeroShotClassifier
+    >>> text = np.array([[1, 0.1, 0], [1, -0.1, 0], [0, 1, 0.1], [0, 1, -0.1], [0, 0, 1], [0.1, 0, 1]])
+    >>> zs = ZeroShotClassifier(text_embeddings=text, class_index=[0, 0, 1, 1, 2, 2], logit_scale=10.0)
+    >>> X = np.array([[2, 0, 0], [0, 3, 0.5], [0.2, 0.1, 1]], dtype=np.float32)
+    >>> zs = zs.fit(X)
+    >>> zs.classes_
+    array([0, 1, 2])
+    >>> zs.logits(X).round(2)
+    array([[10.  ,  0.  ,  0.5 ],
+           [ 0.  ,  9.86,  1.64],
+           [ 1.95,  0.98,  9.84]], dtype=float32)
+    >>> zs.predict(X)
+    array([0, 1, 2])
     """
 
-    def __init__(self, text_embeddings=None, class_index=None, logit_scale=100.0, normalize=True, device=None):
+    _parameter_constraints = {
+        "text_embeddings": [None, "array-like"],
+        "class_index": [None, "array-like"],
+        "logit_scale": [Interval(Real, 0, None, closed="neither")],
+        "normalize": ["boolean"],
+        "device": [None, Device()],
+    }
+
+    def __init__(self, *, text_embeddings=None, class_index=None, logit_scale=100.0, normalize=True, device=None):
         self.text_embeddings = text_embeddings
         self.class_index = class_index
         self.logit_scale = logit_scale
@@ -50,6 +80,7 @@ class ZeroShotClassifier(LogitClassifier):
         Parameters
         ----------
         X : array-like of shape (n, d)
+            Image features; only their dimension d is used.
         y : array-like of shape (n,), int, optional
             Labels must lie in ``[0, C)``.
 
@@ -57,10 +88,12 @@ class ZeroShotClassifier(LogitClassifier):
         -------
         self
         """
+        self._validate_params()
         if self.text_embeddings is None:
             raise MissingTextError(
                 "text_embeddings is None: zero-shot classification needs the class prompts' text "
-                "embeddings (extract them with a CLIP model, or pick another method)"
+                "embeddings (extract them with a CLIP model, or pick another method)",
+                param="text_embeddings",
             )
         if y is None:
             X = self._check_X_unfitted(X)
@@ -77,7 +110,8 @@ class ZeroShotClassifier(LogitClassifier):
             y = np.asarray(y)
             if not np.isin(y, self.classes_).all():
                 raise InvalidFeaturesError(
-                    f"labels must be class indices in [0, {len(self.coef_)}) to match the text embeddings"
+                    f"labels must be class indices in [0, {len(self.coef_)}) to match the text embeddings",
+                    param="y",
                 )
         return self
 

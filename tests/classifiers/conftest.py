@@ -21,10 +21,10 @@ def blobs():
 
 @pytest.fixture
 def text_weights(blobs):
-    """Noisy prompt embeddings (3 per class) around the class centres, and their class index."""
+    """ZeroShotClassifier keywords: noisy prompt embeddings (3 per class) around the class centres."""
     rng = np.random.default_rng(1)
     emb = np.repeat(blobs["centres"], 3, axis=0) + 0.4 * rng.normal(size=(15, 16)) / 4
-    return unit(emb), np.repeat(np.arange(5), 3)
+    return {"text_embeddings": unit(emb), "class_index": np.repeat(np.arange(5), 3)}
 
 
 @pytest.fixture

@@ -41,9 +41,9 @@ def fused(blobs, text_weights):
 
 
 def test_fusion_logits_equal_reference_formula(blobs, text_weights, fused):
-    est = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(*text_weights), uncertainty="entropy", alpha=1.5,
+    est = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(**text_weights), uncertainty="entropy", alpha=1.5,
                           power=0.5).fit(fused["X"], blobs["y"])
-    base = ZeroShotClassifier(*text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"]).astype(np.float64)
+    base = ZeroShotClassifier(**text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"]).astype(np.float64)
     bias = ClassMeanClassifier().fit(fused["X"][:, 16:], blobs["y"]).logits(fused["Xt"][:, 16:]).astype(np.float64)
     p = scipy.special.softmax(base, axis=1)
     psi = (scipy.stats.entropy(p, axis=1) / np.log(5)) ** 0.5
@@ -53,12 +53,12 @@ def test_fusion_logits_equal_reference_formula(blobs, text_weights, fused):
 
 def test_fusion_search_equals_brute_force(blobs, text_weights, fused):
     alphas, powers = np.linspace(0, 6, 13), np.array([0.0, 0.5, 1.0, 2.0])
-    est = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(*text_weights), alpha_grid=alphas, power_grid=powers)
+    est = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(**text_weights), alpha_grid=alphas, power_grid=powers)
     est.fit(fused["X"], blobs["y"], fused["Xv"], blobs["yv"])
     grid = np.zeros((len(powers), len(alphas)))
     for i, power in enumerate(powers):
         for j, alpha in enumerate(alphas):
-            probe = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(*text_weights), alpha=alpha, power=power)
+            probe = LogitBiasFusion(aux_dim=6, base=ZeroShotClassifier(**text_weights), alpha=alpha, power=power)
             grid[i, j] = probe.fit(fused["X"], blobs["y"]).score(fused["Xv"], blobs["yv"])
     np.testing.assert_allclose(est.search_accuracy_, grid, atol=1e-12)
     i, j = np.unravel_index(np.argmax(grid), grid.shape)

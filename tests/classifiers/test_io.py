@@ -24,15 +24,15 @@ def _fuse(X):
 
 def _fitted(name, blobs, text_weights):
     X, y, Xv, yv = blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"]
-    zs = ZeroShotClassifier(*text_weights)
+    zs = ZeroShotClassifier(**text_weights)
     if name == "fusion":
         return LogitBiasFusion(aux_dim=4, base=zs, aux=GDAClassifier()).fit(_fuse(X), y, _fuse(Xv), yv)
     return {
         "zeroshot": lambda: zs.fit(X, y),
         "ncm": lambda: ClassMeanClassifier().fit(X, y),
         "gda": lambda: GDAClassifier(precision="ledoit-wolf").fit(X, y),
-        "gda-zs": lambda: LogitEnsemble(zs, GDAClassifier()).fit(X, y, Xv, yv),
-        "tip": lambda: TipAdapter(zs).fit(X, y, Xv, yv),
+        "gda-zs": lambda: LogitEnsemble(base=zs, model=GDAClassifier()).fit(X, y, Xv, yv),
+        "tip": lambda: TipAdapter(base=zs).fit(X, y, Xv, yv),
         "knn": lambda: KNNClassifier(n_neighbors=3, weights="distance").fit(X, y),
     }[name]()
 
@@ -74,3 +74,41 @@ def test_not_a_model_file_is_refused(tmp_path):
 def test_wrong_suffix_is_refused(tmp_path, blobs, text_weights):
     with pytest.raises(ModelFileError, match=r"\.h5, \.hdf5 or \.npz"):
         save_model(_fitted("ncm", blobs, text_weights), tmp_path / "m.pkl")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([3, 7, 9, 11, 20]),
+        np.array(["cat", "dog", "owl", "emu", "yak"]),
+        np.array(["a", "bb", "ccc", "dddd", "e"], dtype="<U10"),  # wider than the longest label
+        np.array([0.0, 1.0, 2.0, 5.0, 10.0]),
+    ],
+    ids=["int", "str", "wide-str", "float"],
+)
+@pytest.mark.parametrize("name", ["ncm", "knn", "tip"])
+def test_saved_model_keeps_label_dtype_and_values(tmp_path, blobs, name, suffix, labels):
+    y = labels[blobs["y"]]
+    est = {
+        "ncm": ClassMeanClassifier(),
+        "knn": KNNClassifier(n_neighbors=3),
+        "tip": TipAdapter(),
+    }[name].fit(blobs["X"], y)
+    before = est.predict(blobs["Xt"])
+    assert before.dtype == labels.dtype
+    loaded, _ = load_model(save_model(est, tmp_path / f"m{suffix}"))
+    after = loaded.predict(blobs["Xt"])
+    assert after.dtype == labels.dtype
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(loaded.classes_, np.unique(labels))
+
+
+def test_h5_written_before_dtypes_were_recorded_reads_strings_as_str(tmp_path, blobs):
+    est = ClassMeanClassifier().fit(blobs["X"], np.array(["cat", "dog", "owl", "emu", "yak"])[blobs["y"]])
+    path = save_model(est, tmp_path / "m.h5")
+    with h5py.File(path, "r+") as h5:
+        del h5["est/attrs/classes_"].attrs["numpy_dtype"]
+    loaded, _ = load_model(path)
+    assert loaded.classes_.dtype == np.dtype("<U3")
+    np.testing.assert_array_equal(loaded.predict(blobs["Xt"]), est.predict(blobs["Xt"]))

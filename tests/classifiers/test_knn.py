@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipcache.classifiers import InvalidFeaturesError, KNNClassifier
+from clipcache.classifiers import InvalidParameterError, KNNClassifier
 
 
 def _reference_proba(X, y, Q, k, weights, n_classes=5):
@@ -34,5 +34,6 @@ def test_k_larger_than_support_is_capped(blobs):
 
 
 def test_distance_weights_need_cosine(blobs):
-    with pytest.raises(InvalidFeaturesError, match='needs metric="cosine"'):
+    with pytest.raises(InvalidParameterError, match="weights='distance' needs metric='cosine'") as info:
         KNNClassifier(metric="ip", weights="distance").fit(blobs["X"], blobs["y"])
+    assert info.value.param == "weights"

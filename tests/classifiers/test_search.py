@@ -19,4 +19,11 @@ def test_interval_of_a_sample_with_no_alpha_correct_is_empty():
     base = np.array([[0.0, 1.0]])
     delta = np.array([[0.0, 0.0]])
     lo, hi = alpha_intervals(base, delta, np.array([0]))
-    assert lo[0] > hi[0]
+    assert (lo[0], hi[0]) == (np.inf, -np.inf)
+
+
+def test_interval_bounds_are_the_crossing_points():
+    base = np.array([[1.0, 0.0, 0.5]])  # true class 1 needs alpha >= 1 (vs 0) and alpha >= 0.5 (vs 2)
+    delta = np.array([[0.0, 1.0, 0.0]])
+    lo, hi = alpha_intervals(base, delta, np.array([1]))
+    assert (lo[0], hi[0]) == (1.0, np.inf)

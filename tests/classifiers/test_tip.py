@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from clipcache.classifiers import InvalidFeaturesError, TipAdapter, ZeroShotClassifier
+from clipcache.classifiers.tip import DEFAULT_BETAS
 
 
 def _unit(x):
@@ -15,16 +16,16 @@ def _reference_logits(zs, F, K, labels, n_classes, alpha, beta):
 
 
 def test_tip_logits_equal_reference_formula(blobs, text_weights):
-    zs = ZeroShotClassifier(*text_weights)
-    tip = TipAdapter(zs, alpha=2.0, beta=3.0).fit(blobs["X"], blobs["y"])
-    base = ZeroShotClassifier(*text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
+    zs = ZeroShotClassifier(**text_weights)
+    tip = TipAdapter(base=zs, alpha=2.0, beta=3.0).fit(blobs["X"], blobs["y"])
+    base = ZeroShotClassifier(**text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
     ref = _reference_logits(base, blobs["Xt"], blobs["X"], blobs["y"], 5, 2.0, 3.0)
     np.testing.assert_allclose(tip.logits(blobs["Xt"]), ref, rtol=1e-5, atol=1e-4)
 
 
 def test_tip_search_equals_reference_nested_loop(blobs, text_weights):
     alphas, betas = np.linspace(0, 4, 9), np.linspace(0.5, 8, 6)
-    tip = TipAdapter(ZeroShotClassifier(*text_weights), alpha_grid=alphas, beta_grid=betas)
+    tip = TipAdapter(base=ZeroShotClassifier(**text_weights), alpha_grid=alphas, beta_grid=betas)
     tip.fit(blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"])
     base = tip.base_.logits(blobs["Xv"])
     grid = np.zeros((len(betas), len(alphas)))
@@ -43,14 +44,17 @@ def test_tip_without_validation_uses_given_alpha_beta(blobs):
 
 
 def test_tip_improves_on_its_base_with_validation(blobs, text_weights):
-    tip = TipAdapter(ZeroShotClassifier(*text_weights)).fit(blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"])
-    assert tip.search_accuracy_.max() >= tip.search_accuracy_[:, 0].max()  # alpha=0 is the base alone
+    tip = TipAdapter(base=ZeroShotClassifier(**text_weights)).fit(blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"])
+    base = tip.base_.score(blobs["Xv"], blobs["yv"])
+    # alpha=0 is the base alone, whatever beta; the chosen cell is the best and beats it
+    np.testing.assert_array_equal(tip.search_accuracy_[:, 0], np.full(len(DEFAULT_BETAS), base))
+    assert tip.score(blobs["Xv"], blobs["yv"]) == tip.search_accuracy_.max() > base
 
 
 def test_support_missing_a_class_of_the_zero_shot_base_raises(blobs, text_weights):
     keep = blobs["y"] != 4
     with pytest.raises(InvalidFeaturesError, match="no support sample"):
-        TipAdapter(ZeroShotClassifier(*text_weights)).fit(blobs["X"][keep], blobs["y"][keep])
+        TipAdapter(base=ZeroShotClassifier(**text_weights)).fit(blobs["X"][keep], blobs["y"][keep])
 
 
 def test_validation_labels_unknown_to_support_raise(blobs):

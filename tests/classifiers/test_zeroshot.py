@@ -26,8 +26,8 @@ def test_prompt_ensemble_is_normalised_mean_of_normalised_prompts():
 
 
 def test_zeroshot_logits_equal_scaled_cosine(blobs, text_weights):
-    emb, idx = text_weights
-    clf = ZeroShotClassifier(emb, idx, logit_scale=50.0).fit(blobs["X"], blobs["y"])
+    emb, idx = text_weights["text_embeddings"], text_weights["class_index"]
+    clf = ZeroShotClassifier(text_embeddings=emb, class_index=idx, logit_scale=50.0).fit(blobs["X"], blobs["y"])
     x = blobs["Xt"] * 3.0  # not normalised: the classifier normalises
     ref = 50.0 * (x / np.linalg.norm(x, axis=1, keepdims=True)) @ _reference_weights(emb, idx).T
     np.testing.assert_allclose(clf.logits(x), ref, rtol=1e-5, atol=1e-4)
@@ -35,7 +35,7 @@ def test_zeroshot_logits_equal_scaled_cosine(blobs, text_weights):
 
 
 def test_zeroshot_accuracy_on_clustered_data(blobs, text_weights):
-    clf = ZeroShotClassifier(*text_weights).fit(blobs["X"], blobs["y"])
+    clf = ZeroShotClassifier(**text_weights).fit(blobs["X"], blobs["y"])
     assert clf.score(blobs["Xt"], blobs["yt"]) >= 0.8  # chance is 0.2
 
 
@@ -46,15 +46,16 @@ def test_missing_text_raises_clear_error(blobs):
 
 def test_text_dimension_mismatch_raises(blobs, text_weights):
     with pytest.raises(InvalidFeaturesError, match="same CLIP model"):
-        ZeroShotClassifier(text_weights[0][:, :8], text_weights[1]).fit(blobs["X"], blobs["y"])
+        ZeroShotClassifier(text_embeddings=text_weights["text_embeddings"][:, :8],
+                           class_index=text_weights["class_index"]).fit(blobs["X"], blobs["y"])
 
 
 def test_labels_outside_text_classes_raise(blobs, text_weights):
     with pytest.raises(ClipCacheError, match=r"\[0, 5\)"):
-        ZeroShotClassifier(*text_weights).fit(blobs["X"], blobs["y"] + 3)
+        ZeroShotClassifier(**text_weights).fit(blobs["X"], blobs["y"] + 3)
 
 
 def test_torch_backend_matches_numpy(blobs, text_weights):
-    a = ZeroShotClassifier(*text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
-    b = ZeroShotClassifier(*text_weights, device="cpu").fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
+    a = ZeroShotClassifier(**text_weights).fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
+    b = ZeroShotClassifier(**text_weights, device="cpu").fit(blobs["X"], blobs["y"]).logits(blobs["Xt"])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
