@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from clipcache import FeatureSetInfo, FeatureStore
+from clipcache.feature_store import schema
 from tests.data import make_store_v1 as v1
 
 FROZEN = Path(__file__).resolve().parents[1] / "data" / "store-v1.h5"
@@ -60,6 +61,9 @@ def test_root_classes_and_metadata(store):
     assert store.uuid == v1.STORE_UUID
     assert store.classes == ["cat", "dog", "café"]
     assert store.metadata == v1.METADATA
+    assert store.metadata[schema.METADATA_EXTRACT]["batch_size"] == 7
+    assert store.metadata[schema.METADATA_SHARD]["items"]["val"] == [0, 10, 10]
+    assert store.metadata[schema.METADATA_SUPPORT_SETS]["support-k2"]["pool"] == "train"
 
 
 def test_feature_sets(store):

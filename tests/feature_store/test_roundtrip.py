@@ -50,6 +50,7 @@ def test_row_selection_across_many_chunks(tmp_path):
         store.add_feature_set("f", 256)
         store.create_split("s", ["f"])
         store.append("s", ids=[str(i) for i in range(9000)], paths=[""] * 9000, labels=np.zeros(9000), features={"f": x})
+        assert store.h5["splits/s/features/f"].chunks == (4096, 256)  # so the rows span 3 chunks
         rows = rng.permutation(9000)[:700]
         np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])
 
