@@ -15,6 +15,7 @@ from pathlib import Path
 from clipcache.errors import StoreFormatError, StoreVersionError
 
 __all__ = [
+    "CLASSES_CHUNK_ROWS",
     "COLUMN_CHUNK_ROWS",
     "FEATURE_CHUNK_BYTES",
     "FEATURE_SET",
@@ -25,7 +26,9 @@ __all__ = [
     "METADATA_SHARD",
     "METADATA_SUPPORT_SETS",
     "MODEL_KEYS",
+    "SKIPPED_CHUNK_ROWS",
     "SPLIT",
+    "STATE_CHUNK_ROWS",
     "STATE_COMPLETE",
     "STATE_FIXED",
     "STATE_ROWS",

@@ -15,29 +15,15 @@ import h5py
 
 from clipcache.feature_store import schema
 from clipcache.feature_store.elements import strings
+from clipcache.feature_store.elements._view import GroupView
 
 __all__ = ["COLUMNS", "SkippedRecords"]
 
 COLUMNS = ("ids", "paths", "reasons")
 
 
-class SkippedRecords:
-    """Reader and appender of a split's ``skipped`` group.
-
-    Parameters
-    ----------
-    group : h5py.Group
-        The ``skipped`` group of a split.
-    path : Path
-        The store file, for messages.
-    refresh : bool
-        Refresh the columns before reading (a SWMR reader of a file being written).
-    """
-
-    def __init__(self, group: h5py.Group, path: Path, refresh: bool = False):
-        self.group = group
-        self.path = path
-        self.refresh = refresh
+class SkippedRecords(GroupView):
+    """Reader and appender of a split's ``skipped`` group (see :class:`GroupView` for the parameters)."""
 
     @classmethod
     def write(cls, split_group: h5py.Group, path: Path) -> SkippedRecords:

@@ -23,6 +23,7 @@ import numpy as np
 from clipcache.errors import StoreFormatError
 from clipcache.feature_store import schema
 from clipcache.feature_store.elements import feature_set, strings
+from clipcache.feature_store.elements._view import GroupView
 from clipcache.feature_store.elements.skipped import SkippedRecords
 from clipcache.feature_store.registry import Encoding
 
@@ -81,27 +82,8 @@ class SplitState:
         return [name for name, n in self.feature_rows.items() if n == self.rows]
 
 
-class Split:
-    """Reader and writer of one split group (encoding ``split``, version 1).
-
-    Parameters
-    ----------
-    group : h5py.Group
-        A group marked ``split``.
-    path : Path
-        The store file, for messages.
-    refresh : bool
-        Refresh datasets before reading them (a SWMR reader of a file being written).
-    """
-
-    def __init__(self, group: h5py.Group, path: Path, refresh: bool = False):
-        self.group = group
-        self.path = path
-        self.refresh = refresh
-
-    @property
-    def name(self) -> str:
-        return self.group.name.rsplit("/", 1)[-1]
+class Split(GroupView):
+    """Reader and writer of one split group, encoding ``split`` version 1 (see :class:`GroupView` for the parameters)."""
 
     @classmethod
     def write(cls, group: h5py.Group, path: Path, created: str) -> Split:
