@@ -5,7 +5,7 @@ orders every flush so that the file on disk is always consistent. A writer
 killed mid-append therefore leaves a readable file whose superblock still
 carries the "open for writing" flags. :func:`clear_open_flags` does what
 ``h5clear -s -i`` does, in pure Python, so that the next writer can reopen it;
-the committed row counters (see :mod:`clipcache.feature_store.store`) then say
+the committed row counters (see :mod:`clipcache.feature_store.elements.split`) then say
 which rows are whole.
 
 Writers serialise on an advisory ``flock`` of the store file itself; HDF5's own
@@ -22,6 +22,17 @@ from pathlib import Path
 import h5py
 
 from clipcache.errors import StoreError, StoreFormatError, StoreLockedError
+
+__all__ = [
+    "LIBVER",
+    "WriterLock",
+    "clear_open_flags",
+    "describe_open_failure",
+    "lookup3",
+    "open_for_read",
+    "open_for_write",
+    "writer_flags",
+]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Lowest format that supports SWMR, highest we need: readable by HDF5 >= 1.10.

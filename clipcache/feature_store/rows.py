@@ -16,6 +16,10 @@ import numpy as np
 
 from clipcache.errors import StoreError
 
+__all__ = ["Rows", "normalize_rows", "read_rows"]
+
+#: A row selection: None (all rows), a slice, an index array or list (any order,
+#: repeats allowed), or a boolean mask over the rows.
 Rows = None | slice | np.ndarray | list
 
 
@@ -34,14 +38,14 @@ def normalize_rows(rows: Rows, n: int, where: str) -> slice | np.ndarray:
     idx = np.asarray(rows)
     if idx.dtype == bool:
         if idx.shape != (n,):
-            raise StoreError(f"{where}: a boolean row mask must have shape ({n},), not {idx.shape}")
+            raise StoreError(f"{where}: a boolean row mask must have shape ({n},), not {idx.shape}", param="rows")
         return np.flatnonzero(idx).astype(np.int64)
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
-        raise StoreError(f"{where}: rows must be integers, not {idx.dtype}")
+        raise StoreError(f"{where}: rows must be integers, not {idx.dtype}", param="rows")
     idx = idx.astype(np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         bad = idx[(idx < 0) | (idx >= n)][0]
-        raise StoreError(f"{where}: row {bad} is outside the {n} committed rows")
+        raise StoreError(f"{where}: row {bad} is outside the {n} committed rows", param="rows")
     return idx
 
 
@@ -126,70 +130,3 @@ def _raw_span_reader(ds: h5py.Dataset):
 
     return read_span
 
-
-class StringColumn:
-    """An appendable column of strings stored as UTF-8 bytes plus offsets (like Arrow).
-
-    Variable-length HDF5 strings live in a global heap that a killed writer can
-    leave half-updated; two fixed-size datasets can always be cut back exactly:
-    ``offsets`` (n + 1,) int64 starting at 0, and ``utf8`` (offsets[n],) uint8.
-    """
-
-    def __init__(self, group: h5py.Group):
-        self.group = group
-
-    @classmethod
-    def create(cls, parent: h5py.Group, name: str, chunk_rows: int) -> StringColumn:
-        group = parent.create_group(name)
-        group.attrs["encoding_type"] = "string-column"
-        group.attrs["encoding_version"] = 1
-        offsets = group.create_dataset("offsets", shape=(1,), maxshape=(None,), dtype="i8", chunks=(chunk_rows,))
-        offsets[0] = 0
-        group.create_dataset("utf8", shape=(0,), maxshape=(None,), dtype="u1", chunks=(chunk_rows * 32,))
-        return cls(group)
-
-    def refresh(self) -> None:
-        self.group["offsets"].refresh()
-        self.group["utf8"].refresh()
-
-    def append(self, start: int, values: list[str]) -> None:
-        """Write ``values`` as rows ``start, start + 1, ...`` (cutting anything after ``start``)."""
-        if not values:
-            return
-        encoded = [v.encode("utf-8") for v in values]
-        offsets = self.group["offsets"]
-        base = int(offsets[start])
-        ends = base + np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        utf8 = self.group["utf8"]
-        utf8.resize((int(ends[-1]),))
-        if data.size:
-            utf8[base : int(ends[-1])] = data
-        offsets.resize((start + 1 + len(values),))
-        offsets[start + 1 :] = ends
-
-    def truncate(self, n: int) -> None:
-        """Cut the column back to its first ``n`` rows."""
-        offsets = self.group["offsets"]
-        if offsets.shape[0] != n + 1:
-            offsets.resize((n + 1,))
-        end = int(offsets[n])
-        if self.group["utf8"].shape[0] != end:
-            self.group["utf8"].resize((end,))
-
-    def read(self, sel: slice | np.ndarray) -> np.ndarray:
-        """Rows ``sel`` as an ndarray of shape (k,), dtype object (str)."""
-        if isinstance(sel, slice):
-            bounds = self.group["offsets"][sel.start : sel.stop + 1] if sel.stop > sel.start else np.zeros(1, np.int64)
-            starts, ends = bounds[:-1], bounds[1:]
-        else:
-            starts = read_rows(self.group["offsets"], sel)
-            ends = read_rows(self.group["offsets"], sel + 1)
-        out = np.empty(len(starts), dtype=object)
-        if len(starts) == 0:
-            return out
-        lo, hi = int(starts.min()), int(ends.max())
-        blob = self.group["utf8"][lo:hi].tobytes() if hi > lo else b""
-        for i, (s, e) in enumerate(zip(starts - lo, ends - lo, strict=True)):
-            out[i] = blob[s:e].decode("utf-8")
-        return out

@@ -1,9 +1,10 @@
-"""Names, encodings and versions of the elements of a feature store file.
+"""Names and constants of the feature store format.
 
 The layout is specified in ``docs/file-format.md``; keep the two in step.
 Every group that holds data carries ``encoding_type`` and ``encoding_version``
-attributes, and the root carries the format name and version, so that a reader
-can refuse what it does not understand instead of misreading it.
+attributes (written only by :mod:`clipcache.feature_store.registry`), and the
+root carries the format name and version, so that a reader can refuse what it
+does not understand instead of misreading it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,51 @@ from pathlib import Path
 
 from clipcache.errors import StoreFormatError, StoreVersionError
 
+__all__ = [
+    "CLASSES_CHUNK_ROWS",
+    "COLUMN_CHUNK_ROWS",
+    "FEATURE_CHUNK_BYTES",
+    "FEATURE_SET",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "IDENTITY_KEYS",
+    "METADATA_EXTRACT",
+    "METADATA_SHARD",
+    "METADATA_SUPPORT_SETS",
+    "MODEL_KEYS",
+    "SKIPPED_CHUNK_ROWS",
+    "SPLIT",
+    "STATE_CHUNK_ROWS",
+    "STATE_COMPLETE",
+    "STATE_FIXED",
+    "STATE_ROWS",
+    "STATE_SKIPPED",
+    "STRING_COLUMN",
+    "TEXT_EMBEDDINGS",
+    "UPGRADE_HINT",
+    "check_root",
+    "dump_json",
+    "identity",
+    "model_identity",
+]
+
 FORMAT_NAME = "clipcache.feature_store"
 FORMAT_VERSION = 1
 
-#: encoding_type -> newest encoding_version this release reads and writes.
-ENCODINGS = {"split": 1, "feature-set": 1, "text-embeddings": 1, "string-column": 1}
+# Encoding types of the elements; their versions live in the registry
+# (clipcache.feature_store.elements.REGISTRY).
+SPLIT = "split"
+FEATURE_SET = "feature-set"
+TEXT_EMBEDDINGS = "text-embeddings"
+STRING_COLUMN = "string-column"
+
+# Keys of the store's JSON metadata that modules share; docs/file-format.md gives each one's shape.
+#: The extraction configuration (``ExtractConfig.to_json()``), checked on resume and merge.
+METADATA_EXTRACT = "extract"
+#: Which shard of which items a store holds: ``{"index", "count", "items": {split: [start, stop, total]}}``.
+METADATA_SHARD = "shard"
+#: How each retrieved support split was made, by split name.
+METADATA_SUPPORT_SETS = "support_sets"
 
 #: Provenance keys that identify what produced a feature set. Two feature sets
 #: that differ in any of them hold features from different models or
@@ -27,10 +68,13 @@ IDENTITY_KEYS = ("backbone", "model", "pretrained", "weights_sha256", "preproces
 #: preprocessing): text embeddings and image features must agree on these.
 MODEL_KEYS = ("backbone", "model", "pretrained", "weights_sha256")
 
+# Chunk sizes are a writer's choice, not part of the format; readers take any.
 #: Target size of one HDF5 chunk of a feature dataset.
 FEATURE_CHUNK_BYTES = 4 << 20
 #: Rows per chunk of the per-sample columns (ids, paths, labels, views).
 COLUMN_CHUNK_ROWS = 4096
+#: Rows per chunk of the skipped-record columns, the class names and the state vector.
+SKIPPED_CHUNK_ROWS, CLASSES_CHUNK_ROWS, STATE_CHUNK_ROWS = 256, 1024, 64
 
 STATE_ROWS, STATE_COMPLETE, STATE_SKIPPED = 0, 1, 2
 STATE_FIXED = 3  # per-feature-set row counts follow, in the order of attrs["features"]
@@ -55,25 +99,8 @@ def check_root(path: Path, attrs) -> None:
         )
 
 
-def check_element(path: Path, group, expected: str) -> None:
-    """Raise unless ``group`` is an element of type ``expected`` at a known version."""
-    kind = group.attrs.get("encoding_type")
-    if kind is None or str(kind) != expected:
-        raise StoreFormatError(f"{path}: {group.name} is not a {expected!r} element (found {kind!r})")
-    version = int(group.attrs.get("encoding_version", -1))
-    if not 1 <= version <= ENCODINGS[expected]:
-        raise StoreVersionError(
-            f"{path}: {group.name} is a {expected!r} element of encoding version {version}, but this "
-            f"clipcache reads versions 1 to {ENCODINGS[expected]}; {UPGRADE_HINT}"
-        )
-
-
-def mark_element(group, kind: str) -> None:
-    group.attrs["encoding_type"] = kind
-    group.attrs["encoding_version"] = ENCODINGS[kind]
-
-
 def dump_json(value) -> str:
+    """Compact JSON with sorted keys: how every JSON attribute of the store is written."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 

@@ -14,6 +14,7 @@ from clipcache import (
     StoreVersionError,
 )
 from clipcache.cli import cli
+from clipcache.errors import InvalidParameterError
 from tests.conftest import unit_rows
 
 
@@ -88,8 +89,9 @@ def test_feature_set_from_another_model_is_refused(synthetic_store):
             store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "ViT-B-32", "pretrained": "none"})
         with pytest.raises(StoreMismatchError, match="different dim"):
             store.add_feature_set("clip", 32, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
-        # the same identity is accepted again, whatever else the provenance says
-        store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none", "created": "now"})
+        # the same identity is accepted again, whatever else the provenance says, and the stored set is kept
+        again = store.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none", "created": "now"})
+        assert again.provenance == {"backbone": "open_clip", "model": "tiny", "pretrained": "none"}
 
 
 def test_different_class_list_is_refused(synthetic_store):
@@ -190,3 +192,40 @@ def test_unwritable_location_is_a_one_line_error(tmp_path):
     target = tmp_path / "missing-dir" / "s.h5"
     with pytest.raises(StoreError, match="missing-dir/s.h5: cannot open the store for writing"):
         FeatureStore(target, "w")
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -3, 2.5, True])
+def test_iter_chunks_refuses_chunk_rows_below_one(synthetic_store, chunk_rows):
+    path, _ = synthetic_store
+    with FeatureStore(path) as store:
+        with pytest.raises(InvalidParameterError, match="chunk_rows must be a positive number of rows") as err:
+            store.iter_chunks("train", "clip", chunk_rows=chunk_rows)  # on the call, before any block is read
+    assert err.value.param == "chunk_rows" and isinstance(err.value, ValueError)
+
+
+def test_unknown_mode_is_a_parameter_error(tmp_path):
+    with pytest.raises(InvalidParameterError, match="mode must be one of r, a, w, x, not 'rw'") as err:
+        FeatureStore(tmp_path / "s.h5", "rw")
+    assert err.value.param == "mode" and not (tmp_path / "s.h5").exists()
+
+
+def test_errors_name_the_parameter_at_fault(synthetic_store):
+    path, _ = synthetic_store
+    with FeatureStore(path) as store:
+        calls = {
+            "split": lambda: store.labels("val"),
+            "feature_set": lambda: store.features("train", "dino"),
+            "rows": lambda: store.features("train", "clip", [40]),
+            "name": lambda: store.text("nope"),
+            "text": lambda: store.check_text_matches("nope", "clip"),
+        }
+        for param, call in calls.items():
+            with pytest.raises(StoreError) as err:
+                call()
+            assert err.value.param == param
+            assert not str(err.value).endswith(".")
+    with FeatureStore(path, "a") as store:
+        store.create_split("extra", ["clip"])
+        with pytest.raises(StoreError, match="label 7 is outside") as err:
+            store.append("extra", ids=["z"], paths=[""], labels=[7], features={"clip": unit_rows(np.random.default_rng(0), 1, 16)})
+    assert err.value.param == "labels"

@@ -1,10 +1,28 @@
 """Property tests: any sequence of appends reads back as the concatenation, under any selection."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipcache import FeatureStore
+from clipcache.feature_store import schema
+
+D = 24
+#: Rows per HDF5 chunk in these tests, so that a few hundred rows span many chunks.
+FEATURE_CHUNK_ROWS = {"float32": 7, "float16": 14}
+COLUMN_CHUNK_ROWS = 5
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Shrink the writer's chunks: 7 float32 (or 14 float16) feature rows, 5 column rows per chunk."""
+    monkeypatch.setattr(schema, "FEATURE_CHUNK_BYTES", FEATURE_CHUNK_ROWS["float32"] * D * 4)
+    monkeypatch.setattr(schema, "COLUMN_CHUNK_ROWS", COLUMN_CHUNK_ROWS)
+
+
+def _n_chunks(rows: int, per_chunk: int) -> int:
+    return -(-rows // per_chunk)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -14,16 +32,15 @@ from clipcache import FeatureStore
     picks=st.lists(st.integers(min_value=0, max_value=10_000), max_size=50),
     chunk_rows=st.integers(min_value=1, max_value=500),
 )
-def test_appends_read_back_under_any_selection(tmp_path_factory, batches, dtype, picks, chunk_rows):
-    d = 24  # 1 MiB chunks hold ~10k float32 rows; make chunks small to cross boundaries
+def test_appends_read_back_under_any_selection(tmp_path_factory, small_chunks, batches, dtype, picks, chunk_rows):
     rng = np.random.default_rng(len(batches))
     path = tmp_path_factory.mktemp("prop") / "s.h5"
     total = sum(batches)
-    x = rng.normal(size=(total, d)).astype(np.float32)
+    x = rng.normal(size=(total, D)).astype(np.float32)
     y = rng.integers(-1, 3, total)
     with FeatureStore(path, "w") as store:
         store.set_classes(["a", "b", "c"])
-        store.add_feature_set("f", d, dtype=dtype, normalized=False)
+        store.add_feature_set("f", D, dtype=dtype, normalized=False)
         store.create_split("s", ["f"])
         start = 0
         for b in batches:
@@ -32,11 +49,35 @@ def test_appends_read_back_under_any_selection(tmp_path_factory, batches, dtype,
             start += b
     want = x.astype(np.float16).astype(np.float32) if dtype == "float16" else x
     with FeatureStore(path) as store:
+        features, labels = store.h5["splits/s/features/f"], store.h5["splits/s/labels"]
+        per_chunk = FEATURE_CHUNK_ROWS[dtype]
+        assert features.chunks == (per_chunk, D) and labels.chunks == (COLUMN_CHUNK_ROWS,)
+        # the rows fill every chunk they span, so the reads below cross these chunks and the appends
+        assert features.id.get_num_chunks() == _n_chunks(total, per_chunk)
+        assert labels.id.get_num_chunks() == _n_chunks(total, COLUMN_CHUNK_ROWS)
         assert store.n_rows("s") == total
         np.testing.assert_array_equal(store.features("s", "f"), want)
         rows = [p % total for p in picks] if total else []
-        np.testing.assert_array_equal(store.features("s", "f", rows), want[rows].reshape(-1, d))
+        np.testing.assert_array_equal(store.features("s", "f", rows), want[rows].reshape(-1, D))
         np.testing.assert_array_equal(store.labels("s", rows), y[rows])
         assert list(store.ids("s", rows)) == [str(r) for r in rows]
-        got = np.concatenate([c.features for c in store.iter_chunks("s", "f", chunk_rows=chunk_rows)] or [np.empty((0, d))])
+        chunks = list(store.iter_chunks("s", "f", chunk_rows=chunk_rows))
+        assert [len(c.rows) for c in chunks] == [min(chunk_rows, total - s) for s in range(0, total, chunk_rows)]
+        got = np.concatenate([c.features for c in chunks] or [np.empty((0, D))])
         np.testing.assert_array_equal(got, want)
+
+
+def test_small_chunks_span_many_chunks(tmp_path, small_chunks):
+    """The fixture really shrinks the chunks: 100 rows written in one append fill 15 feature chunks."""
+    x = np.arange(100 * D, dtype=np.float32).reshape(100, D)
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", D, normalized=False)
+        store.create_split("s", ["f"])
+        store.append("s", ids=[str(i) for i in range(100)], paths=[""] * 100, labels=np.zeros(100), features={"f": x})
+    with FeatureStore(tmp_path / "s.h5") as store:
+        ds = store.h5["splits/s/features/f"]
+        assert ds.chunks == (7, D) and ds.id.get_num_chunks() == 15
+        assert store.h5["splits/s/ids/offsets"].chunks == (COLUMN_CHUNK_ROWS,)
+        rows = np.array([99, 0, 50, 6, 7, 13, 14, 50])  # both sides of chunk edges, repeats, reverse order
+        np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])

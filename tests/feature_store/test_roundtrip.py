@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clipcache import FeatureStore
-from tests.conftest import unit_rows
+from tests.conftest import unit_rows, write_synthetic_store
 
 
 def test_columns_and_features_round_trip(synthetic_store):
@@ -50,6 +50,7 @@ def test_row_selection_across_many_chunks(tmp_path):
         store.add_feature_set("f", 256)
         store.create_split("s", ["f"])
         store.append("s", ids=[str(i) for i in range(9000)], paths=[""] * 9000, labels=np.zeros(9000), features={"f": x})
+        assert store.h5["splits/s/features/f"].chunks == (4096, 256)  # so the rows span 3 chunks
         rows = rng.permutation(9000)[:700]
         np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])
 
@@ -131,8 +132,6 @@ def test_feature_set_added_later_is_filled_and_completes(synthetic_store):
 
 
 def test_fingerprint_changes_with_rows_and_recreation(tmp_path):
-    from tests.conftest import write_synthetic_store
-
     path = tmp_path / "f.h5"
     write_synthetic_store(path)
     with FeatureStore(path) as store:
@@ -145,8 +144,6 @@ def test_fingerprint_changes_with_rows_and_recreation(tmp_path):
 
 
 def test_linked_features_read_through_to_their_sources(tmp_path):
-    from tests.conftest import write_synthetic_store
-
     parts = [write_synthetic_store(tmp_path / f"part{i}.h5", {"train": n}, seed=i) for i, n in enumerate((7, 5))]
     with FeatureStore(tmp_path / "merged.h5", "w") as store:
         store.set_classes([f"class{i}" for i in range(4)])

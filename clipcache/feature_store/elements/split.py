@@ -1,0 +1,238 @@
+"""The split element: per-sample columns, one column per feature set, skipped records, and the commit state.
+
+A split's ``state`` vector is the only truth about how many rows exist:
+``[rows, complete, skipped, rows of each feature set]`` with the feature-set
+names in its ``features`` attribute. Columns may hold more rows after a crash;
+:meth:`Split.truncate` cuts them back. Writing the state vector is the commit
+(one chunk, one write); when to write it is the facade's business
+(:class:`clipcache.feature_store.FeatureStore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from clipcache.errors import StoreFormatError
+from clipcache.feature_store import schema
+from clipcache.feature_store.elements import feature_set, strings
+from clipcache.feature_store.elements._view import GroupView
+from clipcache.feature_store.elements.skipped import SkippedRecords
+from clipcache.feature_store.registry import Encoding
+
+__all__ = ["ENCODING", "STRING_COLUMNS", "Split", "SplitState"]
+
+logger = logging.getLogger(__name__)
+
+#: Per-sample string columns.
+STRING_COLUMNS = ("ids", "paths")
+#: Per-sample numeric columns and their on-disk dtypes.
+_NUMERIC_COLUMNS = (("labels", "i8"), ("views", "i2"))
+
+
+@dataclass(frozen=True)
+class SplitState:
+    """The committed counts of a split, as its ``state`` vector records them.
+
+    Attributes
+    ----------
+    rows : int
+        Committed rows of the per-sample columns.
+    complete : bool
+        Whether the split was marked complete.
+    skipped : int
+        Committed skipped records.
+    feature_rows : dict of str to int
+        Committed rows of each feature set, in column order.
+    """
+
+    rows: int
+    complete: bool
+    skipped: int
+    feature_rows: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, vector: np.ndarray, names: Sequence[str]) -> SplitState:
+        """From the ``state`` vector, shape (3 + F,) int64, and its F feature-set names."""
+        return cls(
+            rows=int(vector[schema.STATE_ROWS]),
+            complete=bool(vector[schema.STATE_COMPLETE]),
+            skipped=int(vector[schema.STATE_SKIPPED]),
+            feature_rows={name: int(vector[schema.STATE_FIXED + i]) for i, name in enumerate(names)},
+        )
+
+    def encode(self) -> np.ndarray:
+        """The ``state`` vector: ndarray of shape (3 + F,), int64."""
+        return np.array([self.rows, int(self.complete), self.skipped, *self.feature_rows.values()], dtype=np.int64)
+
+    @property
+    def feature_sets(self) -> list[str]:
+        """The feature sets that have a column in the split, in column order."""
+        return list(self.feature_rows)
+
+    def level(self) -> list[str]:
+        """The feature sets that cover every committed row (those an append must fill)."""
+        return [name for name, n in self.feature_rows.items() if n == self.rows]
+
+
+class Split(GroupView):
+    """Reader and writer of one split group, encoding ``split`` version 1 (see :class:`GroupView` for the parameters)."""
+
+    @classmethod
+    def write(cls, group: h5py.Group, path: Path, created: str) -> Split:
+        """Lay out an empty split, without feature sets, in the new, marked ``group``."""
+        group.attrs["created"] = created
+        for name in STRING_COLUMNS:
+            strings.ENCODING.create(group, name, schema.COLUMN_CHUNK_ROWS)
+        for name, dtype in _NUMERIC_COLUMNS:
+            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(schema.COLUMN_CHUNK_ROWS,))
+        SkippedRecords.write(group, path)
+        group.create_group("features")
+        state = group.create_dataset(
+            "state", shape=(schema.STATE_FIXED,), maxshape=(None,), dtype="i8", chunks=(schema.STATE_CHUNK_ROWS,)
+        )
+        state.attrs["features"] = "[]"
+        return cls(group, path)
+
+    # -- members -----------------------------------------------------------------------
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """A numeric member: ``labels``, ``views``, ``state`` or ``features/<name>``."""
+        ds = self.group.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise StoreFormatError(f"{self.path}: {self.group.name}/{name} is missing; the store is corrupt")
+        if self.refresh:
+            ds.refresh()
+        return ds
+
+    def string_column(self, name: str) -> strings.StringColumn:
+        """A per-sample string column, ``ids`` or ``paths``."""
+        return strings.open_column(self.path, self.group, name, self.refresh)
+
+    @property
+    def skipped(self) -> SkippedRecords:
+        return SkippedRecords(self.group["skipped"], self.path, self.refresh)
+
+    def check_layout(self) -> None:
+        """Raise StoreFormatError unless the group has every member a version-1 split has."""
+        for name in STRING_COLUMNS:
+            self.string_column(name)
+        self.skipped.columns()
+        for name in ("labels", "views", "state"):
+            self.dataset(name)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def feature_sets(self) -> list[str]:
+        """The feature sets that have a column in the split, in column order."""
+        return json.loads(self.dataset("state").attrs["features"])
+
+    def state(self) -> SplitState:
+        """The committed counts, as last written."""
+        ds = self.dataset("state")
+        return SplitState.decode(ds[:], json.loads(ds.attrs["features"]))
+
+    def write_state(self, state: SplitState) -> None:
+        """Write the state vector in one write: the commit. Its feature sets must be the split's."""
+        self.dataset("state")[:] = state.encode()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def add_feature_columns(self, infos: Sequence[feature_set.FeatureSetInfo]) -> None:
+        """Add an empty column per feature set; a split that has rows is then no longer complete."""
+        state_ds = self.dataset("state")
+        names = json.loads(state_ds.attrs["features"])
+        for info in infos:
+            self.group["features"].create_dataset(
+                info.name,
+                shape=(0, info.dim),
+                maxshape=(None, info.dim),
+                dtype=info.dtype,
+                chunks=(feature_set.chunk_rows(info), info.dim),
+            )
+            names.append(info.name)
+        state = np.zeros(schema.STATE_FIXED + len(names), dtype=np.int64)
+        old = state_ds[:]
+        state[: len(old)] = old
+        if infos and state[schema.STATE_ROWS] > 0:
+            state[schema.STATE_COMPLETE] = 0
+        state_ds.resize((len(state),))
+        state_ds[:] = state
+        state_ds.attrs["features"] = schema.dump_json(names)
+
+    def append_rows(
+        self,
+        start: int,
+        ids: Sequence[str],
+        paths: Sequence[str],
+        labels: np.ndarray,
+        views: np.ndarray,
+        features: dict[str, np.ndarray],
+    ) -> None:
+        """Write rows after the ``start`` committed ones into every column given (uncommitted until the state says so)."""
+        self.string_column("ids").append(start, [str(v) for v in ids])
+        self.string_column("paths").append(start, [str(v) for v in paths])
+        _write_rows(self.dataset("labels"), start, labels)
+        _write_rows(self.dataset("views"), start, views)
+        for name, x in features.items():
+            _write_rows(self.dataset(f"features/{name}"), start, x)
+
+    def append_feature_rows(self, name: str, start: int, x: np.ndarray) -> None:
+        """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so)."""
+        _write_rows(self.dataset(f"features/{name}"), start, x)
+
+    def link_features(self, info: feature_set.FeatureSetInfo, sources: Sequence[tuple[str | Path, int]]) -> None:
+        """Replace the column of ``info`` by an HDF5 virtual dataset over the same column of other stores.
+
+        Sources are referenced by path relative to this store; the first n rows of
+        each, in order, make the column.
+        """
+        total = sum(int(n) for _, n in sources)
+        layout = h5py.VirtualLayout(shape=(total, info.dim), dtype=np.dtype(info.dtype))
+        base, at = self.path.resolve().parent, 0
+        for source_path, n in sources:
+            if n:
+                rel = os.path.relpath(Path(source_path).resolve(), base)
+                source = h5py.VirtualSource(rel, f"splits/{self.name}/features/{info.name}", shape=(int(n), info.dim))
+                layout[at : at + int(n)] = source[0 : int(n)]
+            at += int(n)
+        features = self.group["features"]
+        del features[info.name]
+        features.create_virtual_dataset(info.name, layout, fillvalue=np.nan)
+
+    def truncate(self) -> None:
+        """Cut every column back to its committed length (after a crash, rows past it are partial)."""
+        self.check_layout()
+        state = self.state()
+        for col in STRING_COLUMNS:
+            self.string_column(col).truncate(state.rows)
+        for col, _ in _NUMERIC_COLUMNS:
+            ds = self.dataset(col)
+            if ds.shape[0] != state.rows:
+                ds.resize((state.rows,))
+        self.skipped.truncate(state.skipped)
+        for name, rows in state.feature_rows.items():
+            ds = self.dataset(f"features/{name}")
+            if ds.shape[0] != rows:
+                logger.info("%s: dropping %d uncommitted rows of %s/%s", self.path, ds.shape[0] - rows, self.name, name)
+                ds.resize((rows, ds.shape[1]))
+
+
+def _write_rows(ds: h5py.Dataset, start: int, values) -> None:
+    stop = start + len(values)
+    if len(values) == 0:
+        return
+    if ds.shape[0] != stop:
+        ds.resize(stop, axis=0)
+    ds[start:stop] = values
+
+
+ENCODING = Encoding(schema.SPLIT, 1, write=Split.write, readers={1: Split})
