@@ -175,7 +175,7 @@ def text_command(store, templates, name, feature_set, device, overwrite):
 def merge_command(inputs, output, layout, overwrite):
     """Merge the shard stores INPUTS of one extraction run into the store -o OUTPUT.
 
-    The old form ``merge OUTPUT INPUTS...`` (without -o) still works for one release.
+    The old form "merge OUTPUT INPUTS..." (without -o) still works for one release.
     """
     from clipcache.extract.merge import merge_stores
 

@@ -91,6 +91,21 @@ def test_old_feature_set_flags_still_work_with_a_deprecation_message(run, store,
     assert (tmp_path / "old.json").read_text() == (tmp_path / "new.json").read_text()
 
 
+def test_fit_old_feature_set_flags_save_the_same_model(run, store, tmp_path):
+    common = ("fit", store, "--method", "fusion", "--shots", "2", "--seed", "4")
+    new = run(*common, "--feature-set", "clip", "--aux-feature-set", "aux", "-o", tmp_path / "new.npz")
+    old = run(*common, "--features", "clip", "--aux-features", "aux", "-o", tmp_path / "old.npz")
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert old.stderr == DEPRECATED.format(old="--features", new="--feature-set") + DEPRECATED.format(
+        old="--aux-features", new="--aux-feature-set")
+    assert old.stdout.replace("old.npz", "new.npz") == new.stdout and new.stderr == ""
+    (_, old_meta), (_, new_meta) = load_model(tmp_path / "old.npz"), load_model(tmp_path / "new.npz")
+    assert old_meta == new_meta and (new_meta["feature_set"], new_meta["aux_feature_set"]) == ("clip", "aux")
+    for name in ("old", "new"):
+        assert run("predict", store, tmp_path / f"{name}.npz", "-o", tmp_path / f"{name}.csv").exit_code == 0
+    assert (tmp_path / "old.csv").read_text() == (tmp_path / "new.csv").read_text()
+
+
 def test_old_and_new_spelling_together_are_refused(run, store, tmp_path):
     res = run("fit", store, "--method", "gda", "--features", "clip", "--feature-set", "clip", "--shots", "2",
               "-o", tmp_path / "m.npz")
