@@ -31,10 +31,10 @@ from clipcache.evaluation import (
 METHODS = ["ncm", "gda", "gda-zs", "tip", "knn"]
 
 
-def peers(store_path, features, shots, seeds):
+def peers(store_path, feature_set, shots, seeds):
     """Top-1 of the scikit-learn peers: {name: {shots: [per-seed accuracies]}}."""
     with FeatureStore(store_path) as s:
-        name = features or next(iter(s.feature_sets))
+        name = feature_set or next(iter(s.feature_sets))
         X, y = s.to_numpy("train", name)
         Xv, yv = s.to_numpy("val", name)
         Xt, yt = s.to_numpy("test", name)
@@ -57,7 +57,7 @@ def peers(store_path, features, shots, seeds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stores", nargs="+")
-    parser.add_argument("--features")
+    parser.add_argument("--feature-set")
     parser.add_argument("--shots", default="1,2,4,8,16")
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--out", default="/tmp/clipcache-bench", help="Folder for JSON and PNG results.")
@@ -69,14 +69,14 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     for store in args.stores:
         stem = Path(store).stem
-        report = run_evaluation(store, METHODS, shots, seeds, features=args.features, base="ncm")
+        report = run_evaluation(store, METHODS, shots, seeds, feature_set=args.feature_set, base="ncm")
         report.write_json(out / f"{stem}.json")
         plot_accuracy(report, out / f"{stem}.png")
-        print(f"\n## {stem}: {report.config['features']}, test {report.config['n_test']} rows, "
+        print(f"\n## {stem}: {report.config['feature_set']}, test {report.config['n_test']} rows, "
               f"validation {report.config['val']['split']!r} ({report.config['val']['n']} rows), "
               f"top-1 %, mean ± 95% CI over {len(seeds)} seeds")
         print(format_table(report, "top1"))
-        for name, by in peers(store, args.features, shots, seeds).items():
+        for name, by in peers(store, args.feature_set, shots, seeds).items():
             cells = [f"{100 * mean_ci(by[k])[0]:.2f} ± {100 * mean_ci(by[k])[1]:.2f}" if k in by else "n/a"
                      for k in shots]
             print(f"{name}  " + "  ".join(cells))

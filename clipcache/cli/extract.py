@@ -11,7 +11,10 @@ import os
 
 import click
 
-from clipcache.errors import ClipCacheError
+from clipcache.cli.deprecation import Command, warn_deprecated
+from clipcache.cli.params import output_option
+
+__all__ = ["COMMANDS", "demo_data_command", "extract_command", "merge_command", "text_command"]
 
 _MAX_SKIPPED_SHOWN = 20
 
@@ -24,9 +27,9 @@ def _parse_limits(values: tuple[str, ...]) -> dict[str, int] | None:
         try:
             limits[key] = int(count)
         except ValueError:
-            raise click.BadParameter(f"{value!r} is not N or SPLIT=N", param_hint="--max-per-class") from None
+            raise click.BadParameter(f"{value!r} is not N or SPLIT=N", param_hint=["--max-per-class"]) from None
         if limits[key] < 1:
-            raise click.BadParameter(f"{value!r} must be at least 1", param_hint="--max-per-class")
+            raise click.BadParameter(f"{value!r} must be at least 1", param_hint=["--max-per-class"])
     return limits or None
 
 
@@ -43,15 +46,15 @@ def _resolve_device(device: str, local_rank: int | None) -> str:
 def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
     """Reject conflicting flag combinations before anything is loaded."""
     if resume and overwrite:
-        raise click.UsageError("--resume and --overwrite contradict each other; pass one.")
+        raise click.UsageError("--resume and --overwrite contradict each other; pass one")
     if not model and not aux:
-        raise click.UsageError("Give a backbone: --model NAME --pretrained TAG|FILE|none, and/or --aux SPEC.")
+        raise click.UsageError("give a backbone: --model NAME --pretrained TAG|FILE|none, and/or --aux SPEC")
     if model and pretrained is None and not model.startswith(("hf-hub:", "local-dir:")):
-        raise click.UsageError(f"--model {model} needs --pretrained: a tag (e.g. openai), a local weights file, or none for random weights.")
+        raise click.UsageError(f"--model {model} needs --pretrained: a tag (e.g. openai), a local weights file, or none for random weights")
     if pretrained is not None and not model:
-        raise click.UsageError("--pretrained applies to --model; auxiliary weights go in --aux timm:NAME=WEIGHTS.")
+        raise click.UsageError("--pretrained applies to --model; auxiliary weights go in --aux timm:NAME=WEIGHTS")
     if templates and not model:
-        raise click.UsageError("--templates needs a text tower; add an open_clip --model.")
+        raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
 def _print_report(report) -> None:
@@ -59,14 +62,14 @@ def _print_report(report) -> None:
     skipped = [(split, s) for split, items in report.skipped.items() for s in items]
     click.echo(
         f"Wrote {report.path}: {rows} rows of {', '.join(report.feature_sets)}; "
-        f"{report.encoded} images encoded in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)."
+        f"{report.encoded} images encoded in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"
     )
     if skipped:
         click.echo(f"Skipped {len(skipped)} unreadable images:", err=True)
         for split, (sid, _, reason) in skipped[:_MAX_SKIPPED_SHOWN]:
             click.echo(f"  [{split}] {sid}: {reason}", err=True)
         if len(skipped) > _MAX_SKIPPED_SHOWN:
-            click.echo(f"  ... and {len(skipped) - _MAX_SKIPPED_SHOWN} more (see clipcache info).", err=True)
+            click.echo(f"  ... and {len(skipped) - _MAX_SKIPPED_SHOWN} more (see clipcache info)", err=True)
 
 
 @click.command("extract")
@@ -112,7 +115,7 @@ def extract_command(source, store, model, pretrained, aux, class_names, splits, 
     _check_flags(model, pretrained, aux, resume, overwrite, templates)
     env_shard = shard_from_env()
     if shard and env_shard:
-        raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank.")
+        raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank")
     shard_pair = parse_shard(shard) if shard else env_shard or (0, 1)
     if env_shard:
         store = shard_path(store, *env_shard)
@@ -160,24 +163,35 @@ def text_command(store, templates, name, feature_set, device, overwrite):
             fs, templates, feature_set=feature_set, name=name, overwrite=overwrite, device=_resolve_device(device, None)
         )
     n_classes = int(prompts.class_index.max()) + 1 if len(prompts.class_index) else 0
-    click.echo(f"Wrote text embeddings {prompts.name!r} to {store}: {len(prompts.prompts)} prompts for {n_classes} classes.")
+    click.echo(f"Wrote text embeddings {prompts.name!r} to {store}: {len(prompts.prompts)} prompts for {n_classes} classes")
 
 
-@click.command("merge")
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.command("merge", cls=Command)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@output_option("The merged store.")
 @click.option("--layout", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
               help="Copy the features, or reference the shard files through HDF5 virtual datasets.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def merge_command(output, inputs, layout, overwrite):
-    """Merge the shard stores INPUTS of one extraction run into OUTPUT."""
+def merge_command(inputs, output, layout, overwrite):
+    """Merge the shard stores INPUTS of one extraction run into the store -o OUTPUT.
+
+    The old form "merge OUTPUT INPUTS..." (without -o) still works for one release.
+    """
     from clipcache.extract.merge import merge_stores
 
+    if output is None:
+        if len(inputs) < 2:
+            raise click.UsageError("give the merged store with -o OUTPUT")
+        warn_deprecated("merge OUTPUT INPUTS...", "merge INPUTS... -o OUTPUT")
+        output, inputs = inputs[0], inputs[1:]
+    ctx = click.get_current_context()
+    argument = next(p for p in ctx.command.params if p.name == "inputs")
+    inputs = [click.Path(exists=True, dir_okay=False).convert(path, argument, ctx) for path in inputs]
     if os.path.exists(output) and not overwrite:
-        raise ClipCacheError(f"{output}: already exists; pass --overwrite to replace it.")
+        raise click.UsageError(f"{output} already exists; pass --overwrite to replace it")
     report = merge_stores(inputs, output, layout=layout, overwrite=overwrite)
     rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
-    click.echo(f"Merged {report.shards} shards into {report.path} ({report.layout}): {rows} rows.")
+    click.echo(f"Merged {report.shards} shards into {report.path} ({report.layout}): {rows} rows")
 
 
 @click.command("demo-data")
@@ -195,7 +209,7 @@ def demo_data_command(directory, train_per_class, test_per_class, seed, overwrit
     )
     click.echo(
         f"Wrote {sum(counts.values())} images of {len(DEMO_CLASSES)} classes to {directory} "
-        f"(train {counts['train']}, test {counts['test']})."
+        f"(train {counts['train']}, test {counts['test']})"
     )
 
 

@@ -6,8 +6,11 @@ import json
 
 import click
 
+from clipcache.cli.params import json_option
 from clipcache.feature_store import FeatureStore
 from clipcache.feature_store.schema import MODEL_KEYS
+
+__all__ = ["COMMANDS", "format_description", "info"]
 
 
 def _provenance_line(prov: dict) -> str:
@@ -54,7 +57,7 @@ def format_description(d: dict) -> str:
 
 @click.command()
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@json_option("Print the description as JSON.")
 def info(store: str, as_json: bool) -> None:
     """Show the splits, classes, feature sets, provenance and completion state of STORE."""
     with FeatureStore(store, "r") as fs:

@@ -14,22 +14,18 @@ import sys
 import click
 
 from clipcache._version import __version__
+from clipcache.cli.params import flag_hint
 from clipcache.errors import ClipCacheError
+
+__all__ = ["cli", "main", "with_flag_hint"]
 
 
 def with_flag_hint(ctx: click.Context, exc: ClipCacheError) -> str:
     """The library's message, followed by the flag of the invoked command that sets ``exc.param``, if any."""
     message = str(exc)
     sub = ctx.invoked_subcommand and ctx.command.get_command(ctx, ctx.invoked_subcommand)
-    if not exc.param or sub is None:
-        return message
-    for param in sub.params:
-        if param.name == exc.param and isinstance(param, click.Option):
-            flag = max(param.opts, key=len)
-            return f"{message} ({flag})"
-        if param.name == exc.param and isinstance(param, click.Argument):
-            return f"{message} ({param.human_readable_name})"
-    return message
+    hint = flag_hint(sub, exc.param) if sub else None
+    return f"{message} ({hint})" if hint else message
 
 
 class _Group(click.Group):

@@ -12,32 +12,31 @@ import json
 
 import click
 
+from clipcache.cli.deprecation import Command, deprecated_alias
+from clipcache.cli.params import feature_set_option, json_option, output_option, positive
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be at least 1, not {value}")
-    return value
+__all__ = ["COMMANDS", "index", "search", "support"]
 
 
-@click.command("index")
+@click.command("index", cls=Command)
 @click.argument("store", type=click.Path(dir_okay=False, exists=True))
-@click.option("--features", required=True, help="Feature set to index.")
+@feature_set_option("Feature set to index (the split's only one by default).")
 @click.option("--split", required=True, help="Split to index.")
 @click.option("--factory", default="Flat", show_default=True, help="faiss index factory string, e.g. 'IVF1024,Flat', 'IVF1024,PQ64', 'HNSW32'.")
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True, help="Inner product (cosine on normalised features) or L2.")
 @click.option("--gpu", is_flag=True, help="Build on the GPU when faiss-gpu is installed (CPU otherwise).")
-@click.option("--output", type=click.Path(dir_okay=False), help="Index file; default STORE_STEM.SPLIT.FEATURES.faiss beside the store.")
-@click.option("--train-size", type=int, callback=_positive, help="Rows sampled to train IVF/PQ (default max(64 nlist, 20000)).")
-@click.option("--nprobe", type=int, callback=_positive, help="IVF lists searched (default nlist/16).")
-@click.option("--ef-search", type=int, callback=_positive, help="HNSW efSearch (default 128).")
+@output_option("Index file; default STORE_STEM.SPLIT.FEATURE_SET.faiss beside the store.")
+@click.option("--train-size", type=int, callback=positive, help="Rows sampled to train IVF/PQ (default max(64 nlist, 20000)).")
+@click.option("--nprobe", type=int, callback=positive, help="IVF lists searched (default nlist/16).")
+@click.option("--ef-search", type=int, callback=positive, help="HNSW efSearch (default 128).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sample.")
-@click.option("--json", "as_json", is_flag=True, help="Print the index description as JSON.")
-def index(store, features, split, factory, metric, gpu, output, train_size, nprobe, ef_search, seed, as_json) -> None:
+@json_option("Print the index description as JSON.")
+def index(store, feature_set, split, factory, metric, gpu, output, train_size, nprobe, ef_search, seed, as_json) -> None:
     """Build a FAISS index of one feature set of one split of STORE and save it beside the store."""
     from clipcache.retrieval import index_store
 
     meta = index_store(
-        store, split, features, factory=factory, metric=metric, gpu=gpu, output=output,
+        store, split, feature_set, factory=factory, metric=metric, gpu=gpu, output=output,
         train_size=train_size, nprobe=nprobe, ef_search=ef_search, seed=seed,
     )
     if as_json:
@@ -46,7 +45,7 @@ def index(store, features, split, factory, metric, gpu, output, train_size, npro
     params = ", ".join(f"{k}={v}" for k, v in meta["search_params"].items()) or "exact"
     trained = f", trained on {meta['train_rows']} rows" if meta["train_rows"] else ""
     click.echo(
-        f"indexed {meta['ntotal']} vectors of {split}/{features} (dim {meta['dim']}) with {meta['factory']} "
+        f"indexed {meta['ntotal']} vectors of {split}/{meta['feature_set']} (dim {meta['dim']}) with {meta['factory']} "
         f"({meta['metric']}, {params}{trained}) on {meta['device']} in {meta['seconds']:.1f} s"
     )
     click.echo(f"wrote {meta['path']}")
@@ -63,25 +62,25 @@ def _format_hits(report) -> str:
     return "\n".join(lines)
 
 
-@click.command("search")
+@click.command("search", cls=Command)
 @click.argument("store", type=click.Path(dir_okay=False, exists=True))
 @click.option("--id", "ids", multiple=True, help="Query by a stored sample id (repeatable).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, exists=True), help="Query by an image file (repeatable).")
 @click.option("--text", "texts", multiple=True, help="Query by free text through the CLIP text tower (repeatable).")
 @click.option("--vectors", type=click.Path(dir_okay=False, exists=True), help="Query by raw vectors: a .npy file of shape (q, d) or (d,).")
-@click.option("-k", "k", type=int, default=10, show_default=True, callback=_positive, help="Neighbours per query.")
+@click.option("-k", "k", type=int, default=10, show_default=True, callback=positive, help="Neighbours per query.")
 @click.option("--split", help="Split of the index to search (needed when several are saved).")
-@click.option("--features", help="Feature set of the index to search (needed when several are saved).")
+@feature_set_option("Feature set of the index to search (needed when several are saved).")
 @click.option("--index", "index_file", type=click.Path(dir_okay=False, exists=True), help="Index file, when not beside the store.")
-@click.option("--nprobe", type=int, callback=_positive, help="Override the IVF lists searched.")
-@click.option("--ef-search", type=int, callback=_positive, help="Override the HNSW efSearch.")
+@click.option("--nprobe", type=int, callback=positive, help="Override the IVF lists searched.")
+@click.option("--ef-search", type=int, callback=positive, help="Override the HNSW efSearch.")
 @click.option("--gpu", is_flag=True, help="Search on the GPU when faiss-gpu is installed (CPU otherwise).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def search(store, ids, images, texts, vectors, k, split, features, index_file, nprobe, ef_search, gpu, as_json) -> None:
+@json_option("Print the results as JSON.")
+def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, as_json) -> None:
     """Find the K nearest samples of STORE to stored ids, images, text or vectors."""
     given = [flag for flag, value in (("--id", ids), ("--image", images), ("--text", texts), ("--vectors", vectors)) if value]
     if len(given) != 1:
-        raise click.UsageError(f"Give exactly one of --id, --image, --text or --vectors (got {', '.join(given) or 'none'}).")
+        raise click.UsageError(f"give exactly one of --id, --image, --text or --vectors (got {', '.join(given) or 'none'})")
     raw = None
     if vectors:
         import numpy as np
@@ -89,11 +88,11 @@ def search(store, ids, images, texts, vectors, k, split, features, index_file, n
         try:
             raw = np.load(vectors, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"{vectors}: not a readable .npy array ({exc})", param_hint="--vectors") from None
+            raise click.BadParameter(f"{vectors}: not a readable .npy array ({str(exc).rstrip('.')})", param_hint=["--vectors"]) from None
     from clipcache.retrieval import search_store
 
     report = search_store(
-        store, k=k, split=split, features=features, index_file=index_file,
+        store, k=k, split=split, feature_set=feature_set, index_file=index_file,
         ids=list(ids) or None, images=list(images) or None, texts=list(texts) or None, vectors=raw,
         nprobe=nprobe, ef_search=ef_search, gpu=gpu,
     )
@@ -103,29 +102,31 @@ def search(store, ids, images, texts, vectors, k, split, features, index_file, n
         click.echo(_format_hits(report))
 
 
-@click.command("support")
+@click.command("support", cls=Command)
 @click.argument("store", type=click.Path(dir_okay=False, exists=True))
 @click.option("--pool", required=True, help="Unlabelled pool split to retrieve from.")
-@click.option("-k", "k", type=int, required=True, callback=_positive, help="Images per class.")
+@click.option("-k", "k", type=int, required=True, callback=positive, help="Images per class.")
 @click.option("--to-split", required=True, help="Name of the new support split.")
-@click.option("--features", help="Feature set to search (default: the pool's only one).")
-@click.option("--text", help="Stored text embeddings naming the classes (default: the only matching one).")
-@click.option("--shared", is_flag=True, help="Let one image serve several classes (default: each image joins one class).")
+@feature_set_option("Feature set to search (default: the pool's only one).")
+@click.option("--text", help="Stored text embeddings naming the classes (default: the only one of matching dimension).")
+@click.option("--exclusive/--no-exclusive", default=True, show_default=True,
+              help="Give each image to at most one class, or let one image serve several classes.")
+@deprecated_alias("--shared", "exclusive", value=False, instead="--no-exclusive")
 @click.option("--use-index", is_flag=True, help="Search the pool's saved index instead of an exact scan.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def support(store, pool, k, to_split, features, text, shared, use_index, as_json) -> None:
+@json_option("Print the summary as JSON.")
+def support(store, pool, k, to_split, feature_set, text, exclusive, use_index, as_json) -> None:
     """Retrieve the K pool images nearest to each class's text embedding and write them as a new split."""
     from clipcache.retrieval import build_support_split
 
     summary = build_support_split(
-        store, pool, to_split, k, features=features, text=text, exclusive=not shared, use_index=use_index
+        store, pool, to_split, k, feature_set=feature_set, text=text, exclusive=exclusive, use_index=use_index
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(
         f"wrote split {summary['split']}: {summary['rows']} images from pool {pool} "
-        f"({summary['features']}, classes named by {summary['text']})"
+        f"({summary['feature_set']}, classes named by {summary['text']})"
     )
     if summary["rows"]:
         click.echo(f"scores: min {summary['min_score']:.4f}, mean {summary['mean_score']:.4f}")

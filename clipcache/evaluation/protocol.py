@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,157 +29,181 @@ from clipcache.classifiers import (
     load_model,
     save_model,
 )
-from clipcache.errors import StoreMismatchError
+from clipcache.errors import InvalidParameterError, ModelFileError, StoreMismatchError
 from clipcache.evaluation.metrics import all_metrics
+from clipcache.evaluation.options import (
+    METHODS,
+    ProtocolOptions,
+    check_methods,
+    check_shots,
+    check_splits,
+    protocol_options,
+)
 from clipcache.evaluation.sampling import VAL_SEED, ProtocolError, carve_validation, sample_few_shot
 from clipcache.feature_store import FeatureStore
 from clipcache.feature_store.schema import model_identity
 
 __all__ = [
+    "KNN_GRID",
     "METHODS",
     "Protocol",
-    "resolve_protocol",
+    "ProtocolOptions",
     "build_estimator",
+    "check_model_matches",
+    "evaluate_one",
     "fit_from_store",
+    "fit_method",
+    "hyperparameters",
+    "model_feature_sets",
     "predict_to_csv",
-    "KNN_GRID",
+    "read_features",
+    "resolve_protocol",
+    "split_rows",
+    "SplitRows",
 ]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("zeroshot", "ncm", "gda", "gda-zs", "tip", "fusion", "knn")
-BASES = ("auto", "zeroshot", "ncm")
 KNN_GRID = (1, 3, 5, 10, 20)
 
 
-@dataclass
-class Protocol:
-    """What a run reads from a store; built by :func:`resolve_protocol`.
+@dataclass(frozen=True)
+class Protocol(ProtocolOptions):
+    """:class:`ProtocolOptions` resolved against a store; built by :func:`resolve_protocol`.
+
+    Every field of :class:`ProtocolOptions` is filled in: ``feature_set`` is set,
+    ``base`` is ``"zeroshot"`` or ``"ncm"``, and ``val_split`` None means that
+    validation is carved from train (``val_per_class`` rows per class).
 
     Attributes
     ----------
-    features : str
-        Feature set the methods use (the CLIP features when there is text).
-    aux_features : str or None
-        Auxiliary feature set for ``fusion``.
-    text : str or None
-        Text embeddings for the zero-shot weights.
-    base : {"zeroshot", "ncm"}
-        Base logits of ``gda-zs``, ``tip`` and ``fusion``.
-    train_split, val_split, test_split : str or None
-        ``val_split`` None means carved from train (``val_per_class`` per class).
-    val_per_class : int
     classes : list of str
+        The store's class names, by label.
     """
 
-    features: str
-    aux_features: str | None
-    text: str | None
-    base: str
-    train_split: str
-    val_split: str | None
-    test_split: str | None
-    val_per_class: int
     classes: list = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, options: ProtocolOptions, **resolved) -> Protocol:
+        """A Protocol with the fields of ``options``, replaced by ``resolved``."""
+        values = {f.name: getattr(options, f.name) for f in fields(ProtocolOptions)}
+        return cls(**{**values, **resolved})
 
     def identities(self, store: FeatureStore) -> dict:
         """Provenance identity of each feature set used, by name."""
-        names = [n for n in (self.features, self.aux_features) if n]
+        names = [n for n in (self.feature_set, self.aux_feature_set) if n]
         return {n: model_identity(store.feature_sets[n].provenance, store.feature_sets[n].dim) for n in names}
 
 
-def _check_split(store: FeatureStore, split: str, name: str) -> None:
+def _check_split(store: FeatureStore, split: str, feature_set: str, param: str) -> None:
     if split not in store.splits:
-        raise ProtocolError(f"{store.path}: no split {split!r} (the store has: {', '.join(store.splits) or 'none'})")
-    if name not in store.split_feature_sets(split):
-        raise ProtocolError(f"{store.path}: split {split!r} has no feature set {name!r}; extract it first")
+        raise ProtocolError(
+            f"{store.path}: no split {split!r} (the store has: {', '.join(store.splits) or 'none'})", param=param
+        )
+    if feature_set not in store.split_feature_sets(split):
+        raise ProtocolError(f"{store.path}: split {split!r} has no feature set {feature_set!r}; extract it first")
     if not store.is_complete(split):
         logger.warning("split %r of %s is not complete; using its %d committed rows", split, store.path, store.n_rows(split))
 
 
 def resolve_protocol(
-    store: FeatureStore,
-    methods,
-    *,
-    features: str | None = None,
-    aux_features: str | None = None,
-    text: str | None = None,
-    base: str = "auto",
-    train_split: str = "train",
-    val_split: str | None = None,
-    test_split: str | None = "test",
-    val_per_class: int = 10,
+    store: FeatureStore, methods, options: ProtocolOptions | None = None, **overrides
 ) -> Protocol:
-    """Check the options against the store and fill in defaults.
+    """Check the options against the store and fill in the defaults that depend on it.
 
-    ``features`` defaults to the store's only feature set (other than
-    ``aux_features``); ``text`` to its only
-    text embeddings; ``base="auto"`` is zero-shot when there is text and nearest
-    class mean otherwise; ``val_split`` defaults to ``"val"`` when the store has it.
+    ``feature_set`` defaults to the store's only feature set (other than
+    ``aux_feature_set``); ``text`` to its only text embeddings; ``base="auto"``
+    is zero-shot when there is text and nearest class mean otherwise;
+    ``val_split`` defaults to ``"val"`` when the store has it (and it is
+    neither the train nor the test split).
+
+    Parameters
+    ----------
+    store : FeatureStore
+    methods : sequence of str
+        From :data:`METHODS`.
+    options : ProtocolOptions, optional
+    **overrides
+        Fields of :class:`ProtocolOptions` that replace those of ``options``.
 
     Raises
     ------
+    InvalidParameterError
+        Unknown method or bad option value (before the store is read).
     ProtocolError
-        Unknown method or split, missing feature set, missing text for zero-shot,
-        ``fusion`` without ``aux_features``.
+        Unknown split or feature set, missing text for zero-shot, ``fusion``
+        without ``aux_feature_set``.
     StoreMismatchError
         Text embeddings from a different model than the image features.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ProtocolError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if base not in BASES:
-        raise ProtocolError(f"base={base!r} is not one of {', '.join(BASES)}")
+    methods = check_methods(methods)
+    options = protocol_options(options, **overrides)
+    feature_set, aux, text = options.feature_set, options.aux_feature_set, options.text
     sets = list(store.feature_sets)
-    if features is None:
-        candidates = [n for n in sets if n != aux_features]
+    if feature_set is None:
+        candidates = [n for n in sets if n != aux]
         if len(candidates) != 1:
-            raise ProtocolError(f"{store.path} has feature sets {', '.join(sets) or 'none'}; choose one with --features")
-        features = candidates[0]
-    for name in (features, aux_features):
+            raise ProtocolError(
+                f"{store.path} has feature sets {', '.join(sets) or 'none'}; give feature_set", param="feature_set"
+            )
+        feature_set = candidates[0]
+    for name, param in ((feature_set, "feature_set"), (aux, "aux_feature_set")):
         if name is not None and name not in sets:
-            raise ProtocolError(f"{store.path}: no feature set {name!r} (the store has: {', '.join(sets) or 'none'})")
+            raise ProtocolError(
+                f"{store.path}: no feature set {name!r} (the store has: {', '.join(sets) or 'none'})", param=param
+            )
     if text is None and len(store.text_names) == 1:
         text = store.text_names[0]
     if text is not None and text not in store.text_names:
-        raise ProtocolError(f"{store.path}: no text embeddings {text!r} (the store has: {', '.join(store.text_names) or 'none'})")
+        raise ProtocolError(
+            f"{store.path}: no text embeddings {text!r} (the store has: {', '.join(store.text_names) or 'none'})",
+            param="text",
+        )
+    base = options.base
     if base == "auto":
         base = "zeroshot" if text is not None else "ncm"
     if text is None and ("zeroshot" in methods or base == "zeroshot"):
         raise ProtocolError(
             f"{store.path} has no text embeddings, which zero-shot needs; extract them with a CLIP model "
-            "or use --base ncm and a method without zero-shot"
+            "or use base 'ncm' and methods without zero-shot"
         )
     if text is not None:
-        store.check_text_matches(text, features)
-    if "fusion" in methods and aux_features is None:
-        raise ProtocolError("method fusion needs the auxiliary backbone's features; pass --aux-features NAME")
-    if val_split is None and "val" in store.splits and train_split != "val":
-        val_split = "val"
-    for split in (train_split, val_split, test_split):
+        store.check_text_matches(text, feature_set)
+    if "fusion" in methods and aux is None:
+        raise ProtocolError(
+            "method fusion needs the auxiliary backbone's features; give aux_feature_set", param="aux_feature_set"
+        )
+    train, val, test = options.train_split, options.val_split, options.test_split
+    if val is None and "val" in store.splits and "val" not in (train, test):
+        val = "val"
+    check_splits(train, val, test)
+    for split, param in ((train, "train_split"), (val, "val_split"), (test, "test_split")):
         if split is not None:
-            _check_split(store, split, features)
-            if aux_features:
-                _check_split(store, split, aux_features)
-    if val_split is not None and val_split in (train_split, test_split):
-        raise ProtocolError(f"the validation split {val_split!r} must differ from the train and test splits")
-    if test_split is not None and test_split == train_split:
-        raise ProtocolError(f"the test split {test_split!r} must differ from the split the support sets are drawn from")
-    return Protocol(features, aux_features, text, base, train_split, val_split, test_split, val_per_class,
-                    list(store.classes))
+            _check_split(store, split, feature_set, param)
+            if aux:
+                _check_split(store, split, aux, param)
+    return Protocol.from_options(
+        options, feature_set=feature_set, text=text, base=base, val_split=val, classes=list(store.classes)
+    )
 
 
 def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_neighbors: int = 5):
     """An unfitted estimator for ``method`` under ``protocol``."""
-    def base():
-        if protocol.base == "zeroshot":
-            t = store.text(protocol.text)
-            scale = float(t.provenance.get("logit_scale", 100.0))
-            return ZeroShotClassifier(text_embeddings=t.embeddings, class_index=t.class_index, logit_scale=scale)
-        return ClassMeanClassifier()
 
+    def zero_shot():
+        t = store.text(protocol.text)
+        scale = float(t.provenance.get("logit_scale", 100.0))
+        return ZeroShotClassifier(text_embeddings=t.embeddings, class_index=t.class_index, logit_scale=scale)
+
+    def base():
+        return zero_shot() if protocol.base == "zeroshot" else ClassMeanClassifier()
+
+    if method not in METHODS:
+        raise InvalidParameterError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", param="method")
     if method == "zeroshot":
-        return base() if protocol.base == "zeroshot" else _needs_text()
+        if protocol.text is None:
+            raise ProtocolError("method zeroshot needs text embeddings; give text", param="text")
+        return zero_shot()
     if method == "ncm":
         return ClassMeanClassifier()
     if method == "gda":
@@ -189,7 +213,7 @@ def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_n
     if method == "tip":
         return TipAdapter(base=base())
     if method == "fusion":
-        aux_dim = store.feature_sets[protocol.aux_features].dim
+        aux_dim = store.feature_sets[protocol.aux_feature_set].dim
         return LogitBiasFusion(aux_dim=aux_dim, base=base(), aux=ClassMeanClassifier())
     return KNNClassifier(n_neighbors=n_neighbors)
 
@@ -198,15 +222,18 @@ def _uses_text(method: str, protocol: Protocol) -> bool:
     return method == "zeroshot" or (method in ("gda-zs", "tip", "fusion") and protocol.base == "zeroshot")
 
 
-def _needs_text():
-    raise ProtocolError("zeroshot needs text embeddings; pass --text NAME")
-
-
 def read_features(store: FeatureStore, split: str, method: str, protocol: Protocol, rows=None) -> np.ndarray:
-    """Features of ``rows`` of ``split`` for ``method``: (n, d) float32, or [clip | aux] for fusion."""
-    x = store.features(split, protocol.features, rows)
+    """Features of ``rows`` of ``split`` for ``method``.
+
+    Returns
+    -------
+    ndarray of shape (n, d), float32
+        ``feature_set``; for ``fusion`` the columns of ``feature_set`` then
+        those of ``aux_feature_set``, shape (n, d + d_aux).
+    """
+    x = store.features(split, protocol.feature_set, rows)
     if method == "fusion":
-        x = np.hstack([x, store.features(split, protocol.aux_features, rows)])
+        x = np.hstack([x, store.features(split, protocol.aux_feature_set, rows)])
     return x
 
 
@@ -288,37 +315,51 @@ def fit_from_store(
     *,
     shots: int,
     seed: int,
-    features: str | None = None,
-    aux_features: str | None = None,
-    text: str | None = None,
-    base: str = "auto",
-    train_split: str = "train",
-    val_split: str | None = None,
-    val_per_class: int = 10,
+    options: ProtocolOptions | None = None,
     chunk_rows: int | None = None,
+    **overrides,
 ) -> dict:
     """Fit one method on a few-shot support set of a store and save it (``clipcache fit``).
 
     ``shots=0`` uses every labelled row of the training split; GDA then streams
     the split chunk by chunk instead of loading it.
 
+    Parameters
+    ----------
+    store_path : path
+    method : str
+        One of :data:`METHODS`.
+    output : path
+        The model file, ``.h5``/``.hdf5`` or ``.npz`` (:func:`clipcache.classifiers.save_model`).
+    shots : int
+        Support samples per class; 0 for every labelled row.
+    seed : int
+        Seed of the support sampling.
+    options : ProtocolOptions, optional
+        Feature sets, text, base and splits; ``test_split`` is ignored.
+    chunk_rows : int, optional
+        Rows per block of the streamed GDA fit.
+    **overrides
+        Fields of :class:`ProtocolOptions` that replace those of ``options``.
+
     Returns
     -------
     dict
-        The metadata saved with the model (support ids, chosen hyper-parameters ...).
+        The metadata saved with the model (feature sets, support ids, chosen hyper-parameters ...).
     """
+    shots = check_shots([shots])[0]
+    options = protocol_options(options, **{**overrides, "test_split": None})
+    check_methods([method])
     with FeatureStore(store_path, "r") as store:
-        protocol = resolve_protocol(
-            store, [method], features=features, aux_features=aux_features, text=text, base=base,
-            train_split=train_split, val_split=val_split, test_split=None, val_per_class=val_per_class,
-        )
+        protocol = resolve_protocol(store, [method], options)
+        train_split = protocol.train_split
         rows = split_rows(store, protocol)
         labels = store.labels(train_split)
         sample = sample_few_shot(labels, shots, seed, len(protocol.classes), rows.train_candidates, protocol.classes)
         support = rows.expand(sample.rows)
         estimator = build_estimator(method, protocol, store)
         if method == "gda" and shots == 0:
-            estimator.fit_store(store, train_split, protocol.features, rows=support, chunk_rows=chunk_rows)
+            estimator.fit_store(store, train_split, protocol.feature_set, rows=support, chunk_rows=chunk_rows)
         else:
             X, y = read_features(store, train_split, method, protocol, support), labels[support]
             X_val = read_features(store, rows.val_split, method, protocol, rows.val_rows)
@@ -329,8 +370,8 @@ def fit_from_store(
             "store": str(Path(store_path).resolve()),
             "store_uuid": store.uuid,
             "classes": protocol.classes,
-            "features": protocol.features,
-            "aux_features": protocol.aux_features,
+            "feature_set": protocol.feature_set,
+            "aux_feature_set": protocol.aux_feature_set,
             "text": protocol.text if _uses_text(method, protocol) else None,
             "base": protocol.base,
             "identities": protocol.identities(store),
@@ -343,9 +384,30 @@ def fit_from_store(
     return metadata
 
 
-def check_model_matches(store: FeatureStore, metadata: dict) -> None:
-    """Raise StoreMismatchError unless the store has the model's classes and feature sets."""
-    if list(store.classes) != list(metadata.get("classes", [])):
+def model_feature_sets(metadata: dict) -> tuple[str | None, str | None]:
+    """``(feature_set, aux_feature_set)`` of a saved model's metadata.
+
+    Models saved by clipcache 0.1.0 record them under
+    ``features`` and ``aux_features``; both spellings are read.
+    """
+    feature_set = metadata.get("feature_set", metadata.get("features"))
+    aux = metadata.get("aux_feature_set", metadata.get("aux_features"))
+    return feature_set, aux
+
+
+def check_model_matches(store: FeatureStore, metadata: dict, classes: list[str] | None = None) -> None:
+    """Raise StoreMismatchError unless the store has the model's classes and feature sets.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    metadata : dict
+        The metadata saved with the model.
+    classes : list of str, optional
+        ``store.classes``, when the caller has read it already.
+    """
+    classes = list(store.classes) if classes is None else list(classes)
+    if classes != list(metadata.get("classes", [])):
         raise StoreMismatchError(
             f"{store.path}: its class list differs from the one the model was fitted on; predict on a store "
             "extracted with the same classes"
@@ -367,21 +429,41 @@ def predict_to_csv(
 ) -> int:
     """Predict every row of ``split`` with a saved model and write a CSV (``clipcache predict``).
 
-    Columns: id, path, label (true, -1 if unlabelled), pred, pred_name, confidence.
+    Columns: id, path, label (true, -1 if unlabelled), pred, pred_name, confidence
+    (the highest probability, 6 decimals). The CSV is written through
+    :func:`clipcache._io.atomic_output`.
+
+    Parameters
+    ----------
+    store_path, model_path, output : path
+    split : str, default="test"
+    chunk_rows : int, default=65536
+        Rows predicted per block.
 
     Returns
     -------
     int
         Rows written.
     """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise InvalidParameterError(f"chunk_rows={chunk_rows!r} must be a positive number of rows", param="chunk_rows")
     estimator, metadata = load_model(model_path)
     method = metadata.get("method", "")
+    feature_set, aux = model_feature_sets(metadata)
+    if feature_set is None:
+        raise ModelFileError(f"{model_path}: the model's metadata names no feature set; refit it with fit_from_store")
     with FeatureStore(store_path, "r") as store:
-        check_model_matches(store, metadata)
-        protocol = Protocol(metadata["features"], metadata.get("aux_features"), metadata.get("text"),
-                            metadata.get("base", "ncm"), metadata.get("train_split", "train"), None, split, 0,
-                            list(store.classes))
-        _check_split(store, split, protocol.features)
+        classes = store.classes  # read once: the property reads the file on every access
+        check_model_matches(store, metadata, classes)
+        protocol = Protocol(
+            feature_set=feature_set, aux_feature_set=aux, text=metadata.get("text"),
+            base=metadata.get("base", "ncm"), train_split=metadata.get("train_split", "train"),
+            test_split=None, classes=classes,
+        )
+        for name in (feature_set, aux) if method == "fusion" else (feature_set,):
+            _check_split(store, split, name, "split")
+        names = np.asarray(classes, dtype=object)
+        model_classes = np.asarray(estimator.classes_)
         n = store.n_rows(split)
         with atomic_output(output) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -389,11 +471,12 @@ def predict_to_csv(
             for start in range(0, n, chunk_rows):
                 sl = slice(start, min(n, start + chunk_rows))
                 proba = estimator.predict_proba(read_features(store, split, method, protocol, sl))
-                pred = np.asarray(estimator.classes_)[proba.argmax(axis=1)]
+                pred = model_classes[proba.argmax(axis=1)].astype(np.int64)
                 conf = proba.max(axis=1)
-                for i, p, lab, path, c in zip(store.ids(split, sl), pred, store.labels(split, sl),
-                                              store.paths(split, sl), conf, strict=True):
-                    writer.writerow([i, path, int(lab), int(p), store.classes[int(p)], f"{c:.6f}"])
+                writer.writerows(
+                    zip(store.ids(split, sl), store.paths(split, sl), store.labels(split, sl).tolist(),
+                        pred.tolist(), names[pred], [f"{c:.6f}" for c in conf], strict=True)
+                )
     return n
 
 

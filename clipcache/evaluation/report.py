@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from clipcache._io import atomic_output
+from clipcache.errors import InvalidParameterError
 from clipcache.evaluation.metrics import mean_ci
+from clipcache.evaluation.options import (
+    METRICS,
+    ProtocolOptions,
+    check_methods,
+    check_shots,
+    protocol_options,
+)
 from clipcache.evaluation.protocol import (
     build_estimator,
     evaluate_one,
@@ -25,8 +33,6 @@ from clipcache.feature_store import FeatureStore
 __all__ = ["EvaluationReport", "run_evaluation", "format_table", "plot_accuracy", "METRICS"]
 
 logger = logging.getLogger(__name__)
-
-METRICS = ("top1", "top5", "recall", "ece")
 
 
 @dataclass
@@ -48,22 +54,30 @@ class EvaluationReport:
     config: dict = field(default_factory=dict)
 
     def summary(self, metric: str = "top1") -> dict:
-        """``{method: {shots: (mean, ci95 half-width)}}`` over seeds."""
+        """``{method: {shots: (mean, ci95 half-width)}}`` over seeds, for one of :data:`METRICS`."""
+        if metric not in METRICS:
+            raise InvalidParameterError(f"metric={metric!r} is not one of {', '.join(METRICS)}", param="metric")
         out: dict = {}
         for run in self.runs:
             out.setdefault(run["method"], {}).setdefault(run["shots"], []).append(run[metric])
         return {m: {k: mean_ci(v) for k, v in sorted(by.items())} for m, by in out.items()}
 
     def to_dict(self) -> dict:
+        """``config``, ``summary`` (metric -> method -> shots -> mean and ci95), ``runs`` and ``supports``."""
         summary = {
             metric: {m: {str(k): {"mean": v[0], "ci95": v[1]} for k, v in by.items()} for m, by in self.summary(metric).items()}
             for metric in METRICS
         }
         return {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
 
+    def to_json(self) -> str:
+        """The report as a JSON document (what ``clipcache evaluate --json`` prints)."""
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
     def write_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_json` to ``path`` through :func:`clipcache._io.atomic_output`."""
         with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+            tmp.write_text(self.to_json() + "\n", encoding="utf-8")
 
 
 def run_evaluation(
@@ -71,15 +85,8 @@ def run_evaluation(
     methods,
     shots,
     seeds,
-    *,
-    features: str | None = None,
-    aux_features: str | None = None,
-    text: str | None = None,
-    base: str = "auto",
-    train_split: str = "train",
-    val_split: str | None = None,
-    test_split: str = "test",
-    val_per_class: int = 10,
+    options: ProtocolOptions | None = None,
+    **overrides,
 ) -> EvaluationReport:
     """Fit every method on k-shot support sets for every seed; report test metrics.
 
@@ -92,19 +99,28 @@ def run_evaluation(
     store_path : path
     methods : sequence of str
         From :data:`clipcache.evaluation.METHODS`.
-    shots, seeds : sequence of int
+    shots : sequence of int
+        Support samples per class (0: every labelled row).
+    seeds : sequence of int
+    options : ProtocolOptions, optional
+        Feature sets, text, base and splits; the default test split is ``"test"``.
+    **overrides
+        Fields of :class:`ProtocolOptions` that replace those of ``options``.
 
     Returns
     -------
     EvaluationReport
+        ``config`` names the store, ``classes``, ``feature_set``,
+        ``aux_feature_set``, ``text``, ``base``, the splits and the validation set.
     """
-    methods, shots, seeds = list(methods), [int(k) for k in shots], [int(s) for s in seeds]
+    methods, shots, seeds = check_methods(methods), check_shots(shots), [int(s) for s in seeds]
+    options = protocol_options(options, **overrides)
+    if options.test_split is None:
+        raise InvalidParameterError("run_evaluation needs a test split to score; give test_split", param="test_split")
     report = EvaluationReport()
     with FeatureStore(store_path, "r") as store:
-        protocol = resolve_protocol(
-            store, methods, features=features, aux_features=aux_features, text=text, base=base,
-            train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
-        )
+        protocol = resolve_protocol(store, methods, options)
+        train_split, test_split = protocol.train_split, protocol.test_split
         rows = split_rows(store, protocol)
         labels = store.labels(train_split)
         n_classes = len(protocol.classes)
@@ -123,8 +139,9 @@ def run_evaluation(
             return cache[key]
 
         report.config = {
-            "store": str(Path(store_path).resolve()), "classes": protocol.classes, "features": protocol.features,
-            "aux_features": protocol.aux_features, "text": protocol.text, "base": protocol.base,
+            "store": str(Path(store_path).resolve()), "classes": protocol.classes,
+            "feature_set": protocol.feature_set, "aux_feature_set": protocol.aux_feature_set,
+            "text": protocol.text, "base": protocol.base,
             "train_split": train_split, "test_split": test_split, "n_test": int(len(test_rows)),
             "val": {"split": rows.val_split, "carved": rows.carved, "n": int(len(rows.val_rows)),
                     "seed": VAL_SEED if rows.carved else None},
@@ -169,7 +186,10 @@ def format_table(report: EvaluationReport, metric: str = "top1", percent: bool =
 
 
 def plot_accuracy(report: EvaluationReport, path: str | os.PathLike, metric: str = "top1") -> None:
-    """Write a PNG of the metric against shots (log2 axis), one line per method with 95% CI bars."""
+    """Write a PNG of the metric against shots (log2 axis), one line per method with 95% CI bars.
+
+    The file is written through :func:`clipcache._io.atomic_output`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -185,4 +205,5 @@ def plot_accuracy(report: EvaluationReport, path: str | os.PathLike, metric: str
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipcache.errors import ProtocolError
+from clipcache.errors import InvalidParameterError, ProtocolError
 
 __all__ = ["ProtocolError", "FewShotSample", "sample_few_shot", "carve_validation", "VAL_SEED"]
 
@@ -80,11 +80,13 @@ def sample_few_shot(
 
     Raises
     ------
+    InvalidParameterError
+        If ``shots`` is negative.
     ProtocolError
-        If ``shots`` is negative or a class has no candidate row.
+        If a class has no candidate row.
     """
     if shots < 0:
-        raise ProtocolError(f"shots={shots} must be a non-negative number of samples per class")
+        raise InvalidParameterError(f"shots={shots} must be a non-negative number of samples per class", param="shots")
     labels = np.asarray(labels, dtype=np.int64)
     pool = np.arange(len(labels)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     picked, per_class = [], np.zeros(n_classes, dtype=np.int64)

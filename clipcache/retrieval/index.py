@@ -8,10 +8,13 @@ It is saved beside the store as three files::
     <store stem>.<split>.<feature set>.faiss.rows.npy   faiss id -> store row, int64
     <store stem>.<split>.<feature set>.faiss.json       sidecar: fingerprint, metric, ...
 
-Every file is written to ``*.tmp`` and ``os.replace``\\ d; the sidecar goes
-last, so a crash leaves either the old index or the new one, never a sidecar
-that points at the wrong files (the sidecar also records ``ntotal``, which is
-checked on load).
+Each file is written through :func:`clipcache._io.atomic_output` (a temporary
+file beside it, then a rename), the sidecar last, so each file is either the old
+one or the new one. The three renames are not one atomic step: a crash between
+them can leave files of two builds. :func:`load_index` refuses such a set when
+the vector counts, dimension, index type or metric disagree with the sidecar,
+which catches a rebuild with another factory or on other rows, but not a
+rebuild of the same factory on the same rows.
 
 Loading checks the store's fingerprint (:meth:`FeatureStore.fingerprint`): an
 index built before rows were added, or from a recreated store, is refused with
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,8 +43,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from clipcache._io import atomic_output
 from clipcache._version import __version__
-from clipcache.errors import ClipCacheError, IndexMismatchError, QueryError
+from clipcache.errors import ClipCacheError, IndexMismatchError, InvalidParameterError, QueryError
+from clipcache.feature_store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +59,17 @@ __all__ = [
     "SearchResult",
     "StoreIndex",
     "build_index",
+    "check_feature_set",
+    "check_positive",
+    "default_feature_set",
     "default_nprobe",
     "gpu_available",
     "index_path",
     "index_store",
     "load_index",
-    "sidecar_path",
+    "read_sidecar",
     "rows_path",
+    "sidecar_path",
 ]
 
 INDEX_FORMAT = "clipcache-faiss-index"
@@ -70,6 +80,8 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _MIN_TRAIN = 20_000
 _TRAIN_PER_LIST = 64
 _GPU_MAX_K = 2048
+#: The fix that messages about a missing, stale or damaged index name.
+_REBUILD = "rebuild it with build_index and StoreIndex.save (clipcache index)"
 # faiss's exact search multiplies blocks of (queries x database rows) with BLAS.
 # Its defaults (4096 x 1024) make many small sgemm calls; 1024 x 16384 (64 MiB of
 # scratch) measured 1.5-2x faster on 2 busy cores (benchmarks/search_speed.py).
@@ -112,16 +124,63 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def index_path(store_path: str | os.PathLike, split: str, features: str) -> Path:
-    """Default index file of ``split``/``features``, beside the store.
+def check_positive(value, param: str, *, optional: bool = True) -> int | None:
+    """``value`` as an int when it is a positive integer (or None when ``optional``).
+
+    Raises
+    ------
+    InvalidParameterError
+        With ``param`` set, for 0, a negative number, a bool or a non-integer.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidParameterError(f"{param} must be a positive integer, not {value!r}", param=param)
+    return int(value)
+
+
+def check_feature_set(store, feature_set: str) -> str:
+    """``feature_set``, or ClipCacheError (``param="feature_set"``) when the store does not have it."""
+    if feature_set not in store.feature_sets:
+        known = ", ".join(store.feature_sets) or "none"
+        raise ClipCacheError(f"{store.path}: no feature set {feature_set!r} (the store has: {known})", param="feature_set")
+    return feature_set
+
+
+def default_feature_set(store, split: str, feature_set: str | None = None) -> str:
+    """``feature_set`` (checked with :func:`check_feature_set`), or when it is None the only feature set of ``split``.
+
+    Raises
+    ------
+    ClipCacheError
+        ``param="feature_set"``, when the store has no such feature set, or
+        ``split`` has several and none is named.
+    """
+    if feature_set is not None:
+        return check_feature_set(store, feature_set)
+    if split not in store.splits:
+        raise ClipCacheError(
+            f"{store.path}: no split {split!r} (the store has: {', '.join(store.splits) or 'none'})", param="split"
+        )
+    present = store.split_feature_sets(split)
+    if len(present) != 1:
+        raise ClipCacheError(
+            f"{store.path}: split {split!r} has feature sets {', '.join(present) or 'none'}; give feature_set",
+            param="feature_set",
+        )
+    return present[0]
+
+
+def index_path(store_path: str | os.PathLike, split: str, feature_set: str) -> Path:
+    """Default index file of ``split``/``feature_set``, beside the store.
 
     Returns
     -------
     Path
-        ``<store dir>/<store stem>.<split>.<features>.faiss``
+        ``<store dir>/<store stem>.<split>.<feature_set>.faiss``
     """
     store_path = Path(store_path)
-    return store_path.with_name(f"{store_path.stem}.{split}.{features}.faiss")
+    return store_path.with_name(f"{store_path.stem}.{split}.{feature_set}.faiss")
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -157,20 +216,33 @@ def _hnsw(index: faiss.Index):
 
 
 def _new_index(dim: int, factory: str, metric: str) -> faiss.Index:
-    if metric not in _METRICS:
-        raise ClipCacheError(f"metric must be one of {sorted(_METRICS)}, not {metric!r}")
-    if not isinstance(factory, str) or not factory.strip():
-        raise ClipCacheError("the index factory string is empty; pass e.g. 'Flat', 'IVF1024,Flat' or 'HNSW32'")
-    if "IDMap" in factory:
-        raise ClipCacheError(f"factory {factory!r}: IDMap is not needed, clipcache keeps the row mapping itself; drop it")
+    _check_build(factory, metric)
     try:
         return faiss.index_factory(int(dim), factory, _METRICS[metric])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ClipCacheError(
+        raise InvalidParameterError(
             f"faiss cannot build factory {factory!r} for dimension {dim} ({first}); "
-            "see https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+            "see https://github.com/facebookresearch/faiss/wiki/The-index-factory",
+            param="factory",
         ) from None
+
+
+def _check_build(factory: str, metric: str, **sizes) -> None:
+    """Refuse a metric, factory string or size (``sizes``: name -> None or positive int) before the store is read."""
+    for param, value in sizes.items():
+        check_positive(value, param)
+    if metric not in _METRICS:
+        raise InvalidParameterError(f"metric must be one of {', '.join(_METRICS)}, not {metric!r}", param="metric")
+    if not isinstance(factory, str) or not factory.strip():
+        raise InvalidParameterError(
+            "the index factory string is empty; give e.g. 'Flat', 'IVF1024,Flat' or 'HNSW32'", param="factory"
+        )
+    if "IDMap" in factory:
+        raise InvalidParameterError(
+            f"factory {factory!r}: IDMap is not needed, clipcache keeps the row mapping itself; drop it",
+            param="factory",
+        )
 
 
 def _structure(index: faiss.Index) -> dict:
@@ -180,15 +252,17 @@ def _structure(index: faiss.Index) -> dict:
 
 
 def _search_params(structure: dict, nprobe: int | None, ef_search: int | None) -> dict:
+    """The search parameters of an index of this structure: given values, or the defaults.
+
+    ``nprobe`` and ``ef_search`` must be None or positive integers (checked
+    whatever the index type, so that a 0 is never silently ignored).
+    """
+    nprobe, ef_search = check_positive(nprobe, "nprobe"), check_positive(ef_search, "ef_search")
     params = {}
     if structure["nlist"]:
-        params["nprobe"] = int(nprobe) if nprobe is not None else default_nprobe(structure["nlist"])
-        if params["nprobe"] < 1:
-            raise ClipCacheError(f"nprobe must be at least 1, not {nprobe}")
+        params["nprobe"] = nprobe if nprobe is not None else default_nprobe(structure["nlist"])
     if structure["hnsw"]:
-        params["efSearch"] = int(ef_search) if ef_search is not None else DEFAULT_EF_SEARCH
-        if params["efSearch"] < 1:
-            raise ClipCacheError(f"efSearch must be at least 1, not {ef_search}")
+        params["efSearch"] = ef_search if ef_search is not None else DEFAULT_EF_SEARCH
     return params
 
 
@@ -197,7 +271,7 @@ def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
     if not gpu:
         return index, "cpu"
     if not gpu_available():
-        logger.warning("--gpu asked for, but faiss has no GPU support or sees no GPU; using the CPU")
+        logger.warning("gpu=True, but faiss has no GPU support or sees no GPU; using the CPU")
         return index, "cpu"
     try:
         return faiss.index_cpu_to_all_gpus(index), "gpu"
@@ -271,7 +345,19 @@ class StoreIndex:
         return dict(self.meta.get("search_params", {}))
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change the IVF ``nprobe`` or HNSW ``efSearch`` used by :meth:`search` (and saved)."""
+        """Change the IVF ``nprobe`` or HNSW ``efSearch`` used by :meth:`search` (and saved).
+
+        Parameters
+        ----------
+        nprobe, ef_search : int, optional
+            Positive; None keeps the current value. A value the index type does
+            not use (``nprobe`` of an HNSW index) is checked, then ignored.
+
+        Raises
+        ------
+        InvalidParameterError
+            When a value is 0, negative or not an integer.
+        """
         current = self.search_params
         structure = {"nlist": int(self.meta.get("nlist", 0)), "hnsw": bool(self.meta.get("hnsw", False))}
         params = _search_params(
@@ -327,14 +413,18 @@ class StoreIndex:
                 f"the index of {self.split!r}/{self.feature_set!r} is empty; index a split that has rows"
             )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise QueryError(f"k must be a positive integer, not {k!r}")
+            raise QueryError(f"k must be a positive integer, not {k!r}", param="k")
         if k > self.ntotal:
             raise QueryError(
                 f"k={k} is larger than the {self.ntotal} vectors in the index of "
-                f"{self.split!r}/{self.feature_set!r}; ask for at most {self.ntotal}"
+                f"{self.split!r}/{self.feature_set!r}; ask for at most {self.ntotal}",
+                param="k",
             )
         if self.device == "gpu" and k > _GPU_MAX_K:
-            raise QueryError(f"k={k} is more than the {_GPU_MAX_K} neighbours faiss-gpu returns; search on the CPU (without --gpu)")
+            raise QueryError(
+                f"k={k} is more than the {_GPU_MAX_K} neighbours faiss-gpu returns; search on the CPU (gpu=False)",
+                param="k",
+            )
         return int(k)
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
@@ -382,20 +472,28 @@ class StoreIndex:
         """
         split, name = self.split, self.feature_set
         if split not in store.splits:
-            raise IndexMismatchError(f"{store.path}: the index was built on split {split!r}, which the store no longer has; rebuild it with clipcache index")
+            raise IndexMismatchError(
+                f"{store.path}: the index was built on split {split!r}, which the store no longer has; {_REBUILD}"
+            )
         if name not in store.feature_sets:
-            raise IndexMismatchError(f"{store.path}: the index was built on feature set {name!r}, which the store no longer has; rebuild it with clipcache index")
+            raise IndexMismatchError(
+                f"{store.path}: the index was built on feature set {name!r}, which the store no longer has; {_REBUILD}"
+            )
         now = store.fingerprint(split, name)
         if now != self.meta["fingerprint"]:
             raise IndexMismatchError(
                 f"{self.meta.get('index_file', 'the index')}: it was built from {split!r}/{name!r} with "
                 f"{self.meta['store_rows']} rows of store {self.meta['store_uuid'][:8]}, but the store "
                 f"{store.path} has changed since (now {store.feature_rows(split, name)} rows, store "
-                f"{store.uuid[:8]}); rebuild it with: clipcache index {store.path} --split {split} --features {name}"
+                f"{store.uuid[:8]}); {_REBUILD}"
             )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index, its row mapping and its sidecar atomically.
+        """Write the index, its row mapping and its sidecar, each through :func:`clipcache._io.atomic_output`.
+
+        The sidecar is written last. A crash between the three renames can
+        leave files of two builds (see the module notes for what
+        :func:`load_index` detects).
 
         Parameters
         ----------
@@ -413,20 +511,16 @@ class StoreIndex:
         meta["rows_file"] = rows_path(path).name
         meta["saved"] = _now()
         cpu = self._cpu_view()
-        tmp_index, tmp_rows, tmp_meta = (Path(f"{p}.tmp") for p in (path, rows_path(path), sidecar_path(path)))
         try:
-            faiss.write_index(cpu, str(tmp_index))
-            with open(tmp_rows, "wb") as fh:
+            with atomic_output(path) as tmp:
+                faiss.write_index(cpu, str(tmp))
+            with atomic_output(rows_path(path)) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, self.rows, allow_pickle=False)
-            tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp_index, path)
-            os.replace(tmp_rows, rows_path(path))
-            os.replace(tmp_meta, sidecar_path(path))
-        except OSError as exc:
-            raise ClipCacheError(f"{path}: cannot write the index ({exc.strerror or exc}); check the folder is writable") from None
-        finally:
-            for tmp in (tmp_index, tmp_rows, tmp_meta):
-                tmp.unlink(missing_ok=True)
+            with atomic_output(sidecar_path(path)) as tmp:
+                tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        except (OSError, RuntimeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+            raise ClipCacheError(f"{path}: cannot write the index ({reason}); check that the folder is writable") from None
         self.meta = meta
         logger.info("wrote %s (%d vectors, %s)", path, self.ntotal, self.factory)
         return path
@@ -435,14 +529,13 @@ class StoreIndex:
 def _train_rows(n: int, index: faiss.Index, train_size: int | None, seed: int) -> np.ndarray:
     ivf = _ivf(index)
     nlist = ivf.nlist if ivf is not None else 0
-    want = int(train_size) if train_size else max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN)
-    if want < 1:
-        raise ClipCacheError(f"train_size must be positive, not {train_size}")
+    want = train_size if train_size is not None else max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN)
     m = min(n, want)
     if m < nlist:
         raise ClipCacheError(
             f"an IVF index with {nlist} lists needs at least {nlist} training rows, but only {m} are "
-            f"available; use fewer lists (e.g. IVF{max(1, m // 39)},Flat)"
+            f"available; use fewer lists (e.g. IVF{max(1, m // 39)},Flat)",
+            param="factory",
         )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
@@ -451,7 +544,7 @@ def _train_rows(n: int, index: faiss.Index, train_size: int | None, seed: int) -
 def build_index(
     store,
     split: str,
-    features: str,
+    feature_set: str,
     *,
     factory: str = DEFAULT_FACTORY,
     metric: str = "ip",
@@ -468,7 +561,7 @@ def build_index(
     ----------
     store : FeatureStore
         Open for reading.
-    split, features : str
+    split, feature_set : str
         What to index; faiss id i is row ``i`` of the split.
     factory : str
         A faiss index-factory string: ``"Flat"`` (exact, default),
@@ -479,12 +572,12 @@ def build_index(
         Build and search on the GPU when faiss-gpu is installed and sees one;
         the CPU otherwise (with a logged warning).
     train_size : int, optional
-        Rows sampled to train IVF/PQ indexes; default ``max(64 * nlist, 20000)``.
+        Positive; rows sampled to train IVF/PQ indexes; default ``max(64 * nlist, 20000)``.
     chunk_rows : int, optional
-        Rows per block read from the store and added; by default about 64 MiB.
+        Positive; rows per block read from the store and added; by default about 64 MiB.
     nprobe, ef_search : int, optional
-        Search parameters recorded with the index (IVF and HNSW); defaults
-        :func:`default_nprobe` and :data:`DEFAULT_EF_SEARCH`.
+        Positive; search parameters recorded with the index (IVF and HNSW);
+        defaults :func:`default_nprobe` and :data:`DEFAULT_EF_SEARCH`.
     seed : int
         Seed of the training sample.
 
@@ -494,18 +587,23 @@ def build_index(
 
     Raises
     ------
+    InvalidParameterError
+        Before the store is read: a metric or factory string that cannot
+        work, or a size or search parameter that is not a positive integer.
     QueryError
         When the split has no rows.
     ClipCacheError
-        When the factory string is invalid or the index cannot be trained.
+        When the feature set is unknown or the index cannot be trained.
     """
-    info = store.feature_sets.get(features)
-    if info is None:
-        known = ", ".join(store.feature_sets) or "none"
-        raise ClipCacheError(f"{store.path}: no feature set {features!r} (the store has: {known}); pass --features")
-    n = store.feature_rows(split, features)
+    _check_build(factory, metric, train_size=train_size, chunk_rows=chunk_rows, nprobe=nprobe, ef_search=ef_search)
+    info = store.feature_sets[check_feature_set(store, feature_set)]
+    n = store.feature_rows(split, feature_set)
     if n == 0:
-        raise QueryError(f"{store.path}: split {split!r} has no rows of {features!r}, so the index would be empty; extract features first")
+        raise QueryError(
+            f"{store.path}: split {split!r} has no rows of {feature_set!r}, so the index would be empty; "
+            "extract features first",
+            param="split",
+        )
     if not store.is_complete(split):
         logger.warning("%s: split %r is not complete; the index will be stale once rows are added", store.path, split)
     cpu_index = _new_index(info.dim, factory, metric)
@@ -516,24 +614,27 @@ def build_index(
     if not index.is_trained:
         sample = _train_rows(n, cpu_index, train_size, seed)
         n_train = len(sample)
-        x = store.features(split, features, sample)
+        x = store.features(split, feature_set, sample)
         logger.info("training %s on %d sampled rows", factory, n_train)
         try:
             index.train(x)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1]
-            raise ClipCacheError(f"faiss cannot train {factory!r} on {n_train} rows ({first}); use a smaller index or more rows") from None
+            raise ClipCacheError(
+                f"faiss cannot train {factory!r} on {n_train} rows ({first}); use a smaller index or more rows",
+                param="factory",
+            ) from None
         del x
-    for chunk in store.iter_chunks(split, features, chunk_rows=chunk_rows):
+    for chunk in store.iter_chunks(split, feature_set, chunk_rows=chunk_rows):
         index.add(np.ascontiguousarray(chunk.features, dtype=np.float32))
     meta = {
         "format": INDEX_FORMAT,
         "format_version": INDEX_FORMAT_VERSION,
         "store": str(store.path),
         "store_uuid": store.uuid,
-        "fingerprint": store.fingerprint(split, features),
+        "fingerprint": store.fingerprint(split, feature_set),
         "split": split,
-        "feature_set": features,
+        "feature_set": feature_set,
         "store_rows": n,
         "dim": info.dim,
         "normalized": info.normalized,
@@ -551,32 +652,52 @@ def build_index(
     return StoreIndex(index, np.arange(n, dtype=np.int64), meta, device)
 
 
-def _read_sidecar(path: Path) -> dict:
+_SIDECAR_REQUIRED = ("fingerprint", "store_uuid", "store_rows", "split", "feature_set", "metric", "factory", "ntotal", "dim")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """Read and check the JSON sidecar of the index file ``path`` (the one place sidecars are parsed).
+
+    Returns
+    -------
+    dict
+        The sidecar fields (see ``docs/retrieval.md``).
+
+    Raises
+    ------
+    IndexMismatchError
+        When the index or its sidecar is missing, the sidecar cannot be parsed,
+        is not a clipcache index sidecar, has another format version, or lacks
+        a required field.
+    """
+    path = Path(path)
     side = sidecar_path(path)
     if not path.exists() or not side.exists():
-        raise IndexMismatchError(f"{path}: no index there (or its sidecar {side.name} is missing); build it with clipcache index")
+        raise IndexMismatchError(
+            f"{path}: no index there (or its sidecar {side.name} is missing); "
+            "build it with build_index and StoreIndex.save (clipcache index)"
+        )
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise IndexMismatchError(f"{side}: the sidecar cannot be read ({exc}); rebuild the index with clipcache index") from None
+        raise IndexMismatchError(f"{side}: the sidecar cannot be read ({exc}); {_REBUILD}") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-        raise IndexMismatchError(f"{side}: not a clipcache index sidecar; rebuild the index with clipcache index")
+        raise IndexMismatchError(f"{side}: not a clipcache index sidecar; {_REBUILD}")
     if meta.get("format_version") != INDEX_FORMAT_VERSION:
         raise IndexMismatchError(
             f"{side}: index format version {meta.get('format_version')} is not {INDEX_FORMAT_VERSION}, "
-            f"the one clipcache {__version__} reads; rebuild the index with clipcache index"
+            f"the one clipcache {__version__} reads; {_REBUILD}"
         )
-    required = ("fingerprint", "store_uuid", "store_rows", "split", "feature_set", "metric", "factory", "ntotal", "dim")
-    missing = [k for k in required if k not in meta]
+    missing = [k for k in _SIDECAR_REQUIRED if k not in meta]
     if missing:
-        raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; rebuild the index with clipcache index")
+        raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; {_REBUILD}")
     return meta
 
 
 def load_index(
     store,
     split: str | None = None,
-    features: str | None = None,
+    feature_set: str | None = None,
     *,
     path: str | os.PathLike | None = None,
     gpu: bool = False,
@@ -586,8 +707,8 @@ def load_index(
     Parameters
     ----------
     store : FeatureStore
-    split, features : str, optional
-        Which index; needed unless ``path`` is given. When both are given with
+    split, feature_set : str, optional
+        Which index; needed unless ``path`` is given. When they are given with
         ``path``, the sidecar must name them.
     path : path, optional
         The ``.faiss`` file; default :func:`index_path`.
@@ -604,24 +725,35 @@ def load_index(
         When the files are missing or inconsistent, or the index is stale.
     """
     if path is None:
-        if split is None or features is None:
-            raise ClipCacheError("load_index needs split and features, or the index path")
-        path = index_path(store.path, split, features)
+        if split is None or feature_set is None:
+            raise InvalidParameterError("load_index needs split and feature_set, or the index path", param="path")
+        path = index_path(store.path, split, feature_set)
     path = Path(path)
-    meta = _read_sidecar(path)
-    for key, want in (("split", split), ("feature_set", features)):
+    meta = read_sidecar(path)
+    for key, want in (("split", split), ("feature_set", feature_set)):
         if want is not None and meta[key] != want:
-            raise IndexMismatchError(f"{path}: the index is of {key} {meta[key]!r}, not {want!r}; pass the index of {want!r}")
+            raise IndexMismatchError(
+                f"{path}: the index is of {key} {meta[key]!r}, not {want!r}; give the index of {want!r}", param=key
+            )
     try:
         cpu = faiss.read_index(str(path))
         with open(rows_path(path), "rb") as fh:
             rows = np.load(fh, allow_pickle=False)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise IndexMismatchError(f"{path}: the index or its row mapping cannot be read ({str(exc).strip().splitlines()[-1]}); rebuild it with clipcache index") from None
+        raise IndexMismatchError(
+            f"{path}: the index or its row mapping cannot be read ({str(exc).strip().splitlines()[-1]}); {_REBUILD}"
+        ) from None
     if cpu.ntotal != meta["ntotal"] or len(rows) != cpu.ntotal or cpu.d != meta["dim"] or rows.dtype != np.int64:
         raise IndexMismatchError(
             f"{path}: the index ({cpu.ntotal} vectors of dimension {cpu.d}), its row mapping ({len(rows)} rows) "
-            f"and its sidecar ({meta['ntotal']} vectors of dimension {meta['dim']}) disagree; rebuild it with clipcache index"
+            f"and its sidecar ({meta['ntotal']} vectors of dimension {meta['dim']}) disagree; {_REBUILD}"
+        )
+    structure = _structure(cpu)
+    if (structure["nlist"], structure["hnsw"]) != (meta.get("nlist", 0), meta.get("hnsw", False)) or (
+        cpu.metric_type != _METRICS.get(meta["metric"])
+    ):
+        raise IndexMismatchError(
+            f"{path}: the index is not the {meta['factory']!r} ({meta['metric']}) index its sidecar describes; {_REBUILD}"
         )
     index, device = _to_gpu(cpu, gpu)
     result = StoreIndex(index, rows, meta, device)
@@ -632,7 +764,7 @@ def load_index(
 def index_store(
     store_path: str | os.PathLike,
     split: str,
-    features: str,
+    feature_set: str | None = None,
     *,
     factory: str = DEFAULT_FACTORY,
     metric: str = "ip",
@@ -643,10 +775,11 @@ def index_store(
     ef_search: int | None = None,
     seed: int = 0,
 ) -> dict:
-    """Build an index of ``split``/``features`` and save it beside the store (``clipcache index``).
+    """Build an index of ``split``/``feature_set`` and save it beside the store (``clipcache index``).
 
-    Parameters are those of :func:`build_index`; ``output`` overrides the
-    default :func:`index_path`.
+    Parameters are those of :func:`build_index`; ``feature_set`` defaults to
+    the only feature set of ``split`` (:func:`default_feature_set`), and
+    ``output`` overrides the default :func:`index_path`.
 
     Returns
     -------
@@ -654,16 +787,14 @@ def index_store(
         The sidecar fields, plus ``path`` (the ``.faiss`` file), ``device`` and
         ``seconds`` (build time).
     """
-    import time
-
-    from clipcache.feature_store import FeatureStore
-
+    _check_build(factory, metric, train_size=train_size, nprobe=nprobe, ef_search=ef_search)
     start = time.perf_counter()
     with FeatureStore(store_path, "r") as store:
+        feature_set = default_feature_set(store, split, feature_set)
         index = build_index(
-            store, split, features, factory=factory, metric=metric, gpu=gpu, train_size=train_size,
+            store, split, feature_set, factory=factory, metric=metric, gpu=gpu, train_size=train_size,
             nprobe=nprobe, ef_search=ef_search, seed=seed,
         )
         seconds = time.perf_counter() - start
-        path = index.save(output if output is not None else index_path(store.path, split, features))
+        path = index.save(output if output is not None else index_path(store.path, split, feature_set))
     return {**index.meta, "path": str(path), "device": index.device, "seconds": round(seconds, 3)}

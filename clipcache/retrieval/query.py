@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from clipcache.errors import ClipCacheError, IndexMismatchError
+from clipcache.feature_store import FeatureStore
 from clipcache.ops import l2_normalize
 from clipcache.retrieval.index import (
-    INDEX_FORMAT,
     QueryError,
     StoreIndex,
+    check_positive,
     index_path,
     load_index,
-    sidecar_path,
+    read_sidecar,
 )
 
 logger = logging.getLogger(__name__)
@@ -158,13 +159,18 @@ def _id_vectors(store, index: StoreIndex, ids: Sequence[str], id_split: str | No
         hit = rows >= 0
         n_feat = store.feature_rows(split, name)
         if (rows[hit] >= n_feat).any():
-            raise QueryError(f"{store.path}: id {ids[todo[hit][0]]!r} has no {name!r} features yet in split {split!r}")
+            raise QueryError(
+                f"{store.path}: id {ids[todo[hit][0]]!r} has no {name!r} features yet in split {split!r}", param="ids"
+            )
         if hit.any():
             out[todo[hit]] = store.features(split, name, rows[hit])
             missing[todo[hit]] = False
     if missing.any():
         where = f"split {first!r}" if id_split else f"splits {', '.join(splits)}"
-        raise QueryError(f"{store.path}: unknown id {ids[int(np.flatnonzero(missing)[0])]!r} (not in {where}); check the id with clipcache info")
+        raise QueryError(
+            f"{store.path}: unknown id {ids[int(np.flatnonzero(missing)[0])]!r} (not in {where}); check the id",
+            param="ids",
+        )
     return out
 
 
@@ -178,7 +184,10 @@ def _load_images(paths: Sequence[str | os.PathLike]) -> list:
                 img.load()
                 images.append(img.copy())
         except (OSError, UnidentifiedImageError) as exc:
-            raise QueryError(f"{path}: cannot read the query image ({type(exc).__name__}); give a readable image file") from None
+            raise QueryError(
+                f"{path}: cannot read the query image ({type(exc).__name__}); give a readable image file",
+                param="images",
+            ) from None
     return images
 
 
@@ -227,7 +236,7 @@ def query_vectors(
         raise QueryError(f"give exactly one kind of query (ids, images, texts or vectors), not {sorted(given) or 'none'}")
     kind, value = next(iter(given.items()))
     if kind != "vectors" and (isinstance(value, (str, bytes, os.PathLike)) or len(value) == 0):
-        raise QueryError(f"{kind} must be a non-empty list, not {value!r}")
+        raise QueryError(f"{kind} must be a non-empty list, not {value!r}", param=kind)
     if kind == "ids":
         return _id_vectors(store, index, list(value), id_split)
     if kind == "images":
@@ -237,7 +246,10 @@ def query_vectors(
     x = index.check_queries(value)
     if normalize and store.feature_sets[index.feature_set].normalized:
         if not np.linalg.norm(x, axis=1).all():
-            raise QueryError("a query vector is all zeros and cannot be normalised; pass normalize=False or a real vector")
+            raise QueryError(
+                "a query vector is all zeros and cannot be normalised; give normalize=False or a real vector",
+                param="vectors",
+            )
         x = l2_normalize(x).astype(np.float32, copy=False)
     return x
 
@@ -315,10 +327,10 @@ def search(
     return hits(store, index, result.scores, result.rows)
 
 
-def find_index(store, split: str | None = None, features: str | None = None) -> Path:
+def find_index(store, split: str | None = None, feature_set: str | None = None) -> Path:
     """The saved index of ``store`` to search when the user did not name one.
 
-    With ``split`` and ``features``, the default path (:func:`index_path`).
+    With ``split`` and ``feature_set``, the default path (:func:`index_path`).
     Otherwise the indexes saved beside the store that match what was given;
     there must be exactly one.
 
@@ -326,31 +338,29 @@ def find_index(store, split: str | None = None, features: str | None = None) -> 
     -------
     Path
     """
-    if split is not None and features is not None:
-        return index_path(store.path, split, features)
-    import json
-
+    if split is not None and feature_set is not None:
+        return index_path(store.path, split, feature_set)
     found = []
     for path in sorted(store.path.parent.glob(f"{store.path.stem}.*.faiss")):
         try:
-            meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            meta = read_sidecar(path)
+        except IndexMismatchError:
             continue
         # Matched by file name, not uuid, so that an index of a recreated store is found and refused as stale.
-        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or Path(str(meta.get("store"))).name != store.path.name:
+        if Path(str(meta.get("store"))).name != store.path.name:
             continue
-        if split not in (None, meta.get("split")) or features not in (None, meta.get("feature_set")):
+        if split not in (None, meta["split"]) or feature_set not in (None, meta["feature_set"]):
             continue
         found.append((path, meta))
     if not found:
         raise IndexMismatchError(
             f"{store.path}: no saved index{' of split ' + repr(split) if split else ''}"
-            f"{' of feature set ' + repr(features) if features else ''} beside the store; "
-            f"build one with: clipcache index {store.path} --split SPLIT --features NAME"
+            f"{' of feature set ' + repr(feature_set) if feature_set else ''} beside the store; "
+            "build one with build_index and StoreIndex.save (clipcache index)"
         )
     if len(found) > 1:
         names = ", ".join(f"{m['split']}/{m['feature_set']}" for _, m in found)
-        raise ClipCacheError(f"{store.path}: several indexes match ({names}); pass --split and --features to choose one")
+        raise ClipCacheError(f"{store.path}: several indexes match ({names}); give split and feature_set to choose one")
     return found[0][0]
 
 
@@ -359,7 +369,7 @@ def search_store(
     *,
     k: int = 10,
     split: str | None = None,
-    features: str | None = None,
+    feature_set: str | None = None,
     index_file: str | os.PathLike | None = None,
     ids: Sequence[str] | None = None,
     images: Sequence[str | os.PathLike] | None = None,
@@ -375,14 +385,14 @@ def search_store(
     ----------
     store_path : path
     k : int
-    split, features : str, optional
+    split, feature_set : str, optional
         Which saved index; optional when exactly one index is saved beside the store.
     index_file : path, optional
         An index file elsewhere.
     ids, images, texts, vectors
         Exactly one kind of query (see :func:`query_vectors`).
     nprobe, ef_search : int, optional
-        Override the saved IVF / HNSW search parameters.
+        Positive; override the saved IVF / HNSW search parameters for this call.
     gpu : bool
         Search on the GPU when faiss-gpu is available.
 
@@ -390,12 +400,11 @@ def search_store(
     -------
     SearchReport
     """
-    from clipcache import FeatureStore
-
+    nprobe, ef_search = check_positive(nprobe, "nprobe"), check_positive(ef_search, "ef_search")
     with FeatureStore(store_path, "r") as store:
-        path = Path(index_file) if index_file is not None else find_index(store, split, features)
-        index = load_index(store, split, features, path=path, gpu=gpu)
-        if nprobe or ef_search:
+        path = Path(index_file) if index_file is not None else find_index(store, split, feature_set)
+        index = load_index(store, split, feature_set, path=path, gpu=gpu)
+        if nprobe is not None or ef_search is not None:
             index.set_search_params(nprobe=nprobe, ef_search=ef_search)
         found = search(store, index, k=k, ids=ids, images=images, texts=texts, vectors=vectors)
     if ids is not None:

@@ -31,7 +31,15 @@ import faiss
 import numpy as np
 
 from clipcache.errors import ClipCacheError
-from clipcache.retrieval.index import QueryError, StoreIndex
+from clipcache.feature_store import FeatureStore
+from clipcache.retrieval.index import (
+    QueryError,
+    StoreIndex,
+    check_feature_set,
+    check_positive,
+    default_feature_set,
+    load_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ class SupportSet:
     ----------
     pool : str
         The pool split.
-    features : str
+    feature_set : str
         The feature set the retrieval used.
     text : str
         The text embeddings that named the classes.
@@ -62,7 +70,7 @@ class SupportSet:
     """
 
     pool: str
-    features: str
+    feature_set: str
     text: str
     rows: np.ndarray
     labels: np.ndarray
@@ -75,27 +83,28 @@ class SupportSet:
         return np.bincount(self.labels, minlength=n_classes).astype(np.int64)
 
 
-def _choose_text(store, features: str, text: str | None) -> str:
+def _choose_text(store, feature_set: str, text: str | None) -> str:
     if text is not None:
         return text
-    dim = store.feature_sets[features].dim
+    dim = store.feature_sets[feature_set].dim
     names = [t for t in store.text_names if store.text(t).embeddings.shape[1] == dim]
     if len(names) != 1:
         found = ", ".join(store.text_names) or "none"
         raise ClipCacheError(
-            f"{store.path}: cannot choose the class text embeddings for {features!r} (the store has: {found}); "
-            "pass --text NAME, or write them first with clipcache text"
+            f"{store.path}: cannot choose the class text embeddings for {feature_set!r} (the store has: {found}); "
+            "give text, or store them first with embed_prompts (clipcache text)",
+            param="text",
         )
     return names[0]
 
 
-def class_text_embeddings(store, features: str, text: str | None = None) -> tuple[str, np.ndarray]:
+def class_text_embeddings(store, feature_set: str, text: str | None = None) -> tuple[str, np.ndarray]:
     """The per-class text embeddings used as support queries.
 
     Parameters
     ----------
     store : FeatureStore
-    features : str
+    feature_set : str
         The image feature set they must match.
     text : str, optional
         Name of the stored text embeddings; the only one of the right dimension by default.
@@ -111,11 +120,9 @@ def class_text_embeddings(store, features: str, text: str | None = None) -> tupl
     StoreMismatchError
         When the text embeddings come from another model or dimension.
     """
-    if features not in store.feature_sets:
-        known = ", ".join(store.feature_sets) or "none"
-        raise ClipCacheError(f"{store.path}: no feature set {features!r} (the store has: {known}); pass --features")
-    name = _choose_text(store, features, text)
-    store.check_text_matches(name, features)
+    check_feature_set(store, feature_set)
+    name = _choose_text(store, feature_set, text)
+    store.check_text_matches(name, feature_set)
     emb = store.text(name)
     n_classes = len(store.classes)
     if n_classes == 0:
@@ -123,10 +130,10 @@ def class_text_embeddings(store, features: str, text: str | None = None) -> tupl
     return name, emb.class_embeddings(n_classes)
 
 
-def _top_candidates(store, pool: str, features: str, queries: np.ndarray, kk: int, chunk_rows: int | None):
+def _top_candidates(store, pool: str, feature_set: str, queries: np.ndarray, kk: int, chunk_rows: int | None):
     """Exact top-kk pool rows per query, block by block: (scores (C, kk) float32, rows (C, kk) int64)."""
     heap = faiss.ResultHeap(nq=len(queries), k=kk, keep_max=True)
-    for chunk in store.iter_chunks(pool, features, chunk_rows=chunk_rows):
+    for chunk in store.iter_chunks(pool, feature_set, chunk_rows=chunk_rows):
         x = np.ascontiguousarray(chunk.features, dtype=np.float32)
         d, i = faiss.knn(queries, x, min(kk, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(d, np.where(i >= 0, chunk.rows[np.maximum(i, 0)], -1).astype(np.int64))
@@ -164,7 +171,7 @@ def _greedy(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, n
 def retrieve_support(
     store,
     pool: str,
-    features: str,
+    feature_set: str,
     k: int,
     *,
     text: str | None = None,
@@ -179,20 +186,20 @@ def retrieve_support(
     store : FeatureStore
     pool : str
         The unlabelled pool split; its stored labels are ignored.
-    features : str
+    feature_set : str
         Image feature set to search (a CLIP feature set matching ``text``).
     k : int
-        Images per class.
+        Positive; images per class.
     text : str, optional
         Stored text embeddings naming the classes.
     exclusive : bool
         Give each pool image to at most one class (see the module notes);
         False takes the plain top-k per class, so an image may serve several classes.
     index : StoreIndex, optional
-        A (possibly approximate) index of ``pool``/``features`` to search
+        A (possibly approximate) index of ``pool``/``feature_set`` to search
         instead of the exact block-by-block scan.
     chunk_rows : int, optional
-        Rows per block of the exact scan.
+        Positive; rows per block of the exact scan.
 
     Returns
     -------
@@ -200,20 +207,28 @@ def retrieve_support(
         Rows grouped by class in class order, best first within each class.
         With ``exclusive`` and a pool smaller than ``k * C``, some classes get fewer.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise QueryError(f"k must be a positive integer, not {k!r}")
-    n = store.feature_rows(pool, features)
+    k = check_positive(k, "k", optional=False)
+    check_positive(chunk_rows, "chunk_rows")
+    n = store.feature_rows(pool, feature_set)
     if n == 0:
-        raise QueryError(f"{store.path}: pool split {pool!r} has no rows of {features!r}; extract it first")
+        raise QueryError(f"{store.path}: pool split {pool!r} has no rows of {feature_set!r}; extract it first", param="pool")
     if k > n:
-        raise QueryError(f"{store.path}: k={k} is larger than the {n} images of pool split {pool!r}; ask for at most {n}")
+        raise QueryError(
+            f"{store.path}: k={k} is larger than the {n} images of pool split {pool!r}; ask for at most {n}", param="k"
+        )
     if index is not None:
-        if (index.split, index.feature_set) != (pool, features):
-            raise ClipCacheError(f"the index is of {index.split!r}/{index.feature_set!r}, not of the pool {pool!r}/{features!r}")
+        if (index.split, index.feature_set) != (pool, feature_set):
+            raise ClipCacheError(
+                f"the index is of {index.split!r}/{index.feature_set!r}, not of the pool {pool!r}/{feature_set!r}",
+                param="index",
+            )
         if index.metric != "ip":
-            raise ClipCacheError(f"the index of {pool!r} uses metric {index.metric!r}; support retrieval needs an inner-product ('ip') index")
+            raise ClipCacheError(
+                f"the index of {pool!r} uses metric {index.metric!r}; support retrieval needs an inner-product ('ip') index",
+                param="index",
+            )
         index.check_store(store)
-    name, queries = class_text_embeddings(store, features, text)
+    name, queries = class_text_embeddings(store, feature_set, text)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n_classes = len(queries)
 
@@ -221,14 +236,14 @@ def retrieve_support(
         if index is not None:
             result = index.search(queries, kk)
             return result.scores, result.rows
-        return _top_candidates(store, pool, features, queries, kk, chunk_rows)
+        return _top_candidates(store, pool, feature_set, queries, kk, chunk_rows)
 
     if not exclusive:
         scores, rows = candidates(k)
         labels = np.repeat(np.arange(n_classes, dtype=np.int64), k)
         keep = rows.ravel() >= 0
         return SupportSet(
-            pool, features, name, rows.ravel()[keep], labels[keep], scores.ravel()[keep], int(k), False
+            pool, feature_set, name, rows.ravel()[keep], labels[keep], scores.ravel()[keep], int(k), False
         )
     cap = min(n, k * n_classes)
     kk = min(cap, 4 * k)
@@ -247,9 +262,14 @@ def retrieve_support(
             pool, n, n_classes, k, short.size, k,
         )
     return SupportSet(
-        pool, features, name, sel_rows[order].astype(np.int64), sel_labels[order].astype(np.int64),
+        pool, feature_set, name, sel_rows[order].astype(np.int64), sel_labels[order].astype(np.int64),
         sel_scores[order].astype(np.float32), int(k), True,
     )
+
+
+def _check_new_split(store, to_split: str) -> None:
+    if to_split in store.splits:
+        raise ClipCacheError(f"{store.path}: split {to_split!r} already exists; choose another name", param="to_split")
 
 
 def write_support(store, support: SupportSet, to_split: str) -> int:
@@ -273,8 +293,7 @@ def write_support(store, support: SupportSet, to_split: str) -> int:
     int
         Rows written.
     """
-    if to_split in store.splits:
-        raise ClipCacheError(f"{store.path}: split {to_split!r} already exists; choose another --to-split name")
+    _check_new_split(store, to_split)
     pool = support.pool
     n = store.n_rows(pool)
     names = [f for f in store.split_feature_sets(pool) if store.feature_rows(pool, f) == n]
@@ -290,12 +309,12 @@ def write_support(store, support: SupportSet, to_split: str) -> int:
     record = dict(store.metadata.get("support_sets", {}))
     record[to_split] = {
         "pool": pool,
-        "features": support.features,
+        "feature_set": support.feature_set,
         "text": support.text,
         "k": support.k,
         "exclusive": support.exclusive,
         "rows": int(len(rows)),
-        "pool_fingerprint": store.fingerprint(pool, support.features),
+        "pool_fingerprint": store.fingerprint(pool, support.feature_set),
         "method": "SuS-X style text-to-image retrieval",
     }
     store.set_metadata("support_sets", record)
@@ -308,7 +327,7 @@ def build_support_split(
     to_split: str,
     k: int,
     *,
-    features: str | None = None,
+    feature_set: str | None = None,
     text: str | None = None,
     exclusive: bool = True,
     use_index: bool = False,
@@ -319,11 +338,17 @@ def build_support_split(
     ----------
     store_path : path
     pool, to_split : str
+        The pool split, and the name of the new split (which must not exist).
     k : int
-    features : str, optional
-        Default: the store's only feature set with a matching text set.
+        Positive; images per class.
+    feature_set : str, optional
+        Feature set to search; default: the pool split's only feature set
+        (an error when the pool has several).
     text : str, optional
+        Stored text embeddings naming the classes; default: the only set whose
+        dimension matches ``feature_set``.
     exclusive : bool
+        Give each pool image to at most one class (see :func:`retrieve_support`).
     use_index : bool
         Search the pool's saved index instead of scanning it exactly.
 
@@ -331,28 +356,21 @@ def build_support_split(
     -------
     dict
         ``split``, ``rows``, ``per_class`` (class name -> count), ``min_score``,
-        ``mean_score``, ``features``, ``text``.
+        ``mean_score``, ``feature_set``, ``text``.
     """
-    from clipcache import FeatureStore
-    from clipcache.retrieval.index import load_index
-
+    check_positive(k, "k", optional=False)
     with FeatureStore(store_path, "a") as store:
-        if to_split in store.splits:
-            raise ClipCacheError(f"{store.path}: split {to_split!r} already exists; choose another --to-split name")
-        if features is None:
-            present = store.split_feature_sets(pool)
-            if len(present) != 1:
-                raise ClipCacheError(f"{store.path}: pool {pool!r} has feature sets {present}; pass --features NAME")
-            features = present[0]
-        index = load_index(store, pool, features) if use_index else None
-        support = retrieve_support(store, pool, features, k, text=text, exclusive=exclusive, index=index)
+        _check_new_split(store, to_split)
+        feature_set = default_feature_set(store, pool, feature_set)
+        index = load_index(store, pool, feature_set) if use_index else None
+        support = retrieve_support(store, pool, feature_set, k, text=text, exclusive=exclusive, index=index)
         written = write_support(store, support, to_split)
         classes = store.classes
     counts = support.counts(len(classes))
     return {
         "split": to_split,
         "rows": written,
-        "features": support.features,
+        "feature_set": support.feature_set,
         "text": support.text,
         "per_class": {c: int(v) for c, v in zip(classes, counts, strict=True)},
         "min_score": float(support.scores.min()) if written else None,

@@ -75,3 +75,11 @@ def test_support_takes_min_of_shots_and_class_size(counts, shots, seed):
     assert s.per_class.tolist() == expected
     assert len(np.unique(s.rows)) == len(s.rows)
     assert np.bincount(labels[s.rows], minlength=len(counts)).tolist() == expected
+
+
+def test_negative_shots_is_a_value_error_naming_shots(labels):
+    from clipcache.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="shots=-1 must be a non-negative number") as err:
+        sample_few_shot(labels, -1, 1, 4)
+    assert err.value.param == "shots" and isinstance(err.value, ValueError)

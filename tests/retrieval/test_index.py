@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from clipcache import FeatureStore
-from clipcache.errors import ClipCacheError, IndexMismatchError
-from clipcache.retrieval import QueryError, build_index, index_path, load_index
-from clipcache.retrieval.index import rows_path, sidecar_path
+from clipcache.errors import ClipCacheError, IndexMismatchError, InvalidParameterError
+from clipcache.retrieval import (
+    QueryError,
+    build_index,
+    index_path,
+    index_store,
+    load_index,
+    search_store,
+)
+from clipcache.retrieval.index import read_sidecar, rows_path, sidecar_path
 from tests.retrieval.conftest import D, clustered_rows, write_store
 
 
@@ -86,7 +93,30 @@ def test_saved_files_lie_beside_the_store_with_sidecar_fields(db):
     meta = json.loads(sidecar_path(saved).read_text())
     assert (meta["fingerprint"], meta["feature_set"], meta["split"], meta["metric"]) == (fingerprint, "clip", "db", "ip")
     np.testing.assert_array_equal(np.load(rows_path(saved), allow_pickle=False), np.arange(300))
-    assert not list(path.parent.glob("*.tmp"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["db.db.clip.faiss", "db.db.clip.faiss.json", "db.db.clip.faiss.rows.npy", "db.h5"]
+
+
+def test_a_failed_save_leaves_the_previous_index_whole(db, monkeypatch):
+    path, _, xq = db
+    target = index_path(path, "db", "clip")
+    with FeatureStore(path) as store:
+        build_index(store, "db", "clip").save(target)
+        before = {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name != "db.h5"}
+        approximate = build_index(store, "db", "clip", factory="IVF8,Flat")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", fail)  # the row mapping, the second of the three files
+    with pytest.raises(ClipCacheError, match="cannot write the index \\(No space left on device\\)"):
+        approximate.save(target)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name != "db.h5"}
+    assert set(after) == set(before)  # no temporary file is left behind
+    assert after[f"{target.name}.rows.npy"] == before[f"{target.name}.rows.npy"]
+    assert after[f"{target.name}.json"] == before[f"{target.name}.json"]
+    with FeatureStore(path) as store, pytest.raises(IndexMismatchError):
+        load_index(store, "db", "clip")  # the new .faiss with the old sidecar: refused, never mixed silently
 
 
 def test_index_is_refused_after_rows_are_added(tmp_path):
@@ -97,7 +127,7 @@ def test_index_is_refused_after_rows_are_added(tmp_path):
         build_index(store, "pool", "clip").save(index_path(path, "pool", "clip"))
     with FeatureStore(path, "a") as store:
         store.append("pool", ids=["extra"], paths=["/x.jpg"], labels=[0], features={"clip": clustered_rows(rng, 1, D, 1)})
-    with FeatureStore(path) as store, pytest.raises(IndexMismatchError, match="rebuild it with: clipcache index"):
+    with FeatureStore(path) as store, pytest.raises(IndexMismatchError, match="has changed since .*; rebuild it with build_index"):
         load_index(store, "pool", "clip")
 
 
@@ -130,10 +160,25 @@ def test_unknown_sidecar_version_is_refused(db):
         load_index(store, "db", "clip")
 
 
-def test_missing_index_names_the_command_to_build_it(db):
+def test_missing_index_names_the_function_and_command_that_build_it(db):
     path, _, _ = db
-    with FeatureStore(path) as store, pytest.raises(IndexMismatchError, match="clipcache index"):
+    with FeatureStore(path) as store, pytest.raises(IndexMismatchError) as err:
         load_index(store, "db", "clip")
+    assert str(err.value) == (
+        f"{index_path(path, 'db', 'clip')}: no index there (or its sidecar db.db.clip.faiss.json is missing); "
+        "build it with build_index and StoreIndex.save (clipcache index)"
+    )
+
+
+def test_sidecars_are_parsed_in_one_place(db):
+    path, _, _ = db
+    with FeatureStore(path) as store:
+        saved = build_index(store, "db", "clip", factory="IVF8,Flat", nprobe=2).save(index_path(path, "db", "clip"))
+    meta = read_sidecar(saved)
+    assert (meta["split"], meta["feature_set"], meta["search_params"], meta["ntotal"]) == ("db", "clip", {"nprobe": 2}, 300)
+    sidecar_path(saved).write_text("{not json")
+    with pytest.raises(IndexMismatchError, match="the sidecar cannot be read"):
+        read_sidecar(saved)
 
 
 def test_empty_split_cannot_be_indexed(tmp_path):
@@ -203,3 +248,71 @@ def test_search_restores_faiss_blas_block_sizes(db):
     with FeatureStore(path) as store:
         build_index(store, "db", "clip").search(xq, 3)
     assert (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs) == before
+
+
+@pytest.mark.parametrize("param", ["nprobe", "ef_search", "train_size", "chunk_rows"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_build_index_refuses_a_size_that_is_not_a_positive_integer(db, param, value):
+    path, _, _ = db
+    with FeatureStore(path) as store, pytest.raises(InvalidParameterError, match=f"{param} must be a positive integer") as err:
+        build_index(store, "db", "clip", factory="IVF8,Flat", **{param: value})
+    assert err.value.param == param and isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW16"])
+@pytest.mark.parametrize("params", [{"nprobe": 0}, {"ef_search": 0}, {"nprobe": -4}, {"ef_search": -1}])
+def test_set_search_params_refuses_zero_and_negative_for_every_index_type(db, factory, params):
+    path, _, _ = db
+    with FeatureStore(path) as store:
+        index = build_index(store, "db", "clip", factory=factory)
+    before = index.search_params
+    with pytest.raises(InvalidParameterError) as err:
+        index.set_search_params(**params)
+    assert err.value.param == next(iter(params)) and index.search_params == before
+
+
+def test_set_search_params_changes_the_search(db):
+    path, xb, xq = db
+    with FeatureStore(path) as store:
+        index = build_index(store, "db", "clip", factory="IVF8,Flat", nprobe=1)
+    narrow = index.search(xq, 10).rows
+    index.set_search_params(nprobe=8)  # every list: exact
+    assert index.search_params == {"nprobe": 8}
+    np.testing.assert_array_equal(np.sort(index.search(xq, 10).rows), np.sort(brute_force(xb, xq, 10)[1]))
+    assert not np.array_equal(np.sort(narrow), np.sort(brute_force(xb, xq, 10)[1]))
+
+
+@pytest.mark.parametrize("params", [{"nprobe": 0}, {"ef_search": 0}, {"nprobe": -1}])
+def test_search_store_refuses_zero_instead_of_ignoring_it(db, params):
+    """Issue 13: ``if nprobe or ef_search`` silently dropped nprobe=0."""
+    path, _, xq = db
+    with FeatureStore(path) as store:
+        build_index(store, "db", "clip", factory="IVF8,Flat").save(index_path(path, "db", "clip"))
+    with pytest.raises(InvalidParameterError) as err:
+        search_store(path, vectors=xq[:2], k=3, **params)
+    assert err.value.param == next(iter(params))
+
+
+def test_index_store_refuses_zero_before_reading_the_store(tmp_path):
+    with pytest.raises(InvalidParameterError, match="nprobe must be a positive integer, not 0"):
+        index_store(tmp_path / "missing.h5", "db", "clip", nprobe=0)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"metric": "cosine"}, "metric"), ({"factory": " "}, "factory"), ({"factory": "IDMap,Flat"}, "factory"),
+    ({"factory": "IVFxyz"}, "factory"),
+])
+def test_bad_factory_or_metric_names_the_parameter(db, kwargs, param):
+    path, _, _ = db
+    with FeatureStore(path) as store, pytest.raises(InvalidParameterError) as err:
+        build_index(store, "db", "clip", **kwargs)
+    assert err.value.param == param
+
+
+def test_index_store_defaults_to_the_only_feature_set_of_the_split(db, tmp_path):
+    path, _, _ = db
+    meta = index_store(path, "db", output=tmp_path / "x.faiss")
+    assert (meta["feature_set"], meta["path"], meta["ntotal"]) == ("clip", str(tmp_path / "x.faiss"), 300)
+    with pytest.raises(ClipCacheError, match="no feature set 'aux'") as err:
+        index_store(path, "db", "aux")
+    assert err.value.param == "feature_set"

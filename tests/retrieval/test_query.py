@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipcache import FeatureStore
+from clipcache import FeatureStore, IndexMismatchError
 from clipcache.retrieval import QueryError, build_index, index_path, search, search_store
 from tests.retrieval.conftest import unit
 
@@ -36,8 +36,9 @@ def test_id_of_another_split_is_looked_up_there(indexed):
 
 def test_unknown_id_is_refused(indexed):
     path, _, _ = indexed
-    with pytest.raises(QueryError, match="unknown id 'nope'"):
+    with pytest.raises(QueryError, match="unknown id 'nope'") as err:
         search_store(path, ids=["db-00001", "nope"], k=3)
+    assert err.value.param == "ids"
 
 
 def test_hits_carry_the_stored_id_path_label_and_class(indexed):
@@ -77,7 +78,7 @@ def test_search_refuses_a_stale_index(indexed):
     from tests.retrieval.conftest import write_store
 
     write_store(path, {"db": (xb, np.zeros(len(xb), int))})
-    with FeatureStore(path) as store, pytest.raises(Exception, match="rebuild it"):
+    with FeatureStore(path) as store, pytest.raises(IndexMismatchError, match="has changed since"):
         search(store, index, ids=["db-00001"], k=2)
 
 

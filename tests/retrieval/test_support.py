@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipcache import FeatureStore
-from clipcache.errors import ClipCacheError, StoreMismatchError
+from clipcache.errors import ClipCacheError, InvalidParameterError, StoreMismatchError
 from clipcache.retrieval import (
     QueryError,
     build_index,
@@ -74,14 +74,47 @@ def test_written_split_holds_pool_features_with_pseudo_labels(pool_store):
 
 def test_existing_target_split_is_refused(pool_store):
     path, _, _ = pool_store
-    with pytest.raises(ClipCacheError, match="split 'pool' already exists"):
+    with pytest.raises(ClipCacheError, match="split 'pool' already exists; choose another name") as err:
         build_support_split(path, "pool", "pool", 3)
+    assert err.value.param == "to_split"
+
+
+@pytest.mark.parametrize("k", [0, -2, 1.5])
+def test_k_that_is_not_a_positive_integer_is_refused_before_the_store_is_opened(tmp_path, k):
+    with pytest.raises(InvalidParameterError, match="k must be a positive integer") as err:
+        build_support_split(tmp_path / "missing.h5", "pool", "support", k)
+    assert err.value.param == "k"
+
+
+def test_feature_set_defaults_to_the_only_one_of_the_pool_split(pool_store):
+    """The docstring said "the only feature set with a matching text set"; the code takes the pool's only one."""
+    path, _, _ = pool_store
+    with FeatureStore(path, "a") as store:
+        store.add_feature_set("other", 8, provenance={})  # in the store, but not in the pool split
+    summary = build_support_split(path, "pool", "support", 2)
+    assert (summary["feature_set"], summary["text"], summary["rows"]) == ("clip", "prompts", 8)
+
+
+def test_a_pool_with_two_feature_sets_needs_feature_set(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "two.h5"
+    with FeatureStore(path, "w") as store:
+        store.set_classes(["a", "b"])
+        for name in ("clip", "aux"):
+            store.add_feature_set(name, D, provenance={})
+        store.create_split("pool", ["clip", "aux"])
+        store.append("pool", ids=["0", "1", "2"], paths=[""] * 3, labels=[-1] * 3,
+                     features={"clip": unit(rng.normal(size=(3, D))), "aux": unit(rng.normal(size=(3, D)))})
+    with pytest.raises(ClipCacheError, match="split 'pool' has feature sets clip, aux; give feature_set") as err:
+        build_support_split(path, "pool", "support", 1)
+    assert err.value.param == "feature_set"
 
 
 def test_k_larger_than_the_pool_is_refused(pool_store):
     path, _, _ = pool_store
-    with FeatureStore(path) as store, pytest.raises(QueryError, match="k=241 is larger than the 240 images"):
+    with FeatureStore(path) as store, pytest.raises(QueryError, match="k=241 is larger than the 240 images") as err:
         retrieve_support(store, "pool", "clip", 241)
+    assert err.value.param == "k"
 
 
 def test_text_of_another_dimension_is_refused(tmp_path):
@@ -135,7 +168,13 @@ def test_clipcache_fit_accepts_the_support_split(labelled_store, tmp_path):
     args = ["fit", str(labelled_store), "--method", "tip", "--train-split", "support", "--val-split", "val", "--shots", "0", "-o", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert out.exists()
+    from clipcache.classifiers import load_model
+
+    _, meta = load_model(out)
+    with FeatureStore(labelled_store) as store:
+        support_ids = store.ids("support").tolist()
+    assert (meta["train_split"], meta["feature_set"], meta["val"]["split"]) == ("support", "clip", "val")
+    assert sorted(meta["support"]["ids"]) == sorted(support_ids) and len(support_ids) == 8 * N_CLASSES
 
 
 def test_support_uses_the_saved_pool_index_when_asked(pool_store):
@@ -146,7 +185,9 @@ def test_support_uses_the_saved_pool_index_when_asked(pool_store):
     summary = build_support_split(path, "pool", "support", 6, use_index=True)
     with FeatureStore(path) as store:
         assert sorted(store.ids("support").tolist()) == sorted(f"pool-{r:05d}" for r in exact.rows)
+        record = store.metadata["support_sets"]["support"]
     assert summary["per_class"] == {f"class{i}": 6 for i in range(N_CLASSES)}
+    assert (summary["feature_set"], record["feature_set"], record["k"], record["exclusive"]) == ("clip", "clip", 6, True)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
