@@ -41,6 +41,7 @@ __all__ = [
     "OODDetector",
     "aupr_in",
     "auroc",
+    "evaluate_ood",
     "fpr_at_95_tpr",
     "vim_default_dim",
 ]
@@ -185,6 +186,18 @@ def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
     return vectors[:, keep] / np.sqrt(values[keep])
 
 
+def _auto_ridge(residual: np.ndarray, n_classes: int) -> float:
+    """0 when the within-class covariance can have full rank, else the Ledoit-Wolf ridge delta / (1 - delta)."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    n, d = residual.shape
+    if n - n_classes >= d:
+        return 0.0
+    delta = float(ledoit_wolf_shrinkage(residual, assume_centered=True))
+    logger.info("Mahalanobis: %d rows, %d classes, d=%d: singular covariance; Ledoit-Wolf ridge %.4g", n, n_classes, d, delta)
+    return delta / (1.0 - delta) if delta < 1.0 else 1e6
+
+
 def _class_means(X: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
     sums = np.zeros((n_classes, X.shape[1]))
     np.add.at(sums, codes, X)
@@ -295,9 +308,13 @@ class OODDetector(OutlierMixin, BaseEstimator):
         at the number of fitted rows.
     dim : int, optional
         For vim: the principal dimension D < d (default :func:`vim_default_dim`).
-    ridge : float, default=0.0
-        For mahalanobis, rmds and mahalanobis++: the covariance is regularised as
-        ``cov + ridge * tr(cov)/d * I`` before its pseudo-inverse (0: OpenOOD's pinv).
+    ridge : "auto" or float, default="auto"
+        For mahalanobis, rmds and mahalanobis++: the covariances are regularised as
+        ``cov + ridge * tr(cov)/d * I`` before their pseudo-inverse. 0 is OpenOOD's
+        plain pinv. ``"auto"`` is 0 when the within-class covariance can have full rank
+        (n - C >= d) and otherwise ``delta / (1 - delta)``, with delta the Ledoit-Wolf
+        shrinkage intensity of the within-class residuals (a pinv of a singular
+        covariance ignores every direction the fitted data does not span).
     distance_as_normalizer : bool, default=True
         For fdbd: divide by ``||h - mean||`` (True, OpenOOD v1.5) or ``||h||``.
     tpr : float, default=0.95
@@ -320,6 +337,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         Validation rows that set ``offset_`` (and T).
     val_carved_ : bool
         Whether they were held out of ``X``.
+    ridge_ : float
+        The ridge used by mahalanobis, rmds and mahalanobis++.
 
     Notes
     -----
@@ -342,7 +361,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         M=100,
         k=None,
         dim=None,
-        ridge=0.0,
+        ridge="auto",
         distance_as_normalizer=True,
         tpr=0.95,
         val_fraction=0.2,
@@ -376,8 +395,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         for name, value in (("M", self.M), ("k", self.k), ("dim", self.dim)):
             if value is not None and (not isinstance(value, int | np.integer) or value < 1):
                 raise InvalidParameterError(f"{name}={value!r} must be a positive integer", param=name)
-        if not isinstance(self.ridge, int | float) or not self.ridge >= 0:
-            raise InvalidParameterError(f"ridge={self.ridge!r} must be a number >= 0", param="ridge")
+        if self.ridge != "auto" and (not isinstance(self.ridge, int | float) or not self.ridge >= 0):
+            raise InvalidParameterError(f"ridge={self.ridge!r} must be 'auto' or a number >= 0", param="ridge")
         for name, value in (("tpr", self.tpr), ("val_fraction", self.val_fraction)):
             if not isinstance(value, int | float) or not 0.0 < value < 1.0:
                 raise InvalidParameterError(f"{name}={value!r} must lie strictly between 0 and 1", param=name)
@@ -498,11 +517,12 @@ class OODDetector(OutlierMixin, BaseEstimator):
         n_classes = int(codes.max()) + 1
         self.means_ = _class_means(X64, codes, n_classes)
         residual = X64 - self.means_[codes]
-        self.precision_root_ = _precision(residual.T @ residual / len(X64), float(self.ridge))
+        self.ridge_ = _auto_ridge(residual, n_classes) if self.ridge == "auto" else float(self.ridge)
+        self.precision_root_ = _precision(residual.T @ residual / len(X64), self.ridge_)
         if self.method == "rmds":
             self.whole_mean_ = X64.mean(axis=0)
             centred = X64 - self.whole_mean_
-            self.whole_precision_root_ = _precision(centred.T @ centred / len(X64), float(self.ridge))
+            self.whole_precision_root_ = _precision(centred.T @ centred / len(X64), self.ridge_)
 
     def _fit_knn(self, X) -> None:
         import faiss
@@ -685,3 +705,157 @@ class OODDetector(OutlierMixin, BaseEstimator):
     def _score_nnguide(self, X):
         energy = scipy.special.logsumexp(np.asarray(self.classifier_.logits(X), dtype=np.float64), axis=1)
         return self._search(X).astype(np.float64).mean(axis=1) * energy
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _resolve_feature_set(store, feature_set: str | None) -> str:
+    sets = list(store.feature_sets)
+    if feature_set is None:
+        if len(sets) != 1:
+            raise InvalidParameterError(
+                f"{store.path} has the feature sets {', '.join(sets) or 'none'}; choose one with feature_set",
+                param="feature_set",
+            )
+        return sets[0]
+    if feature_set not in sets:
+        raise InvalidParameterError(
+            f"{store.path} has no feature set {feature_set!r} (it has: {', '.join(sets) or 'none'})", param="feature_set"
+        )
+    return feature_set
+
+
+def _read_split(store, split: str, feature_set: str, param: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in store.splits:
+        raise InvalidParameterError(
+            f"{store.path} has no split {split!r} (it has: {', '.join(store.splits) or 'none'})", param=param
+        )
+    if feature_set not in store.split_feature_sets(split):
+        raise InvalidParameterError(f"{store.path}: split {split!r} has no feature set {feature_set!r}", param=param)
+    return store.to_numpy(split, feature_set)
+
+
+def evaluate_ood(
+    store_path,
+    *,
+    out_sets,
+    methods=("msp", "energy", "mahalanobis", "rmds", "vim", "knn"),
+    fit_split: str = "train",
+    in_split: str = "test",
+    val_split: str | None = "auto",
+    feature_set: str | None = None,
+    text: str | None = None,
+) -> dict:
+    """Fit each detector on a split of a store and score an in-distribution split against OOD sets.
+
+    Parameters
+    ----------
+    store_path : str or PathLike
+        The feature store.
+    out_sets : sequence of (str or PathLike or None, str)
+        The OOD sets: ``(None, split)`` for a split of ``store_path``, ``(other_store, split)``
+        for a split of another store, whose feature set must come from the same model
+        (:func:`clipcache.feature_store.schema.model_identity`).
+    methods : sequence of str
+        Keys of :data:`METHODS`.
+    fit_split, in_split : str
+        The split the detectors are fitted on (its labelled rows) and the in-distribution
+        test split.
+    val_split : str or None, default="auto"
+        In-distribution validation split (threshold and temperature); ``"auto"`` is
+        ``"val"`` when the store has it, None holds rows out of ``fit_split``.
+    feature_set : str, optional
+        The store's only feature set by default.
+    text : str, optional
+        Text embeddings for mcm (the store's only set by default).
+
+    Returns
+    -------
+    dict
+        ``{"store", "feature_set", "fit_split", "in_split", "val_split", "n_fit", "n_in",
+        "results": [{"method", "out", "n_out", "auroc", "aupr_in", "fpr95", "in_kept"}]}``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown method, split or feature set; mcm without text embeddings.
+    StoreMismatchError
+        An OOD store's features come from another model than ``store_path``'s.
+    InvalidFeaturesError
+        An empty OOD split (the metrics need at least one score).
+    """
+    from clipcache.errors import StoreMismatchError
+    from clipcache.feature_store import FeatureStore
+    from clipcache.feature_store.schema import model_identity
+
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InvalidParameterError(
+            f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param="methods"
+        )
+    with FeatureStore(store_path, "r") as store:
+        fs = _resolve_feature_set(store, feature_set)
+        info = store.feature_sets[fs]
+        identity = model_identity(info.provenance, info.dim)
+        if val_split == "auto":
+            val_split = "val" if "val" in store.splits and "val" not in (fit_split, in_split) else None
+        X, y = _read_split(store, fit_split, fs, "fit_split")
+        labelled = y >= 0
+        X, y = X[labelled], (y[labelled] if labelled.any() else None)
+        X_in, _ = _read_split(store, in_split, fs, "in_split")
+        X_val = y_val = None
+        if val_split is not None:
+            X_val, y_val = _read_split(store, val_split, fs, "val_split")
+            y_val = y_val if (y_val >= 0).all() else None
+        text_options = {}
+        if "mcm" in methods:
+            names = store.text_names
+            name = text if text is not None else (names[0] if len(names) == 1 else None)
+            if name is None or name not in names:
+                raise InvalidParameterError(
+                    f"method mcm needs text embeddings; {store.path} has {', '.join(names) or 'none'}, choose one with text",
+                    param="text",
+                )
+            store.check_text_matches(name, fs)
+            emb = store.text(name)
+            text_options = {"text_embeddings": emb.embeddings, "class_index": emb.class_index}
+        outs = []
+        for other, split in out_sets:
+            if other is None:
+                outs.append((split, _read_split(store, split, fs, "out_sets")[0]))
+                continue
+            with FeatureStore(other, "r") as o:
+                if fs not in o.feature_sets:
+                    raise StoreMismatchError(f"{o.path} has no feature set {fs!r}; extract it with the same backbone")
+                oinfo = o.feature_sets[fs]
+                if model_identity(oinfo.provenance, oinfo.dim) != identity:
+                    raise StoreMismatchError(
+                        f"{o.path}: feature set {fs!r} comes from a different model or preprocessing than "
+                        f"{store.path}'s; extract both stores with the same backbone"
+                    )
+                outs.append((f"{o.path}:{split}", _read_split(o, split, fs, "out_sets")[0]))
+    shared = {}
+    if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
+        from clipcache.classifiers import GDAClassifier
+
+        shared["classifier"] = GDAClassifier().fit(X, y)
+    results = []
+    for method in methods:
+        options = dict(text_options) if method == "mcm" else {}
+        if method in _CLASSIFIER_METHODS:
+            options.update(shared)
+        detector = OODDetector(method, **options).fit(X, y, X_val=X_val, y_val=y_val)
+        s_in = detector.score_samples(X_in)
+        kept = float(np.mean(detector.predict(X_in) == 1)) if len(X_in) else float("nan")
+        for label, X_out in outs:
+            s_out = detector.score_samples(X_out)
+            results.append({
+                "method": method, "out": label, "n_out": len(X_out), "auroc": auroc(s_in, s_out),
+                "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out), "in_kept": kept,
+            })
+    return {
+        "store": str(store_path), "feature_set": fs, "fit_split": fit_split, "in_split": in_split,
+        "val_split": val_split, "n_fit": len(X), "n_in": len(X_in), "results": results,
+    }
