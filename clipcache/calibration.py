@@ -11,8 +11,9 @@ search (``minimize_scalar(method="bounded")``) over
 ``log T in [log(TEMPERATURE_BOUNDS[0]), log(TEMPERATURE_BOUNDS[1])]``, that is
 T in [1e-4, 1e6], wide enough for both unit-scale cosines and GDA logits, whose
 scale (d times a precision matrix) reaches the thousands. A minimum on a bound is
-logged as a warning (for example, validation logits that separate every class
-perfectly make the NLL fall towards T = 0).
+logged as a warning, and so is a minimum NLL below 1e-9 (validation logits that
+separate every class perfectly make the NLL fall towards 0 as T falls to 0; the
+search then stops anywhere on that numerically flat floor).
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ def fit_temperature(logits, y) -> float:
         options={"xatol": _XATOL, "maxiter": 500},
     )
     log_t = float(result.x)
-    if min(log_t - lo, hi - log_t) < 1e-3:
+    if min(log_t - lo, hi - log_t) < 1e-3 or float(result.fun) < 1e-9:
         logger.warning(
-            "temperature scaling: the NLL minimum lies on the search bound T=%.3g; the validation logits "
-            "may separate the classes perfectly (too few validation rows?)", np.exp(log_t)
+            "temperature scaling: the NLL has no interior minimum (T=%.3g, NLL %.3g); the validation logits "
+            "may separate the classes perfectly (too few validation rows?)", np.exp(log_t), float(result.fun)
         )
     return float(np.exp(log_t))
 

@@ -513,7 +513,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         return fit_temperature(self.classifier_.logits(X_val), columns)
 
     def _fit_gaussians(self, X, codes) -> None:
-        X64 = np.asarray(l2_normalize(X) if self.method == "mahalanobis++" else X, dtype=np.float64)
+        X64 = np.asarray(X, dtype=np.float64)
+        X64 = l2_normalize(X64) if self.method == "mahalanobis++" else X64
         n_classes = int(codes.max()) + 1
         self.means_ = _class_means(X64, codes, n_classes)
         residual = X64 - self.means_[codes]
@@ -546,7 +547,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
             )
 
     def _head_features(self, X) -> np.ndarray:
-        return np.asarray(l2_normalize(X) if self.head_normalize_ else X, dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
+        return l2_normalize(X) if self.head_normalize_ else X
 
     def _head_logits(self, h: np.ndarray) -> np.ndarray:
         return h @ self.head_weights_.T + self.head_bias_
@@ -668,11 +670,12 @@ class OODDetector(OutlierMixin, BaseEstimator):
         return -np.sum(top**self.gamma * (1 - top) ** self.gamma, axis=1)
 
     def _score_mcm(self, X):
-        cos = np.asarray(l2_normalize(X), dtype=np.float64) @ self.class_weights_.T.astype(np.float64)
+        cos = l2_normalize(np.asarray(X, dtype=np.float64)) @ self.class_weights_.T.astype(np.float64)
         return scipy.special.softmax(cos / float(self.tau), axis=1).max(axis=1)
 
     def _score_mahalanobis(self, X):
-        X64 = np.asarray(l2_normalize(X) if self.method_ == "mahalanobis++" else X, dtype=np.float64)
+        X64 = np.asarray(X, dtype=np.float64)
+        X64 = l2_normalize(X64) if self.method_ == "mahalanobis++" else X64
         return -_mahalanobis_sq(X64, self.means_, self.precision_root_).min(axis=1)
 
     _score_mahalanobispp = _score_mahalanobis
