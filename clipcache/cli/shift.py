@@ -104,7 +104,7 @@ def _format_ood(report: dict) -> str:
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--fit-split", default="train", show_default=True, help="Split the detectors are fitted on.")
 @click.option("--in", "in_split", default="test", show_default=True, help="In-distribution split to score.")
-@click.option("--out", "outs", multiple=True, required=True,
+@click.option("--out", "out_sets", multiple=True, required=True,
               help="OOD set: SPLIT of STORE, or OTHER_STORE:SPLIT (same model); repeatable.")
 @click.option("--methods", default="msp,energy,mahalanobis,rmds,vim,knn", show_default=True,
               help="Comma list of detectors (msp, maxlogit, energy, gen, mcm, mahalanobis, rmds, mahalanobis++, "
@@ -113,18 +113,18 @@ def _format_ood(report: dict) -> str:
 @click.option("--val-split", help="In-distribution validation split (default: val if present, else held out of --fit-split).")
 @click.option("--text", help="Text embeddings for mcm (the store's only set by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def ood_command(store, fit_split, in_split, outs, methods, feature_set, val_split, text, as_json):
+def ood_command(store, fit_split, in_split, out_sets, methods, feature_set, val_split, text, as_json):
     """Score OOD detectors fitted on STORE: AUROC, AUPR-in and FPR@95 per method and OOD set."""
     from clipcache.ood import METHODS, evaluate_ood
 
     method_list = _names(methods, "--methods") or list(METHODS)
-    out_sets = _out_sets(outs)
+    outs = _out_sets(out_sets)
     if fit_split == in_split:
         raise click.UsageError("--in must differ from --fit-split: score in-distribution data the detectors did not see")
     if val_split is not None and val_split in (fit_split, in_split):
         raise click.UsageError("--val-split must differ from --fit-split and --in")
     report = evaluate_ood(
-        store, out_sets=out_sets, methods=method_list, fit_split=fit_split, in_split=in_split,
+        store, out_sets=outs, methods=method_list, fit_split=fit_split, in_split=in_split,
         val_split=val_split if val_split is not None else "auto", feature_set=feature_set, text=text,
     )
     click.echo(json.dumps(report, indent=2) if as_json else _format_ood(report))
