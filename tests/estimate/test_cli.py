@@ -12,7 +12,6 @@ from clipcache.cli.main import cli
 from clipcache.cli.shift import estimate_command
 from clipcache.estimate import estimate_accuracy, r2_linear_fit
 from clipcache.evaluation import fit_from_store
-from tests.conftest import unit_rows
 
 
 def _run(args):

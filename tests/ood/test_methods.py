@@ -9,7 +9,12 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 
 from clipcache.calibration import fit_temperature
 from clipcache.classifiers import ClassMeanClassifier, GDAClassifier
-from clipcache.errors import InvalidFeaturesError, InvalidParameterError, MissingTextError, NotFittedError
+from clipcache.errors import (
+    InvalidFeaturesError,
+    InvalidParameterError,
+    MissingTextError,
+    NotFittedError,
+)
 from clipcache.ood import OODDetector, auroc, vim_default_dim
 
 D, C = 8, 3
