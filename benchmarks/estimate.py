@@ -27,8 +27,6 @@ the mean absolute error. Goal: MaNo R² >= 0.9.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ood import FEATURE_SET, cifar_folder, default_cache, extract_store, load, machine  # noqa: E402
+from ood import FEATURE_SET, cifar_folder, extract_store, load, machine, start  # noqa: E402
 
 from clipcache import FeatureStore  # noqa: E402
 
@@ -81,8 +79,9 @@ def r2_fit(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 def evaluate(clean: Path, shifted: Path) -> tuple[dict, list]:
     """Estimates per method and set: ({method: array}, [(set, true accuracy)])."""
+    from clipcache.calibration import fit_temperature
     from clipcache.classifiers import GDAClassifier
-    from clipcache.estimate import METHODS, estimate_accuracy
+    from clipcache.estimate import METHODS, estimate_accuracy, softrun
 
     X, y = load(clean, "train")
     Xv, yv = load(clean, "val")
@@ -92,6 +91,11 @@ def evaluate(clean: Path, shifted: Path) -> tuple[dict, list]:
         for split in store.splits:
             sets.append((split, *store.to_numpy(split, FEATURE_SET)))
     truth = [(name, float(np.mean(clf.predict(Xs) == ys))) for name, Xs, ys in sets]
+    temperature = fit_temperature(clf.logits(Xv), yv)
+    criteria = np.array([softrun(clf.logits(Xs) / temperature)[1] for _, Xs, _ in sets])
+    print(f"GDA temperature on val: {temperature:.3f}; MaNo's criterion Phi on the calibrated logits ranges "
+          f"{criteria.min():.2f} to {criteria.max():.2f}: softmax (Phi > 5) on {int(np.sum(criteria > 5))} of "
+          f"{len(sets)} sets, Taylor on the others")
     estimates = {
         method: np.array([estimate_accuracy(clf, Xs, method=method, X_val=Xv, y_val=yv) for _, Xs, _ in sets])
         for method in METHODS
@@ -118,15 +122,9 @@ def table(estimates: dict, truth: list) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=default_cache(), help="Folder for the images and stores.")
     parser.add_argument("--image-size", type=int, default=128, help="Input size of EfficientNet-lite0 (default 128).")
     parser.add_argument("--per-class", type=int, default=25, help="Test images per class in each corrupted set.")
-    parser.add_argument("--extract-only", action="store_true", help="Write the images and features, then stop.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if hasattr(os, "nice"):
-        os.nice(10)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    args = start(parser, argv)
     cifar = cifar_folder(args.cache)
     shifted_images = corrupted(test_subset(cifar, args.cache, args.per_class), args.cache, args.per_class)
     size = args.image_size

@@ -108,6 +108,18 @@ def extract_store(path: Path, source, *, max_per_class, val_per_class: int = 0, 
     return path
 
 
+def start(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse the arguments shared by the shift benchmarks, lower the priority, make the cache folder."""
+    parser.add_argument("--cache", type=Path, default=default_cache(), help="Folder for the images and stores.")
+    parser.add_argument("--extract-only", action="store_true", help="Write the images and features, then stop.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if hasattr(os, "nice"):
+        os.nice(10)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, {platform.platform()}"
 
@@ -178,14 +190,8 @@ def goals(results: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=default_cache(), help="Folder for the images and stores.")
     parser.add_argument("--image-size", type=int, help="Input size of EfficientNet-lite0 (its default, 224, otherwise).")
-    parser.add_argument("--extract-only", action="store_true", help="Extract the features and stop.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if hasattr(os, "nice"):
-        os.nice(10)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    args = start(parser, argv)
     tag = f"-{args.image_size}" if args.image_size else ""
     cifar = extract_store(args.cache / f"ood-cifar10{tag}.h5", cifar_folder(args.cache),
                           max_per_class={"train": PER_CLASS["train"], "test": PER_CLASS["test"]},

@@ -172,16 +172,7 @@ class TemperatureScaling:
         return z / self.temperature_
 
     def scale(self, logits) -> np.ndarray:
-        """Calibrated logits ``logits / T``.
-
-        Parameters
-        ----------
-        logits : array-like of shape (n, C), float
-
-        Returns
-        -------
-        ndarray of shape (n, C), float32
-        """
+        """Calibrated logits ``logits / T``: array-like (n, C) in, ndarray (n, C) float32 out."""
         return self._scaled(logits).astype(np.float32)
 
     def transform(self, logits) -> np.ndarray:
