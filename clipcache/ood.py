@@ -788,7 +788,7 @@ def evaluate_ood(
     InvalidFeaturesError
         An empty OOD split (the metrics need at least one score).
     """
-    from clipcache.errors import StoreMismatchError
+    from clipcache.evaluation.protocol import check_model_matches
     from clipcache.feature_store import FeatureStore
     from clipcache.feature_store.schema import model_identity
 
@@ -830,14 +830,8 @@ def evaluate_ood(
                 outs.append((split, _read_split(store, split, fs, "out_sets")[0]))
                 continue
             with FeatureStore(other, "r") as o:
-                if fs not in o.feature_sets:
-                    raise StoreMismatchError(f"{o.path} has no feature set {fs!r}; extract it with the same backbone")
-                oinfo = o.feature_sets[fs]
-                if model_identity(oinfo.provenance, oinfo.dim) != identity:
-                    raise StoreMismatchError(
-                        f"{o.path}: feature set {fs!r} comes from a different model or preprocessing than "
-                        f"{store.path}'s; extract both stores with the same backbone"
-                    )
+                # the model checks of `clipcache predict`, against the features the detectors are fitted on
+                check_model_matches(o, {"classes": list(o.classes), "identities": {fs: identity}})
                 outs.append((f"{o.path}:{split}", _read_split(o, split, fs, "out_sets")[0]))
     shared = {}
     if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
