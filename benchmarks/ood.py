@@ -1,0 +1,212 @@
+"""OOD detection on real features: every ``clipcache.ood`` method, far and near, side by side.
+
+Run::
+
+    nice -n 10 python benchmarks/ood.py [--cache DIR] [--image-size N]
+
+Features: EfficientNet-lite0 (the ``efficientnet-lite0`` auxiliary backbone, ImageNet
+weights, L2-normalised features, 1280 dims) of real images, extracted by this script
+with the library (``clipcache.extract.extract``, one torch thread) into ``--cache``
+(default: ``clipcache-shift-bench`` under the system temp folder), and reused by later
+runs. Sizes: CIFAR-10 ``train`` 100 images per class, ``val`` the next 10 per class,
+``test`` 100 per class; Fashion-MNIST ``test`` 100 per class.
+
+* far: fit on CIFAR-10 train (10 classes), in = CIFAR-10 test, out = Fashion-MNIST test;
+* near: fit on CIFAR-10 train classes 0-5, in = test classes 0-5, out = test classes 6-9.
+
+The logit methods (msp, maxlogit, energy, gen) and vim, fdbd and nnguide score the default
+``GDAClassifier()`` fitted on the same train features; "calibrated" is its logits divided by the
+temperature fitted on the val split. The baseline of the goals is calibrated MSP of that default.
+
+Validation (temperature of the logit methods, threshold of ``predict``) is the ``val``
+split (of the fitted classes). Each cell is AUROC / FPR@95 (OpenOOD v1.5 convention,
+see docs/ood.md). The goals: the best feature-based detector beats calibrated MSP by
+0.2 AUROC (far) and 0.08 (near); moonshot far AUROC >= 0.995 at FPR@95 <= 0.03.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clipcache import FeatureStore
+from clipcache.classifiers import ClassMeanClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+FEATURE_SET = "efficientnet-lite0"
+PER_CLASS = {"train": 100, "val": 10, "test": 100}
+
+#: (label, OODDetector options). The logit methods score GDAClassifier() logits (the default) unless
+#: the label names the cosine class means (ClassMeanClassifier(), logit scale 100).
+ROWS = [
+    ("msp (raw GDA logits)", {"method": "msp", "temperature": 1.0}),
+    ("msp (calibrated)", {"method": "msp"}),
+    ("msp (cosine class means, calibrated)", {"method": "msp", "classifier": ClassMeanClassifier()}),
+    ("maxlogit", {"method": "maxlogit"}),
+    ("energy (calibrated)", {"method": "energy"}),
+    ("gen (calibrated)", {"method": "gen"}),
+    ("mahalanobis", {"method": "mahalanobis"}),
+    ("mahalanobis (ridge 0: plain pinv)", {"method": "mahalanobis", "ridge": 0.0}),
+    ("rmds", {"method": "rmds"}),
+    ("rmds (ridge 0: plain pinv)", {"method": "rmds", "ridge": 0.0}),
+    ("mahalanobis++", {"method": "mahalanobis++"}),
+    ("vim (D=512, default)", {"method": "vim"}),
+    ("vim (D=256)", {"method": "vim", "dim": 256}),
+    ("knn (k=50)", {"method": "knn"}),
+    ("knn (k=10)", {"method": "knn", "k": 10}),
+    ("fdbd", {"method": "fdbd"}),
+    ("nnguide", {"method": "nnguide"}),
+]
+LOGIT_METHODS = {"msp", "maxlogit", "energy", "gen", "mcm"}
+
+
+def default_cache() -> Path:
+    return Path(tempfile.gettempdir()) / "clipcache-shift-bench"
+
+
+def cifar_folder(cache: Path) -> Path:
+    """Unpack the CIFAR-10 JPEG tarball once into ``cache``; return its root (``train/``, ``test/``)."""
+    root = cache / "cifar10-jpg"
+    marker = cache / "cifar10-jpg.done"
+    if not marker.exists():
+        tarball = DATA / "cifar10-jpg.tar.gz"
+        if not tarball.is_file():
+            sys.exit(f"{tarball} not found: the benchmark needs ../shared/data beside the checkout")
+        with tarfile.open(tarball) as tar:
+            members = [m for m in tar if m.name.startswith(("cifar10-jpg/train/", "cifar10-jpg/test/"))]
+            tar.extractall(cache, members=members, filter="data")
+        marker.touch()
+    return root
+
+
+def extract_store(path: Path, source, *, max_per_class, val_per_class: int = 0, image_size: int | None = None,
+                  splits=None, batch_size: int = 64) -> Path:
+    """Extract (or finish extracting) EfficientNet-lite0 features of ``source`` into ``path``."""
+    import torch
+
+    from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+
+    torch.set_num_threads(1)
+    config = ExtractConfig(
+        source=str(source), aux=(FEATURE_SET,), max_per_class=max_per_class, val_per_class=val_per_class,
+        image_size=image_size, splits=tuple(splits) if splits else None, batch_size=batch_size,
+    )
+    began = time.perf_counter()
+    report = extract(path, config, RunOptions(workers=0, device="cpu", progress=False), resume=path.exists())
+    if report.encoded:
+        print(f"extracted {report.encoded} images into {path} in {time.perf_counter() - began:.0f} s", flush=True)
+    return path
+
+
+def start(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse the arguments shared by the shift benchmarks, lower the priority, make the cache folder."""
+    parser.add_argument("--cache", type=Path, default=default_cache(), help="Folder for the images and stores.")
+    parser.add_argument("--extract-only", action="store_true", help="Write the images and features, then stop.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if hasattr(os, "nice"):
+        os.nice(10)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, {platform.platform()}"
+
+
+def load(store_path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with FeatureStore(store_path) as store:
+        return store.to_numpy(split, FEATURE_SET)
+
+
+def settings(cifar: Path, fmnist: Path) -> dict:
+    """The two settings as arrays: {name: (X_fit, y_fit, X_val, y_val, X_in, X_out)}."""
+    X, y = load(cifar, "train")
+    Xv, yv = load(cifar, "val")
+    Xt, yt = load(cifar, "test")
+    Xf, _ = load(fmnist, "test")
+    near_fit, near_val, near_in = y < 6, yv < 6, yt < 6
+    return {
+        "far": (X, y, Xv, yv, Xt, Xf),
+        "near": (X[near_fit], y[near_fit], Xv[near_val], yv[near_val], Xt[near_in], Xt[~near_in]),
+    }
+
+
+def run(data: dict) -> dict:
+    """AUROC, AUPR-in and FPR@95 of every row in every setting: {setting: {label: dict}}."""
+    from clipcache.ood import OODDetector, aupr_in, auroc, fpr_at_95_tpr
+
+    results: dict = {}
+    for name, (X, y, Xv, yv, Xi, Xo) in data.items():
+        results[name] = {}
+        for label, options in ROWS:
+            began = time.perf_counter()
+            det = OODDetector(**options).fit(X, y, X_val=Xv, y_val=yv)
+            s_in, s_out = det.score_samples(Xi), det.score_samples(Xo)
+            kept = float(np.mean(det.predict(Xi) == 1))
+            results[name][label] = {
+                "auroc": auroc(s_in, s_out), "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out),
+                "in_kept": kept, "seconds": time.perf_counter() - began,
+            }
+    return results
+
+
+def table(results: dict) -> str:
+    settings_ = list(results)
+    head = "| method | " + " | ".join(f"{s}: AUROC / AUPR-in / FPR@95" for s in settings_) + " | in kept by predict (far) |"
+    lines = [head, "|" + "---|" * (len(settings_) + 2)]
+    for label, _ in ROWS:
+        cells = [f"{results[s][label]['auroc']:.4f} / {results[s][label]['aupr_in']:.4f} / {results[s][label]['fpr95']:.4f}"
+                 for s in settings_]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {results[settings_[0]][label]['in_kept']:.3f} |")
+    return "\n".join(lines)
+
+
+def goals(results: dict) -> str:
+    out = []
+    for setting, margin in (("far", 0.2), ("near", 0.08)):
+        r = results[setting]
+        baseline = r["msp (calibrated)"]["auroc"]
+        feature = {k: v for k, v in r.items() if not any(k.startswith(m) for m in LOGIT_METHODS)}
+        best = max(feature, key=lambda k: feature[k]["auroc"])
+        gain = feature[best]["auroc"] - baseline
+        out.append(f"- {setting}: best feature-based detector {best} AUROC {feature[best]['auroc']:.4f} vs "
+                   f"calibrated MSP {baseline:.4f}: +{gain:.4f} (goal +{margin}): {'met' if gain >= margin else 'NOT met'}")
+    far = results["far"]
+    moon = [k for k, v in far.items() if v["auroc"] >= 0.995 and v["fpr95"] <= 0.03]
+    out.append(f"- moonshot (far AUROC >= 0.995 at FPR@95 <= 0.03): {'met by ' + ', '.join(moon) if moon else 'not met'}")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, help="Input size of EfficientNet-lite0 (its default, 224, otherwise).")
+    args = start(parser, argv)
+    tag = f"-{args.image_size}" if args.image_size else ""
+    cifar = extract_store(args.cache / f"ood-cifar10{tag}.h5", cifar_folder(args.cache),
+                          max_per_class={"train": PER_CLASS["train"], "test": PER_CLASS["test"]},
+                          val_per_class=PER_CLASS["val"], image_size=args.image_size)
+    fmnist = extract_store(args.cache / f"ood-fmnist{tag}.h5", DATA / "fashion-mnist", max_per_class={"test": 100},
+                           splits=["test"], image_size=args.image_size)
+    if args.extract_only:
+        return
+    results = run(settings(cifar, fmnist))
+    print(f"machine: {machine()}")
+    print(f"features: {FEATURE_SET} at {args.image_size or 224} px; sizes per class {PER_CLASS}; "
+          "Fashion-MNIST test 100 per class")
+    print(table(results))
+    print(goals(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Temperature scaling: one scalar T, fitted on validation logits, that makes probabilities honest.
+
+Guo et al. (2017), "On Calibration of Modern Neural Networks": the calibrated
+probabilities are ``softmax(logits / T)``, with T minimising the negative
+log-likelihood (NLL) of held-out labels. T > 0 never changes the arg-max, so
+accuracy is untouched; only confidences move.
+
+The NLL is quasi-convex in log T (it is convex in 1/T), so a bounded 1-D search
+over log T finds its minimum: :func:`fit_temperature` runs scipy's bounded Brent
+search (``minimize_scalar(method="bounded")``) over
+``log T in [log(TEMPERATURE_BOUNDS[0]), log(TEMPERATURE_BOUNDS[1])]``, that is
+T in [1e-4, 1e6], wide enough for both unit-scale cosines and GDA logits, whose
+scale (d times a precision matrix) reaches the thousands. A minimum on a bound is
+logged as a warning, and so is a minimum NLL below 1e-9 (validation logits that
+separate every class perfectly make the NLL fall towards 0 as T falls to 0; the
+search then stops anywhere on that numerically flat floor).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+
+from clipcache.errors import InvalidFeaturesError, InvalidParameterError, NotFittedError
+
+__all__ = ["TEMPERATURE_BOUNDS", "TemperatureScaling", "fit_temperature", "nll"]
+
+logger = logging.getLogger(__name__)
+
+#: The search interval of T (the search runs over log T).
+TEMPERATURE_BOUNDS = (1e-4, 1e6)
+_XATOL = 1e-7  # on log T: T is found to a relative 1e-7
+
+
+def _check_logits(logits, y=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate (n, C) logits (and column labels); return them as float64 / int64."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 1:
+        raise InvalidFeaturesError(f"logits have shape {z.shape}; pass an (n, C) array of class logits")
+    if not np.isfinite(z).all():
+        raise InvalidFeaturesError("logits contain NaN or inf; drop those rows before calibrating")
+    if y is None:
+        return z, None
+    labels = np.asarray(y)
+    if labels.shape != (len(z),):
+        raise InvalidFeaturesError(f"y has shape {labels.shape} but the logits have {len(z)} rows; pass one label per row")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= z.shape[1]):
+        raise InvalidFeaturesError(
+            f"y must hold column indices in [0, {z.shape[1]}) of the logits; map class labels to columns first"
+        )
+    return z, labels.astype(np.int64)
+
+
+def nll(logits, y, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / temperature)`` at the true columns.
+
+    Parameters
+    ----------
+    logits : array-like of shape (n, C), float
+    y : array-like of shape (n,), int
+        True column index of each row, in ``[0, C)``.
+    temperature : float, default=1.0
+
+    Returns
+    -------
+    float
+    """
+    z, labels = _check_logits(logits, y)
+    return _nll(z, labels, float(temperature))
+
+
+def _nll(z: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    s = z / temperature
+    return float(np.mean(scipy.special.logsumexp(s, axis=1) - s[np.arange(len(s)), labels]))
+
+
+def fit_temperature(logits, y) -> float:
+    """The temperature T > 0 that minimises the NLL of ``softmax(logits / T)`` on labelled logits.
+
+    Parameters
+    ----------
+    logits : array-like of shape (n, C), float
+        Validation logits (never the test split's), one column per class.
+    y : array-like of shape (n,), int
+        True column index of each row, in ``[0, C)``.
+
+    Returns
+    -------
+    float
+        T in :data:`TEMPERATURE_BOUNDS`, found by a bounded Brent search over log T
+        to a relative precision of about 1e-7.
+
+    Raises
+    ------
+    InvalidFeaturesError
+        Empty, non-finite or mis-shaped logits, or labels outside ``[0, C)``.
+    """
+    z, labels = _check_logits(logits, y)
+    if len(z) == 0:
+        raise InvalidFeaturesError("no validation logits to fit a temperature on; pass at least one labelled row")
+    lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    result = scipy.optimize.minimize_scalar(
+        lambda log_t: _nll(z, labels, float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
+        options={"xatol": _XATOL, "maxiter": 500},
+    )
+    log_t = float(result.x)
+    if min(log_t - lo, hi - log_t) < 1e-3 or float(result.fun) < 1e-9:
+        logger.warning(
+            "temperature scaling: the NLL has no interior minimum (T=%.3g, NLL %.3g); the validation logits "
+            "may separate the classes perfectly (too few validation rows?)", np.exp(log_t), float(result.fun)
+        )
+    return float(np.exp(log_t))
+
+
+class TemperatureScaling:
+    """Calibrate logits with one temperature: ``softmax(logits / T)``.
+
+    Parameters
+    ----------
+    temperature : float, optional
+        A fixed T; ``fit`` then only checks its input. By default ``fit`` finds T with
+        :func:`fit_temperature`.
+
+    Attributes
+    ----------
+    temperature_ : float
+        The fitted (or fixed) T.
+    nll_before_, nll_after_ : float
+        NLL of the fitting logits at T = 1 and at ``temperature_``.
+
+    Examples
+    --------
+    >>> ts = TemperatureScaling().fit(clf.logits(X_val), y_val_columns)   # doctest: +SKIP
+    >>> proba = ts.transform(clf.logits(X_test))                          # doctest: +SKIP
+    """
+
+    def __init__(self, temperature: float | None = None):
+        self.temperature = temperature
+
+    def fit(self, logits, y) -> TemperatureScaling:
+        """Fit T on validation logits.
+
+        Parameters
+        ----------
+        logits : array-like of shape (n, C), float
+        y : array-like of shape (n,), int
+            True column index of each row, in ``[0, C)``.
+
+        Returns
+        -------
+        self
+        """
+        z, labels = _check_logits(logits, y)
+        if self.temperature is None:
+            self.temperature_ = fit_temperature(z, labels)
+        else:
+            t = float(self.temperature)
+            if not np.isfinite(t) or t <= 0:
+                raise InvalidParameterError(f"temperature={self.temperature!r} must be a positive number", param="temperature")
+            self.temperature_ = t
+        self.nll_before_ = _nll(z, labels, 1.0) if len(z) else float("nan")
+        self.nll_after_ = _nll(z, labels, self.temperature_) if len(z) else float("nan")
+        return self
+
+    def _scaled(self, logits) -> np.ndarray:
+        if not hasattr(self, "temperature_"):
+            raise NotFittedError("this TemperatureScaling is not fitted yet; call fit before transform")
+        z, _ = _check_logits(logits)
+        return z / self.temperature_
+
+    def scale(self, logits) -> np.ndarray:
+        """Calibrated logits ``logits / T``: array-like (n, C) in, ndarray (n, C) float32 out."""
+        return self._scaled(logits).astype(np.float32)
+
+    def transform(self, logits) -> np.ndarray:
+        """Calibrated probabilities ``softmax(logits / T)``.
+
+        Parameters
+        ----------
+        logits : array-like of shape (n, C), float
+
+        Returns
+        -------
+        ndarray of shape (n, C), float32
+            Rows sum to 1.
+        """
+        return scipy.special.softmax(self._scaled(logits), axis=1).astype(np.float32)
