@@ -64,7 +64,7 @@ class IndexMismatchError(ClipCacheError):
 
 
 class InvalidParameterError(ClipCacheError, ValueError):
-    """A parameter value is outside what the function accepts"""
+    """A parameter value is outside what the function accepts."""
 
 
 class InvalidFeaturesError(ClipCacheError, ValueError):
@@ -85,7 +85,3 @@ class ProtocolError(ClipCacheError):
 
 class QueryError(ClipCacheError, ValueError):
     """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""
-
-
-class InvalidParameterError(ClipCacheError, ValueError):
-    """A parameter value is outside what the function accepts."""
