@@ -7,6 +7,7 @@ from clipcache._version import __version__
 from clipcache.errors import (
     ClipCacheError,
     IndexMismatchError,
+    InvalidParameterError,
     ModelLoadError,
     NotFittedError,
     StoreError,
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureSetInfo",
     "FeatureStore",
     "IndexMismatchError",
+    "InvalidParameterError",
     "ModelLoadError",
     "NotFittedError",
     "StoreError",

@@ -7,6 +7,25 @@ The command line prints that message on one line and exits non-zero.
 
 from __future__ import annotations
 
+__all__ = [
+    "ClipCacheError",
+    "DatasetError",
+    "IndexMismatchError",
+    "InvalidFeaturesError",
+    "InvalidParameterError",
+    "MissingTextError",
+    "ModelFileError",
+    "ModelLoadError",
+    "NotFittedError",
+    "ProtocolError",
+    "QueryError",
+    "StoreError",
+    "StoreFormatError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StoreVersionError",
+]
+
 
 class ClipCacheError(Exception):
     """Base class of every error that clipcache raises on bad input or state.

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from clipcache.errors import ClipCacheError
-from clipcache.feature_store import FeatureStore
+from clipcache.feature_store import FeatureStore, schema
 from clipcache.retrieval.index import (
     QueryError,
     StoreIndex,
@@ -306,7 +306,7 @@ def write_support(store, support: SupportSet, to_split: str) -> int:
     store.create_split(to_split, names)
     store.append(to_split, ids=list(ids), paths=list(paths), labels=support.labels, features=features, views=views)
     store.mark_complete(to_split)
-    record = dict(store.metadata.get("support_sets", {}))
+    record = dict(store.metadata.get(schema.METADATA_SUPPORT_SETS, {}))
     record[to_split] = {
         "pool": pool,
         "feature_set": support.feature_set,
@@ -317,7 +317,7 @@ def write_support(store, support: SupportSet, to_split: str) -> int:
         "pool_fingerprint": store.fingerprint(pool, support.feature_set),
         "method": "SuS-X style text-to-image retrieval",
     }
-    store.set_metadata("support_sets", record)
+    store.set_metadata(schema.METADATA_SUPPORT_SETS, record)
     return int(len(rows))
 
 
