@@ -18,6 +18,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from clipcache.errors import DatasetError
 
+__all__ = ["DEMO_CLASSES", "DEMO_SIZE", "draw_shape", "write_demo_dataset"]
+
 DEMO_CLASSES = ("circle", "square", "star", "triangle")
 DEMO_SIZE = 64
 
@@ -95,7 +97,9 @@ def write_demo_dataset(
     root = Path(directory)
     existing = [root / split for split in ("train", "test") if (root / split).exists()]
     if existing and not overwrite:
-        raise DatasetError(f"{root}: already holds a train or test folder; give an empty or new directory, or overwrite it.")
+        raise DatasetError(
+            f"{root}: already holds a train or test folder; give an empty or new directory, or overwrite it", param="overwrite"
+        )
     for folder in existing:
         shutil.rmtree(folder)
     rng = np.random.default_rng(seed)

@@ -126,7 +126,7 @@ def test_float16_storage(image_folder, tmp_path):
 
 def test_existing_store_needs_resume_or_overwrite(image_folder, tmp_path):
     extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
-    with pytest.raises(StoreError, match="--resume"):
+    with pytest.raises(StoreError, match="already exists; pass resume=True"):
         extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
 
 
@@ -256,8 +256,9 @@ def test_workers_do_not_change_results(image_folder, tmp_path):
 def test_no_backbone_is_rejected(image_folder, tmp_path):
     from clipcache.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="--model"):
+    with pytest.raises(ModelLoadError, match="no backbone was given") as info:
         extract(tmp_path / "s.h5", _config(image_folder, model=None, aux=()), QUIET)
+    assert info.value.param == "model"
     assert not os.path.exists(tmp_path / "s.h5")
 
 
