@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import inspect
 import logging
 import math
 import os
@@ -331,21 +330,6 @@ def _tag_weights(model: str, tag: str) -> str | None:
     return cached
 
 
-def _weights_only_kwargs(factory: Callable) -> dict:
-    """The keyword with which ``factory`` (``open_clip.create_model``) loads checkpoints weights-only.
-
-    open_clip 3.x calls it ``weights_only`` and 2.30 to 2.32 ``load_weights_only``.
-    Older factories have neither and would pass an unknown keyword on to the model
-    constructor; they call ``torch.load`` without ``weights_only``, whose default is
-    True since torch 2.6 (clipcache pins a later torch), so nothing needs passing.
-    """
-    params = inspect.signature(factory).parameters
-    for name in ("weights_only", "load_weights_only"):
-        if name in params:
-            return {name: True}
-    return {}
-
-
 def _one_line(exc: BaseException) -> str:
     """``Type: message`` of an exception, on one line."""
     text = " ".join(str(exc).split())
@@ -389,7 +373,8 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
         else:
             model_name, ckpt = _resolve_open_clip_source(model, pretrained)
             try:
-                module = open_clip.create_model(model_name, pretrained=ckpt, **_weights_only_kwargs(open_clip.create_model))
+                # open_clip >= 3.0 (the floor in setup.cfg) names this keyword weights_only and reads local-dir: folders
+                module = open_clip.create_model(model_name, pretrained=ckpt, weights_only=True)
                 tokenizer = open_clip.get_tokenizer(model_name)
             except Exception as exc:
                 raise ModelLoadError(

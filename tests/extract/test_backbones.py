@@ -199,18 +199,3 @@ def test_find_checkpoint_agrees_with_open_clip(tmp_path, names):
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     assert find_checkpoint(tmp_path) == theirs(tmp_path)
-
-
-def test_weights_only_keyword_follows_the_factory_signature():
-    def factory_3x(model_name, pretrained=None, weights_only=True):
-        """open_clip >= 3.0"""
-
-    def factory_230(model_name, pretrained=None, load_weights_only=True):
-        """open_clip 2.30 to 2.32"""
-
-    def factory_old(model_name, pretrained=None, **model_kwargs):
-        """older: unknown keywords go to the model"""
-
-    assert backbones._weights_only_kwargs(factory_3x) == {"weights_only": True}
-    assert backbones._weights_only_kwargs(factory_230) == {"load_weights_only": True}
-    assert backbones._weights_only_kwargs(factory_old) == {}
