@@ -55,7 +55,7 @@ def draw_shape(kind: str, rng: np.random.Generator, size: int = DEMO_SIZE) -> Im
         RGB, ``size`` x ``size``.
     """
     noise = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    background = Image.fromarray(noise, "RGB").resize((size, size), Image.BICUBIC)
+    background = Image.fromarray(noise, "RGB").resize((size, size), Image.Resampling.BICUBIC)
     image = background.filter(ImageFilter.GaussianBlur(2))
     draw = ImageDraw.Draw(image)
     r = size * rng.uniform(0.22, 0.38)

@@ -37,10 +37,13 @@ def hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
 
 
-def cached_hub_file(repo_id: str, filenames: list[str]) -> str | None:
-    """Path of the first of ``filenames`` of ``repo_id`` in the local hub cache, or None."""
+def cached_hub_file(repo_id: str, filenames: list[str], cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Path of the first of ``filenames`` of ``repo_id`` in the local hub cache, or None.
+
+    ``cache_dir`` is the hub cache folder (the hub's default, ``~/.cache/huggingface/hub``, when None).
+    """
     for name in filenames:
-        found = try_to_load_from_cache(repo_id, name)
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
         if isinstance(found, str):
             return found
     return None
