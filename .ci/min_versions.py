@@ -8,7 +8,7 @@ installs exactly these pins, so a bound cannot drift away from what is tested.
 ``python .ci/min_versions.py check`` (run with the job's interpreter) fails unless
 every pinned distribution is installed at its pinned version, every module it
 provides is imported from that installation (not from a newer copy elsewhere on
-``sys.path``), and ``pip check`` reports no broken requirement among the
+``sys.path``), clipcache itself is imported from this checkout, and ``pip check`` reports no broken requirement among the
 distributions clipcache depends on, directly or through others.
 
 Standard library and ``packaging`` only; no third-party import happens before the check.
@@ -109,6 +109,10 @@ def check(setup_cfg: Path = SETUP_CFG) -> int:
             if origin is None or root not in origin.parents:
                 problems.append(f"{name}: module {module_name} is imported from {origin}, not from {root}")
         print(f"ok  {name}=={dist.version}  ({', '.join(modules)} from {root})")
+    checkout = SETUP_CFG.parent
+    origin = _origin("clipcache")
+    if origin is None or checkout not in origin.parents:
+        problems.append(f"clipcache is imported from {origin}, not from this checkout {checkout}")
     ours = _closure(["clipcache"])
     report = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
     for line in report.splitlines():

