@@ -21,6 +21,7 @@ from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.merge import merge_stores
 from clipcache.extract.plan import shard_range
 from clipcache.extract.transforms import augmented_view, view_params
+from tests.extract.helpers import interrupt_append
 
 QUIET = RunOptions(progress=False)
 
@@ -265,18 +266,10 @@ def test_no_backbone_is_rejected(image_folder, tmp_path):
 def test_interrupted_run_with_views_resumes_to_identical_store(image_folder, tmp_path, monkeypatch):
     config = _config(image_folder, splits=("train",), aux=(), augment_views=3, batch_size=5)
     extract(tmp_path / "full.h5", config, QUIET)
-    real_append, calls = FeatureStore.append, [0]
-
-    def failing_append(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt
-        return real_append(self, *args, **kwargs)
-
-    monkeypatch.setattr(FeatureStore, "append", failing_append)
+    interrupt_append(monkeypatch, at=3)
     with pytest.raises(KeyboardInterrupt):
         extract(tmp_path / "cut.h5", config, QUIET)
-    monkeypatch.setattr(FeatureStore, "append", real_append)
+    monkeypatch.undo()
     with FeatureStore(tmp_path / "cut.h5") as fs:
         assert fs.n_rows("train") == 10 and fs.views("train")[-1] == 0  # the cut falls between views of one image
     extract(tmp_path / "cut.h5", config, QUIET, resume=True)

@@ -31,6 +31,7 @@ from clipcache.extract.transforms import (
     eval_transform_uint8,
     plan_geometry,
 )
+from tests.extract.helpers import interrupt_append
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 # (width, height): landscape and portrait photos, a square one, one smaller than the input
@@ -167,19 +168,13 @@ def test_resume_accepts_a_store_written_without_the_new_preprocess_keys(image_fo
     config = ExtractConfig(source=str(image_folder), model=TINY_CLIP_NAME, splits=("train",), batch_size=4)
     quiet = RunOptions(progress=False)
     extract(tmp_path / "full.h5", config, quiet)
-    real_to_dict, real_append, calls = Preprocess.to_dict, FeatureStore.append, [0]
+    real_to_dict = Preprocess.to_dict
 
     def old_to_dict(self):  # what clipcache wrote before resize_mode and fill_color were recorded
         return {k: v for k, v in real_to_dict(self).items() if k not in ("resize_mode", "fill_color")}
 
-    def failing_append(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:
-            raise KeyboardInterrupt
-        return real_append(self, *args, **kwargs)
-
     monkeypatch.setattr(Preprocess, "to_dict", old_to_dict)
-    monkeypatch.setattr(FeatureStore, "append", failing_append)
+    interrupt_append(monkeypatch, at=2)
     with pytest.raises(KeyboardInterrupt):
         extract(tmp_path / "old.h5", config, quiet)
     monkeypatch.undo()
