@@ -1,7 +1,7 @@
 """Feature extraction: backbones, datasets, prompts, the extraction loop and shard merging.
 
-Importing this package imports torch; the command line imports it only when an
-extraction command runs.
+Importing this package imports torch, open_clip and timm; the command line imports
+it only when an extraction command runs.
 """
 
 from clipcache.extract.backbones import (
