@@ -1,13 +1,12 @@
 """Feature extraction: backbones, datasets, prompts, the extraction loop and shard merging.
 
-Importing this package imports torch; the command line imports it only when an
-extraction command runs.
+Importing this package imports torch, open_clip and timm; the command line imports
+it only when an extraction command runs.
 """
 
 from clipcache.extract.backbones import (
     Backbone,
     OpenClipBackbone,
-    Preprocess,
     TimmBackbone,
     build_backbones,
     build_open_clip,
@@ -19,6 +18,7 @@ from clipcache.extract.loop import ExtractConfig, ExtractReport, RunOptions, ext
 from clipcache.extract.merge import MergeReport, merge_stores
 from clipcache.extract.prompts import PromptSet, embed_prompts, load_prompts
 from clipcache.extract.testing import TINY_CLIP_NAME, tiny_clip_config
+from clipcache.extract.transforms import Preprocess
 
 __all__ = [
     "Backbone",

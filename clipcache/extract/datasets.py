@@ -168,17 +168,17 @@ def open_dataset(
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder.")
+        raise DatasetError(f"{path}: no such file or folder")
     if classes is not None:
         classes = list(classes)
         if len(set(classes)) != len(classes):
-            raise DatasetError("the class list names a class twice; class names must be unique.")
+            raise DatasetError("the class list names a class twice; class names must be unique", param="classes")
     if path.is_file():
         if path.suffix.lower() in (".csv", ".tsv", ".tab"):
             return _open_manifest(path, classes, default_split)
         raise DatasetError(
             f"{path}: not a dataset; give a folder (ImageFolder or idx files) "
-            "or a .csv/.tsv manifest."
+            "or a .csv/.tsv manifest"
         )
     if _idx_pairs(path):
         return _open_idx(path, classes)
@@ -194,7 +194,7 @@ def read_class_names(value: str) -> list[str]:
     else:
         names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
-        raise DatasetError(f"{value}: no class names in it.")
+        raise DatasetError(f"{value}: no class names in it", param="classes")
     return names
 
 
@@ -222,7 +222,7 @@ def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
         others = ", ".join(d.name for d in subdirs if d not in split_like)
         raise DatasetError(
             f"{root}: mixes split folders ({', '.join(d.name for d in split_like)}) with "
-            f"other folders ({others}); put every class folder inside a split folder."
+            f"other folders ({others}); put every class folder inside a split folder"
         )
     split_roots = {d.name: d for d in split_like} if split_like else {default_split: root}
 
@@ -233,7 +233,7 @@ def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
     if not found_classes:
         raise DatasetError(
             f"{root}: no images found; an ImageFolder tree holds one folder per class "
-            f"(optionally inside split folders), with files ending in {', '.join(IMAGE_EXTENSIONS)}."
+            f"(optionally inside split folders), with files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
     names = _class_index(found_classes, classes, f"{root}")
     dataset = ImageDataset(classes=names, source=str(root), kind="imagefolder")
@@ -254,7 +254,7 @@ def _class_index(found: list[str], classes, where: str) -> list[str]:
     unknown = [c for c in found if c not in classes]
     if unknown:
         raise DatasetError(
-            f"{where}: classes {', '.join(map(repr, unknown[:5]))} are not in the given class list."
+            f"{where}: classes {', '.join(map(repr, unknown[:5]))} are not in the given class list"
         )
     return classes
 
@@ -271,16 +271,16 @@ def _open_manifest(path: Path, classes, default_split: str) -> ImageDataset:
         if missing:
             raise DatasetError(
                 f"{path}: the manifest has no {' or '.join(map(repr, missing))} column; "
-                "its header must name 'path', 'label' and optionally 'split'."
+                "its header must name 'path', 'label' and optionally 'split'"
             )
         rows = []
         for line, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
             if not row.get("path") or not row.get("label"):
-                raise DatasetError(f"{path}, line {line}: empty path or label.")
+                raise DatasetError(f"{path}, line {line}: empty path or label")
             rows.append((row.get("split") or default_split, row["path"], row["label"]))
     if not rows:
-        raise DatasetError(f"{path}: the manifest lists no images.")
+        raise DatasetError(f"{path}: the manifest lists no images")
 
     found = sorted({label for _, _, label in rows})
     if classes is None and all(_is_int(label) for label in found):
@@ -335,16 +335,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as handle:
             data = handle.read()
     except (OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: cannot read idx file ({exc}).") from None
+        raise DatasetError(f"{path}: cannot read idx file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path}: not an idx file (bad magic number).")
+        raise DatasetError(f"{path}: not an idx file (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header < expected:
-        raise DatasetError(f"{path}: truncated idx file ({len(data) - header} of {expected} bytes).")
+        raise DatasetError(f"{path}: truncated idx file ({len(data) - header} of {expected} bytes)")
     return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
 
 
@@ -365,14 +365,14 @@ def _open_idx(folder: Path, classes) -> ImageDataset:
     for name, (images, labels, _) in loaded.items():
         if len(images) != len(labels):
             raise DatasetError(
-                f"{folder}: split {name!r} has {len(images)} images but {len(labels)} labels."
+                f"{folder}: split {name!r} has {len(images)} images but {len(labels)} labels"
             )
     top = max(int(labels.max(initial=0)) for _, labels, _ in loaded.values())
     if classes is None:
         classes = [str(i) for i in range(top + 1)]
     elif top >= len(classes):
         raise DatasetError(
-            f"{folder}: labels go up to {top} but the class list has {len(classes)} names."
+            f"{folder}: labels go up to {top} but the class list has {len(classes)} names"
         )
     dataset = ImageDataset(classes=list(classes), source=str(folder), kind="idx")
     order = sorted(loaded, key=lambda n: (n != "train", n))

@@ -18,6 +18,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from clipcache.errors import DatasetError
 
+__all__ = ["DEMO_CLASSES", "DEMO_SIZE", "draw_shape", "write_demo_dataset"]
+
 DEMO_CLASSES = ("circle", "square", "star", "triangle")
 DEMO_SIZE = 64
 
@@ -53,7 +55,7 @@ def draw_shape(kind: str, rng: np.random.Generator, size: int = DEMO_SIZE) -> Im
         RGB, ``size`` x ``size``.
     """
     noise = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    background = Image.fromarray(noise, "RGB").resize((size, size), Image.BICUBIC)
+    background = Image.fromarray(noise, "RGB").resize((size, size), Image.Resampling.BICUBIC)
     image = background.filter(ImageFilter.GaussianBlur(2))
     draw = ImageDraw.Draw(image)
     r = size * rng.uniform(0.22, 0.38)
@@ -95,7 +97,9 @@ def write_demo_dataset(
     root = Path(directory)
     existing = [root / split for split in ("train", "test") if (root / split).exists()]
     if existing and not overwrite:
-        raise DatasetError(f"{root}: already holds a train or test folder; give an empty or new directory, or overwrite it.")
+        raise DatasetError(
+            f"{root}: already holds a train or test folder; give an empty or new directory, or overwrite it", param="overwrite"
+        )
     for folder in existing:
         shutil.rmtree(folder)
     rng = np.random.default_rng(seed)

@@ -12,7 +12,21 @@ import os
 import socket
 from urllib.parse import urlparse
 
+import open_clip
+import timm.models
+from huggingface_hub import try_to_load_from_cache
+
 from clipcache.errors import ModelLoadError
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "cached_hub_file",
+    "hub_host",
+    "open_clip_tag_source",
+    "reachable",
+    "require_download",
+    "timm_hub_source",
+]
 
 CONNECT_TIMEOUT_S = 3.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -23,14 +37,13 @@ def hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
 
 
-def cached_hub_file(repo_id: str, filenames: list[str]) -> str | None:
-    """Path of the first of ``filenames`` of ``repo_id`` in the local hub cache, or None."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - a dependency of open_clip and timm
-        return None
+def cached_hub_file(repo_id: str, filenames: list[str], cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Path of the first of ``filenames`` of ``repo_id`` in the local hub cache, or None.
+
+    ``cache_dir`` is the hub cache folder (the hub's default, ``~/.cache/huggingface/hub``, when None).
+    """
     for name in filenames:
-        found = try_to_load_from_cache(repo_id, name)
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
         if isinstance(found, str):
             return found
     return None
@@ -47,16 +60,25 @@ def reachable(host: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     return True
 
 
-def require_download(host: str, what: str, fix: str) -> None:
-    """Raise :class:`ModelLoadError` unless ``host`` can be reached."""
+def require_download(host: str, what: str, fix: str, *, param: str | None = None) -> None:
+    """Raise :class:`ModelLoadError` unless ``host`` can be reached.
+
+    Parameters
+    ----------
+    host : str
+    what : str
+        What must be downloaded, as the start of the message.
+    fix : str
+        What to do instead, as the end of the message (no final period).
+    param : str, optional
+        The API parameter that asked for the download (``ClipCacheError.param``).
+    """
     if not reachable(host):
-        raise ModelLoadError(f"{what} must be downloaded from {host}, which cannot be reached from this machine; {fix}.")
+        raise ModelLoadError(f"{what} must be downloaded from {host}, which cannot be reached from this machine; {fix}", param=param)
 
 
 def open_clip_tag_source(model: str, tag: str) -> tuple[str | None, str | None]:
     """Download host and cached weights file (if any) of an open_clip pretrained tag."""
-    import open_clip
-
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if cfg.get("file"):
         return None, cfg["file"]
@@ -72,8 +94,6 @@ def open_clip_tag_source(model: str, tag: str) -> tuple[str | None, str | None]:
 
 def timm_hub_source(arch: str) -> tuple[str | None, str | None]:
     """Download host and cached weights file (if any) of timm's default pretrained weights."""
-    import timm.models
-
     cfg = timm.models.get_pretrained_cfg(arch)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if hub_id:

@@ -15,25 +15,37 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
+from tqdm.auto import tqdm
 
-from clipcache.errors import ClipCacheError, DatasetError, StoreError, StoreMismatchError
-from clipcache.extract.backbones import Backbone, Preprocess, build_backbones
+from clipcache.errors import DatasetError, InvalidParameterError, StoreError, StoreMismatchError
+from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
-from clipcache.extract.plan import SplitPlan, build_plans, select_samples
+from clipcache.extract.plan import build_plans, select_samples
+from clipcache.extract.prompts import embed_prompts
 from clipcache.extract.transforms import (
+    AUG_SCALE,
+    Preprocess,
     augmented_view_uint8,
     eval_transform_uint8,
     normalize_batch,
     view_params,
 )
 from clipcache.feature_store import FeatureStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from clipcache.extract.backbones import Backbone
+    from clipcache.extract.plan import SplitPlan
+
+__all__ = ["CONFIG_KEY", "SHARD_KEY", "ExtractConfig", "ExtractReport", "RunOptions", "extract"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +225,9 @@ def _batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
 
 
 def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bool) -> FeatureStore:
-    if resume and overwrite:
-        raise StoreError(f"{path}: --resume and --overwrite contradict each other; pass one.")
     exists = os.path.exists(path) and os.path.getsize(path) > 0
     if exists and not (resume or overwrite):
-        raise StoreError(f"{path}: already exists; pass --resume to continue it or --overwrite to replace it.")
+        raise StoreError(f"{path}: already exists; pass resume=True to continue it or overwrite=True to replace it", param="resume")
     store = FeatureStore(path, "a" if resume else ("w" if overwrite else "x"))
     if resume and exists:
         recorded = store.metadata.get(CONFIG_KEY)
@@ -225,7 +235,7 @@ def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bo
             diff = sorted(k for k, v in config.to_json().items() if recorded.get(k) != v)
             store.close()
             raise StoreMismatchError(
-                f"{path}: was extracted with different {', '.join(diff)}; resume with the same flags or write a new store."
+                f"{path}: was extracted with different {', '.join(diff)}; resume with the same config or write a new store"
             )
     return store
 
@@ -233,10 +243,10 @@ def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bo
 def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans) -> None:
     store.set_classes(list(classes))
     for backbone in backbones:
-        prov = backbone.provenance()
+        prov = _feature_set_provenance(store, backbone)
         prov["dataset"] = os.path.abspath(config.source)
         if config.augment_views:
-            prov["augment"] = {"views": config.augment_views, "seed": config.seed, "crop_scale": [0.5, 1.0], "hflip": 0.5}
+            prov["augment"] = {"views": config.augment_views, "seed": config.seed, "crop_scale": list(AUG_SCALE), "hflip": 0.5}
         store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
     for plan in plans:
         store.create_split(plan.name, feature_sets=[b.name for b in backbones])
@@ -251,6 +261,23 @@ def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbone
     )
 
 
+def _feature_set_provenance(store: FeatureStore, backbone: Backbone) -> dict:
+    """The backbone's provenance, keeping the stored ``preprocess`` dict when it describes the same preprocessing.
+
+    Stores written before ``resize_mode`` and ``fill_color`` were recorded hold a
+    ``preprocess`` dict without them; such a dict reads back with the defaults
+    (:meth:`Preprocess.from_dict`), and when that equals the backbone's
+    preprocessing the run resumes into it. Any real difference is left for
+    ``add_feature_set`` to refuse.
+    """
+    prov = backbone.provenance()
+    existing = store.feature_sets.get(backbone.name)
+    recorded = existing.provenance.get("preprocess") if existing is not None else None
+    if recorded and recorded != prov["preprocess"] and Preprocess.from_dict(recorded) == backbone.preprocess:
+        prov["preprocess"] = recorded
+    return prov
+
+
 def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
     """First item to encode: the end of the batch of the last committed row."""
     n = store.n_rows(plan.name)
@@ -260,7 +287,7 @@ def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
     last_view = int(store.views(plan.name, rows=slice(n - 1, n))[0])
     position = {key: i for i, key in enumerate(plan.source.keys[s] for s in plan.samples)}
     if last_id not in position:
-        raise StoreMismatchError(f"{store.path}: row id {last_id!r} is not in the dataset; resume with the same source.")
+        raise StoreMismatchError(f"{store.path}: row id {last_id!r} is not in the dataset; resume with the same source", param="source")
     item = position[last_id] * plan.views + (last_view if plan.views > 1 else 0)
     offset = (item - plan.start) // batch_size + 1
     return min(plan.start + offset * batch_size, plan.stop)
@@ -324,7 +351,7 @@ def _commit_batch(store, plan, backbones, grouping, items, tensors, errors, reco
     bad = [(int(i), e) for i, e in zip(items.tolist(), errors, strict=True) if e]
     if bad and options.strict:
         item, reason = bad[0]
-        raise DatasetError(f"{plan.key(item)}: cannot be read ({reason}); fix or remove it, or drop --strict to skip it.")
+        raise DatasetError(f"{plan.key(item)}: cannot be read ({reason}); fix or remove it, or set strict=False to skip it", param="strict")
     new_bad = [(i, e) for i, e in bad if plan.key(i) not in recorded]
     if new_bad:
         keys = [plan.key(i) for i, _ in new_bad]
@@ -343,8 +370,6 @@ def _commit_batch(store, plan, backbones, grouping, items, tensors, errors, reco
 
 
 def _progress_bar(plan: SplitPlan, start: int, options: RunOptions):
-    from tqdm.auto import tqdm
-
     show = sys.stderr.isatty() if options.progress is None else options.progress
     return tqdm(
         total=plan.stop - plan.start,
@@ -396,6 +421,10 @@ def extract(
     """
     path = os.fspath(path)
     _check_config(config, options)
+    if resume and overwrite:
+        raise InvalidParameterError(f"{path}: resume and overwrite contradict each other; pass one of them", param="resume")
+    if templates and backbones is None and not config.model:
+        raise InvalidParameterError("templates need a text tower; extract with an open_clip model as well", param="templates")
     dataset = open_dataset(config.source, classes=config.classes)
     selected = select_samples(
         dataset, splits=list(config.splits or []) or None, max_per_class=config.max_per_class, val_per_class=config.val_per_class
@@ -406,6 +435,7 @@ def extract(
     for backbone in backbones:
         backbone.normalize = config.normalize
         backbone.to(options.device)
+    text_backbone = _text_backbone(backbones) if templates else None
     report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
     with _open_store(path, config, resume=resume, overwrite=overwrite) as store:
         _prepare_store(store, config, dataset.classes, backbones, plans)
@@ -414,9 +444,7 @@ def extract(
             _run_split(store, plan, backbones, config, options, report)
         report.seconds = time.perf_counter() - began
         if templates:
-            from clipcache.extract.prompts import embed_prompts
-
-            embed_prompts(store, templates, backbone=_text_backbone(backbones), overwrite=True)
+            embed_prompts(store, templates, backbone=text_backbone, overwrite=True)
         for plan in plans:
             report.rows[plan.name] = store.n_rows(plan.name)
             report.skipped[plan.name] = store.skipped(plan.name)
@@ -427,21 +455,21 @@ def _text_backbone(backbones: Sequence[Backbone]) -> Backbone:
     for backbone in backbones:
         if backbone.has_text:
             return backbone
-    raise ClipCacheError("--templates needs a text tower; pass an open_clip --model as well.")
+    raise InvalidParameterError("templates need a text tower; extract with an open_clip model as well", param="templates")
 
 
 def _check_config(config: ExtractConfig, options: RunOptions) -> None:
     if config.batch_size < 1:
-        raise ClipCacheError(f"--batch-size {config.batch_size} must be at least 1.")
+        raise InvalidParameterError(f"batch_size {config.batch_size} must be at least 1", param="batch_size")
     if config.augment_views < 0:
-        raise ClipCacheError(f"--augment-views {config.augment_views} must be 0 or more.")
+        raise InvalidParameterError(f"augment_views {config.augment_views} must be 0 or more", param="augment_views")
     if config.dtype not in ("float32", "float16"):
-        raise ClipCacheError(f"--dtype {config.dtype} is not float32 or float16.")
+        raise InvalidParameterError(f"dtype {config.dtype!r} is not float32 or float16", param="dtype")
     if options.amp not in ("none", "bf16", "fp16"):
-        raise ClipCacheError(f"--amp {options.amp} is not none, bf16 or fp16.")
+        raise InvalidParameterError(f"amp {options.amp!r} is not none, bf16 or fp16", param="amp")
     if options.amp == "fp16" and not options.device.startswith("cuda"):
-        raise ClipCacheError("--amp fp16 needs --device cuda; use --amp bf16 or none on CPU.")
+        raise InvalidParameterError("amp fp16 needs a cuda device; use amp bf16 or none on CPU", param="amp")
     if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ClipCacheError(f"--device {options.device} was asked for but no CUDA GPU is visible; use --device cpu.")
+        raise InvalidParameterError(f"device {options.device!r} was asked for but no CUDA GPU is visible; use cpu", param="device")
     if options.workers < 0:
-        raise ClipCacheError(f"--workers {options.workers} must be 0 or more.")
+        raise InvalidParameterError(f"workers {options.workers} must be 0 or more", param="workers")

@@ -21,9 +21,11 @@ import logging
 import os
 from collections.abc import Sequence
 
-from clipcache.errors import StoreError, StoreMismatchError
+from clipcache.errors import InvalidParameterError, StoreError, StoreMismatchError
 from clipcache.extract.loop import CONFIG_KEY, SHARD_KEY
 from clipcache.feature_store import FeatureStore
+
+__all__ = ["COPY_CHUNK_ROWS", "MergeReport", "merge_stores"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class MergeReport:
 def _shard_info(store: FeatureStore) -> dict:
     info = store.metadata.get(SHARD_KEY)
     if info is None:
-        raise StoreError(f"{store.path}: has no shard record; only stores written by clipcache extract --shard can be merged.")
+        raise StoreError(f"{store.path}: has no shard record; only stores extracted with a shard can be merged", param="inputs")
     return info
 
 
@@ -64,23 +66,29 @@ def _check_shards(stores: Sequence[FeatureStore]) -> list[FeatureStore]:
     by_index = {}
     for store, info in zip(stores, infos, strict=True):
         if info["count"] != count:
-            raise StoreMismatchError(f"{store.path}: is shard {info['index']}/{info['count']}, but others are of {count}; merge shards of one run.")
+            raise StoreMismatchError(
+                f"{store.path}: is shard {info['index']}/{info['count']}, but others are of {count}; merge shards of one run",
+                param="inputs",
+            )
         if info["index"] in by_index:
-            raise StoreMismatchError(f"{store.path}: shard {info['index']} is given twice; pass each shard once.")
+            raise StoreMismatchError(f"{store.path}: shard {info['index']} is given twice; pass each shard once", param="inputs")
         by_index[info["index"]] = store
     missing = sorted(set(range(count)) - set(by_index))
     if missing:
-        raise StoreMismatchError(f"shard {missing[0]}/{count} is missing; pass all {count} shard stores.")
+        raise StoreMismatchError(f"shard {missing[0]}/{count} is missing; pass all {count} shard stores", param="inputs")
     ordered = [by_index[i] for i in range(count)]
     first = ordered[0]
     reference = _run_identity(first)
     for store in ordered[1:]:
         if _run_identity(store) != reference:
-            raise StoreMismatchError(f"{store.path}: was extracted with other classes, feature sets or flags than {first.path}; merge shards of one run.")
+            raise StoreMismatchError(
+                f"{store.path}: was extracted with other classes, feature sets or config than {first.path}; merge shards of one run",
+                param="inputs",
+            )
     for store in ordered:
         incomplete = [s for s in store.splits if not store.is_complete(s)]
         if incomplete:
-            raise StoreError(f"{store.path}: split {incomplete[0]!r} is incomplete; finish it with clipcache extract --resume first.")
+            raise StoreError(f"{store.path}: split {incomplete[0]!r} is incomplete; finish it by extracting with resume=True first")
     return ordered
 
 
@@ -154,12 +162,12 @@ def merge_stores(
         Incomplete shards, or ``output`` exists.
     """
     if layout not in ("copy", "virtual"):
-        raise StoreError(f"--layout {layout} is not copy or virtual.")
+        raise InvalidParameterError(f"layout {layout!r} is not copy or virtual", param="layout")
     if not inputs:
-        raise StoreError("No shard stores were given; pass every shard of the run.")
+        raise InvalidParameterError("no shard stores were given; pass every shard of the run", param="inputs")
     output = os.fspath(output)
     if any(os.path.abspath(p) == os.path.abspath(output) for p in inputs):
-        raise StoreError(f"{output}: is also an input; write the merged store to a new file.")
+        raise InvalidParameterError(f"{output}: is also an input; write the merged store to a new file", param="output")
     stores = [FeatureStore(p, "r") for p in inputs]
     try:
         ordered = _check_shards(stores)

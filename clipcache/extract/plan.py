@@ -11,12 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipcache.errors import DatasetError
-from clipcache.extract.datasets import ImageDataset, Split
+from clipcache.errors import DatasetError, InvalidParameterError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from clipcache.extract.datasets import ImageDataset, Split
+
+__all__ = [
+    "VAL_SPLIT",
+    "SplitPlan",
+    "build_plans",
+    "first_per_class",
+    "parse_limits",
+    "parse_shard",
+    "select_samples",
+    "shard_from_env",
+    "shard_path",
+    "shard_range",
+]
 
 VAL_SPLIT = "val"
 
@@ -129,21 +146,27 @@ def select_samples(
         chosen[name] = (split, first_per_class(split.labels, 0, limit))
     if val_per_class:
         if "train" not in dataset.splits:
-            raise DatasetError(f"{dataset.source}: --val-per-class needs a 'train' split, found {list(dataset.splits)}.")
+            raise DatasetError(
+                f"{dataset.source}: val_per_class needs a 'train' split, found {list(dataset.splits)}", param="val_per_class"
+            )
         if VAL_SPLIT in dataset.splits:
-            raise DatasetError(f"{dataset.source}: the dataset already has a 'val' split; drop --val-per-class.")
+            raise DatasetError(f"{dataset.source}: the dataset already has a 'val' split; set val_per_class to 0", param="val_per_class")
         train = dataset.splits["train"]
         start = limits.get("train", limits.get("*"))
         if start is None:
-            raise DatasetError("--val-per-class needs --max-per-class for train, so that val is disjoint from it.")
+            raise InvalidParameterError(
+                "val_per_class needs a max_per_class limit for train, so that val is disjoint from it", param="max_per_class"
+            )
         chosen[VAL_SPLIT] = (train, first_per_class(train.labels, start, start + val_per_class))
     unknown = sorted(set(limits) - set(chosen) - {"*"})
     if unknown:
-        raise DatasetError(f"{dataset.source}: --max-per-class names splits {unknown} that the dataset lacks ({list(chosen)}).")
+        raise DatasetError(
+            f"{dataset.source}: max_per_class names splits {unknown} that the dataset lacks ({list(chosen)})", param="max_per_class"
+        )
     if splits:
         missing = [s for s in splits if s not in chosen]
         if missing:
-            raise DatasetError(f"{dataset.source}: no split {missing[0]!r}; the dataset has {list(chosen)}.")
+            raise DatasetError(f"{dataset.source}: no split {missing[0]!r}; the dataset has {list(chosen)}", param="splits")
         chosen = {s: chosen[s] for s in splits}
     return dict(sorted(chosen.items(), key=lambda kv: _split_order(kv[0])))
 
@@ -187,7 +210,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         i, n = -1, 0
     if not sep or n < 1 or not 0 <= i < n:
-        raise DatasetError(f"--shard {text} is not understood; write i/n with 0 <= i < n, e.g. 0/4.")
+        raise InvalidParameterError(f"shard {text!r} is not understood; write i/n with 0 <= i < n, e.g. 0/4", param="shard")
     return i, n
 
 

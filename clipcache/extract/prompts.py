@@ -12,12 +12,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipcache.errors import ClipCacheError, DatasetError
+from clipcache.extract.backbones import load_backbone
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from clipcache.extract.backbones import Backbone
+    from clipcache.feature_store import FeatureStore
+
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "PromptSet",
+    "builtin_templates",
+    "class_display_name",
+    "embed_prompts",
+    "from_descriptions",
+    "from_templates",
+    "load_prompts",
+]
 
 BUILTIN_TEMPLATES = ("imagenet80", "simple")
 
@@ -46,7 +64,9 @@ class PromptSet:
 def builtin_templates(name: str) -> list[str]:
     """Return a built-in template set (``imagenet80`` or ``simple``)."""
     if name not in BUILTIN_TEMPLATES:
-        raise ClipCacheError(f"--templates {name} is not built in; use {' or '.join(BUILTIN_TEMPLATES)} or a JSON file.")
+        raise DatasetError(
+            f"templates {name!r} are not built in; use {' or '.join(BUILTIN_TEMPLATES)} or a JSON file", param="templates"
+        )
     text = resources.files("clipcache.extract").joinpath("templates", f"{name}.json").read_text(encoding="utf-8")
     return list(json.loads(text)["templates"])
 
@@ -66,7 +86,9 @@ def from_templates(name: str, templates: Sequence[str], classes: Sequence[str]) 
     """
     bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
     if bad or not templates:
-        raise DatasetError(f"templates of {name!r}: each must be a string containing '{{}}' for the class name (bad: {bad[:1]}).")
+        raise DatasetError(
+            f"templates of {name!r}: each must be a string containing '{{}}' for the class name (bad: {bad[:1]})", param="templates"
+        )
     prompts = [t.replace("{}", class_display_name(c)) for c in classes for t in templates]
     index = np.repeat(np.arange(len(classes), dtype=np.int64), len(templates))
     return PromptSet(name, prompts, index, list(templates))
@@ -76,12 +98,15 @@ def from_descriptions(name: str, descriptions: dict, classes: Sequence[str]) -> 
     """Per-class sentences (CuPL): ``{class name: [sentence, ...]}``, every class present."""
     missing = [c for c in classes if not descriptions.get(c)]
     if missing:
-        raise DatasetError(f"descriptions {name!r} have no sentences for class {missing[0]!r}; add a non-empty list for every class.")
+        raise DatasetError(
+            f"descriptions {name!r} have no sentences for class {missing[0]!r}; add a non-empty list for every class",
+            param="templates",
+        )
     prompts, index = [], []
     for k, cls in enumerate(classes):
         sentences = descriptions[cls]
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
-            raise DatasetError(f"descriptions {name!r}: class {cls!r} must map to a list of strings.")
+            raise DatasetError(f"descriptions {name!r}: class {cls!r} must map to a list of strings", param="templates")
         prompts.extend(sentences)
         index.extend([k] * len(sentences))
     return PromptSet(name, prompts, np.asarray(index, dtype=np.int64), None)
@@ -102,12 +127,16 @@ def load_prompts(spec: str, classes: Sequence[str], name: str | None = None) -> 
     if spec in BUILTIN_TEMPLATES:
         return from_templates(name or spec, builtin_templates(spec), classes)
     if not os.path.isfile(spec):
-        raise DatasetError(f"--templates {spec} is neither {' nor '.join(BUILTIN_TEMPLATES)} nor an existing JSON file.")
+        raise DatasetError(
+            f"templates {spec!r} are neither {' nor '.join(BUILTIN_TEMPLATES)} nor an existing JSON file", param="templates"
+        )
     try:
         with open(spec, encoding="utf-8") as handle:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{spec}: not readable JSON ({exc}); give a list of templates or a class -> sentences object.") from None
+        raise DatasetError(
+            f"{spec}: not readable JSON ({exc}); give a list of templates or a class -> sentences object", param="templates"
+        ) from None
     name = name or os.path.splitext(os.path.basename(spec))[0]
     if isinstance(data, dict) and isinstance(data.get("templates"), list):
         return from_templates(name, data["templates"], classes)
@@ -115,14 +144,16 @@ def load_prompts(spec: str, classes: Sequence[str], name: str | None = None) -> 
         return from_templates(name, data, classes)
     if isinstance(data, dict):
         return from_descriptions(name, data, classes)
-    raise DatasetError(f"{spec}: holds a JSON {type(data).__name__}; give a list of templates or a class -> sentences object.")
+    raise DatasetError(
+        f"{spec}: holds a JSON {type(data).__name__}; give a list of templates or a class -> sentences object", param="templates"
+    )
 
 
 def embed_prompts(
-    store,
+    store: FeatureStore,
     spec: str,
     *,
-    backbone=None,
+    backbone: Backbone | None = None,
     feature_set: str = "clip",
     name: str | None = None,
     overwrite: bool = False,
@@ -147,22 +178,27 @@ def embed_prompts(
     Returns
     -------
     PromptSet
-        What was embedded.
+        What was embedded. The stored text provenance is the backbone's (without
+        ``preprocess``), plus ``feature_set``, ``prompt_source`` and ``logit_scale``:
+        the model's own zero-shot temperature, ``exp(logit_scale)``.
     """
-    from clipcache.extract.backbones import load_backbone
-
     classes = store.classes
     if not classes:
-        raise ClipCacheError(f"{store.path}: has no class names yet; run clipcache extract first.")
+        raise ClipCacheError(f"{store.path}: has no class names yet; extract image features into it first")
     prompt_set = load_prompts(spec, classes, name)
     if backbone is None:
         sets = store.feature_sets
         if feature_set not in sets:
-            raise ClipCacheError(f"{store.path}: no feature set {feature_set!r} (it has {sorted(sets)}); pass --feature-set.")
+            raise ClipCacheError(
+                f"{store.path}: no feature set {feature_set!r} (it has {sorted(sets)}); name its open_clip feature set",
+                param="feature_set",
+            )
         backbone = load_backbone(sets[feature_set].provenance, device=device)
     embeddings = backbone.encode_text(prompt_set.prompts)
     provenance = {k: v for k, v in backbone.provenance().items() if k != "preprocess"}
     provenance.update(feature_set=backbone.name, prompt_source=spec)
+    if backbone.logit_scale is not None:
+        provenance["logit_scale"] = backbone.logit_scale
     store.write_text(
         prompt_set.name,
         embeddings,

@@ -8,6 +8,8 @@ never touched.
 
 from __future__ import annotations
 
+__all__ = ["TINY_CLIP_NAME", "tiny_clip_config"]
+
 TINY_CLIP_NAME = "clipcache-tiny-vit"
 
 

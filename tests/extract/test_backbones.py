@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from clipcache.extract.backbones import (
     EFFICIENTNET_LITE0_SHA256,
     build_open_clip,
     build_timm,
+    find_checkpoint,
     load_backbone,
     parse_aux_spec,
 )
@@ -110,13 +113,15 @@ def test_offline_tag_fails_in_one_line_naming_the_fix(monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         build_open_clip("ViT-B-32", "openai")
     message = str(info.value)
-    assert "\n" not in message and "cannot be reached" in message and "--pretrained /path/to/weights" in message
+    assert "\n" not in message and "cannot be reached" in message and message.endswith("pass the local file as pretrained")
+    assert info.value.param == "pretrained" and "--" not in message
 
 
 def test_offline_timm_download_names_local_file_fix(monkeypatch):
     _offline(monkeypatch)
-    with pytest.raises(ModelLoadError, match="timm:NAME=/path/weights.pth"):
+    with pytest.raises(ModelLoadError, match="timm:NAME=/path/weights.pth") as info:
         build_timm("timm:resnet18")
+    assert info.value.param == "aux"
 
 
 def test_local_checkpoint_directory_loads(tmp_path):
@@ -168,3 +173,29 @@ def test_parse_aux_spec(spec, expected):
 def test_bad_aux_spec_names_the_forms():
     with pytest.raises(ModelLoadError, match="timm:NAME"):
         parse_aux_spec("resnet18")
+
+
+def test_find_checkpoint_order(tmp_path):
+    names = ["b.pth", "a.bin", "z.safetensors", "y.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    chosen = []
+    while (found := find_checkpoint(tmp_path)) is not None:
+        chosen.append(os.path.basename(found))
+        os.remove(found)
+    assert chosen == ["open_clip_pytorch_model.bin", "pytorch_model.bin", "y.safetensors", "z.safetensors", "a.bin", "b.pth"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["a.bin", "b.pth"], ["x.pth", "w.safetensors"], ["model.pth", "open_clip_model.safetensors", "pytorch_model.bin"], ["notes.txt"]],
+)
+def test_find_checkpoint_agrees_with_open_clip(tmp_path, names):
+    import open_clip.factory
+
+    theirs = getattr(open_clip.factory, "_find_checkpoint_in_dir", None)
+    if theirs is None:
+        pytest.skip("this open_clip has no _find_checkpoint_in_dir to compare with")
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert find_checkpoint(tmp_path) == theirs(tmp_path)

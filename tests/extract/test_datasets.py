@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipcache.errors import DatasetError
+from clipcache.errors import DatasetError, InvalidParameterError
 from clipcache.extract.datasets import open_dataset, read_idx
 from clipcache.extract.images import load_image, to_rgb
 from clipcache.extract.plan import first_per_class, select_samples
@@ -148,5 +148,6 @@ def test_val_split_is_carved_after_train_limit(image_folder):
 
 
 def test_val_without_train_limit_is_rejected(image_folder):
-    with pytest.raises(DatasetError, match="max-per-class"):
+    with pytest.raises(InvalidParameterError, match="max_per_class") as info:
         select_samples(open_dataset(image_folder), val_per_class=2)
+    assert info.value.param == "max_per_class"

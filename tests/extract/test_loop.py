@@ -21,6 +21,7 @@ from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.merge import merge_stores
 from clipcache.extract.plan import shard_range
 from clipcache.extract.transforms import augmented_view, view_params
+from tests.extract.helpers import interrupt_append
 
 QUIET = RunOptions(progress=False)
 
@@ -126,7 +127,7 @@ def test_float16_storage(image_folder, tmp_path):
 
 def test_existing_store_needs_resume_or_overwrite(image_folder, tmp_path):
     extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
-    with pytest.raises(StoreError, match="--resume"):
+    with pytest.raises(StoreError, match="already exists; pass resume=True"):
         extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
 
 
@@ -256,26 +257,19 @@ def test_workers_do_not_change_results(image_folder, tmp_path):
 def test_no_backbone_is_rejected(image_folder, tmp_path):
     from clipcache.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="--model"):
+    with pytest.raises(ModelLoadError, match="no backbone was given") as info:
         extract(tmp_path / "s.h5", _config(image_folder, model=None, aux=()), QUIET)
+    assert info.value.param == "model"
     assert not os.path.exists(tmp_path / "s.h5")
 
 
 def test_interrupted_run_with_views_resumes_to_identical_store(image_folder, tmp_path, monkeypatch):
     config = _config(image_folder, splits=("train",), aux=(), augment_views=3, batch_size=5)
     extract(tmp_path / "full.h5", config, QUIET)
-    real_append, calls = FeatureStore.append, [0]
-
-    def failing_append(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt
-        return real_append(self, *args, **kwargs)
-
-    monkeypatch.setattr(FeatureStore, "append", failing_append)
+    interrupt_append(monkeypatch, at=3)
     with pytest.raises(KeyboardInterrupt):
         extract(tmp_path / "cut.h5", config, QUIET)
-    monkeypatch.setattr(FeatureStore, "append", real_append)
+    monkeypatch.undo()
     with FeatureStore(tmp_path / "cut.h5") as fs:
         assert fs.n_rows("train") == 10 and fs.views("train")[-1] == 0  # the cut falls between views of one image
     extract(tmp_path / "cut.h5", config, QUIET, resume=True)

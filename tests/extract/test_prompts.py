@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from clipcache import FeatureStore
 from clipcache.errors import ClipCacheError, DatasetError
+from clipcache.extract.backbones import build_open_clip
 from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.prompts import builtin_templates, embed_prompts, load_prompts
 
@@ -75,5 +77,27 @@ def test_text_needs_a_clip_feature_set(image_folder, tmp_path):
     store = tmp_path / "s.h5"
     config = ExtractConfig(source=str(image_folder), aux=("efficientnet-lite0",), image_size=32, splits=("test",))
     extract(store, config, RunOptions(progress=False))
-    with FeatureStore(store, "a") as fs, pytest.raises(ClipCacheError, match="--feature-set"):
+    with FeatureStore(store, "a") as fs, pytest.raises(ClipCacheError, match="no feature set 'clip'") as info:
         embed_prompts(fs, "simple")
+    assert info.value.param == "feature_set"
+
+
+def test_text_provenance_records_the_models_logit_scale(image_folder, tmp_path, tiny_clip):
+    store = tmp_path / "s.h5"
+    extract(store, ExtractConfig(source=str(image_folder), model="clipcache-tiny-vit", splits=("test",)), RunOptions(progress=False))
+    with FeatureStore(store, "a") as fs:
+        embed_prompts(fs, "simple")
+        recorded = fs.text("simple").provenance["logit_scale"]
+    assert recorded == tiny_clip.module.logit_scale.exp().item()
+    assert recorded == pytest.approx(1 / 0.07, rel=1e-6)  # open_clip's initial temperature
+
+
+def test_trained_logit_scale_is_stored(image_folder, tmp_path):
+    backbone = build_open_clip("clipcache-tiny-vit", "none", seed=0)
+    with torch.no_grad():
+        backbone.module.logit_scale.fill_(np.log(100.0))  # what OpenAI CLIP learned
+    store = tmp_path / "s.h5"
+    extract(store, ExtractConfig(source=str(image_folder), model="clipcache-tiny-vit", splits=("test",)), RunOptions(progress=False))
+    with FeatureStore(store, "a") as fs:
+        embed_prompts(fs, "simple", backbone=backbone)
+        assert fs.text("simple").provenance["logit_scale"] == pytest.approx(100.0, rel=1e-6)
