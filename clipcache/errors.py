@@ -104,7 +104,3 @@ class ProtocolError(ClipCacheError):
 
 class QueryError(ClipCacheError, ValueError):
     """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""
-
-
-class InvalidParameterError(ClipCacheError, ValueError):
-    """A parameter value is outside what the function accepts."""

@@ -78,7 +78,7 @@ def _print_report(report) -> None:
 @click.option("--model", help="open_clip model name (open_clip.list_models(), hf-hub:..., local-dir:...), or clipcache-tiny-vit.")
 @click.option("--pretrained", help="Pretrained tag (openai), local weights file or directory, or none for random weights.")
 @click.option("--aux", multiple=True, help="Auxiliary image backbone: efficientnet-lite0 or timm:NAME[=WEIGHTS]; repeatable.")
-@click.option("--classes", "class_names", help="Class names in label order: a comma list or a file with one per line.")
+@click.option("--classes", help="Class names in label order: a comma list or a file with one per line.")
 @click.option("--split", "splits", multiple=True, help="Extract only this split (repeatable); all by default.")
 @click.option("--max-per-class", multiple=True, help="Keep the first N images of each class: N, or SPLIT=N (repeatable).")
 @click.option("--val-per-class", type=int, default=0, show_default=True, help="Move the next N per class of train into a 'val' split.")
@@ -99,7 +99,7 @@ def _print_report(report) -> None:
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--threads", type=int, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
-def extract_command(source, store, model, pretrained, aux, class_names, splits, max_per_class, val_per_class,
+def extract_command(source, store, model, pretrained, aux, classes, splits, max_per_class, val_per_class,
                     batch_size, workers, device, amp, dtype, normalize, image_size, augment_views, seed, shard,
                     templates, resume, overwrite, strict, threads, progress):
     """Encode the images of SOURCE into the feature store STORE.
@@ -129,7 +129,7 @@ def extract_command(source, store, model, pretrained, aux, class_names, splits, 
         model=model,
         pretrained=pretrained,
         aux=tuple(aux),
-        classes=tuple(read_class_names(class_names)) if class_names else None,
+        classes=tuple(read_class_names(classes)) if classes else None,
         splits=tuple(splits) or None,
         max_per_class=_parse_limits(max_per_class),
         val_per_class=val_per_class,

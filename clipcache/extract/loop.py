@@ -37,7 +37,7 @@ from clipcache.extract.transforms import (
     normalize_batch,
     view_params,
 )
-from clipcache.feature_store import FeatureStore
+from clipcache.feature_store import FeatureStore, schema
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,12 +45,10 @@ if TYPE_CHECKING:
     from clipcache.extract.backbones import Backbone
     from clipcache.extract.plan import SplitPlan
 
-__all__ = ["CONFIG_KEY", "SHARD_KEY", "ExtractConfig", "ExtractReport", "RunOptions", "extract"]
+__all__ = ["ExtractConfig", "ExtractReport", "RunOptions", "extract"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "extract"
-SHARD_KEY = "shard"
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -230,7 +228,7 @@ def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bo
         raise StoreError(f"{path}: already exists; pass resume=True to continue it or overwrite=True to replace it", param="resume")
     store = FeatureStore(path, "a" if resume else ("w" if overwrite else "x"))
     if resume and exists:
-        recorded = store.metadata.get(CONFIG_KEY)
+        recorded = store.metadata.get(schema.METADATA_EXTRACT)
         if recorded is not None and recorded != config.to_json():
             diff = sorted(k for k, v in config.to_json().items() if recorded.get(k) != v)
             store.close()
@@ -250,9 +248,9 @@ def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbone
         store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
     for plan in plans:
         store.create_split(plan.name, feature_sets=[b.name for b in backbones])
-    store.set_metadata(CONFIG_KEY, config.to_json())
+    store.set_metadata(schema.METADATA_EXTRACT, config.to_json())
     store.set_metadata(
-        SHARD_KEY,
+        schema.METADATA_SHARD,
         {
             "index": config.shard[0],
             "count": config.shard[1],

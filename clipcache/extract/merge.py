@@ -22,8 +22,7 @@ import os
 from collections.abc import Sequence
 
 from clipcache.errors import InvalidParameterError, StoreError, StoreMismatchError
-from clipcache.extract.loop import CONFIG_KEY, SHARD_KEY
-from clipcache.feature_store import FeatureStore
+from clipcache.feature_store import FeatureStore, schema
 
 __all__ = ["COPY_CHUNK_ROWS", "MergeReport", "merge_stores"]
 
@@ -53,7 +52,7 @@ class MergeReport:
 
 
 def _shard_info(store: FeatureStore) -> dict:
-    info = store.metadata.get(SHARD_KEY)
+    info = store.metadata.get(schema.METADATA_SHARD)
     if info is None:
         raise StoreError(f"{store.path}: has no shard record; only stores extracted with a shard can be merged", param="inputs")
     return info
@@ -93,7 +92,7 @@ def _check_shards(stores: Sequence[FeatureStore]) -> list[FeatureStore]:
 
 
 def _run_identity(store: FeatureStore) -> tuple:
-    config = dict(store.metadata.get(CONFIG_KEY) or {})
+    config = dict(store.metadata.get(schema.METADATA_EXTRACT) or {})
     config.pop("shard", None)
     sets = {name: info.identity() for name, info in store.feature_sets.items()}
     return store.classes, sorted(store.splits), json.dumps(sets, sort_keys=True), json.dumps(config, sort_keys=True)
@@ -105,13 +104,13 @@ def _prepare_output(out: FeatureStore, first: FeatureStore, with_features: bool)
         out.add_feature_set(name, info.dim, dtype=info.dtype, normalized=info.normalized, provenance=info.provenance)
     for split in first.splits:
         out.create_split(split, feature_sets=first.split_feature_sets(split) if with_features else [])
-    config = dict(first.metadata.get(CONFIG_KEY) or {})
+    config = dict(first.metadata.get(schema.METADATA_EXTRACT) or {})
     config["shard"] = [0, 1]
-    out.set_metadata(CONFIG_KEY, config)
+    out.set_metadata(schema.METADATA_EXTRACT, config)
     items = {}
     for split, (_, _, total) in _shard_info(first)["items"].items():
         items[split] = [0, total, total]
-    out.set_metadata(SHARD_KEY, {"index": 0, "count": 1, "items": items})
+    out.set_metadata(schema.METADATA_SHARD, {"index": 0, "count": 1, "items": items})
     for name in first.text_names:
         t = first.text(name)
         out.write_text(name, t.embeddings, t.class_index, t.prompts, provenance=t.provenance, normalized=t.normalized, templates=t.templates)
