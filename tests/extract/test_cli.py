@@ -87,7 +87,7 @@ def test_shard_and_merge_commands(runner, image_folder, tmp_path):
     for i in range(2):
         result = runner.invoke(cli, base[:2] + [str(tmp_path / f"s{i}.h5")] + base[2:] + ["--shard", f"{i}/2"])
         assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["merge", str(tmp_path / "m.h5"), str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5")])
+    result = runner.invoke(cli, ["merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"), "-o", str(tmp_path / "m.h5")])
     assert result.exit_code == 0, result.output
     assert "Merged 2 shards" in result.output and "train 12" in result.output
 
