@@ -60,11 +60,15 @@ table.confusion th.col { writing-mode: vertical-rl; transform: rotate(180deg); p
 .neigh figure { margin: 0; text-align: center; font-size: 10.5px; line-height: 1.2; }
 .ok { color: var(--good); font-weight: 600; }
 .bad { color: var(--bad); font-weight: 600; }
-.query { border: 1px solid var(--line); border-radius: 6px; padding: 10px; margin: 10px 0; break-inside: avoid; }
-.query .hits { display: flex; flex-wrap: wrap; gap: 8px; }
+.query { border: 1px solid var(--line); border-radius: 6px; padding: 10px; margin: 10px 0; break-inside: avoid;
+         display: flex; gap: 18px; align-items: flex-start; }
+.query .qhead { flex: none; font-size: 12px; overflow-wrap: anywhere; }
+.query .qhead h3 { margin: 0 0 6px; }
+.query .path { color: var(--muted); font-size: 11px; }
+.query .hits { display: flex; flex-wrap: wrap; gap: 10px; }
 .query figure { margin: 0; font-size: 11px; width: min-content; }
 .query figcaption { width: 100%; overflow-wrap: anywhere; }
-.querytext { font-size: 16px; font-weight: 600; padding: 8px 0; }
+.querytext { font-size: 15px; font-weight: 600; padding: 4px 0; }
 footer { color: var(--muted); font-size: 12px; margin-top: 30px; border-top: 1px solid var(--line); padding-top: 8px; }
 @media print {
   @page { margin: 14mm; }

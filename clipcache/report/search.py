@@ -32,8 +32,8 @@ def _query_head(store, report, q: int, kind: str, thumbs: Thumbnails, size: int)
             row = int(find_ids(store, name, [label])[0]) if name in store.splits else -1
             if row >= 0:
                 path = str(store.paths(name, [row])[0])
-                return (thumb_html(thumbs.get(path), size, label)
-                        + f'<div class="path">id {esc(label)} of {esc(name)}: {esc(path)}</div>')
+                where = f"id {label} of {name}" + (f": {path}" if path != label else "")
+                return thumb_html(thumbs.get(path), size, label) + f'<div class="path">{esc(where)}</div>'
         return f'<div class="querytext">id {esc(label)}</div>'
     return f'<div class="querytext">{esc(label)}</div>'
 
@@ -96,8 +96,9 @@ def write_search_html(
                 for h in found
             )
             blocks.append(
-                f'<div class="query" data-query="{q}"><h3>Query {q + 1}</h3>'
-                f"{_query_head(store, report, q, kind, thumbs, thumb_px)}<div class=\"hits\">{figures}</div></div>"
+                f'<div class="query" data-query="{q}"><div class="qhead" style="width:{thumb_px + 60}px">'
+                f"<h3>Query {q + 1}</h3>{_query_head(store, report, q, kind, thumbs, thumb_px)}</div>"
+                f'<div class="hits">{figures}</div></div>'
             )
         store_name = str(store.path)
     missing = thumbs.missing
