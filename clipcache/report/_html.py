@@ -11,6 +11,8 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 __all__ = ["CSS", "Cell", "esc", "notes", "num_cell", "page", "pct", "section", "table", "text_cell"]
 
 #: The stylesheet of every page: plain, readable on a laptop screen, and printable.
@@ -105,7 +107,12 @@ class Cell(str):
 def num_cell(value: float | None, text: str | None = None, *, best: bool = False, extra: str = "") -> Cell:
     """A right-aligned number cell, the exact value in ``data-value`` (absent for None)."""
     classes = "num best" if best else "num"
-    data = "" if value is None else f' data-value="{float(value)!r}"'
+    if value is None:
+        data = ""
+    elif isinstance(value, int | np.integer) and not isinstance(value, bool):
+        data = f' data-value="{int(value)}"'
+    else:
+        data = f' data-value="{float(value)!r}"'
     shown = text if text is not None else ("n/a" if value is None else f"{value:.4g}")
     return Cell(f'<td class="{classes}"{data}{extra}>{esc(shown)}</td>')
 
