@@ -331,3 +331,21 @@ def test_ood_and_estimate_panels_show_their_json(image_store, tmp_path):
     assert [r[0].text for r in est_rows] == ["test", "val"]
     assert _values([r[2] for r in est_rows]) == [r["accuracy"] for r in est["splits"]]
     assert _values([r[3] for r in est_rows]) == [r["estimates"]["ac"] for r in est["splits"]]
+
+
+def test_a_saved_index_gives_the_neighbours_instead_of_the_support_set(image_store, tmp_path):
+    from clipcache.retrieval import index_store, search_store
+
+    store = image_store[0]
+    meta = index_store(store, "val", "clip")
+    model = _saved_model(store, tmp_path)
+    out = tmp_path / "r.html"
+    write_report(store, out, model=model, index=meta["path"], limits=ReportLimits(wrong=2, correct=2, n_neighbors=3))
+    section = parse(out).find("section", id="examples")
+    assert "nearest images of the index of 'val'" in section.text
+    card = next(section.iter("div", css="card"))
+    with FeatureStore(store) as s:
+        query_id = s.ids("test", [int(card.attrs["data-row"])])[0]
+    hits = search_store(store, k=3, index_file=meta["path"], ids=[query_id]).hits[0]
+    captions = [f.find("figcaption").text for f in card.find("div", css="neigh").iter("figure")]
+    assert captions == [f"{h.class_name} {h.score:.3f}" for h in hits]
