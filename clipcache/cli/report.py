@@ -58,6 +58,8 @@ def report_command(store, evaluation, model, method, shots, test_split, index_fi
         raise click.UsageError("--method and --shots choose a run of --evaluation to refit; they do not apply to --model")
     if (method or shots is not None) and not evaluation:
         raise click.UsageError("--method and --shots need --evaluation")
+    if test_split and not model:
+        raise click.UsageError("--test-split applies to --model; a refit scores the evaluation's own test split")
     if not output.lower().endswith((".html", ".htm")):
         raise click.BadParameter("the page's file name must end in .html or .htm", param_hint=["--output"])
     limits = checked(ReportLimits, wrong=wrong, correct=correct, n_neighbors=n_neighbors, thumb_px=thumb_px)

@@ -49,7 +49,7 @@ td.best::after { content: " \\2605"; color: #b58900; }
 table.confusion td { text-align: right; padding: 2px 5px; min-width: 30px; font-variant-numeric: tabular-nums; }
 table.confusion th { font-weight: 500; font-size: 12px; }
 table.confusion th.col { writing-mode: vertical-rl; transform: rotate(180deg); padding: 6px 2px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 10px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); gap: 10px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px; display: flex; gap: 10px;
         break-inside: avoid; background: #fff; }
 .card .main { flex: none; text-align: center; font-size: 12px; }

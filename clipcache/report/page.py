@@ -279,6 +279,9 @@ def write_report(
     if model is not None and (method is not None or shots is not None):
         raise InvalidParameterError("method and shots choose a run of the evaluation to refit; give them or a model",
                                     param="method" if method is not None else "shots")
+    if model is None and test_split is not None:
+        raise InvalidParameterError("test_split applies to a saved model; a refit scores the evaluation's own test split",
+                                    param="test_split")
     eval_doc = read_json(evaluation, "evaluation", "evaluation", ("config", "summary", "runs")) if evaluation else None
     ood_doc = read_json(ood, "OOD report", "ood", ("feature_set", "fit_split", "in_split", "results")) if ood else None
     est_doc = read_json(estimate, "estimation report", "estimate", ("methods", "splits")) if estimate else None

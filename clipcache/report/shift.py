@@ -96,6 +96,8 @@ def ood_panels(store, ood: dict) -> tuple[list, list[str]]:
             want = recorded.get((method, label))
             got = auroc(s_in, s_out)
             if want is not None and abs(got - want) > _AUROC_TOLERANCE:
-                notes.append(f"{method} vs {label}: rescored AUROC {got:.4f} differs from the recorded {want:.4f}")
+                notes.append(f"{method} vs {label}: the rescored AUROC {got:.4f} differs from the recorded {want:.4f} "
+                             "(the histogram shows the rescored scores; an ill-conditioned fit can move with the BLAS "
+                             "thread count)")
         panels.append((method, s_in, scored))
     return panels, notes

@@ -45,6 +45,7 @@ def test_report_rejects_bad_flag_combinations_before_any_work(image_store, evalu
     cases = [
         (["--model", model, "--method", "gda"], "do not apply to --model"),
         (["--shots", 2], "--method and --shots need --evaluation"),
+        (["--test-split", "val"], "--test-split applies to --model"),
         (["--thumb-size", 8], "--thumb-size"),
         (["--wrong", -1], "--wrong"),
     ]

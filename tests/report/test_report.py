@@ -349,3 +349,14 @@ def test_a_saved_index_gives_the_neighbours_instead_of_the_support_set(image_sto
     hits = search_store(store, k=3, index_file=meta["path"], ids=[query_id]).hits[0]
     captions = [f.find("figcaption").text for f in card.find("div", css="neigh").iter("figure")]
     assert captions == [f"{h.class_name} {h.score:.3f}" for h in hits]
+
+
+def test_a_recorded_auroc_the_store_does_not_reproduce_is_noted(image_store, tmp_path):
+    from clipcache.ood import evaluate_ood
+
+    ood = evaluate_ood(image_store[0], out_sets=[(None, "val")], methods=["mahalanobis"], in_split="test", val_split=None)
+    ood["results"][0]["auroc"] -= 0.1
+    (tmp_path / "ood.json").write_text(json.dumps(ood))
+    write_report(image_store[0], tmp_path / "r.html", ood=tmp_path / "ood.json")
+    text = parse(tmp_path / "r.html").find("section", id="shift").text
+    assert f"differs from the recorded {ood['results'][0]['auroc']:.4f}" in text
