@@ -116,7 +116,7 @@ def read_json(path: str | os.PathLike, what: str, param: str, required: tuple[st
     except OSError as exc:
         raise ReportInputError(f"{path}: cannot read the {what} ({exc.strerror or exc})", param=param) from None
     except ValueError as exc:
-        raise ReportInputError(f"{path}: not a JSON {what} ({exc}); write it again with --json", param=param) from None
+        raise ReportInputError(f"{path}: not a JSON {what} ({exc}); write the {what} again", param=param) from None
     if not isinstance(data, dict):
         raise ReportInputError(f"{path}: not a {what}: the JSON is not an object", param=param)
     lacking = [k for k in required if k not in data]
@@ -279,6 +279,9 @@ def write_report(
     if model is not None and (method is not None or shots is not None):
         raise InvalidParameterError("method and shots choose a run of the evaluation to refit; give them or a model",
                                     param="method" if method is not None else "shots")
+    if evaluation is None and (method is not None or shots is not None):
+        raise InvalidParameterError("method and shots choose a run of an evaluation; give the evaluation",
+                                    param="evaluation")
     if model is None and test_split is not None:
         raise InvalidParameterError("test_split applies to a saved model; a refit scores the evaluation's own test split",
                                     param="test_split")

@@ -360,3 +360,20 @@ def test_a_recorded_auroc_the_store_does_not_reproduce_is_noted(image_store, tmp
     write_report(image_store[0], tmp_path / "r.html", ood=tmp_path / "ood.json")
     text = parse(tmp_path / "r.html").find("section", id="shift").text
     assert f"differs from the recorded {ood['results'][0]['auroc']:.4f}" in text
+
+
+def test_bad_parameters_are_refused_before_anything_is_written(image_store, tmp_path):
+    out = tmp_path / "r.html"
+    cases = [
+        (lambda: write_report(image_store[0], out, method="gda"), "evaluation"),
+        (lambda: write_report(image_store[0], out, test_split="val"), "test_split"),
+        (lambda: write_report(image_store[0], out, model=tmp_path / "m.h5", shots=2), "shots"),
+        (lambda: ReportLimits(thumb_px=8), "thumb_px"),
+        (lambda: ReportLimits(wrong=-1), "wrong"),
+        (lambda: ReportLimits(n_neighbors=1.5), "n_neighbors"),
+    ]
+    for call, param in cases:
+        with pytest.raises(InvalidParameterError) as info:
+            call()
+        assert info.value.param == param
+    assert not out.exists()
