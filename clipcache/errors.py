@@ -19,6 +19,7 @@ __all__ = [
     "NotFittedError",
     "ProtocolError",
     "QueryError",
+    "ReportInputError",
     "StoreError",
     "StoreFormatError",
     "StoreLockedError",
@@ -104,3 +105,7 @@ class ProtocolError(ClipCacheError):
 
 class QueryError(ClipCacheError, ValueError):
     """A query or a search argument is invalid (dimension, k, unknown id, empty index)."""
+
+
+class ReportInputError(ClipCacheError, ValueError):
+    """An input of a report (evaluation, OOD or estimation JSON, model) cannot be read or does not fit the store."""

@@ -52,9 +52,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from clipcache.cli import classify, extract, info, retrieval, shift
+    from clipcache.cli import classify, extract, info, report, retrieval, shift
 
-    for module in (info, extract, classify, retrieval, shift):
+    for module in (info, extract, classify, retrieval, shift, report):
         for command in module.COMMANDS:
             cli.add_command(command)
 

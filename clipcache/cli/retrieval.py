@@ -76,7 +76,10 @@ def _format_hits(report) -> str:
 @click.option("--ef-search", type=int, callback=positive, help="Override the HNSW efSearch.")
 @click.option("--gpu", is_flag=True, help="Search on the GPU when faiss-gpu is installed (CPU otherwise).")
 @json_option("Print the results as JSON.")
-def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, as_json) -> None:
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write the neighbour grid (thumbnails, scores, classes, paths) as one self-contained HTML page.")
+def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, as_json,
+           html_path) -> None:
     """Find the K nearest samples of STORE to stored ids, images, text or vectors."""
     given = [flag for flag, value in (("--id", ids), ("--image", images), ("--text", texts), ("--vectors", vectors)) if value]
     if len(given) != 1:
@@ -100,6 +103,13 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(_format_hits(report))
+    if html_path:
+        from clipcache.report import write_search_html
+
+        kind = {"--id": "ids", "--image": "images", "--text": "texts", "--vectors": "vectors"}[given[0]]
+        write_search_html(report, store, html_path, kind=kind,
+                          inputs={"index_file": index_file, "vectors": vectors, **{f"images[{i}]": p for i, p in enumerate(images)}})
+        click.echo(f"wrote {html_path}", err=as_json)
 
 
 @click.command("support", cls=Command)
