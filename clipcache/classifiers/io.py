@@ -249,7 +249,8 @@ def _check_consistent(est: BaseEstimator) -> None:
         raise _Damaged(f"its {name} lacks n_features_in_ or classes_")
     try:
         z = est.logits(np.full((1, d), d**-0.5, dtype=np.float32))
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError, AssertionError) as exc:
+        # faiss (kNN) checks shapes with assert and raises RuntimeError; numpy raises ValueError
         raise _Damaged(f"its {name} cannot compute logits for {d} features: {_reason(exc)}") from None
     if np.shape(z) != (1, len(classes)):
         raise _Damaged(f"its {name} computes logits of shape {np.shape(z)} for {len(classes)} classes")

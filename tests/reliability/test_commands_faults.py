@@ -249,3 +249,31 @@ def test_fit_killed_before_the_rename_keeps_the_previous_model(store, old_model)
     assert model.read_bytes() == before
     predicted = run("predict", store, model, "-o", model.parent / "p.csv")
     assert predicted.exit_code == 0, predicted.output
+
+
+# -- predict and evaluate: disk full ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["predict", "{store}", "{model}", "-o", "{out}/p.csv"], "p.csv"),
+        (["evaluate", "{store}", "--methods", "ncm", "--shots", "1", "--seeds", "1", "-o", "{out}/r.json"], "r.json"),
+        (["evaluate", "{store}", "--methods", "ncm", "--shots", "1", "--seeds", "1", "--plot", "{out}/r.png"], "r.png"),
+    ],
+    ids=["predict", "evaluate-report", "evaluate-plot"],
+)
+def test_predict_and_evaluate_disk_full_name_the_file(store, old_model, args, name, monkeypatch):
+    out = old_model[".h5"].parent
+    (out / name).write_bytes(b"previous")  # not of the command's kind: --overwrite below
+    before = files(out)
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, ENOSPC)
+
+    monkeypatch.setattr(os, "replace", full)
+    values = {"store": store, "model": old_model[".h5"], "out": out}
+    result = run(*[a.format(**values) for a in args], "--overwrite")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.endswith(f"Error: {out / name}: cannot write the file ({ENOSPC}); free disk space or write it elsewhere\n")
+    assert files(out) == before
