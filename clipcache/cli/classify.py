@@ -78,11 +78,11 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
         raise click.UsageError("--aux-feature-set is only used by --method fusion")
     if not output.lower().endswith((".h5", ".hdf5", ".npz")):
         raise click.BadParameter("the model file name must end in .h5, .hdf5 or .npz", param_hint=["--output"])
-    check_output(output, [store], kind=MODEL_FILE, overwrite=overwrite)
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=None, val_per_class=val_per_class,
     )
+    check_output(output, [store], kind=MODEL_FILE, overwrite=overwrite)
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
     hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
     click.echo(
@@ -143,14 +143,14 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
         raise click.BadParameter("the plot file name must end in .png", param_hint=["--plot"])
     if output and plot_path and same_file(output, plot_path):
         raise click.UsageError("-o and --plot name the same file; give two files")
-    if output:
-        check_output(output, [store], kind=EVALUATION_REPORT, overwrite=overwrite)
-    if plot_path:
-        check_output(plot_path, [store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
     )
+    if output:
+        check_output(output, [store], kind=EVALUATION_REPORT, overwrite=overwrite)
+    if plot_path:
+        check_output(plot_path, [store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
     report = run_evaluation(store, methods_list, shots_list, seeds_list, options)
     if print_json:
         click.echo(report.to_json())

@@ -64,11 +64,11 @@ def corrupt_command(source, out, corruptions, severities, seed, split, workers, 
     """
     from clipcache.corrupt import corrupt_folder
 
-    check_output(out, [source], param="out", folder=True)
     names = _names(corruptions, "--corruptions")
     levels = _severities(severities)
     if workers < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--workers")
+    check_output(out, [source], param="out", folder=True)
     report = corrupt_folder(source, out, corruptions=names, severities=levels, seed=seed, split=split,
                             workers=workers, overwrite=overwrite)
     m = report.manifest
