@@ -17,6 +17,8 @@ __all__ = [
     "ModelFileError",
     "ModelLoadError",
     "NotFittedError",
+    "OutputPathError",
+    "OutputWriteError",
     "ProtocolError",
     "QueryError",
     "ReportInputError",
@@ -89,6 +91,22 @@ class InvalidParameterError(ClipCacheError, ValueError):
 
 class InvalidFeaturesError(ClipCacheError, ValueError):
     """Features or labels given to an estimator are unusable (NaN, inf, wrong shape, too few)."""
+
+
+class OutputPathError(InvalidParameterError):
+    """An output path names an input of the same call, or an existing file of another kind.
+
+    Raised by :func:`clipcache._io.check_output` before any work: ``param`` is
+    the output parameter when the output is an input, and ``"overwrite"`` when
+    the existing file may only be replaced on request.
+    """
+
+
+class OutputWriteError(ClipCacheError):
+    """An output file cannot be written: the disk is full, the folder is missing or read-only.
+
+    The file it would have replaced is left as it was, and no temporary file is left behind.
+    """
 
 
 class ModelFileError(ClipCacheError):

@@ -7,12 +7,19 @@ ending in ``_``); arrays are stored under their path in the tree
 (``est/params/text_embeddings``, ``est/attrs/base_/attrs/coef_``). Loading
 rebuilds the estimators from a fixed table of clipcache classes, so a file can
 only ever create those classes, and reads npz with ``allow_pickle=False``.
+
+A damaged file (truncated, edited, arrays of the wrong shape) is refused when
+it is loaded, with one :class:`~clipcache.errors.ModelFileError` naming it:
+loading checks the document's structure, and the rebuilt estimator must compute
+logits of shape (1, C) for one row of its ``n_features_in_`` features.
+:func:`is_model_file` recognises a model file cheaply, without loading it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -29,12 +36,16 @@ from clipcache.classifiers.tip import TipAdapter
 from clipcache.classifiers.zeroshot import ZeroShotClassifier
 from clipcache.errors import ModelFileError
 
-__all__ = ["ModelFileError", "save_model", "load_model", "MODEL_FORMAT", "MODEL_VERSION"]
+__all__ = ["ModelFileError", "save_model", "load_model", "is_model_file", "MODEL_FORMAT", "MODEL_VERSION"]
 
 MODEL_FORMAT = "clipcache.model"
 MODEL_VERSION = 1
 _META = "__clipcache_model__"
 _DTYPE = "numpy_dtype"  # HDF5 attribute: the numpy dtype of a string array (e.g. "<U3")
+_ZIP_MAGIC = b"PK\x03\x04"  # npz
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: The fix that messages about an unreadable or damaged model file name.
+_REFIT = "give a file written by save_model (clipcache fit)"
 
 #: The only classes a model file can create, by name.
 _CLASSES = {
@@ -81,10 +92,14 @@ def _decode_value(spec: dict, arrays):
     return spec["value"]
 
 
+class _Damaged(ValueError):
+    """What is wrong in a damaged model file, in words (no exception type is shown)."""
+
+
 def _decode(tree: dict, arrays) -> BaseEstimator:
     cls = _CLASSES.get(tree.get("class"))
     if cls is None:
-        raise ModelFileError(f"model file names an unknown classifier {tree.get('class')!r}")
+        raise _Damaged(f"it names an unknown classifier {tree.get('class')!r}")
     est = cls(**{k: _decode_value(v, arrays) for k, v in tree["params"].items()})
     for k, v in tree["attrs"].items():
         setattr(est, k, _decode_value(v, arrays))
@@ -108,6 +123,13 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
     Returns
     -------
     Path
+
+    Raises
+    ------
+    ModelFileError
+        A suffix other than ``.h5``, ``.hdf5`` or ``.npz``, or an estimator that is not a clipcache classifier.
+    OutputWriteError
+        The disk is full, or the folder is missing or read-only; ``path`` is left as it was.
 
     Examples
     --------
@@ -137,7 +159,7 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
         "metadata": metadata or {},
     }
     text = json.dumps(doc, sort_keys=True)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, "the model file") as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{_META: np.array(text)}, **arrays)
@@ -188,6 +210,52 @@ def _read_h5(path: Path) -> tuple[str, dict]:
         return str(h5.attrs[_META]), arrays
 
 
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file written by :func:`save_model`, judged cheaply.
+
+    An npz archive with the model document entry, or an HDF5 file with the
+    model document attribute, whatever the suffix; the arrays are not read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_HDF5_MAGIC))
+        if head.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(path) as z:
+                return f"{_META}.npy" in z.namelist()
+        if head == _HDF5_MAGIC:
+            with h5py.File(path, "r") as h5:
+                return _META in h5.attrs
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """One line describing what is wrong in a damaged model file."""
+    if isinstance(exc, KeyError):
+        return f"missing entry {exc.args[0]!r}" if exc.args else "missing entry"
+    if isinstance(exc, _Damaged):
+        return str(exc)
+    text = " ".join(str(exc).split()).rstrip(".")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_consistent(est: BaseEstimator) -> None:
+    """Raise ValueError unless ``est`` computes logits of shape (1, C) for one row of its features."""
+    d, classes = getattr(est, "n_features_in_", None), getattr(est, "classes_", None)
+    name = type(est).__name__
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1 or classes is None:
+        raise _Damaged(f"its {name} lacks n_features_in_ or classes_")
+    try:
+        z = est.logits(np.full((1, d), d**-0.5, dtype=np.float32))
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError, AssertionError) as exc:
+        # faiss (kNN) checks shapes with assert and raises RuntimeError; numpy raises ValueError
+        raise _Damaged(f"its {name} cannot compute logits for {d} features: {_reason(exc)}") from None
+    if np.shape(z) != (1, len(classes)):
+        raise _Damaged(f"its {name} computes logits of shape {np.shape(z)} for {len(classes)} classes")
+
+
 def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
     """Read a model written by :func:`save_model`.
 
@@ -201,6 +269,14 @@ def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
     estimator : fitted clipcache classifier
         Predicts exactly as the saved one, with labels of the same dtype.
     metadata : dict
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, unreadable (truncated, not npz/HDF5), not a
+        clipcache model file, of a newer format version, or damaged: its
+        document lacks an entry or has one of the wrong type, or its arrays
+        do not fit together (a coefficient matrix of the wrong shape).
 
     Examples
     --------
@@ -222,13 +298,24 @@ def load_model(path: str | os.PathLike) -> tuple[BaseEstimator, dict]:
     try:
         text, arrays = _read_npz(path) if path.suffix.lower() == ".npz" else _read_h5(path)
         doc = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot read the model file ({str(exc).rstrip('.')})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({' '.join(str(exc).split()).rstrip('.')}); {_REFIT}") from None
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"{path}: the model file is damaged (its document is a JSON {type(doc).__name__}); {_REFIT}")
     if doc.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a clipcache model file")
-    if int(doc.get("version", -1)) > MODEL_VERSION:
-        raise ModelFileError(
-            f"{path}: model format version {doc.get('version')} is newer than this clipcache reads "
-            f"({MODEL_VERSION}); upgrade clipcache"
-        )
-    return _decode(doc["estimator"], arrays), doc.get("metadata", {})
+    try:
+        version = doc.get("version", -1)
+        if isinstance(version, int) and version > MODEL_VERSION:
+            raise ModelFileError(
+                f"{path}: model format version {version} is newer than this clipcache reads "
+                f"({MODEL_VERSION}); upgrade clipcache"
+            )
+        metadata = doc.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise _Damaged(f"its metadata is a JSON {type(metadata).__name__}, not an object")
+        estimator = _decode(doc["estimator"], arrays)
+        _check_consistent(estimator)
+    except (KeyError, AttributeError, TypeError, ValueError, IndexError) as exc:
+        raise ModelFileError(f"{path}: the model file is damaged ({_reason(exc)}); {_REFIT}") from None
+    return estimator, metadata

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import click
 
+from clipcache._io import check_output, same_file
 from clipcache.cli.deprecation import Command, FlagWithOldValue, warn_deprecated
+from clipcache.cli.outputs import EVALUATION_REPORT, MODEL_FILE, PNG_IMAGE, PREDICTIONS_CSV
 from clipcache.cli.params import (
     aux_feature_set_option,
     checked,
     feature_set_option,
+    non_negative,
     output_option,
+    overwrite_option,
     stack_options,
 )
 from clipcache.evaluation.options import (
@@ -60,10 +64,12 @@ _store_options = stack_options(  # the options that make a ProtocolOptions, but 
 @click.option("--method", type=click.Choice(METHODS), required=True)
 @_store_options
 @click.option("--shots", type=int, required=True, help="Support samples per class (0: every training row).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the support sampling.")
+@click.option("--seed", type=int, default=1, show_default=True, callback=non_negative,
+              help="Seed of the support sampling (0 or more).")
 @output_option("Model file: .h5, .hdf5 or .npz.", required=True)
+@overwrite_option(MODEL_FILE.name)
 def fit_command(store, method, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                shots, seed, output):
+                shots, seed, output, overwrite):
     """Fit a closed-form classifier on a few-shot support set of STORE and save it (no pickle)."""
     from clipcache.evaluation import fit_from_store
 
@@ -76,6 +82,7 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=None, val_per_class=val_per_class,
     )
+    check_output(output, [store], kind=MODEL_FILE, overwrite=overwrite)
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
     hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
     click.echo(
@@ -90,10 +97,12 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--split", default="test", show_default=True)
 @output_option("CSV of predictions.", required=True)
-def predict_command(store, model, split, output):
+@overwrite_option(PREDICTIONS_CSV.name)
+def predict_command(store, model, split, output, overwrite):
     """Predict every row of a split of STORE with a saved MODEL; write a CSV."""
     from clipcache.evaluation import predict_to_csv
 
+    check_output(output, [store, model], kind=PREDICTIONS_CSV, overwrite=overwrite)
     n = predict_to_csv(store, model, output, split=split)
     click.echo(f"wrote {n} predictions of {split!r} to {output}")
 
@@ -104,15 +113,16 @@ def predict_command(store, model, split, output):
 @_store_options
 @click.option("--test-split", default="test", show_default=True)
 @click.option("--shots", "shots", default="1,2,4,8,16", show_default=True, help="Comma list of shots per class.")
-@click.option("--seeds", default="1,2,3", show_default=True, help="Comma list of sampling seeds.")
+@click.option("--seeds", default="1,2,3", show_default=True, help="Comma list of sampling seeds (0 or more).")
 @click.option("--metric", type=click.Choice(METRICS), default="top1", show_default=True,
               help="Metric of the printed table (the JSON has all).")
 @output_option("Write every run and the summary as JSON to this file.")
 @click.option("--json", "as_json", cls=FlagWithOldValue, is_flag=False, flag_value=_PRINT_JSON, default=None,
               help="Print every run and the summary as JSON on stdout, instead of the table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the metric against shots.")
+@overwrite_option("an evaluation report (-o) or a PNG image (--plot)")
 def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                     test_split, shots, seeds, metric, output, as_json, plot_path):
+                     test_split, shots, seeds, metric, output, as_json, plot_path, overwrite):
     """Evaluate methods x shots over seeds on STORE: mean ± 95% CI on the test split."""
     from clipcache.evaluation import format_table, plot_accuracy, run_evaluation
 
@@ -127,12 +137,20 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
     seeds_list = _int_list(seeds, "--seeds")
     if any(k < 1 for k in shots_list):
         raise click.BadParameter("shots must be positive", param_hint=["--shots"])
+    if any(s < 0 for s in seeds_list):
+        raise click.BadParameter(f"seeds must be 0 or more, not {min(seeds_list)}", param_hint=["--seeds"])
     if plot_path and not plot_path.lower().endswith(".png"):
         raise click.BadParameter("the plot file name must end in .png", param_hint=["--plot"])
+    if output and plot_path and same_file(output, plot_path):
+        raise click.UsageError("-o and --plot name the same file; give two files")
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
     )
+    if output:
+        check_output(output, [store], kind=EVALUATION_REPORT, overwrite=overwrite)
+    if plot_path:
+        check_output(plot_path, [store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
     report = run_evaluation(store, methods_list, shots_list, seeds_list, options)
     if print_json:
         click.echo(report.to_json())

@@ -19,7 +19,9 @@ __all__ = [
     "feature_set_option",
     "flag_hint",
     "json_option",
+    "non_negative",
     "output_option",
+    "overwrite_option",
     "positive",
     "stack_options",
 ]
@@ -57,6 +59,13 @@ def positive(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def non_negative(ctx: click.Context, param: click.Parameter, value):
+    """click callback: refuse an integer below 0 (None passes); for seeds, which numpy takes only from 0 up."""
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be 0 or more, not {value}")
+    return value
+
+
 def stack_options(*decorators):
     """One decorator that applies ``decorators`` so that ``--help`` lists them in the given order."""
 
@@ -84,6 +93,15 @@ def aux_feature_set_option(help: str):
 def output_option(help: str, *, required: bool = False):
     """``-o/--output FILE`` (parameter ``output``)."""
     return click.option("-o", "--output", "output", required=required, type=click.Path(dir_okay=False), help=help)
+
+
+def overwrite_option(kind: str):
+    """``--overwrite``: replace an existing output file that is not ``kind`` (parameter ``overwrite``).
+
+    An existing file of the command's own kind is replaced without it, as a
+    rerun should; an input is never replaced (:func:`clipcache._io.check_output`).
+    """
+    return click.option("--overwrite", is_flag=True, help=f"Replace the output file even when it is not {kind}.")
 
 
 def json_option(help: str):

@@ -13,7 +13,14 @@ import json
 import click
 
 from clipcache.cli.deprecation import Command, deprecated_alias
-from clipcache.cli.params import feature_set_option, json_option, output_option, positive
+from clipcache.cli.params import (
+    feature_set_option,
+    json_option,
+    non_negative,
+    output_option,
+    overwrite_option,
+    positive,
+)
 
 __all__ = ["COMMANDS", "index", "search", "support"]
 
@@ -29,15 +36,23 @@ __all__ = ["COMMANDS", "index", "search", "support"]
 @click.option("--train-size", type=int, callback=positive, help="Rows sampled to train IVF/PQ (default max(64 nlist, 20000)).")
 @click.option("--nprobe", type=int, callback=positive, help="IVF lists searched (default nlist/16).")
 @click.option("--ef-search", type=int, callback=positive, help="HNSW efSearch (default 128).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sample.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=non_negative,
+              help="Seed of the training sample (0 or more).")
+@overwrite_option("a file of a saved index (OUTPUT, OUTPUT.rows.npy, OUTPUT.json)")
 @json_option("Print the index description as JSON.")
-def index(store, feature_set, split, factory, metric, gpu, output, train_size, nprobe, ef_search, seed, as_json) -> None:
-    """Build a FAISS index of one feature set of one split of STORE and save it beside the store."""
+def index(store, feature_set, split, factory, metric, gpu, output, train_size, nprobe, ef_search, seed, overwrite,
+          as_json) -> None:
+    """Build a FAISS index of one feature set of one split of STORE and save it beside the store.
+
+    The index, its row mapping and its sidecar are replaced as a set: a failed
+    build leaves the previous index whole, and search refuses a set that a
+    crash left half-replaced.
+    """
     from clipcache.retrieval import index_store
 
     meta = index_store(
         store, split, feature_set, factory=factory, metric=metric, gpu=gpu, output=output,
-        train_size=train_size, nprobe=nprobe, ef_search=ef_search, seed=seed,
+        train_size=train_size, nprobe=nprobe, ef_search=ef_search, seed=seed, overwrite=overwrite,
     )
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
@@ -62,6 +77,28 @@ def _format_hits(report) -> str:
     return "\n".join(lines)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_vectors(path: str):
+    """The query vectors of a ``.npy`` file, or a usage error naming ``--vectors`` (not a .npy file, no rows)."""
+    import numpy as np
+
+    def bad(message: str):
+        return click.BadParameter(f"{path}: {message}", param_hint=["--vectors"])
+
+    with open(path, "rb") as fh:
+        if fh.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise bad("not a .npy file (it lacks the NumPy header); save the vectors with numpy.save")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise bad(f"not a readable .npy array ({str(exc).rstrip('.')})") from None
+    if raw.size == 0:
+        raise bad(f"holds no vectors (shape {raw.shape}); give at least one row")
+    return raw
+
+
 @click.command("search", cls=Command)
 @click.argument("store", type=click.Path(dir_okay=False, exists=True))
 @click.option("--id", "ids", multiple=True, help="Query by a stored sample id (repeatable).")
@@ -84,14 +121,7 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
     given = [flag for flag, value in (("--id", ids), ("--image", images), ("--text", texts), ("--vectors", vectors)) if value]
     if len(given) != 1:
         raise click.UsageError(f"give exactly one of --id, --image, --text or --vectors (got {', '.join(given) or 'none'})")
-    raw = None
-    if vectors:
-        import numpy as np
-
-        try:
-            raw = np.load(vectors, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"{vectors}: not a readable .npy array ({str(exc).rstrip('.')})", param_hint=["--vectors"]) from None
+    raw = _read_vectors(vectors) if vectors else None
     from clipcache.retrieval import search_store
 
     report = search_store(

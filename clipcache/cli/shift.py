@@ -14,6 +14,8 @@ import os
 
 import click
 
+from clipcache._io import check_output
+
 __all__ = ["COMMANDS", "corrupt_command", "estimate_command", "ood_command"]
 
 
@@ -57,7 +59,8 @@ def corrupt_command(source, out, corruptions, severities, seed, split, workers, 
 
     Each (corruption, severity) becomes a split folder test-CORRUPTION-SEVERITY of PNG
     files; OUT/manifest.json records every parameter, and OUT/images.csv lets
-    `clipcache extract OUT/images.csv STORE` read each copy as a split.
+    `clipcache extract OUT/images.csv STORE` read each copy as a split. OUT must not
+    be SOURCE or a folder inside it.
     """
     from clipcache.corrupt import corrupt_folder
 
@@ -65,6 +68,7 @@ def corrupt_command(source, out, corruptions, severities, seed, split, workers, 
     levels = _severities(severities)
     if workers < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--workers")
+    check_output(out, [source], param="out", folder=True)
     report = corrupt_folder(source, out, corruptions=names, severities=levels, seed=seed, split=split,
                             workers=workers, overwrite=overwrite)
     m = report.manifest

@@ -131,13 +131,20 @@ def resolve_protocol(
     InvalidParameterError
         Unknown method or bad option value (before the store is read).
     ProtocolError
-        Unknown split or feature set, missing text for zero-shot, ``fusion``
-        without ``aux_feature_set``.
+        A store of fewer than 2 classes, unknown split or feature set, missing
+        text for zero-shot, ``fusion`` without ``aux_feature_set``.
     StoreMismatchError
         Text embeddings from a different model than the image features.
     """
     methods = check_methods(methods)
     options = protocol_options(options, **overrides)
+    classes = list(store.classes)
+    if len(classes) < 2:
+        raise ProtocolError(
+            f"{store.path}: the store has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+            f"({', '.join(classes) or 'none'}); few-shot classification needs at least 2, so extract a dataset "
+            "with two or more classes"
+        )
     feature_set, aux, text = options.feature_set, options.aux_feature_set, options.text
     sets = list(store.feature_sets)
     if feature_set is None:
@@ -183,7 +190,7 @@ def resolve_protocol(
             if aux:
                 _check_split(store, split, aux, param)
     return Protocol.from_options(
-        options, feature_set=feature_set, text=text, base=base, val_split=val, classes=list(store.classes)
+        options, feature_set=feature_set, text=text, base=base, val_split=val, classes=classes
     )
 
 

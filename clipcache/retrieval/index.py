@@ -8,13 +8,13 @@ It is saved beside the store as three files::
     <store stem>.<split>.<feature set>.faiss.rows.npy   faiss id -> store row, int64
     <store stem>.<split>.<feature set>.faiss.json       sidecar: fingerprint, metric, ...
 
-Each file is written through :func:`clipcache._io.atomic_output` (a temporary
-file beside it, then a rename), the sidecar last, so each file is either the old
-one or the new one. The three renames are not one atomic step: a crash between
-them can leave files of two builds. :func:`load_index` refuses such a set when
-the vector counts, dimension, index type or metric disagree with the sidecar,
-which catches a rebuild with another factory or on other rows, but not a
-rebuild of the same factory on the same rows.
+The three files commit as a set (:func:`clipcache._io.atomic_outputs`): all
+three are written to temporary files first, so a failed write (a full disk)
+leaves the previous set whole; then they are renamed over the old ones, the
+sidecar last. The sidecar names the SHA-256 of the index and row files it
+belongs to, and :func:`load_index` checks both while it reads them, so a crash
+between two renames, which leaves files of two builds, is refused with
+:class:`~clipcache.errors.IndexMismatchError`; it is never served as a mix.
 
 Loading checks the store's fingerprint (:meth:`FeatureStore.fingerprint`): an
 index built before rows were added, or from a recreated store, is refused with
@@ -31,6 +31,8 @@ Defaults, chosen with ``benchmarks/search_speed.py``:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -43,9 +45,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from clipcache._io import atomic_output
+from clipcache._io import OutputKind, atomic_outputs, check_output
 from clipcache._version import __version__
-from clipcache.errors import ClipCacheError, IndexMismatchError, InvalidParameterError, QueryError
+from clipcache.errors import (
+    ClipCacheError,
+    IndexMismatchError,
+    InvalidFeaturesError,
+    InvalidParameterError,
+    OutputWriteError,
+    QueryError,
+)
 from clipcache.feature_store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -65,7 +74,9 @@ __all__ = [
     "default_nprobe",
     "gpu_available",
     "index_path",
+    "check_index_output",
     "index_store",
+    "is_index",
     "load_index",
     "read_sidecar",
     "rows_path",
@@ -80,6 +91,7 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _MIN_TRAIN = 20_000
 _TRAIN_PER_LIST = 64
 _GPU_MAX_K = 2048
+_HASH_BLOCK = 1 << 20
 #: The fix that messages about a missing, stale or damaged index name.
 _REBUILD = "rebuild it with build_index and StoreIndex.save (clipcache index)"
 # faiss's exact search multiplies blocks of (queries x database rows) with BLAS.
@@ -228,10 +240,12 @@ def _new_index(dim: int, factory: str, metric: str) -> faiss.Index:
         ) from None
 
 
-def _check_build(factory: str, metric: str, **sizes) -> None:
-    """Refuse a metric, factory string or size (``sizes``: name -> None or positive int) before the store is read."""
+def _check_build(factory: str, metric: str, seed=0, **sizes) -> None:
+    """Refuse a metric, factory string, seed or size (``sizes``: name -> None or positive int) before the store is read."""
     for param, value in sizes.items():
         check_positive(value, param)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidParameterError(f"seed must be an integer of 0 or more, not {seed!r}", param="seed")
     if metric not in _METRICS:
         raise InvalidParameterError(f"metric must be one of {', '.join(_METRICS)}, not {metric!r}", param="metric")
     if not isinstance(factory, str) or not factory.strip():
@@ -271,7 +285,7 @@ def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
     if not gpu:
         return index, "cpu"
     if not gpu_available():
-        logger.warning("gpu=True, but faiss has no GPU support or sees no GPU; using the CPU")
+        logger.warning("a GPU was asked for, but faiss has no GPU support or sees no GPU; using the CPU")
         return index, "cpu"
     try:
         return faiss.index_cpu_to_all_gpus(index), "gpu"
@@ -422,7 +436,8 @@ class StoreIndex:
             )
         if self.device == "gpu" and k > _GPU_MAX_K:
             raise QueryError(
-                f"k={k} is more than the {_GPU_MAX_K} neighbours faiss-gpu returns; search on the CPU (gpu=False)",
+                f"k={k} is more than the {_GPU_MAX_K} neighbours faiss-gpu returns; ask for at most {_GPU_MAX_K} "
+                "or search on the CPU",
                 param="k",
             )
         return int(k)
@@ -489,11 +504,13 @@ class StoreIndex:
             )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index, its row mapping and its sidecar, each through :func:`clipcache._io.atomic_output`.
+        """Write the index, its row mapping and its sidecar as one set (:func:`clipcache._io.atomic_outputs`).
 
-        The sidecar is written last. A crash between the three renames can
-        leave files of two builds (see the module notes for what
-        :func:`load_index` detects).
+        The three files are written to temporary files beside ``path`` first,
+        then renamed, the sidecar last; the sidecar records the SHA-256 of the
+        other two (``index_sha256``, ``rows_sha256``). A failed write leaves the
+        previous set whole; a crash between two renames leaves a set that
+        :func:`load_index` refuses.
 
         Parameters
         ----------
@@ -504,6 +521,12 @@ class StoreIndex:
         Returns
         -------
         Path
+
+        Raises
+        ------
+        OutputWriteError
+            The disk is full, or the folder is missing or read-only (faiss's
+            RuntimeError included); no temporary file is left.
         """
         path = Path(path)
         meta = dict(self.meta)
@@ -512,18 +535,26 @@ class StoreIndex:
         meta["saved"] = _now()
         cpu = self._cpu_view()
         try:
-            with atomic_output(path) as tmp:
+            with atomic_outputs([path, rows_path(path), sidecar_path(path)], "the index") as (tmp, tmp_rows, tmp_side):
                 faiss.write_index(cpu, str(tmp))
-            with atomic_output(rows_path(path)) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, self.rows, allow_pickle=False)
-            with atomic_output(sidecar_path(path)) as tmp:
-                tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        except (OSError, RuntimeError) as exc:
+                with open(tmp_rows, "wb") as fh:
+                    np.save(fh, self.rows, allow_pickle=False)
+                meta["index_sha256"], meta["rows_sha256"] = _sha256_file(tmp), _sha256_file(tmp_rows)
+                tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        except (OSError, RuntimeError) as exc:  # not a disk or folder problem (those are OutputWriteError)
             reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
-            raise ClipCacheError(f"{path}: cannot write the index ({reason}); check that the folder is writable") from None
+            raise OutputWriteError(f"{path}: cannot write the index ({reason})") from None
         self.meta = meta
         logger.info("wrote %s (%d vectors, %s)", path, self.ntotal, self.factory)
         return path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _train_rows(n: int, index: faiss.Index, train_size: int | None, seed: int) -> np.ndarray:
@@ -539,6 +570,16 @@ def _train_rows(n: int, index: faiss.Index, train_size: int | None, seed: int) -
         )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
+
+
+def _check_finite(store, split: str, feature_set: str, x: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse a block of features (b, d) with NaN or inf; ``rows`` (b,) int64 are their store rows."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise InvalidFeaturesError(
+            f"{store.path}: split {split!r} of feature set {feature_set!r} has NaN or inf at row "
+            f"{int(np.asarray(rows)[bad].min())}; re-extract the split or repair the store before indexing it"
+        )
 
 
 def build_index(
@@ -592,10 +633,12 @@ def build_index(
         work, or a size or search parameter that is not a positive integer.
     QueryError
         When the split has no rows.
+    InvalidFeaturesError
+        When a row holds NaN or inf (nothing is indexed).
     ClipCacheError
         When the feature set is unknown or the index cannot be trained.
     """
-    _check_build(factory, metric, train_size=train_size, chunk_rows=chunk_rows, nprobe=nprobe, ef_search=ef_search)
+    _check_build(factory, metric, seed, train_size=train_size, chunk_rows=chunk_rows, nprobe=nprobe, ef_search=ef_search)
     info = store.feature_sets[check_feature_set(store, feature_set)]
     n = store.feature_rows(split, feature_set)
     if n == 0:
@@ -615,6 +658,7 @@ def build_index(
         sample = _train_rows(n, cpu_index, train_size, seed)
         n_train = len(sample)
         x = store.features(split, feature_set, sample)
+        _check_finite(store, split, feature_set, x, sample)
         logger.info("training %s on %d sampled rows", factory, n_train)
         try:
             index.train(x)
@@ -626,6 +670,7 @@ def build_index(
             ) from None
         del x
     for chunk in store.iter_chunks(split, feature_set, chunk_rows=chunk_rows):
+        _check_finite(store, split, feature_set, chunk.features, chunk.rows)
         index.add(np.ascontiguousarray(chunk.features, dtype=np.float32))
     meta = {
         "format": INDEX_FORMAT,
@@ -666,21 +711,28 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     Raises
     ------
     IndexMismatchError
-        When the index or its sidecar is missing, the sidecar cannot be parsed,
-        is not a clipcache index sidecar, has another format version, or lacks
-        a required field.
+        When the index is missing, the index has no sidecar (a build
+        interrupted before its last rename), the sidecar is corrupt or is not a
+        clipcache index sidecar, has another format version, or lacks a
+        required field.
     """
     path = Path(path)
     side = sidecar_path(path)
-    if not path.exists() or not side.exists():
+    if not path.exists():
         raise IndexMismatchError(
             f"{path}: no index there (or its sidecar {side.name} is missing); "
             "build it with build_index and StoreIndex.save (clipcache index)"
         )
+    if not side.exists():
+        raise IndexMismatchError(f"{path}: the index has no sidecar {side.name} (an interrupted build?); {_REBUILD}")
     try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexMismatchError(f"{side}: the sidecar cannot be read ({exc}); {_REBUILD}") from None
+        text = side.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise IndexMismatchError(f"{side}: the sidecar cannot be read ({exc.strerror or exc}); {_REBUILD}") from None
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise IndexMismatchError(f"{side}: the index sidecar is corrupt ({exc}); {_REBUILD}") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(f"{side}: not a clipcache index sidecar; {_REBUILD}")
     if meta.get("format_version") != INDEX_FORMAT_VERSION:
@@ -692,6 +744,86 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if missing:
         raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; {_REBUILD}")
     return meta
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a saved clipcache index, judged by its sidecar alone (its ``format`` field).
+
+    Cheap: the index itself is not read. The files of an index are replaced
+    without asking by ``clipcache index``; any other file needs ``overwrite``.
+    """
+    try:
+        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT
+
+
+def check_index_output(path: str | os.PathLike, store_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check the three files an index saved at ``path`` writes, with :func:`clipcache._io.check_output`.
+
+    None may be the store ``store_path``; existing ones are replaced without
+    asking when ``path`` is a saved index (:func:`is_index`), otherwise only
+    with ``overwrite``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OutputPathError
+    """
+    kind = OutputKind("a file of a clipcache index", lambda _: is_index(path))
+    for file in (path, rows_path(path), sidecar_path(path)):
+        check_output(file, [store_path], kind=kind, overwrite=overwrite)
+    return Path(path)
+
+
+def _read_checked(path: Path, expected: str | None, what: str, read):
+    """``read(reader)`` of the file ``path``, where ``reader(n)`` returns its next n bytes, hashing them on the way.
+
+    Raises IndexMismatchError when the file's SHA-256 is not ``expected`` (None:
+    a sidecar written before hashes were recorded, not checked).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+
+        def reader(n: int) -> bytes:
+            block = fh.read(n)
+            digest.update(block)
+            return block
+
+        value = read(reader)
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    if expected is not None and digest.hexdigest() != expected:
+        raise IndexMismatchError(
+            f"{path}: the {what} does not match its sidecar (content hash differs; an interrupted build?); {_REBUILD}"
+        )
+    return value
+
+
+def _read_files(path: Path, meta: dict) -> tuple[faiss.Index, np.ndarray]:
+    """The faiss index and row mapping of ``path``, each checked against the hash its sidecar records.
+
+    Each file is hashed from the very bytes that are parsed (one open file
+    each), so a concurrent rebuild cannot slip another build's bytes in between.
+    """
+    if "index_sha256" not in meta:
+        logger.warning(
+            "%s: the sidecar records no content hashes (written by an older clipcache); rebuild the index "
+            "so that a set of files from two builds can be detected", path,
+        )
+    cpu = _read_checked(
+        path, meta.get("index_sha256"), "index file", lambda reader: faiss.read_index(faiss.PyCallbackIOReader(reader))
+    )
+    rows = _read_checked(
+        rows_path(path), meta.get("rows_sha256"), "row mapping",
+        lambda reader: np.load(io.BytesIO(reader(-1)), allow_pickle=False),
+    )
+    return cpu, rows
 
 
 def load_index(
@@ -736,9 +868,7 @@ def load_index(
                 f"{path}: the index is of {key} {meta[key]!r}, not {want!r}; give the index of {want!r}", param=key
             )
     try:
-        cpu = faiss.read_index(str(path))
-        with open(rows_path(path), "rb") as fh:
-            rows = np.load(fh, allow_pickle=False)
+        cpu, rows = _read_files(path, meta)
     except (OSError, RuntimeError, ValueError) as exc:
         raise IndexMismatchError(
             f"{path}: the index or its row mapping cannot be read ({str(exc).strip().splitlines()[-1]}); {_REBUILD}"
@@ -774,6 +904,7 @@ def index_store(
     nprobe: int | None = None,
     ef_search: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Build an index of ``split``/``feature_set`` and save it beside the store (``clipcache index``).
 
@@ -781,20 +912,37 @@ def index_store(
     the only feature set of ``split`` (:func:`default_feature_set`), and
     ``output`` overrides the default :func:`index_path`.
 
+    Before the store is read, the three output files (``output``, its row
+    mapping and its sidecar) are checked with :func:`clipcache._io.check_output`:
+    none may be the store itself, and existing files that do not belong to a
+    saved index (:func:`is_index`) are replaced only when ``overwrite`` is true.
+    A saved index is rebuilt in place without it.
+
     Returns
     -------
     dict
         The sidecar fields, plus ``path`` (the ``.faiss`` file), ``device`` and
         ``seconds`` (build time).
+
+    Raises
+    ------
+    OutputPathError
+        An output file is the store, or an existing file of another kind and ``overwrite`` is false.
+    OutputWriteError
+        The disk is full or the folder is missing or read-only; the previous index is left whole.
     """
-    _check_build(factory, metric, train_size=train_size, nprobe=nprobe, ef_search=ef_search)
+    _check_build(factory, metric, seed, train_size=train_size, nprobe=nprobe, ef_search=ef_search)
+    if output is not None:
+        check_index_output(output, store_path, overwrite=overwrite)
     start = time.perf_counter()
     with FeatureStore(store_path, "r") as store:
         feature_set = default_feature_set(store, split, feature_set)
+        if output is None:
+            output = check_index_output(index_path(store.path, split, feature_set), store_path, overwrite=overwrite)
         index = build_index(
             store, split, feature_set, factory=factory, metric=metric, gpu=gpu, train_size=train_size,
             nprobe=nprobe, ef_search=ef_search, seed=seed,
         )
         seconds = time.perf_counter() - start
-        path = index.save(output if output is not None else index_path(store.path, split, feature_set))
+        path = index.save(output)
     return {**index.meta, "path": str(path), "device": index.device, "seconds": round(seconds, 3)}

@@ -244,10 +244,13 @@ def query_vectors(
     if kind == "texts":
         return index.check_queries(_backbone(store, index.feature_set).encode_text([str(t) for t in value]))
     x = index.check_queries(value)
+    if x.shape[0] == 0:
+        raise QueryError("vectors has no rows; give at least one query vector", param="vectors")
     if normalize and store.feature_sets[index.feature_set].normalized:
-        if not np.linalg.norm(x, axis=1).all():
+        zero = np.flatnonzero(np.linalg.norm(x, axis=1) == 0)
+        if zero.size:
             raise QueryError(
-                "a query vector is all zeros and cannot be normalised; give normalize=False or a real vector",
+                f"query vector {int(zero[0])} is all zeros and cannot be normalised; give a nonzero vector",
                 param="vectors",
             )
         x = l2_normalize(x).astype(np.float32, copy=False)
@@ -332,7 +335,9 @@ def find_index(store, split: str | None = None, feature_set: str | None = None) 
 
     With ``split`` and ``feature_set``, the default path (:func:`index_path`).
     Otherwise the indexes saved beside the store that match what was given;
-    there must be exactly one.
+    there must be exactly one. When none does, an index file whose name
+    matches but whose sidecar is corrupt or missing is reported as such, not
+    as "no saved index".
 
     Returns
     -------
@@ -340,11 +345,16 @@ def find_index(store, split: str | None = None, feature_set: str | None = None) 
     """
     if split is not None and feature_set is not None:
         return index_path(store.path, split, feature_set)
-    found = []
-    for path in sorted(store.path.parent.glob(f"{store.path.stem}.*.faiss")):
+    found, broken = [], []
+    stem = store.path.stem
+    for path in sorted(store.path.parent.glob(f"{stem}.*.faiss")):
         try:
             meta = read_sidecar(path)
-        except IndexMismatchError:
+        except IndexMismatchError as exc:  # corrupt or missing sidecar: reported when its name matches and nothing else does
+            if path.name.startswith(f"{stem}.{split}." if split else f"{stem}.") and (
+                feature_set is None or path.name.endswith(f".{feature_set}.faiss")
+            ):
+                broken.append(exc)
             continue
         # Matched by file name, not uuid, so that an index of a recreated store is found and refused as stale.
         if Path(str(meta.get("store"))).name != store.path.name:
@@ -352,6 +362,8 @@ def find_index(store, split: str | None = None, feature_set: str | None = None) 
         if split not in (None, meta["split"]) or feature_set not in (None, meta["feature_set"]):
             continue
         found.append((path, meta))
+    if not found and broken:
+        raise broken[0]
     if not found:
         raise IndexMismatchError(
             f"{store.path}: no saved index{' of split ' + repr(split) if split else ''}"

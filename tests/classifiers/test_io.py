@@ -112,3 +112,32 @@ def test_h5_written_before_dtypes_were_recorded_reads_strings_as_str(tmp_path, b
     loaded, _ = load_model(path)
     assert loaded.classes_.dtype == np.dtype("<U3")
     np.testing.assert_array_equal(loaded.predict(blobs["Xt"]), est.predict(blobs["Xt"]))
+
+
+def test_is_model_file_reads_the_content_not_the_suffix(tmp_path, blobs, text_weights):
+    from clipcache.classifiers.io import is_model_file
+    from tests.conftest import write_synthetic_store
+
+    est = _fitted("ncm", blobs, text_weights)
+    save_model(est, tmp_path / "m.h5")
+    npz = save_model(est, tmp_path / "m.npz")
+    (tmp_path / "npz-named.h5").write_bytes(npz.read_bytes())
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    write_synthetic_store(tmp_path / "store.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    (tmp_path / "truncated.npz").write_bytes(npz.read_bytes()[:100])
+    assert [is_model_file(tmp_path / n) for n in ("m.h5", "m.npz", "npz-named.h5")] == [True, True, True]
+    for name in ("plain.npz", "store.h5", "text.h5", "truncated.npz", "missing.h5"):
+        assert not is_model_file(tmp_path / name), name
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_model_arrays_that_do_not_fit_together_are_refused_on_load(tmp_path, blobs, text_weights, suffix):
+    est = _fitted("knn", blobs, text_weights)
+    est.classes_ = est.classes_[:-1]  # one class fewer than the stored labels index
+    est.n_features_in_ += 1
+    path = save_model(est, tmp_path / f"m{suffix}")
+    with pytest.raises(ModelFileError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: the model file is damaged (its KNNClassifier ")
+    assert str(err.value).endswith("; give a file written by save_model (clipcache fit)")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
 from clipcache import FeatureStore
-from clipcache.errors import ClipCacheError, IndexMismatchError, InvalidParameterError
+from clipcache.errors import (
+    ClipCacheError,
+    IndexMismatchError,
+    InvalidParameterError,
+    OutputWriteError,
+)
 from clipcache.retrieval import (
     QueryError,
     build_index,
@@ -96,27 +103,71 @@ def test_saved_files_lie_beside_the_store_with_sidecar_fields(db):
     assert sorted(p.name for p in path.parent.iterdir()) == ["db.db.clip.faiss", "db.db.clip.faiss.json", "db.db.clip.faiss.rows.npy", "db.h5"]
 
 
-def test_a_failed_save_leaves_the_previous_index_whole(db, monkeypatch):
+@pytest.mark.parametrize("fails", ["write_index", "save", "write_text"])
+def test_a_failed_save_leaves_the_previous_index_whole(db, monkeypatch, fails):
     path, _, xq = db
     target = index_path(path, "db", "clip")
     with FeatureStore(path) as store:
         build_index(store, "db", "clip").save(target)
         before = {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name != "db.h5"}
+        expected = load_index(store, "db", "clip").search(xq, 5)
         approximate = build_index(store, "db", "clip", factory="IVF8,Flat")
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "save", fail)  # the row mapping, the second of the three files
-    with pytest.raises(ClipCacheError, match="cannot write the index \\(No space left on device\\)"):
+    owner = {"write_index": faiss, "save": np, "write_text": Path}[fails]  # each of the three files in turn
+    monkeypatch.setattr(owner, fails, fail)
+    with pytest.raises(OutputWriteError) as err:
         approximate.save(target)
     monkeypatch.undo()
+    assert str(err.value) == f"{target}: cannot write the index (No space left on device); free disk space or write it elsewhere"
     after = {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name != "db.h5"}
-    assert set(after) == set(before)  # no temporary file is left behind
-    assert after[f"{target.name}.rows.npy"] == before[f"{target.name}.rows.npy"]
-    assert after[f"{target.name}.json"] == before[f"{target.name}.json"]
-    with FeatureStore(path) as store, pytest.raises(IndexMismatchError):
-        load_index(store, "db", "clip")  # the new .faiss with the old sidecar: refused, never mixed silently
+    assert after == before  # all three files as they were, and no temporary file left behind
+    with FeatureStore(path) as store:
+        result = load_index(store, "db", "clip").search(xq, 5)
+    np.testing.assert_array_equal(result.rows, expected.rows)
+
+
+def test_sidecar_names_the_hashes_of_its_files_and_a_mismatch_is_refused(db):
+    path, _, _ = db
+    with FeatureStore(path) as store:
+        saved = build_index(store, "db", "clip").save(index_path(path, "db", "clip"))
+        other = build_index(store, "db", "clip", factory="SQ8")
+    meta = read_sidecar(saved)
+    assert meta["index_sha256"] == hashlib.sha256(saved.read_bytes()).hexdigest()
+    assert meta["rows_sha256"] == hashlib.sha256(rows_path(saved).read_bytes()).hexdigest()
+    faiss.write_index(other._cpu_view(), str(saved))  # same counts, metric and structure: only the hash differs
+    with FeatureStore(path) as store, pytest.raises(IndexMismatchError) as err:
+        load_index(store, "db", "clip")
+    assert str(err.value) == (
+        f"{saved}: the index file does not match its sidecar (content hash differs; an interrupted build?); "
+        "rebuild it with build_index and StoreIndex.save (clipcache index)"
+    )
+
+
+def test_a_sidecar_without_hashes_is_still_read(db, caplog):
+    path, _, xq = db
+    with FeatureStore(path) as store:
+        saved = build_index(store, "db", "clip").save(index_path(path, "db", "clip"))
+        expected = load_index(store, "db", "clip").search(xq, 3)
+    meta = {k: v for k, v in read_sidecar(saved).items() if not k.endswith("_sha256")}
+    sidecar_path(saved).write_text(json.dumps(meta))  # as clipcache 0.1.0 wrote it
+    with FeatureStore(path) as store:
+        result = load_index(store, "db", "clip").search(xq, 3)
+    np.testing.assert_array_equal(result.rows, expected.rows)
+    assert "records no content hashes" in caplog.text
+
+
+def test_index_with_a_missing_folder_is_one_output_write_error(db, tmp_path):
+    path, _, _ = db
+    with FeatureStore(path) as store, pytest.raises(OutputWriteError) as err:
+        build_index(store, "db", "clip").save(tmp_path / "nowhere" / "i.faiss")
+    assert str(err.value) == (
+        f"{tmp_path / 'nowhere' / 'i.faiss'}: cannot write the index (No such file or directory); "
+        "check that the folder exists and is writable"
+    )
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_index_is_refused_after_rows_are_added(tmp_path):
@@ -177,7 +228,7 @@ def test_sidecars_are_parsed_in_one_place(db):
     meta = read_sidecar(saved)
     assert (meta["split"], meta["feature_set"], meta["search_params"], meta["ntotal"]) == ("db", "clip", {"nprobe": 2}, 300)
     sidecar_path(saved).write_text("{not json")
-    with pytest.raises(IndexMismatchError, match="the sidecar cannot be read"):
+    with pytest.raises(IndexMismatchError, match="the index sidecar is corrupt"):
         read_sidecar(saved)
 
 
