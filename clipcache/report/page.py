@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clipcache._io import atomic_output
+from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError, ReportInputError
 from clipcache.report import sections
 from clipcache.report._html import esc, page
 from clipcache.report.thumbnails import Thumbnails
 
-__all__ = ["ReportLimits", "ReportResult", "check_output", "collect_examples", "read_json", "write_report"]
+__all__ = ["ReportLimits", "ReportResult", "collect_examples", "read_json", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,29 +123,6 @@ def read_json(path: str | os.PathLike, what: str, param: str, required: tuple[st
     if lacking:
         raise ReportInputError(f"{path}: not a {what}: it has no {', '.join(map(repr, lacking))}", param=param)
     return data
-
-
-def check_output(output: str | os.PathLike, inputs: dict) -> None:
-    """Refuse an output path that is one of the inputs (a typo must not destroy a store).
-
-    Parameters
-    ----------
-    output : path
-    inputs : dict of str to path or None
-        API parameter name -> input path.
-
-    Raises
-    ------
-    InvalidParameterError
-        ``param="output"``, when ``output`` is the same file as an input.
-    """
-    out = Path(output)
-    for name, path in inputs.items():
-        if path is None:
-            continue
-        same = out.exists() and Path(path).exists() and os.path.samefile(out, path)
-        if same or out.resolve() == Path(path).resolve():
-            raise InvalidParameterError(f"{output} is the {name} input; write the page to another file", param="output")
 
 
 def collect_examples(store, detail, limits: ReportLimits, thumbs: Thumbnails, index=None) -> tuple[dict, str]:
@@ -274,8 +251,7 @@ def write_report(
 
     started = time.perf_counter()
     limits = limits if limits is not None else ReportLimits()
-    check_output(output, {"store_path": store_path, "evaluation": evaluation, "model": model, "index": index,
-                          "ood": ood, "estimate": estimate})
+    check_output(output, [store_path, evaluation, model, index, ood, estimate])
     if model is not None and (method is not None or shots is not None):
         raise InvalidParameterError("method and shots choose a run of the evaluation to refit; give them or a model",
                                     param="method" if method is not None else "shots")

@@ -6,11 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from clipcache._io import atomic_output
+from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError
 from clipcache.report._html import esc, page
-from clipcache.report.page import check_output
 from clipcache.report.thumbnails import Thumbnails
 
 __all__ = ["QUERY_KINDS", "write_search_html"]
@@ -79,7 +78,7 @@ def write_search_html(
         raise InvalidParameterError(f"kind={kind!r} is not one of {', '.join(QUERY_KINDS)}", param="kind")
     if isinstance(thumb_px, bool) or not isinstance(thumb_px, int) or not 16 <= thumb_px <= 256:
         raise InvalidParameterError(f"thumb_px={thumb_px!r} must be an integer from 16 to 256", param="thumb_px")
-    check_output(output, {"store_path": store_path, **(inputs or {})})
+    check_output(output, [store_path, *(inputs or {}).values()])
     k = max((len(h) for h in report.hits), default=0)
     index = report.index
     metric = index.get("metric", "ip")

@@ -63,7 +63,7 @@ def test_report_refuses_to_overwrite_an_input_and_names_the_flag(image_store, ev
     shutil.copy(evaluation[0], named_html)
     result = _run("report", image_store[0], "--evaluation", named_html, "-o", named_html)
     assert result.exit_code == 1
-    assert "is the evaluation input; write the page to another file (--output)" in result.output
+    assert f"{named_html}: is the input {named_html}; write the output to another file (--output)" in result.output
     assert json.loads(named_html.read_text()) == evaluation[1]
 
 

@@ -261,10 +261,10 @@ def test_missing_inputs_and_optional_parts_are_said_not_failed(image_store, eval
 
 def test_the_page_refuses_to_overwrite_an_input(image_store, evaluation, tmp_path):
     before = evaluation[0].read_bytes()
-    with pytest.raises(InvalidParameterError, match="evaluation input") as info:
+    with pytest.raises(InvalidParameterError, match=f"is the input {evaluation[0]}") as info:
         write_report(image_store[0], evaluation[0], evaluation=evaluation[0])
     assert info.value.param == "output"
-    with pytest.raises(InvalidParameterError, match="store_path input"):
+    with pytest.raises(InvalidParameterError, match=f"is the input {image_store[0]}"):
         write_report(image_store[0], image_store[0])
     assert evaluation[0].read_bytes() == before
 
