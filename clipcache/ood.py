@@ -22,14 +22,16 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.metrics import auc as _trapezoid_auc
 from sklearn.metrics import precision_recall_curve, roc_curve
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
+from clipcache._shift import check_features, read_split, resolve_feature_set
 from clipcache.calibration import fit_temperature
 from clipcache.errors import (
     InvalidFeaturesError,
     InvalidParameterError,
     MissingTextError,
     NotFittedError,
+    StoreMismatchError,
 )
 from clipcache.ops import l2_normalize, prompt_ensemble
 
@@ -157,18 +159,6 @@ def fpr_at_95_tpr(score_in, score_out, *, tpr: float = 0.95, positive: str = "ou
 
 
 # --------------------------------------------------------------------------- formulas
-
-
-def _check_features(X, what: str, min_samples: int = 1) -> np.ndarray:
-    try:
-        return check_array(X, dtype=np.float32, ensure_min_samples=min_samples, input_name=what)
-    except ValueError as exc:
-        text = str(exc)
-        if "NaN" in text or "infinity" in text or "inf" in text:
-            raise InvalidFeaturesError(
-                f"{what} contains NaN or inf; drop or re-extract those rows before fitting or scoring"
-            ) from None
-        raise InvalidFeaturesError(f"{what}: {text.rstrip('.')}") from None
 
 
 def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
@@ -423,7 +413,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        X = _check_features(X, "X")
+        X = check_features(X, "X")
         codes = None
         self.classes_ = None
         if y is not None:
@@ -432,7 +422,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
                 raise InvalidFeaturesError(f"y has shape {y.shape} but X has {len(X)} rows; pass one label per row")
             self.classes_, codes = np.unique(y, return_inverse=True)
         if X_val is not None:
-            X_val = _check_features(X_val, "X_val")
+            X_val = check_features(X_val, "X_val")
             if X_val.shape[1] != X.shape[1]:
                 raise InvalidFeaturesError(f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}; use one feature set")
             if y_val is not None and np.shape(y_val) != (len(X_val),):
@@ -609,7 +599,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
     def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "offset_"):
             raise _DetectorNotFittedError("this OODDetector is not fitted yet; call fit before scoring")
-        X = _check_features(X, "X", min_samples=0)
+        X = check_features(X, "X", min_samples=0)
         if X.shape[1] != self.n_features_in_:
             raise InvalidFeaturesError(
                 f"X has {X.shape[1]} features but the detector was fitted on {self.n_features_in_}; use the same feature set"
@@ -713,30 +703,20 @@ class OODDetector(OutlierMixin, BaseEstimator):
 # --------------------------------------------------------------------------- stores
 
 
-def _resolve_feature_set(store, feature_set: str | None) -> str:
-    sets = list(store.feature_sets)
-    if feature_set is None:
-        if len(sets) != 1:
-            raise InvalidParameterError(
-                f"{store.path} has the feature sets {', '.join(sets) or 'none'}; choose one with feature_set",
-                param="feature_set",
-            )
-        return sets[0]
-    if feature_set not in sets:
-        raise InvalidParameterError(
-            f"{store.path} has no feature set {feature_set!r} (it has: {', '.join(sets) or 'none'})", param="feature_set"
-        )
-    return feature_set
+def _check_same_model(other, feature_set: str, identity: dict, store_path) -> None:
+    """Raise StoreMismatchError unless ``other`` holds ``feature_set`` from the model of ``identity``."""
+    from clipcache.feature_store.schema import model_identity
 
-
-def _read_split(store, split: str, feature_set: str, param: str) -> tuple[np.ndarray, np.ndarray]:
-    if split not in store.splits:
-        raise InvalidParameterError(
-            f"{store.path} has no split {split!r} (it has: {', '.join(store.splits) or 'none'})", param=param
+    info = other.feature_sets.get(feature_set)
+    if info is None:
+        raise StoreMismatchError(
+            f"{other.path} has no feature set {feature_set!r}; extract the OOD images with the backbone of {store_path}"
         )
-    if feature_set not in store.split_feature_sets(split):
-        raise InvalidParameterError(f"{store.path}: split {split!r} has no feature set {feature_set!r}", param=param)
-    return store.to_numpy(split, feature_set)
+    if model_identity(info.provenance, info.dim) != identity:
+        raise StoreMismatchError(
+            f"{other.path}: feature set {feature_set!r} comes from a different model or preprocessing than in "
+            f"{store_path}; extract the OOD images with the same backbone"
+        )
 
 
 def evaluate_ood(
@@ -788,7 +768,6 @@ def evaluate_ood(
     InvalidFeaturesError
         An empty OOD split (the metrics need at least one score).
     """
-    from clipcache.evaluation.protocol import check_model_matches
     from clipcache.feature_store import FeatureStore
     from clipcache.feature_store.schema import model_identity
 
@@ -799,18 +778,18 @@ def evaluate_ood(
             f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param="methods"
         )
     with FeatureStore(store_path, "r") as store:
-        fs = _resolve_feature_set(store, feature_set)
+        fs = resolve_feature_set(store, feature_set)
         info = store.feature_sets[fs]
         identity = model_identity(info.provenance, info.dim)
         if val_split == "auto":
             val_split = "val" if "val" in store.splits and "val" not in (fit_split, in_split) else None
-        X, y = _read_split(store, fit_split, fs, "fit_split")
+        X, y = read_split(store, fit_split, fs, "fit_split")
         labelled = y >= 0
         X, y = X[labelled], (y[labelled] if labelled.any() else None)
-        X_in, _ = _read_split(store, in_split, fs, "in_split")
+        X_in, _ = read_split(store, in_split, fs, "in_split")
         X_val = y_val = None
         if val_split is not None:
-            X_val, y_val = _read_split(store, val_split, fs, "val_split")
+            X_val, y_val = read_split(store, val_split, fs, "val_split")
             y_val = y_val if (y_val >= 0).all() else None
         text_options = {}
         if "mcm" in methods:
@@ -827,12 +806,11 @@ def evaluate_ood(
         outs = []
         for other, split in out_sets:
             if other is None:
-                outs.append((split, _read_split(store, split, fs, "out_sets")[0]))
+                outs.append((split, read_split(store, split, fs, "out_sets")[0]))
                 continue
             with FeatureStore(other, "r") as o:
-                # the model checks of `clipcache predict`, against the features the detectors are fitted on
-                check_model_matches(o, {"classes": list(o.classes), "identities": {fs: identity}})
-                outs.append((f"{o.path}:{split}", _read_split(o, split, fs, "out_sets")[0]))
+                _check_same_model(o, fs, identity, store.path)
+                outs.append((f"{o.path}:{split}", read_split(o, split, fs, "out_sets")[0]))
     shared = {}
     if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
         from clipcache.classifiers import GDAClassifier
