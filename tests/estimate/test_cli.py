@@ -89,3 +89,13 @@ def test_errors_are_one_line(fitted):
     assert result.exit_code == 1 and "no split 'nosuch'" in result.output
     result = _run([str(path), "--model", str(model), "--splits", "test,val", "--val-split", "val"])
     assert result.exit_code == 2 and "--val-split must not be one of" in result.output
+
+
+def test_output_file_holds_the_json_report(fitted, tmp_path):
+    path, model = fitted
+    target = tmp_path / "estimate.json"
+    result = _run([str(path), "--model", str(model), "--splits", "test,s1", "--methods", "ac", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(target.read_text())
+    assert [r["split"] for r in report["splits"]] == ["test", "s1"] and report["methods"] == ["ac"]
+    assert result.output.splitlines()[-1] == f"wrote {target}"

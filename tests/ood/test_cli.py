@@ -90,3 +90,18 @@ def test_empty_ood_split_is_a_clear_error(stores, tmp_path):
         s.mark_complete("empty")
     result = _run([str(main), "--out", "empty", "--methods", "knn"])
     assert result.exit_code == 1 and "score_out is empty" in result.output
+
+
+def test_output_file_holds_the_printed_json(stores, tmp_path):
+    main = stores[0]
+    target = tmp_path / "ood.json"
+    result = _run([str(main), "--out", "shifted", "--methods", "knn", "--json", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text()) == json.loads(result.stdout)
+    assert result.stderr.strip() == f"wrote {target}"
+
+
+def test_feature_set_must_exist(stores):
+    main = stores[0]
+    result = _run([str(main), "--out", "shifted", "--methods", "knn", "--feature-set", "nosuch"])
+    assert result.exit_code == 1 and "no feature set 'nosuch'" in result.output and "(--feature-set)" in result.output
