@@ -37,14 +37,18 @@ from clipcache.ops import l2_normalize, prompt_ensemble
 
 __all__ = [
     "DEFAULT_K",
+    "DEFAULT_METHODS",
     "FEATURE_METHODS",
     "LOGIT_METHODS",
     "METHODS",
     "OODDetector",
     "aupr_in",
     "auroc",
+    "check_methods",
     "evaluate_ood",
     "fpr_at_95_tpr",
+    "score_detectors",
+    "text_options",
     "vim_default_dim",
 ]
 
@@ -59,6 +63,8 @@ _CLASSIFIER_METHODS = LOGIT_METHODS + ("vim", "fdbd", "nnguide")
 _LABELLED_METHODS = ("mahalanobis", "rmds", "mahalanobis++")
 #: Default k of the neighbour methods: OpenOOD v1.5's knn.yml (K=50) and nnguide's official config (k=10).
 DEFAULT_K = {"knn": 50, "nnguide": 10}
+#: The detectors that :func:`evaluate_ood`, ``clipcache ood`` and ``clipcache evaluate --ood`` run by default.
+DEFAULT_METHODS = ("msp", "energy", "mahalanobis", "rmds", "vim", "knn")
 
 
 class _DetectorNotFittedError(NotFittedError, SklearnNotFittedError):
@@ -719,11 +725,84 @@ def _check_same_model(other, feature_set: str, identity: dict, store_path) -> No
         )
 
 
+def check_methods(methods, param: str = "methods") -> list[str]:
+    """``methods`` as a list of keys of :data:`METHODS`; an unknown one or an empty list raises (for ``param``)."""
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InvalidParameterError(
+            f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param=param
+        )
+    return methods
+
+
+def text_options(store, text: str | None, feature_set: str) -> dict:
+    """mcm's ``text_embeddings`` and ``class_index`` from the store (its only text set when ``text`` is None)."""
+    names = store.text_names
+    name = text if text is not None else (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        raise InvalidParameterError(
+            f"method mcm needs text embeddings; {store.path} has {', '.join(names) or 'none'}, choose one with text",
+            param="text",
+        )
+    store.check_text_matches(name, feature_set)
+    emb = store.text(name)
+    return {"text_embeddings": emb.embeddings, "class_index": emb.class_index}
+
+
+def score_detectors(methods, X, y, X_val, y_val, X_in, outs, *, mcm_options=None) -> list[dict]:
+    """Fit each detector on ``(X, y)`` and score ``X_in`` against each OOD set.
+
+    The classifier methods share one ``GDAClassifier()`` fitted on ``(X, y)``.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Keys of :data:`METHODS`.
+    X : ndarray of shape (n, d), float32
+    y : ndarray of shape (n,), int, or None
+    X_val : ndarray of shape (m, d), float32, or None
+        In-distribution validation (threshold, temperature); None carves it from X.
+    y_val : ndarray of shape (m,), int, or None
+    X_in : ndarray of shape (n_in, d), float32
+        In-distribution test features.
+    outs : sequence of (str, ndarray of shape (n_out, d))
+        Each OOD set's label and features.
+    mcm_options : dict, optional
+        :func:`text_options`, for mcm.
+
+    Returns
+    -------
+    list of dict
+        ``{"method", "out", "n_out", "auroc", "aupr_in", "fpr95", "in_kept"}`` per method and OOD set.
+    """
+    shared = {}
+    if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
+        from clipcache.classifiers import GDAClassifier
+
+        shared["classifier"] = GDAClassifier().fit(X, y)
+    results = []
+    for method in methods:
+        options = dict(mcm_options or {}) if method == "mcm" else {}
+        if method in _CLASSIFIER_METHODS:
+            options.update(shared)
+        detector = OODDetector(method, **options).fit(X, y, X_val=X_val, y_val=y_val)
+        s_in = detector.score_samples(X_in)
+        kept = float(np.mean(detector.predict(X_in) == 1)) if len(X_in) else float("nan")
+        for label, X_out in outs:
+            s_out = detector.score_samples(X_out)
+            results.append({
+                "method": method, "out": label, "n_out": len(X_out), "auroc": auroc(s_in, s_out),
+                "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out), "in_kept": kept,
+            })
+    return results
+
+
 def evaluate_ood(
     store_path,
     *,
     out_sets,
-    methods=("msp", "energy", "mahalanobis", "rmds", "vim", "knn"),
+    methods=DEFAULT_METHODS,
     fit_split: str = "train",
     in_split: str = "test",
     val_split: str | None = "auto",
@@ -771,12 +850,7 @@ def evaluate_ood(
     from clipcache.feature_store import FeatureStore
     from clipcache.feature_store.schema import model_identity
 
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InvalidParameterError(
-            f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param="methods"
-        )
+    methods = check_methods(methods)
     with FeatureStore(store_path, "r") as store:
         fs = resolve_feature_set(store, feature_set)
         info = store.feature_sets[fs]
@@ -785,24 +859,13 @@ def evaluate_ood(
             val_split = "val" if "val" in store.splits and "val" not in (fit_split, in_split) else None
         X, y = read_split(store, fit_split, fs, "fit_split")
         labelled = y >= 0
-        X, y = X[labelled], (y[labelled] if labelled.any() else None)
+        X, y = (X[labelled], y[labelled]) if labelled.any() else (X, None)
         X_in, _ = read_split(store, in_split, fs, "in_split")
         X_val = y_val = None
         if val_split is not None:
             X_val, y_val = read_split(store, val_split, fs, "val_split")
             y_val = y_val if (y_val >= 0).all() else None
-        text_options = {}
-        if "mcm" in methods:
-            names = store.text_names
-            name = text if text is not None else (names[0] if len(names) == 1 else None)
-            if name is None or name not in names:
-                raise InvalidParameterError(
-                    f"method mcm needs text embeddings; {store.path} has {', '.join(names) or 'none'}, choose one with text",
-                    param="text",
-                )
-            store.check_text_matches(name, fs)
-            emb = store.text(name)
-            text_options = {"text_embeddings": emb.embeddings, "class_index": emb.class_index}
+        mcm_options = text_options(store, text, fs) if "mcm" in methods else None
         outs = []
         for other, split in out_sets:
             if other is None:
@@ -811,25 +874,7 @@ def evaluate_ood(
             with FeatureStore(other, "r") as o:
                 _check_same_model(o, fs, identity, store.path)
                 outs.append((f"{o.path}:{split}", read_split(o, split, fs, "out_sets")[0]))
-    shared = {}
-    if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
-        from clipcache.classifiers import GDAClassifier
-
-        shared["classifier"] = GDAClassifier().fit(X, y)
-    results = []
-    for method in methods:
-        options = dict(text_options) if method == "mcm" else {}
-        if method in _CLASSIFIER_METHODS:
-            options.update(shared)
-        detector = OODDetector(method, **options).fit(X, y, X_val=X_val, y_val=y_val)
-        s_in = detector.score_samples(X_in)
-        kept = float(np.mean(detector.predict(X_in) == 1)) if len(X_in) else float("nan")
-        for label, X_out in outs:
-            s_out = detector.score_samples(X_out)
-            results.append({
-                "method": method, "out": label, "n_out": len(X_out), "auroc": auroc(s_in, s_out),
-                "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out), "in_kept": kept,
-            })
+    results = score_detectors(methods, X, y, X_val, y_val, X_in, outs, mcm_options=mcm_options)
     return {
         "store": str(store_path), "feature_set": fs, "fit_split": fit_split, "in_split": in_split,
         "val_split": val_split, "n_fit": len(X), "n_in": len(X_in), "results": results,

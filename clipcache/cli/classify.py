@@ -111,8 +111,11 @@ def predict_command(store, model, split, output):
 @click.option("--json", "as_json", cls=FlagWithOldValue, is_flag=False, flag_value=_PRINT_JSON, default=None,
               help="Print every run and the summary as JSON on stdout, instead of the table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the metric against shots.")
+@click.option("--ood", "ood_splits", multiple=True, metavar="OUT_SPLIT",
+              help="OOD split of STORE: OOD detectors fitted on each support set score the test split against it "
+                   "(AUROC, AUPR-in, FPR@95 in the JSON); repeatable.")
 def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                     test_split, shots, seeds, metric, output, as_json, plot_path):
+                     test_split, shots, seeds, metric, output, as_json, plot_path, ood_splits):
     """Evaluate methods x shots over seeds on STORE: mean ± 95% CI on the test split."""
     from clipcache.evaluation import format_table, plot_accuracy, run_evaluation
 
@@ -133,7 +136,7 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
     )
-    report = run_evaluation(store, methods_list, shots_list, seeds_list, options)
+    report = run_evaluation(store, methods_list, shots_list, seeds_list, options, ood_splits=ood_splits)
     if print_json:
         click.echo(report.to_json())
     else:
@@ -144,6 +147,10 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
             f"{metric}, mean ± 95% CI over {len(seeds_list)} seed(s)"
         )
         click.echo(format_table(report, metric))
+        if report.ood:
+            from clipcache.evaluation.ood_report import format_ood_table
+
+            click.echo(format_ood_table(report.ood))
     if output:
         report.write_json(output)
         click.echo(f"wrote {output}", err=print_json)
