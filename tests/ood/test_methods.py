@@ -170,6 +170,37 @@ def test_singular_covariance_uses_pinv_or_the_ledoit_wolf_ridge():
     np.testing.assert_allclose(auto.score_samples(Q), -_min_distance(Q.astype(np.float64), means, ridged), **TOL)
 
 
+def test_rmds_with_a_singular_covariance_ridges_both_gaussians_alike():
+    rng = np.random.default_rng(6)
+    X, y = _blobs(rng, 2)  # 6 rows in 8 dimensions
+    Q = rng.normal(size=(7, D)).astype(np.float32)
+    det = OODDetector("rmds").fit(X, y, X_val=X, y_val=y)
+    means, precision = _gaussian_reference(X, y, ridge=det.ridge_)
+    X64 = X.astype(np.float64)
+    mu0 = X64.mean(axis=0)
+    whole = (X64 - mu0).T @ (X64 - mu0) / len(X64)
+    whole_precision = np.linalg.inv(whole + det.ridge_ * np.trace(whole) / D * np.eye(D))
+    Q64 = Q.astype(np.float64)
+    background = np.einsum("ij,jk,ik->i", Q64 - mu0, whole_precision, Q64 - mu0)
+    assert det.ridge_ > 0
+    np.testing.assert_allclose(det.score_samples(Q), background - _min_distance(Q64, means, precision), **TOL)
+
+
+def test_fdbd_with_a_cosine_head_uses_normalised_features(data):
+    X, y = data[:2]
+    clf = ClassMeanClassifier(logit_scale=20.0).fit(X, y)
+    _, Q, got = _scores({"method": "fdbd", "classifier": clf}, data)
+    w = 20.0 * clf.prototypes_.astype(np.float64)
+    h, q = _normalize(X), _normalize(Q)
+    z = q @ w.T
+    want = []
+    for i, row in enumerate(z):
+        p = row.argmax()
+        total = sum(abs(row[p] - row[c]) / np.linalg.norm(w[c] - w[p]) for c in range(C) if c != p)
+        want.append(total / np.linalg.norm(q[i] - h.mean(axis=0)))
+    np.testing.assert_allclose(got, want, **TOL)
+
+
 def test_vim_equals_the_official_formula(data, gda):
     X = data[0]
     dim = 4
