@@ -47,6 +47,7 @@ __all__ = [
     "check_methods",
     "evaluate_ood",
     "fpr_at_95_tpr",
+    "knn_default_k",
     "score_detectors",
     "text_options",
     "vim_default_dim",
@@ -61,8 +62,8 @@ FEATURE_METHODS = ("mahalanobis", "rmds", "mahalanobis++", "vim", "knn", "fdbd",
 METHODS = LOGIT_METHODS + ("mcm",) + FEATURE_METHODS
 _CLASSIFIER_METHODS = LOGIT_METHODS + ("vim", "fdbd", "nnguide")
 _LABELLED_METHODS = ("mahalanobis", "rmds", "mahalanobis++")
-#: Default k of the neighbour methods: OpenOOD v1.5's knn.yml (K=50) and nnguide's official config (k=10).
-DEFAULT_K = {"knn": 50, "nnguide": 10}
+#: Default k of nnguide (its official config, k=10); knn's default depends on the fitted rows: :func:`knn_default_k`.
+DEFAULT_K = {"nnguide": 10}
 #: The detectors that :func:`evaluate_ood`, ``clipcache ood`` and ``clipcache evaluate --ood`` run by default.
 DEFAULT_METHODS = ("msp", "energy", "mahalanobis", "rmds", "vim", "knn")
 
@@ -225,6 +226,17 @@ def _linear_head(clf) -> tuple[np.ndarray, np.ndarray, bool]:
     return w, b, bool(getattr(clf, "normalize", False))
 
 
+def knn_default_k(n: int) -> int:
+    """knn's default k for n fitted rows: OpenOOD v1.5's K=50 for CIFAR-10's 50,000, scaled to n.
+
+    ``max(1, round(50 n / 50000))``: k = 1 up to 1,499 rows, 50 at 50,000. A fixed k=50 capped
+    at n makes the score the similarity of the *farthest* fitted row on a few-shot support set,
+    which no longer separates anything; on the validation proxy of benchmarks/ood.py (400-900
+    fitted rows) k = 1 or 2 beats k = 10 and 50 (docs/benchmarks.md).
+    """
+    return max(1, int(round(50 * n / 50000)))
+
+
 def vim_default_dim(d: int) -> int:
     """ViM's principal dimension D for feature dimension d.
 
@@ -300,8 +312,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
     M : int, default=100
         For gen: the number of top probabilities (capped at C).
     k : int, optional
-        For knn (default 50, OpenOOD v1.5) and nnguide (default 10, official); capped
-        at the number of fitted rows.
+        For knn (default :func:`knn_default_k` of the fitted rows: OpenOOD v1.5's 50 per
+        50,000 rows) and nnguide (default 10, official); capped at the number of fitted rows.
     dim : int, optional
         For vim: the principal dimension D < d (default :func:`vim_default_dim`).
     ridge : "auto" or float, default="auto"
@@ -524,7 +536,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
     def _fit_knn(self, X) -> None:
         import faiss
 
-        self.k_ = min(int(self.k or DEFAULT_K["knn"]), len(X))
+        self.k_ = min(int(self.k or knn_default_k(len(X))), len(X))
         self.bank_ = np.ascontiguousarray(l2_normalize(X))
         self._index = faiss.IndexFlatIP(X.shape[1])
         self._index.add(self.bank_)

@@ -68,7 +68,7 @@ def test_detectors_are_fitted_on_each_support_set_with_the_protocol_validation(s
         values = [r["auroc"] for r in ood["runs"] if r["detector"] == "knn" and r["shots"] == k]
         mean, ci = mean_ci(values)
         assert ood["summary"]["auroc"]["knn"]["far"][str(k)] == {"mean": mean, "ci95": ci}
-    assert min(r["auroc"] for r in ood["runs"] if r["detector"] == "mahalanobis") > 0.95  # far: an unseen axis
+    assert min(r["auroc"] for r in ood["runs"]) > 0.95  # the far split lies along an unseen axis
     assert report.to_dict()["ood"] == ood
 
 

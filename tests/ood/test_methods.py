@@ -15,7 +15,7 @@ from clipcache.errors import (
     MissingTextError,
     NotFittedError,
 )
-from clipcache.ood import OODDetector, auroc, vim_default_dim
+from clipcache.ood import OODDetector, auroc, knn_default_k, vim_default_dim
 
 D, C = 8, 3
 TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -236,10 +236,11 @@ def test_knn_is_the_kth_cosine_neighbour(data):
     np.testing.assert_allclose(got, sims[:, 4], **TOL)
 
 
-def test_knn_default_k_is_capped_at_the_fitted_rows(data):
+def test_knn_default_k_scales_with_the_fitted_rows(data):
     X, y = data[:2]
-    det = OODDetector("knn").fit(X[:40], y[:40])  # 40 rows, 8 carved out: k = 32, not 50
-    assert det.k_ == 32
+    assert OODDetector("knn").fit(X[:40], y[:40]).k_ == 1  # 32 rows after carving
+    assert [knn_default_k(n) for n in (1, 1499, 1500, 50000, 100000)] == [1, 1, 2, 50, 100]
+    assert OODDetector("knn", k=50).fit(X[:40], y[:40]).k_ == 32  # an explicit k is capped at the rows
 
 
 def test_fdbd_equals_the_formula(data, gda):
