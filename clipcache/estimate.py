@@ -156,7 +156,8 @@ def mano_score(logits: np.ndarray, *, norm_order: int = 4, threshold: float = 5.
     norm_order : int, default=4
         p.
     threshold : float, default=5.0
-        delta of :func:`softrun`.
+        delta of :func:`softrun`; ``-inf`` always takes the softmax branch and ``inf``
+        the Taylor branch (to score several sets with one normalisation).
 
     Returns
     -------
