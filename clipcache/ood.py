@@ -325,6 +325,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
         covariance ignores every direction the fitted data does not span).
     distance_as_normalizer : bool, default=True
         For fdbd: divide by ``||h - mean||`` (True, OpenOOD v1.5) or ``||h||``.
+    center : bool, default=False
+        Every method except mcm: subtract the mean of the fitted features, then
+        L2-normalise, before anything else (the default classifier is fitted on the
+        transformed features; a pre-fitted ``classifier`` is refused). SimpleShot's
+        "CL2N" transform; with mahalanobis it is Mahalanobis++ on centred features.
     tpr : float, default=0.95
         Share of in-distribution validation data that ``predict`` keeps.
     val_fraction : float, default=0.2
@@ -347,6 +352,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         Whether they were held out of ``X``.
     ridge_ : float
         The ridge used by mahalanobis, rmds and mahalanobis++.
+    center_ : ndarray of shape (d,), float64, or None
+        The mean subtracted when ``center`` is True.
 
     Notes
     -----
@@ -371,6 +378,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         dim=None,
         ridge="auto",
         distance_as_normalizer=True,
+        center=False,
         tpr=0.95,
         val_fraction=0.2,
     ):
@@ -386,6 +394,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self.dim = dim
         self.ridge = ridge
         self.distance_as_normalizer = distance_as_normalizer
+        self.center = center
         self.tpr = tpr
         self.val_fraction = val_fraction
 
@@ -405,6 +414,13 @@ class OODDetector(OutlierMixin, BaseEstimator):
                 raise InvalidParameterError(f"{name}={value!r} must be a positive integer", param=name)
         if self.ridge != "auto" and (not isinstance(self.ridge, int | float) or not self.ridge >= 0):
             raise InvalidParameterError(f"ridge={self.ridge!r} must be 'auto' or a number >= 0", param="ridge")
+        if not isinstance(self.center, bool | np.bool_):
+            raise InvalidParameterError(f"center={self.center!r} must be True or False", param="center")
+        if self.center and self.method == "mcm":
+            raise InvalidParameterError(
+                "center=True would move the image features away from the text embeddings that mcm compares them with; "
+                "use center=False with mcm", param="center",
+            )
         for name, value in (("tpr", self.tpr), ("val_fraction", self.val_fraction)):
             if not isinstance(value, int | float) or not 0.0 < value < 1.0:
                 raise InvalidParameterError(f"{name}={value!r} must lie strictly between 0 and 1", param=name)
@@ -455,6 +471,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
             X_val, y_val = X, y
         self.method_ = self.method
         self.n_features_in_ = X.shape[1]
+        self.center_ = X.mean(axis=0, dtype=np.float64) if self.center else None
+        X, X_val = self._transform(X), self._transform(X_val)
         self._fit_method(X, y, codes, X_val, y_val)
         self.n_val_ = len(X_val)
         self.offset_ = self._threshold(self._scores(X_val))
@@ -489,6 +507,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
         if clf is not None:
             try:
                 check_is_fitted(clf)
+                if self.center:
+                    raise InvalidParameterError(
+                        "center=True transforms the features that the fitted classifier was not fitted on; "
+                        "pass an unfitted classifier or center=False", param="center",
+                    )
                 if getattr(clf, "n_features_in_", X.shape[1]) != X.shape[1]:
                     raise InvalidFeaturesError(
                         f"the classifier was fitted on {clf.n_features_in_} features but X has {X.shape[1]}"
@@ -622,7 +645,13 @@ class OODDetector(OutlierMixin, BaseEstimator):
             raise InvalidFeaturesError(
                 f"X has {X.shape[1]} features but the detector was fitted on {self.n_features_in_}; use the same feature set"
             )
-        return X
+        return self._transform(X)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        """``X``, or ``l2_normalize(X - center_)`` as float32 when ``center`` is set."""
+        if self.center_ is None:
+            return X
+        return l2_normalize(X.astype(np.float64) - self.center_).astype(np.float32)
 
     def score_samples(self, X) -> np.ndarray:
         """In-distribution scores: higher means more in-distribution.

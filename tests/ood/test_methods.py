@@ -373,3 +373,38 @@ def test_get_params_and_clone_follow_scikit_learn():
     assert det.get_params()["k"] == 7
     twin = clone(det)
     assert twin.get_params() == det.get_params() and twin is not det
+
+
+def _centred(A, mean):
+    return _normalize(np.asarray(A, dtype=np.float64) - mean).astype(np.float32)
+
+
+def test_centred_mahalanobis_equals_the_formula_on_centred_normalised_features(data):
+    X, y = data[:2]
+    det, Q, got = _scores({"method": "mahalanobis", "center": True}, data)
+    mean = X.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(det.center_, mean, rtol=1e-6)
+    means, precision = _gaussian_reference(_centred(X, mean), y)
+    np.testing.assert_allclose(got, -_min_distance(_centred(Q, mean).astype(np.float64), means, precision), **TOL)
+
+
+@pytest.mark.parametrize("options", [{"method": "rmds"}, {"method": "knn", "k": 3}, {"method": "vim", "dim": 4},
+                                     {"method": "fdbd"}, {"method": "msp"}, {"method": "nnguide", "k": 3}])
+def test_center_is_the_method_on_centred_normalised_features(options, data):
+    X, y, Xv, yv, Xi, Xo = data
+    det, Q, got = _scores({**options, "center": True}, data)
+    mean = X.astype(np.float64).mean(axis=0)
+    reference = OODDetector(**options).fit(_centred(X, mean), y, X_val=_centred(Xv, mean), y_val=yv)
+    np.testing.assert_allclose(got, reference.score_samples(_centred(Q, mean)), **TOL)
+    assert det.offset_ == pytest.approx(reference.offset_, rel=1e-6, abs=1e-6)
+
+
+def test_center_refuses_mcm_a_fitted_classifier_and_non_booleans(data, gda):
+    X, y = data[:2]
+    for options in ({"method": "mcm", "center": True}, {"method": "msp", "center": "yes"}):
+        with pytest.raises(InvalidParameterError) as info:
+            OODDetector(**options).fit(X, y)
+        assert info.value.param == "center"
+    with pytest.raises(InvalidParameterError, match="not fitted on") as info:
+        OODDetector("msp", classifier=gda, center=True).fit(X, y)
+    assert info.value.param == "center"
