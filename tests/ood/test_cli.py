@@ -105,3 +105,10 @@ def test_feature_set_must_exist(stores):
     main = stores[0]
     result = _run([str(main), "--out", "shifted", "--methods", "knn", "--feature-set", "nosuch"])
     assert result.exit_code == 1 and "no feature set 'nosuch'" in result.output and "(--feature-set)" in result.output
+
+
+def test_default_methods_are_the_library_defaults():
+    from clipcache.ood import DEFAULT_METHODS
+
+    default = next(p.default for p in ood_command.params if p.name == "methods")
+    assert default.split(",") == list(DEFAULT_METHODS)
