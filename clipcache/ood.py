@@ -231,8 +231,8 @@ def knn_default_k(n: int) -> int:
 
     ``max(1, round(50 n / 50000))``: k = 1 up to 1,499 rows, 50 at 50,000. A fixed k=50 capped
     at n makes the score the similarity of the *farthest* fitted row on a few-shot support set,
-    which no longer separates anything; on the validation proxy of benchmarks/ood.py (400-900
-    fitted rows) k = 1 or 2 beats k = 10 and 50 (docs/benchmarks.md).
+    which no longer separates anything; on the near-OOD validation proxy of benchmarks/ood.py
+    (400 fitted rows) k = 1 or 2 beats k = 10 and 50 (docs/ood.md, docs/benchmarks.md).
     """
     return max(1, int(round(50 * n / 50000)))
 
