@@ -112,3 +112,16 @@ def test_default_methods_are_the_library_defaults():
 
     default = next(p.default for p in ood_command.params if p.name == "methods")
     assert default.split(",") == list(DEFAULT_METHODS)
+
+
+def test_other_store_without_the_feature_set_is_refused(stores, tmp_path):
+    main = stores[0]
+    foreign = tmp_path / "nofs.h5"
+    with FeatureStore(foreign, "w") as s:
+        s.set_classes(["a"])
+        s.add_feature_set("other", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
+        s.create_split("test", ["other"])
+        s.append("test", ids=["a"], paths=["a"], labels=[0], features={"other": np.ones((1, 16), np.float32) / 4})
+        s.mark_complete("test")
+    result = _run([str(main), "--out", f"{foreign}:test", "--methods", "knn"])
+    assert result.exit_code == 1 and "has no feature set 'clip'" in result.output and "Traceback" not in result.output
