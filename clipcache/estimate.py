@@ -31,8 +31,9 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
+from clipcache._shift import check_features, check_split
 from clipcache.calibration import fit_temperature
-from clipcache.errors import InvalidFeaturesError, InvalidParameterError
+from clipcache.errors import InvalidFeaturesError, InvalidParameterError, ModelFileError
 
 __all__ = [
     "METHODS",
@@ -155,7 +156,8 @@ def mano_score(logits: np.ndarray, *, norm_order: int = 4, threshold: float = 5.
     norm_order : int, default=4
         p.
     threshold : float, default=5.0
-        delta of :func:`softrun`.
+        delta of :func:`softrun`; ``-inf`` always takes the softmax branch and ``inf``
+        the Taylor branch (to score several sets with one normalisation).
 
     Returns
     -------
@@ -184,12 +186,6 @@ def r2_linear_fit(estimate, truth) -> float:
     if np.ptp(e) == 0 or np.ptp(t) == 0:
         return float("nan")
     return float(scipy.stats.pearsonr(e, t).statistic ** 2)
-
-
-def _features(X, what: str) -> np.ndarray:
-    from clipcache.ood import _check_features
-
-    return _check_features(X, what)
 
 
 def estimate_accuracy(
@@ -253,10 +249,10 @@ def estimate_accuracy(
         raise InvalidParameterError(
             f"method {method!r} needs labelled validation data; pass X_val and y_val", param="X_val"
         )
-    X = _features(X, "X")
+    X = check_features(X, "X")
     temperature, val = 1.0, None
     if have_val:
-        X_val = _features(X_val, "X_val")
+        X_val = check_features(X_val, "X_val")
         columns = encode_validation(np.asarray(classifier.classes_), y_val)
         val_logits = np.asarray(classifier.logits(X_val), dtype=np.float64)
         if calibrate:
@@ -281,16 +277,23 @@ def estimate_accuracy(
     return float(np.mean(_atc_scores(proba, score) >= t))
 
 
-def _model_features(store, split: str, metadata: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Features of ``split`` as the model reads them (``[feature set | aux]`` for fusion) and the labels."""
-    from clipcache.ood import _read_split
+def _model_protocol(model_path, metadata: dict):
+    """The protocol a saved model reads its features with (feature set and, for fusion, the auxiliary one)."""
+    from clipcache.evaluation.protocol import Protocol, model_feature_sets
 
-    feature_set = metadata.get("feature_set", metadata.get("features"))
-    X, y = _read_split(store, split, feature_set, "splits")
-    if metadata.get("method") == "fusion":
-        aux = metadata.get("aux_feature_set", metadata.get("aux_features"))
-        X = np.hstack([X, _read_split(store, split, aux, "splits")[0]])
-    return X, y
+    feature_set, aux = model_feature_sets(metadata)
+    if feature_set is None:
+        raise ModelFileError(f"{model_path}: the model's metadata names no feature set; refit it with fit_from_store")
+    return Protocol(feature_set=feature_set, aux_feature_set=aux, test_split=None)
+
+
+def _model_features(store, split: str, method: str, protocol, param: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features of ``split`` as the model reads them (``[feature set | aux]`` for fusion) and the labels."""
+    from clipcache.evaluation.protocol import read_features
+
+    for name in (protocol.feature_set, protocol.aux_feature_set) if method == "fusion" else (protocol.feature_set,):
+        check_split(store, split, name, param)
+    return read_features(store, split, method, protocol), store.labels(split)
 
 
 def estimate_store(store_path, model_path, splits, *, methods=None, val_split: str | None = "auto") -> dict:
@@ -326,18 +329,23 @@ def estimate_store(store_path, model_path, splits, *, methods=None, val_split: s
     splits = list(splits)
     if not splits:
         raise InvalidParameterError("splits is empty; name at least one split to estimate", param="splits")
+    if methods is not None:
+        methods = list(methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise InvalidParameterError(
+                f"method {bad[0] if bad else ''!r} is not one of {', '.join(METHODS)}", param="methods"
+            )
     estimator, metadata = load_model(model_path)
+    method = metadata.get("method", "")
+    protocol = _model_protocol(model_path, metadata)
     with FeatureStore(store_path, "r") as store:
         check_model_matches(store, metadata)
         if val_split == "auto":
             val = metadata.get("val", {})
             val_split = val.get("split") if not val.get("carved", True) and val.get("split") in store.splits else None
         if methods is None:
-            methods = METHODS if val_split is not None else ("ac", "nuclear", "mano")
-        methods = list(methods)
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise InvalidParameterError(f"method {bad[0] if bad else ''!r} is not one of {', '.join(METHODS)}", param="methods")
+            methods = list(METHODS if val_split is not None else ("ac", "nuclear", "mano"))
         needs = [m for m in methods if m in _NEEDS_VALIDATION]
         if needs and val_split is None:
             raise InvalidParameterError(
@@ -345,12 +353,12 @@ def estimate_store(store_path, model_path, splits, *, methods=None, val_split: s
             )
         X_val = y_val = None
         if val_split is not None:
-            X_val, y_val = _model_features(store, val_split, metadata)
+            X_val, y_val = _model_features(store, val_split, method, protocol, "val_split")
             keep = y_val >= 0
             X_val, y_val = X_val[keep], y_val[keep]
         rows = []
         for split in splits:
-            X, y = _model_features(store, split, metadata)
+            X, y = _model_features(store, split, method, protocol, "splits")
             labelled = y >= 0
             accuracy = None
             if labelled.any():

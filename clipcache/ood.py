@@ -22,27 +22,34 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.metrics import auc as _trapezoid_auc
 from sklearn.metrics import precision_recall_curve, roc_curve
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
+from clipcache._shift import check_features, read_split, resolve_feature_set
 from clipcache.calibration import fit_temperature
 from clipcache.errors import (
     InvalidFeaturesError,
     InvalidParameterError,
     MissingTextError,
     NotFittedError,
+    StoreMismatchError,
 )
 from clipcache.ops import l2_normalize, prompt_ensemble
 
 __all__ = [
     "DEFAULT_K",
+    "DEFAULT_METHODS",
     "FEATURE_METHODS",
     "LOGIT_METHODS",
     "METHODS",
     "OODDetector",
     "aupr_in",
     "auroc",
+    "check_methods",
     "evaluate_ood",
     "fpr_at_95_tpr",
+    "knn_default_k",
+    "score_detectors",
+    "text_options",
     "vim_default_dim",
 ]
 
@@ -55,8 +62,10 @@ FEATURE_METHODS = ("mahalanobis", "rmds", "mahalanobis++", "vim", "knn", "fdbd",
 METHODS = LOGIT_METHODS + ("mcm",) + FEATURE_METHODS
 _CLASSIFIER_METHODS = LOGIT_METHODS + ("vim", "fdbd", "nnguide")
 _LABELLED_METHODS = ("mahalanobis", "rmds", "mahalanobis++")
-#: Default k of the neighbour methods: OpenOOD v1.5's knn.yml (K=50) and nnguide's official config (k=10).
-DEFAULT_K = {"knn": 50, "nnguide": 10}
+#: Default k of nnguide (its official config, k=10); knn's default depends on the fitted rows: :func:`knn_default_k`.
+DEFAULT_K = {"nnguide": 10}
+#: The detectors that :func:`evaluate_ood`, ``clipcache ood`` and ``clipcache evaluate --ood`` run by default.
+DEFAULT_METHODS = ("msp", "energy", "mahalanobis", "rmds", "vim", "knn")
 
 
 class _DetectorNotFittedError(NotFittedError, SklearnNotFittedError):
@@ -159,18 +168,6 @@ def fpr_at_95_tpr(score_in, score_out, *, tpr: float = 0.95, positive: str = "ou
 # --------------------------------------------------------------------------- formulas
 
 
-def _check_features(X, what: str, min_samples: int = 1) -> np.ndarray:
-    try:
-        return check_array(X, dtype=np.float32, ensure_min_samples=min_samples, input_name=what)
-    except ValueError as exc:
-        text = str(exc)
-        if "NaN" in text or "infinity" in text or "inf" in text:
-            raise InvalidFeaturesError(
-                f"{what} contains NaN or inf; drop or re-extract those rows before fitting or scoring"
-            ) from None
-        raise InvalidFeaturesError(f"{what}: {text.rstrip('.')}") from None
-
-
 def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
     """Square root L (d, r) of the precision: P = L L^T = pinvh(cov + ridge tr(cov)/d I).
 
@@ -227,6 +224,17 @@ def _linear_head(clf) -> tuple[np.ndarray, np.ndarray, bool]:
     if hasattr(clf, "logit_scale") and not hasattr(clf, "intercept_"):
         w = w * float(clf.logit_scale)
     return w, b, bool(getattr(clf, "normalize", False))
+
+
+def knn_default_k(n: int) -> int:
+    """knn's default k for n fitted rows: OpenOOD v1.5's K=50 for CIFAR-10's 50,000, scaled to n.
+
+    ``max(1, round(50 n / 50000))``: k = 1 up to 1,499 rows, 50 at 50,000. A fixed k=50 capped
+    at n makes the score the similarity of the *farthest* fitted row on a few-shot support set,
+    which no longer separates anything; on the near-OOD validation proxy of benchmarks/ood.py
+    (400 fitted rows) k = 1 or 2 beats k = 10 and 50 (docs/ood.md, docs/benchmarks.md).
+    """
+    return max(1, int(round(50 * n / 50000)))
 
 
 def vim_default_dim(d: int) -> int:
@@ -304,8 +312,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
     M : int, default=100
         For gen: the number of top probabilities (capped at C).
     k : int, optional
-        For knn (default 50, OpenOOD v1.5) and nnguide (default 10, official); capped
-        at the number of fitted rows.
+        For knn (default :func:`knn_default_k` of the fitted rows: OpenOOD v1.5's 50 per
+        50,000 rows) and nnguide (default 10, official); capped at the number of fitted rows.
     dim : int, optional
         For vim: the principal dimension D < d (default :func:`vim_default_dim`).
     ridge : "auto" or float, default="auto"
@@ -317,6 +325,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
         covariance ignores every direction the fitted data does not span).
     distance_as_normalizer : bool, default=True
         For fdbd: divide by ``||h - mean||`` (True, OpenOOD v1.5) or ``||h||``.
+    center : bool, default=False
+        Every method except mcm: subtract the mean of the fitted features, then
+        L2-normalise, before anything else (the default classifier is fitted on the
+        transformed features; a pre-fitted ``classifier`` is refused). SimpleShot's
+        "CL2N" transform; with mahalanobis it is Mahalanobis++ on centred features.
     tpr : float, default=0.95
         Share of in-distribution validation data that ``predict`` keeps.
     val_fraction : float, default=0.2
@@ -339,6 +352,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         Whether they were held out of ``X``.
     ridge_ : float
         The ridge used by mahalanobis, rmds and mahalanobis++.
+    center_ : ndarray of shape (d,), float64, or None
+        The mean subtracted when ``center`` is True.
 
     Notes
     -----
@@ -363,6 +378,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         dim=None,
         ridge="auto",
         distance_as_normalizer=True,
+        center=False,
         tpr=0.95,
         val_fraction=0.2,
     ):
@@ -378,6 +394,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self.dim = dim
         self.ridge = ridge
         self.distance_as_normalizer = distance_as_normalizer
+        self.center = center
         self.tpr = tpr
         self.val_fraction = val_fraction
 
@@ -397,6 +414,13 @@ class OODDetector(OutlierMixin, BaseEstimator):
                 raise InvalidParameterError(f"{name}={value!r} must be a positive integer", param=name)
         if self.ridge != "auto" and (not isinstance(self.ridge, int | float) or not self.ridge >= 0):
             raise InvalidParameterError(f"ridge={self.ridge!r} must be 'auto' or a number >= 0", param="ridge")
+        if not isinstance(self.center, bool | np.bool_):
+            raise InvalidParameterError(f"center={self.center!r} must be True or False", param="center")
+        if self.center and self.method == "mcm":
+            raise InvalidParameterError(
+                "center=True would move the image features away from the text embeddings that mcm compares them with; "
+                "use center=False with mcm", param="center",
+            )
         for name, value in (("tpr", self.tpr), ("val_fraction", self.val_fraction)):
             if not isinstance(value, int | float) or not 0.0 < value < 1.0:
                 raise InvalidParameterError(f"{name}={value!r} must lie strictly between 0 and 1", param=name)
@@ -423,7 +447,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        X = _check_features(X, "X")
+        X = check_features(X, "X")
         codes = None
         self.classes_ = None
         if y is not None:
@@ -432,7 +456,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
                 raise InvalidFeaturesError(f"y has shape {y.shape} but X has {len(X)} rows; pass one label per row")
             self.classes_, codes = np.unique(y, return_inverse=True)
         if X_val is not None:
-            X_val = _check_features(X_val, "X_val")
+            X_val = check_features(X_val, "X_val")
             if X_val.shape[1] != X.shape[1]:
                 raise InvalidFeaturesError(f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}; use one feature set")
             if y_val is not None and np.shape(y_val) != (len(X_val),):
@@ -447,6 +471,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
             X_val, y_val = X, y
         self.method_ = self.method
         self.n_features_in_ = X.shape[1]
+        self.center_ = X.mean(axis=0, dtype=np.float64) if self.center else None
+        X, X_val = self._transform(X), self._transform(X_val)
         self._fit_method(X, y, codes, X_val, y_val)
         self.n_val_ = len(X_val)
         self.offset_ = self._threshold(self._scores(X_val))
@@ -481,6 +507,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
         if clf is not None:
             try:
                 check_is_fitted(clf)
+                if self.center:
+                    raise InvalidParameterError(
+                        "center=True transforms the features that the fitted classifier was not fitted on; "
+                        "pass an unfitted classifier or center=False", param="center",
+                    )
                 if getattr(clf, "n_features_in_", X.shape[1]) != X.shape[1]:
                     raise InvalidFeaturesError(
                         f"the classifier was fitted on {clf.n_features_in_} features but X has {X.shape[1]}"
@@ -528,7 +559,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
     def _fit_knn(self, X) -> None:
         import faiss
 
-        self.k_ = min(int(self.k or DEFAULT_K["knn"]), len(X))
+        self.k_ = min(int(self.k or knn_default_k(len(X))), len(X))
         self.bank_ = np.ascontiguousarray(l2_normalize(X))
         self._index = faiss.IndexFlatIP(X.shape[1])
         self._index.add(self.bank_)
@@ -609,12 +640,18 @@ class OODDetector(OutlierMixin, BaseEstimator):
     def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "offset_"):
             raise _DetectorNotFittedError("this OODDetector is not fitted yet; call fit before scoring")
-        X = _check_features(X, "X", min_samples=0)
+        X = check_features(X, "X", min_samples=0)
         if X.shape[1] != self.n_features_in_:
             raise InvalidFeaturesError(
                 f"X has {X.shape[1]} features but the detector was fitted on {self.n_features_in_}; use the same feature set"
             )
-        return X
+        return self._transform(X)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        """``X``, or ``l2_normalize(X - center_)`` as float32 when ``center`` is set."""
+        if self.center_ is None:
+            return X
+        return l2_normalize(X.astype(np.float64) - self.center_).astype(np.float32)
 
     def score_samples(self, X) -> np.ndarray:
         """In-distribution scores: higher means more in-distribution.
@@ -713,37 +750,100 @@ class OODDetector(OutlierMixin, BaseEstimator):
 # --------------------------------------------------------------------------- stores
 
 
-def _resolve_feature_set(store, feature_set: str | None) -> str:
-    sets = list(store.feature_sets)
-    if feature_set is None:
-        if len(sets) != 1:
-            raise InvalidParameterError(
-                f"{store.path} has the feature sets {', '.join(sets) or 'none'}; choose one with feature_set",
-                param="feature_set",
-            )
-        return sets[0]
-    if feature_set not in sets:
-        raise InvalidParameterError(
-            f"{store.path} has no feature set {feature_set!r} (it has: {', '.join(sets) or 'none'})", param="feature_set"
+def _check_same_model(other, feature_set: str, identity: dict, store_path) -> None:
+    """Raise StoreMismatchError unless ``other`` holds ``feature_set`` from the model of ``identity``."""
+    from clipcache.feature_store.schema import model_identity
+
+    info = other.feature_sets.get(feature_set)
+    if info is None:
+        raise StoreMismatchError(
+            f"{other.path} has no feature set {feature_set!r}; extract the OOD images with the backbone of {store_path}"
         )
-    return feature_set
+    if model_identity(info.provenance, info.dim) != identity:
+        raise StoreMismatchError(
+            f"{other.path}: feature set {feature_set!r} comes from a different model or preprocessing than in "
+            f"{store_path}; extract the OOD images with the same backbone"
+        )
 
 
-def _read_split(store, split: str, feature_set: str, param: str) -> tuple[np.ndarray, np.ndarray]:
-    if split not in store.splits:
+def check_methods(methods, param: str = "methods") -> list[str]:
+    """``methods`` as a list of keys of :data:`METHODS`; an unknown one or an empty list raises (for ``param``)."""
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
         raise InvalidParameterError(
-            f"{store.path} has no split {split!r} (it has: {', '.join(store.splits) or 'none'})", param=param
+            f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param=param
         )
-    if feature_set not in store.split_feature_sets(split):
-        raise InvalidParameterError(f"{store.path}: split {split!r} has no feature set {feature_set!r}", param=param)
-    return store.to_numpy(split, feature_set)
+    return methods
+
+
+def text_options(store, text: str | None, feature_set: str) -> dict:
+    """mcm's ``text_embeddings`` and ``class_index`` from the store (its only text set when ``text`` is None)."""
+    names = store.text_names
+    name = text if text is not None else (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        raise InvalidParameterError(
+            f"method mcm needs text embeddings; {store.path} has {', '.join(names) or 'none'}, choose one with text",
+            param="text",
+        )
+    store.check_text_matches(name, feature_set)
+    emb = store.text(name)
+    return {"text_embeddings": emb.embeddings, "class_index": emb.class_index}
+
+
+def score_detectors(methods, X, y, X_val, y_val, X_in, outs, *, mcm_options=None) -> list[dict]:
+    """Fit each detector on ``(X, y)`` and score ``X_in`` against each OOD set.
+
+    The classifier methods share one ``GDAClassifier()`` fitted on ``(X, y)``.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Keys of :data:`METHODS`.
+    X : ndarray of shape (n, d), float32
+    y : ndarray of shape (n,), int, or None
+    X_val : ndarray of shape (m, d), float32, or None
+        In-distribution validation (threshold, temperature); None carves it from X.
+    y_val : ndarray of shape (m,), int, or None
+    X_in : ndarray of shape (n_in, d), float32
+        In-distribution test features.
+    outs : sequence of (str, ndarray of shape (n_out, d))
+        Each OOD set's label and features.
+    mcm_options : dict, optional
+        :func:`text_options`, for mcm.
+
+    Returns
+    -------
+    list of dict
+        ``{"method", "out", "n_out", "auroc", "aupr_in", "fpr95", "in_kept"}`` per method and OOD set.
+    """
+    shared = {}
+    if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
+        from clipcache.classifiers import GDAClassifier
+
+        shared["classifier"] = GDAClassifier().fit(X, y)
+    results = []
+    for method in methods:
+        options = dict(mcm_options or {}) if method == "mcm" else {}
+        if method in _CLASSIFIER_METHODS:
+            options.update(shared)
+        detector = OODDetector(method, **options).fit(X, y, X_val=X_val, y_val=y_val)
+        s_in = detector.score_samples(X_in)
+        kept = float(np.mean(detector.predict(X_in) == 1)) if len(X_in) else float("nan")
+        for label, X_out in outs:
+            s_out = detector.score_samples(X_out)
+            results.append({
+                "method": method, "out": label, "n_out": len(X_out), "auroc": auroc(s_in, s_out),
+                "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out), "in_kept": kept,
+            })
+    return results
 
 
 def evaluate_ood(
     store_path,
     *,
     out_sets,
-    methods=("msp", "energy", "mahalanobis", "rmds", "vim", "knn"),
+    methods=DEFAULT_METHODS,
     fit_split: str = "train",
     in_split: str = "test",
     val_split: str | None = "auto",
@@ -788,70 +888,34 @@ def evaluate_ood(
     InvalidFeaturesError
         An empty OOD split (the metrics need at least one score).
     """
-    from clipcache.evaluation.protocol import check_model_matches
     from clipcache.feature_store import FeatureStore
     from clipcache.feature_store.schema import model_identity
 
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InvalidParameterError(
-            f"method {unknown[0] if unknown else 'list is empty'!r} is not one of {', '.join(METHODS)}", param="methods"
-        )
+    methods = check_methods(methods)
     with FeatureStore(store_path, "r") as store:
-        fs = _resolve_feature_set(store, feature_set)
+        fs = resolve_feature_set(store, feature_set)
         info = store.feature_sets[fs]
         identity = model_identity(info.provenance, info.dim)
         if val_split == "auto":
             val_split = "val" if "val" in store.splits and "val" not in (fit_split, in_split) else None
-        X, y = _read_split(store, fit_split, fs, "fit_split")
+        X, y = read_split(store, fit_split, fs, "fit_split")
         labelled = y >= 0
-        X, y = X[labelled], (y[labelled] if labelled.any() else None)
-        X_in, _ = _read_split(store, in_split, fs, "in_split")
+        X, y = (X[labelled], y[labelled]) if labelled.any() else (X, None)
+        X_in, _ = read_split(store, in_split, fs, "in_split")
         X_val = y_val = None
         if val_split is not None:
-            X_val, y_val = _read_split(store, val_split, fs, "val_split")
+            X_val, y_val = read_split(store, val_split, fs, "val_split")
             y_val = y_val if (y_val >= 0).all() else None
-        text_options = {}
-        if "mcm" in methods:
-            names = store.text_names
-            name = text if text is not None else (names[0] if len(names) == 1 else None)
-            if name is None or name not in names:
-                raise InvalidParameterError(
-                    f"method mcm needs text embeddings; {store.path} has {', '.join(names) or 'none'}, choose one with text",
-                    param="text",
-                )
-            store.check_text_matches(name, fs)
-            emb = store.text(name)
-            text_options = {"text_embeddings": emb.embeddings, "class_index": emb.class_index}
+        mcm_options = text_options(store, text, fs) if "mcm" in methods else None
         outs = []
         for other, split in out_sets:
             if other is None:
-                outs.append((split, _read_split(store, split, fs, "out_sets")[0]))
+                outs.append((split, read_split(store, split, fs, "out_sets")[0]))
                 continue
             with FeatureStore(other, "r") as o:
-                # the model checks of `clipcache predict`, against the features the detectors are fitted on
-                check_model_matches(o, {"classes": list(o.classes), "identities": {fs: identity}})
-                outs.append((f"{o.path}:{split}", _read_split(o, split, fs, "out_sets")[0]))
-    shared = {}
-    if y is not None and len(np.unique(y)) >= 2 and any(m in _CLASSIFIER_METHODS for m in methods):
-        from clipcache.classifiers import GDAClassifier
-
-        shared["classifier"] = GDAClassifier().fit(X, y)
-    results = []
-    for method in methods:
-        options = dict(text_options) if method == "mcm" else {}
-        if method in _CLASSIFIER_METHODS:
-            options.update(shared)
-        detector = OODDetector(method, **options).fit(X, y, X_val=X_val, y_val=y_val)
-        s_in = detector.score_samples(X_in)
-        kept = float(np.mean(detector.predict(X_in) == 1)) if len(X_in) else float("nan")
-        for label, X_out in outs:
-            s_out = detector.score_samples(X_out)
-            results.append({
-                "method": method, "out": label, "n_out": len(X_out), "auroc": auroc(s_in, s_out),
-                "aupr_in": aupr_in(s_in, s_out), "fpr95": fpr_at_95_tpr(s_in, s_out), "in_kept": kept,
-            })
+                _check_same_model(o, fs, identity, store.path)
+                outs.append((f"{o.path}:{split}", read_split(o, split, fs, "out_sets")[0]))
+    results = score_detectors(methods, X, y, X_val, y_val, X_in, outs, mcm_options=mcm_options)
     return {
         "store": str(store_path), "feature_set": fs, "fit_split": fit_split, "in_split": in_split,
         "val_split": val_split, "n_fit": len(X), "n_in": len(X_in), "results": results,

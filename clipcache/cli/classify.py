@@ -120,9 +120,12 @@ def predict_command(store, model, split, output, overwrite):
 @click.option("--json", "as_json", cls=FlagWithOldValue, is_flag=False, flag_value=_PRINT_JSON, default=None,
               help="Print every run and the summary as JSON on stdout, instead of the table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the metric against shots.")
+@click.option("--ood", "ood_splits", multiple=True, metavar="OUT_SPLIT",
+              help="OOD split of STORE: OOD detectors fitted on each support set score the test split against it "
+                   "(AUROC, AUPR-in, FPR@95 in the JSON); repeatable.")
 @overwrite_option("an evaluation report (-o) or a PNG image (--plot)")
 def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                     test_split, shots, seeds, metric, output, as_json, plot_path, overwrite):
+                     test_split, shots, seeds, metric, output, as_json, plot_path, ood_splits, overwrite):
     """Evaluate methods x shots over seeds on STORE: mean ± 95% CI on the test split."""
     from clipcache.evaluation import format_table, plot_accuracy, run_evaluation
 
@@ -151,7 +154,7 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
         check_output(output, [store], kind=EVALUATION_REPORT, overwrite=overwrite)
     if plot_path:
         check_output(plot_path, [store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
-    report = run_evaluation(store, methods_list, shots_list, seeds_list, options)
+    report = run_evaluation(store, methods_list, shots_list, seeds_list, options, ood_splits=ood_splits)
     if print_json:
         click.echo(report.to_json())
     else:
@@ -162,6 +165,10 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
             f"{metric}, mean ± 95% CI over {len(seeds_list)} seed(s)"
         )
         click.echo(format_table(report, metric))
+        if report.ood:
+            from clipcache.evaluation.ood_report import format_ood_table
+
+            click.echo(format_ood_table(report.ood))
     if output:
         report.write_json(output)
         click.echo(f"wrote {output}", err=print_json)

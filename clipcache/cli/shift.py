@@ -14,10 +14,22 @@ import os
 
 import click
 
-from clipcache._io import check_output
+from clipcache._io import atomic_output, check_output
+from clipcache.cli.deprecation import Command
+from clipcache.cli.outputs import ESTIMATE_REPORT, OOD_REPORT
+from clipcache.cli.params import feature_set_option, json_option, output_option, overwrite_option
 
 __all__ = ["COMMANDS", "corrupt_command", "estimate_command", "ood_command"]
 
+
+def _emit(report: dict, text: str, as_json: bool, output: str | None) -> None:
+    """Print the report (as JSON with ``--json``, else ``text``) and write its JSON to ``output``."""
+    document = json.dumps(report, indent=2)
+    click.echo(document if as_json else text)
+    if output:
+        with atomic_output(output) as tmp:
+            tmp.write_text(document + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}", err=as_json)
 
 
 def _names(value: str | None, flag: str) -> list[str] | None:
@@ -104,7 +116,7 @@ def _format_ood(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("ood")
+@click.command("ood", cls=Command)
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--fit-split", default="train", show_default=True, help="Split the detectors are fitted on.")
 @click.option("--in", "in_split", default="test", show_default=True, help="In-distribution split to score.")
@@ -113,11 +125,14 @@ def _format_ood(report: dict) -> str:
 @click.option("--methods", default="msp,energy,mahalanobis,rmds,vim,knn", show_default=True,
               help="Comma list of detectors (msp, maxlogit, energy, gen, mcm, mahalanobis, rmds, mahalanobis++, "
                    "vim, knn, fdbd, nnguide), or all.")
-@click.option("--feature-set", help="Feature set to score (the store's only one by default).")
+@feature_set_option("Feature set to score (the store's only one by default).")
 @click.option("--val-split", help="In-distribution validation split (default: val if present, else held out of --fit-split).")
 @click.option("--text", help="Text embeddings for mcm (the store's only set by default).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def ood_command(store, fit_split, in_split, out_sets, methods, feature_set, val_split, text, as_json):
+@json_option("Print the results as JSON.")
+@output_option("Also write the results as JSON to this file.")
+@overwrite_option("an OOD report")
+def ood_command(store, fit_split, in_split, out_sets, methods, feature_set, val_split, text, as_json, output,
+                overwrite):
     """Score OOD detectors fitted on STORE: AUROC, AUPR-in and FPR@95 per method and OOD set."""
     from clipcache.ood import METHODS, evaluate_ood
 
@@ -127,11 +142,13 @@ def ood_command(store, fit_split, in_split, out_sets, methods, feature_set, val_
         raise click.UsageError("--in must differ from --fit-split: score in-distribution data the detectors did not see")
     if val_split is not None and val_split in (fit_split, in_split):
         raise click.UsageError("--val-split must differ from --fit-split and --in")
+    if output:
+        check_output(output, [store, *(path for path, _ in outs)], kind=OOD_REPORT, overwrite=overwrite)
     report = evaluate_ood(
         store, out_sets=outs, methods=method_list, fit_split=fit_split, in_split=in_split,
         val_split=val_split if val_split is not None else "auto", feature_set=feature_set, text=text,
     )
-    click.echo(json.dumps(report, indent=2) if as_json else _format_ood(report))
+    _emit(report, _format_ood(report), as_json, output)
 
 
 def _cell(value, digits: int = 4) -> str:
@@ -164,8 +181,10 @@ def _format_estimate(report: dict) -> str:
 @click.option("--methods", help="Comma list of: ac, doc, atc-mc, atc-ne, nuclear, mano; or all "
                                 "(default: all with validation data, else ac, nuclear, mano).")
 @click.option("--val-split", help="Labelled validation split (default: the model's own, when it is a split of STORE).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def estimate_command(store, model, splits, methods, val_split, as_json):
+@json_option("Print the results as JSON.")
+@output_option("Also write the results as JSON to this file.")
+@overwrite_option("an accuracy-estimation report")
+def estimate_command(store, model, splits, methods, val_split, as_json, output, overwrite):
     """Estimate a saved model's accuracy on unlabelled splits of STORE, beside the truth where labels exist."""
     from clipcache.estimate import METHODS, estimate_store
 
@@ -175,9 +194,11 @@ def estimate_command(store, model, splits, methods, val_split, as_json):
     method_list = None if methods is None else (_names(methods, "--methods") or list(METHODS))
     if val_split is not None and val_split in split_list:
         raise click.UsageError("--val-split must not be one of the estimated --splits")
+    if output:
+        check_output(output, [store, model], kind=ESTIMATE_REPORT, overwrite=overwrite)
     report = estimate_store(store, model, split_list, methods=method_list,
                             val_split=val_split if val_split is not None else "auto")
-    click.echo(json.dumps(report, indent=2) if as_json else _format_estimate(report))
+    _emit(report, _format_estimate(report), as_json, output)
 
 
 COMMANDS = [corrupt_command, ood_command, estimate_command]

@@ -47,11 +47,15 @@ class EvaluationReport:
         One per (shots, seed): the support set drawn (ids, per-class counts).
     config : dict
         Store, splits, feature sets, base, validation (carved or not).
+    ood : dict
+        With ``ood_splits``: the OOD detectors' ``config``, ``runs`` and ``summary``
+        (:mod:`clipcache.evaluation.ood_report`, keys in docs/ood.md); empty otherwise.
     """
 
     runs: list = field(default_factory=list)
     supports: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    ood: dict = field(default_factory=dict)
 
     def summary(self, metric: str = "top1") -> dict:
         """``{method: {shots: (mean, ci95 half-width)}}`` over seeds, for one of :data:`METRICS`."""
@@ -68,7 +72,10 @@ class EvaluationReport:
             metric: {m: {str(k): {"mean": v[0], "ci95": v[1]} for k, v in by.items()} for m, by in self.summary(metric).items()}
             for metric in METRICS
         }
-        return {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
+        out = {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
+        if self.ood:
+            out["ood"] = self.ood
+        return out
 
     def to_json(self) -> str:
         """The report as a JSON document (what ``clipcache evaluate --json`` prints)."""
@@ -86,6 +93,9 @@ def run_evaluation(
     shots,
     seeds,
     options: ProtocolOptions | None = None,
+    *,
+    ood_splits=(),
+    ood_methods=None,
     **overrides,
 ) -> EvaluationReport:
     """Fit every method on k-shot support sets for every seed; report test metrics.
@@ -104,6 +114,11 @@ def run_evaluation(
     seeds : sequence of int
     options : ProtocolOptions, optional
         Feature sets, text, base and splits; the default test split is ``"test"``.
+    ood_splits : sequence of str, optional
+        OOD splits of the store: OOD detectors are fitted on each support set too and
+        score the test split against them (:mod:`clipcache.evaluation.ood_report`).
+    ood_methods : sequence of str, optional
+        Their detectors (:data:`clipcache.ood.DEFAULT_METHODS` by default).
     **overrides
         Fields of :class:`ProtocolOptions` that replace those of ``options``.
 
@@ -147,12 +162,19 @@ def run_evaluation(
                     "seed": VAL_SEED if rows.carved else None},
             "methods": methods, "shots": shots, "seeds": seeds,
         }
+        ood = None
+        if ood_splits:
+            from clipcache.evaluation.ood_report import OODEvaluation
+
+            ood = OODEvaluation(store, protocol, lambda: (*features_for("ood"), y_val), ood_splits, ood_methods)
         for k in shots:
             for seed in seeds:
                 sample = sample_few_shot(labels, k, seed, n_classes, rows.train_candidates, protocol.classes)
                 report.supports.append(sample.record(store.ids(train_split, sample.rows)))
                 support = rows.expand(sample.rows)
                 y = labels[support]
+                if ood is not None:
+                    ood.score(store.features(train_split, protocol.feature_set, support), y, k, seed)
                 for method in methods:
                     X_val, X_test = features_for(method)
                     X = read_features(store, train_split, method, protocol, support)
@@ -160,6 +182,8 @@ def run_evaluation(
                     metrics, hp = evaluate_one(estimator, method, X, y, X_val, y_val, X_test, y_test, n_classes)
                     logger.info("%s %d-shot seed %d: top-1 %.4f", method, k, seed, metrics["top1"])
                     report.runs.append({"method": method, "shots": k, "seed": seed, **metrics, "hyperparameters": hp})
+        if ood is not None:
+            report.ood = ood.to_dict()
     return report
 
 

@@ -89,3 +89,41 @@ def test_errors_are_one_line(fitted):
     assert result.exit_code == 1 and "no split 'nosuch'" in result.output
     result = _run([str(path), "--model", str(model), "--splits", "test,val", "--val-split", "val"])
     assert result.exit_code == 2 and "--val-split must not be one of" in result.output
+
+
+def test_output_file_holds_the_json_report(fitted, tmp_path):
+    path, model = fitted
+    target = tmp_path / "estimate.json"
+    result = _run([str(path), "--model", str(model), "--splits", "test,s1", "--methods", "ac", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(target.read_text())
+    assert [r["split"] for r in report["splits"]] == ["test", "s1"] and report["methods"] == ["ac"]
+    assert result.output.splitlines()[-1] == f"wrote {target}"
+
+
+def test_fusion_model_reads_its_feature_set_then_the_auxiliary_one(tmp_path):
+    from clipcache.estimate import estimate_store
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "two.h5"
+    arrays = {}
+    with FeatureStore(path, "w") as s:
+        s.set_classes([f"class{i}" for i in range(4)])
+        s.add_feature_set("clip", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
+        s.add_feature_set("aux", 8, provenance={"backbone": "timm", "model": "tiny-aux", "pretrained": "none"})
+        for split, n in (("train", 60), ("val", 40), ("test", 40)):
+            x, y = _clustered(rng, n, 1.5)
+            a, _ = _clustered(rng, n, 1.5, d=8)
+            s.create_split(split, ["clip", "aux"])
+            s.append(split, ids=[f"{split}{i}" for i in range(n)], paths=["p"] * n, labels=y, features={"clip": x, "aux": a})
+            s.mark_complete(split)
+            arrays[split] = (np.hstack([x, a]), y)
+    model = tmp_path / "fusion.h5"
+    fit_from_store(path, "fusion", model, shots=8, seed=1, aux_feature_set="aux")
+    report = estimate_store(path, model, ["test"], methods=["ac", "atc-mc"])
+    estimator, _ = load_model(model)
+    (xt, yt), (xv, yv) = arrays["test"], arrays["val"]
+    row = report["splits"][0]
+    assert row["accuracy"] == float(np.mean(estimator.predict(xt) == yt))
+    for m in ("ac", "atc-mc"):
+        assert row["estimates"][m] == pytest.approx(estimate_accuracy(estimator, xt, m, xv, yv), rel=1e-9)

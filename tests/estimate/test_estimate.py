@@ -168,3 +168,15 @@ def test_errors(setting):
         estimate_accuracy(clf, Xt, method="doc", X_val=Xv, y_val=yv + 10)
     with pytest.raises(InvalidFeaturesError):
         r2_linear_fit([1.0, 2.0], [1.0, 2.0])
+
+
+def test_an_infinite_threshold_fixes_the_branch():
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(50, 6)) * 30.0  # Phi > 5: softmax by default
+    p = scipy.special.softmax(z, axis=1)
+    v = 1 + z + z**2 / 2
+    v = v - v.min(axis=1, keepdims=True)
+    q = v / v.sum(axis=1, keepdims=True)
+    assert mano_score(z) == pytest.approx(np.mean(p**4) ** 0.25, rel=1e-12)
+    assert mano_score(z, threshold=-np.inf) == pytest.approx(np.mean(p**4) ** 0.25, rel=1e-12)
+    assert mano_score(z, threshold=np.inf) == pytest.approx(np.mean(q**4) ** 0.25, rel=1e-12)

@@ -90,3 +90,38 @@ def test_empty_ood_split_is_a_clear_error(stores, tmp_path):
         s.mark_complete("empty")
     result = _run([str(main), "--out", "empty", "--methods", "knn"])
     assert result.exit_code == 1 and "score_out is empty" in result.output
+
+
+def test_output_file_holds_the_printed_json(stores, tmp_path):
+    main = stores[0]
+    target = tmp_path / "ood.json"
+    result = _run([str(main), "--out", "shifted", "--methods", "knn", "--json", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(target.read_text()) == json.loads(result.stdout)
+    assert result.stderr.strip() == f"wrote {target}"
+
+
+def test_feature_set_must_exist(stores):
+    main = stores[0]
+    result = _run([str(main), "--out", "shifted", "--methods", "knn", "--feature-set", "nosuch"])
+    assert result.exit_code == 1 and "no feature set 'nosuch'" in result.output and "(--feature-set)" in result.output
+
+
+def test_default_methods_are_the_library_defaults():
+    from clipcache.ood import DEFAULT_METHODS
+
+    default = next(p.default for p in ood_command.params if p.name == "methods")
+    assert default.split(",") == list(DEFAULT_METHODS)
+
+
+def test_other_store_without_the_feature_set_is_refused(stores, tmp_path):
+    main = stores[0]
+    foreign = tmp_path / "nofs.h5"
+    with FeatureStore(foreign, "w") as s:
+        s.set_classes(["a"])
+        s.add_feature_set("other", 16, provenance={"backbone": "open_clip", "model": "tiny", "pretrained": "none"})
+        s.create_split("test", ["other"])
+        s.append("test", ids=["a"], paths=["a"], labels=[0], features={"other": np.ones((1, 16), np.float32) / 4})
+        s.mark_complete("test")
+    result = _run([str(main), "--out", f"{foreign}:test", "--methods", "knn"])
+    assert result.exit_code == 1 and "has no feature set 'clip'" in result.output and "Traceback" not in result.output

@@ -15,7 +15,7 @@ from clipcache.errors import (
     MissingTextError,
     NotFittedError,
 )
-from clipcache.ood import OODDetector, auroc, vim_default_dim
+from clipcache.ood import OODDetector, auroc, knn_default_k, vim_default_dim
 
 D, C = 8, 3
 TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -170,6 +170,37 @@ def test_singular_covariance_uses_pinv_or_the_ledoit_wolf_ridge():
     np.testing.assert_allclose(auto.score_samples(Q), -_min_distance(Q.astype(np.float64), means, ridged), **TOL)
 
 
+def test_rmds_with_a_singular_covariance_ridges_both_gaussians_alike():
+    rng = np.random.default_rng(6)
+    X, y = _blobs(rng, 2)  # 6 rows in 8 dimensions
+    Q = rng.normal(size=(7, D)).astype(np.float32)
+    det = OODDetector("rmds").fit(X, y, X_val=X, y_val=y)
+    means, precision = _gaussian_reference(X, y, ridge=det.ridge_)
+    X64 = X.astype(np.float64)
+    mu0 = X64.mean(axis=0)
+    whole = (X64 - mu0).T @ (X64 - mu0) / len(X64)
+    whole_precision = np.linalg.inv(whole + det.ridge_ * np.trace(whole) / D * np.eye(D))
+    Q64 = Q.astype(np.float64)
+    background = np.einsum("ij,jk,ik->i", Q64 - mu0, whole_precision, Q64 - mu0)
+    assert det.ridge_ > 0
+    np.testing.assert_allclose(det.score_samples(Q), background - _min_distance(Q64, means, precision), **TOL)
+
+
+def test_fdbd_with_a_cosine_head_uses_normalised_features(data):
+    X, y = data[:2]
+    clf = ClassMeanClassifier(logit_scale=20.0).fit(X, y)
+    _, Q, got = _scores({"method": "fdbd", "classifier": clf}, data)
+    w = 20.0 * clf.prototypes_.astype(np.float64)
+    h, q = _normalize(X), _normalize(Q)
+    z = q @ w.T
+    want = []
+    for i, row in enumerate(z):
+        p = row.argmax()
+        total = sum(abs(row[p] - row[c]) / np.linalg.norm(w[c] - w[p]) for c in range(C) if c != p)
+        want.append(total / np.linalg.norm(q[i] - h.mean(axis=0)))
+    np.testing.assert_allclose(got, want, **TOL)
+
+
 def test_vim_equals_the_official_formula(data, gda):
     X = data[0]
     dim = 4
@@ -205,10 +236,11 @@ def test_knn_is_the_kth_cosine_neighbour(data):
     np.testing.assert_allclose(got, sims[:, 4], **TOL)
 
 
-def test_knn_default_k_is_capped_at_the_fitted_rows(data):
+def test_knn_default_k_scales_with_the_fitted_rows(data):
     X, y = data[:2]
-    det = OODDetector("knn").fit(X[:40], y[:40])  # 40 rows, 8 carved out: k = 32, not 50
-    assert det.k_ == 32
+    assert OODDetector("knn").fit(X[:40], y[:40]).k_ == 1  # 32 rows after carving
+    assert [knn_default_k(n) for n in (1, 1499, 1500, 50000, 100000)] == [1, 1, 2, 50, 100]
+    assert OODDetector("knn", k=50).fit(X[:40], y[:40]).k_ == 32  # an explicit k is capped at the rows
 
 
 def test_fdbd_equals_the_formula(data, gda):
@@ -341,3 +373,38 @@ def test_get_params_and_clone_follow_scikit_learn():
     assert det.get_params()["k"] == 7
     twin = clone(det)
     assert twin.get_params() == det.get_params() and twin is not det
+
+
+def _centred(A, mean):
+    return _normalize(np.asarray(A, dtype=np.float64) - mean).astype(np.float32)
+
+
+def test_centred_mahalanobis_equals_the_formula_on_centred_normalised_features(data):
+    X, y = data[:2]
+    det, Q, got = _scores({"method": "mahalanobis", "center": True}, data)
+    mean = X.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(det.center_, mean, rtol=1e-6)
+    means, precision = _gaussian_reference(_centred(X, mean), y)
+    np.testing.assert_allclose(got, -_min_distance(_centred(Q, mean).astype(np.float64), means, precision), **TOL)
+
+
+@pytest.mark.parametrize("options", [{"method": "rmds"}, {"method": "knn", "k": 3}, {"method": "vim", "dim": 4},
+                                     {"method": "fdbd"}, {"method": "msp"}, {"method": "nnguide", "k": 3}])
+def test_center_is_the_method_on_centred_normalised_features(options, data):
+    X, y, Xv, yv, Xi, Xo = data
+    det, Q, got = _scores({**options, "center": True}, data)
+    mean = X.astype(np.float64).mean(axis=0)
+    reference = OODDetector(**options).fit(_centred(X, mean), y, X_val=_centred(Xv, mean), y_val=yv)
+    np.testing.assert_allclose(got, reference.score_samples(_centred(Q, mean)), **TOL)
+    assert det.offset_ == pytest.approx(reference.offset_, rel=1e-6, abs=1e-6)
+
+
+def test_center_refuses_mcm_a_fitted_classifier_and_non_booleans(data, gda):
+    X, y = data[:2]
+    for options in ({"method": "mcm", "center": True}, {"method": "msp", "center": "yes"}):
+        with pytest.raises(InvalidParameterError) as info:
+            OODDetector(**options).fit(X, y)
+        assert info.value.param == "center"
+    with pytest.raises(InvalidParameterError, match="not fitted on") as info:
+        OODDetector("msp", classifier=gda, center=True).fit(X, y)
+    assert info.value.param == "center"

@@ -284,3 +284,28 @@ def test_corrupt_refuses_an_output_folder_inside_its_source(images, tmp_path, wh
     assert message.startswith(f"{out}: is ") and message.endswith("write the output to another folder (OUT)")
     assert sorted(p.relative_to(images) for p in images.rglob("*")) == before
 
+
+
+# -- ood and estimate -o ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["same", "symlink"])
+def test_ood_and_estimate_refuse_an_input_as_their_json(store, model, tmp_path, alias):
+    before = store.read_bytes()
+    target = _alias(alias, store, tmp_path / "link.json")
+    message = one_line_error(run("ood", store, "--out", "test", "--methods", "knn", "-o", target))
+    assert message == f"{target}: is the input {store}; write the output to another file (--output)"
+    message = one_line_error(run("estimate", store, "--model", model, "--splits", "test", "-o", target))
+    assert message == f"{target}: is the input {store}; write the output to another file (--output)"
+    assert store.read_bytes() == before
+
+
+def test_ood_and_estimate_over_another_json_need_overwrite(store, model, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"config": 1, "summary": 2, "runs": 3}')
+    for args in (("ood", store, "--out", "test", "--methods", "knn"), ("estimate", store, "--model", model, "--splits", "test")):
+        message = one_line_error(run(*args, "-o", other))
+        assert message.endswith("give another file name or overwrite it (--overwrite)"), message
+        assert json.loads(other.read_text()) == {"config": 1, "summary": 2, "runs": 3}
+    assert run("estimate", store, "--model", model, "--splits", "test", "-o", other, "--overwrite").exit_code == 0
+    assert {"model", "splits", "summary"} <= set(json.loads(other.read_text()))
