@@ -24,6 +24,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreVersionError",
+    "StoreWriteError",
 ]
 
 
@@ -64,6 +65,10 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing the store."""
+
+
+class StoreWriteError(StoreError):
+    """A write to a store failed (a full disk, an I/O error); what was committed before it is kept."""
 
 
 class NotFittedError(ClipCacheError, ValueError):

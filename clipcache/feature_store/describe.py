@@ -16,7 +16,6 @@ def describe(store: FeatureStore) -> dict:
     Reads the per-split counts, labels and views, and the text embeddings; never
     the features.
     """
-    a = store.h5.attrs
     splits = {}
     for split in store.splits:
         state = store._split(split).state()
@@ -38,6 +37,7 @@ def describe(store: FeatureStore) -> dict:
             "templates": None if t.templates is None else len(t.templates),
             "provenance": t.provenance,
         }
+    a = store.h5.attrs  # after the reads: a reader may have reopened the file to see a writer's changes
     return {
         "path": str(store.path),
         "format": f"{a['clipcache_format']} v{int(a['format_version'])}",

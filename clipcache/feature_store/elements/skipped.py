@@ -42,6 +42,10 @@ class SkippedRecords(GroupView):
         for column, values in zip(self.columns(), (ids, paths, reasons), strict=True):
             column.append(k, [str(v) for v in values])
 
+    def bytes_to_append(self, k: int, values: Sequence[Sequence[str]]) -> int:
+        """Bytes of the chunks that appending records (ids, paths, reasons) after the ``k`` committed ones allocates."""
+        return sum(column.bytes_to_append(k, list(v)) for column, v in zip(self.columns(), values, strict=True))
+
     def truncate(self, k: int) -> None:
         """Cut the columns back to the ``k`` committed records."""
         for column in self.columns():

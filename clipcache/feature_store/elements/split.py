@@ -21,18 +21,20 @@ import h5py
 import numpy as np
 
 from clipcache.errors import StoreFormatError
-from clipcache.feature_store import schema
+from clipcache.feature_store import _hdf5, schema
 from clipcache.feature_store.elements import feature_set, strings
 from clipcache.feature_store.elements._view import GroupView
 from clipcache.feature_store.elements.skipped import SkippedRecords
 from clipcache.feature_store.registry import Encoding
 
-__all__ = ["ENCODING", "STRING_COLUMNS", "Split", "SplitState"]
+__all__ = ["ENCODING", "HIDDEN_PREFIX", "STRING_COLUMNS", "Split", "SplitState"]
 
 logger = logging.getLogger(__name__)
 
 #: Per-sample string columns.
 STRING_COLUMNS = ("ids", "paths")
+#: A split under construction has this prefix before its name; readers never list it.
+HIDDEN_PREFIX = ".new-"
 #: Per-sample numeric columns and their on-disk dtypes.
 _NUMERIC_COLUMNS = (("labels", "i8"), ("views", "i2"))
 
@@ -142,9 +144,36 @@ class Split(GroupView):
 
     def write_state(self, state: SplitState) -> None:
         """Write the state vector in one write: the commit. Its feature sets must be the split's."""
-        self.dataset("state")[:] = state.encode()
+        ds = self.dataset("state")
+        ds[:] = state.encode()
+        ds.flush()
+
+    def missing_sources(self, name: str) -> list[str]:
+        """The source files of feature set ``name``'s virtual dataset that are not beside the store (none if not virtual)."""
+        ds = self.dataset(f"features/{name}")
+        if not ds.is_virtual:
+            return []
+        base = Path(self.path).resolve().parent
+        files = dict.fromkeys(source.file_name for source in ds.virtual_sources())
+        return [f for f in files if f != "." and not (base / f).is_file()]
+
+    def check_sources(self, name: str) -> None:
+        """Raise StoreFormatError if feature set ``name`` maps rows of source files that are missing."""
+        missing = self.missing_sources(name)
+        if missing:
+            raise StoreFormatError(
+                f"{self.path}: feature set {name!r} of split {self.name!r} maps rows of {', '.join(missing)}, "
+                "which is missing beside the store; put the shard stores back beside it, or merge them with layout 'copy'"
+            )
 
     # -- writing -----------------------------------------------------------------------
+
+    def bytes_to_append(self, start: int, ids: Sequence[str], paths: Sequence[str], features: dict) -> int:
+        """Bytes of the chunks that appending ``len(ids)`` rows after row ``start`` allocates in the file."""
+        stop = start + len(ids)
+        need = sum(self.string_column(c).bytes_to_append(start, v) for c, v in zip(STRING_COLUMNS, (ids, paths), strict=True))
+        need += sum(_hdf5.chunk_growth(self.dataset(c), stop) for c, _ in _NUMERIC_COLUMNS)
+        return need + sum(_hdf5.chunk_growth(self.dataset(f"features/{name}"), stop) for name in features)
 
     def add_feature_columns(self, infos: Sequence[feature_set.FeatureSetInfo]) -> None:
         """Add an empty column per feature set; a split that has rows is then no longer complete."""
@@ -233,6 +262,7 @@ def _write_rows(ds: h5py.Dataset, start: int, values) -> None:
     if ds.shape[0] != stop:
         ds.resize(stop, axis=0)
     ds[start:stop] = values
+    ds.flush()  # now, so that a failed write raises here (a dataset freed later can only print it)
 
 
 ENCODING = Encoding(schema.SPLIT, 1, write=Split.write, readers={1: Split})

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from clipcache.errors import StoreFormatError
+from clipcache.feature_store._hdf5 import chunk_growth
 from clipcache.feature_store.registry import Encoding
 from clipcache.feature_store.rows import read_rows
 from clipcache.feature_store.schema import STRING_COLUMN
@@ -54,6 +55,12 @@ class StringColumn:
         self.group["offsets"].refresh()
         self.group["utf8"].refresh()
 
+    def bytes_to_append(self, start: int, values: list[str]) -> int:
+        """Bytes of the chunks that appending ``values`` after row ``start`` allocates in the file."""
+        size = sum(len(v.encode("utf-8")) for v in values)
+        utf8 = self.group["utf8"]
+        return chunk_growth(self.group["offsets"], start + 1 + len(values)) + chunk_growth(utf8, utf8.shape[0] + size)
+
     def append(self, start: int, values: list[str]) -> None:
         """Write ``values`` as rows ``start, start + 1, ...`` (cutting anything after ``start``)."""
         if not values:
@@ -69,6 +76,8 @@ class StringColumn:
             utf8[base : int(ends[-1])] = data
         offsets.resize((start + 1 + len(values),))
         offsets[start + 1 :] = ends
+        utf8.flush()  # now, so that a failed write raises here
+        offsets.flush()
 
     def truncate(self, n: int) -> None:
         """Cut the column back to its first ``n`` rows."""

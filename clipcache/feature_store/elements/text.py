@@ -15,7 +15,7 @@ from clipcache.feature_store.registry import Encoding
 from clipcache.feature_store.schema import TEXT_EMBEDDINGS, dump_json
 from clipcache.ops import prompt_ensemble
 
-__all__ = ["ENCODING", "TextEmbeddings", "check_text", "replace_text"]
+__all__ = ["ENCODING", "TextEmbeddings", "check_text", "replace_text", "text_bytes"]
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -76,11 +76,15 @@ def _read(group: h5py.Group, path: Path) -> TextEmbeddings:
 
 def _write(group: h5py.Group, value: TextEmbeddings, created: str) -> None:
     group.attrs.update(provenance=dump_json(dict(value.provenance)), normalized=bool(value.normalized), created=created)
-    group.create_dataset("embeddings", data=value.embeddings)
-    group.create_dataset("class_index", data=value.class_index)
-    group.create_dataset("prompts", data=[str(p) for p in value.prompts], dtype=_STR)
+    written = [
+        group.create_dataset("embeddings", data=value.embeddings),
+        group.create_dataset("class_index", data=value.class_index),
+        group.create_dataset("prompts", data=[str(p) for p in value.prompts], dtype=_STR),
+    ]
     if value.templates is not None:
-        group.create_dataset("templates", data=[str(t) for t in value.templates], dtype=_STR)
+        written.append(group.create_dataset("templates", data=[str(t) for t in value.templates], dtype=_STR))
+    for ds in written:
+        ds.flush()  # now, so that a failed write raises here
 
 
 ENCODING = Encoding(TEXT_EMBEDDINGS, 1, write=_write, readers={1: _read})
@@ -134,6 +138,12 @@ def check_text(
         provenance=dict(provenance),
         normalized=bool(normalized),
     )
+
+
+def text_bytes(value: TextEmbeddings) -> int:
+    """About how many bytes writing ``value`` adds to the file."""
+    strings = sum(len(p.encode("utf-8")) + 16 for p in [*value.prompts, *(value.templates or [])])
+    return value.embeddings.nbytes + value.class_index.nbytes + strings
 
 
 def replace_text(parent: h5py.Group, value: TextEmbeddings, created: str) -> None:
