@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clipcache.errors import StoreFormatError
+
 if TYPE_CHECKING:
     from clipcache.feature_store.store import FeatureStore
 
@@ -14,11 +16,18 @@ def describe(store: FeatureStore) -> dict:
     """Everything ``clipcache info`` shows about ``store``, as a JSON-serialisable dict.
 
     Reads the per-split counts, labels and views, and the text embeddings; never
-    the features.
+    the features. A split that cannot be read is given as ``{"damaged": message}``,
+    and one whose virtual feature datasets map shard files that are missing gets
+    ``"missing_sources": {feature_set: [file, ...]}``.
     """
     splits = {}
     for split in store.splits:
-        state = store._split(split).state()
+        try:
+            sp = store._split(split)
+            state = sp.state()
+        except StoreFormatError as exc:
+            splits[split] = {"damaged": str(exc)}
+            continue
         labels = store.labels(split)
         splits[split] = {
             "rows": state.rows,
@@ -28,6 +37,9 @@ def describe(store: FeatureStore) -> dict:
             "views": int(store.views(split).max(initial=-1)) + 1,
             "features": dict(state.feature_rows),
         }
+        missing = {name: files for name in state.feature_rows if (files := sp.missing_sources(name))}
+        if missing:
+            splits[split]["missing_sources"] = missing
     texts = {}
     for name in store.text_names:
         t = store.text(name)

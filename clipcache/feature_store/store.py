@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -42,6 +43,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
+from clipcache._io import atomic_output
 from clipcache.errors import (
     InvalidParameterError,
     StoreError,
@@ -63,7 +65,7 @@ from clipcache.feature_store.elements.text import (
 )
 from clipcache.feature_store.rows import Rows, normalize_rows, read_rows
 
-__all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings"]
+__all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings", "replace_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,34 @@ class Chunk(NamedTuple):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def replace_store(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a new store, and move it over ``path`` when the block succeeds.
+
+    The old store stays as it was, byte for byte, until the new one is whole: a
+    failed or killed block leaves it untouched (the temporary file of a killed
+    one stays behind, hidden; nothing reads it). Meanwhile the old store's
+    writer lock is held, so that no other writer changes what is about to be
+    replaced.
+
+    Examples
+    --------
+    >>> with replace_store("feats.h5") as tmp:                    # doctest: +SKIP
+    ...     with FeatureStore(tmp, "x") as store:
+    ...         ...
+    """
+    path = Path(path)
+    lock = _hdf5.FileLock(path) if path.exists() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        with atomic_output(path) as tmp:
+            yield tmp
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_name(path: Path, value: str, what: str, param: str) -> None:
@@ -815,7 +845,8 @@ class FeatureStore:
         )
         if name in self.h5["text"] and not overwrite:
             raise StoreError(
-                f"{self.path}: text embeddings {name!r} exist; pass overwrite=True to replace them", param="name"
+                f"{self.path}: text embeddings {name!r} exist; set overwrite to replace them, or give another name",
+                param="overwrite",
             )
         with self._change(f"write text embeddings {name!r}", text_bytes(value)) as h5:
             replace_text(h5["text"], value, _now())

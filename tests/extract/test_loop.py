@@ -127,7 +127,7 @@ def test_float16_storage(image_folder, tmp_path):
 
 def test_existing_store_needs_resume_or_overwrite(image_folder, tmp_path):
     extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
-    with pytest.raises(StoreError, match="already exists; pass resume=True"):
+    with pytest.raises(StoreError, match="already exists; set resume to continue it"):
         extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
 
 
