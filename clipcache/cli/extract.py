@@ -57,6 +57,27 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
+def _refuse_store_onto_input(store: str, inputs: dict[str, str | None]) -> None:
+    """Refuse a STORE that is one of the input files, symbolic and hard links included.
+
+    A minimal check of this command's own; the shared output-onto-input check of
+    ``clipcache._io`` replaces it once it lands.
+    """
+    if not os.path.exists(store):
+        return
+    for what, path in inputs.items():
+        if path and os.path.isfile(path) and os.path.samefile(store, path):
+            raise click.UsageError(f"STORE {store} is the {what} {path}; write the store to another file")
+
+
+def _input_files(source, classes, pretrained, aux, templates) -> dict[str, str | None]:
+    """The files extract reads, by what they are."""
+    files = {"SOURCE": source, "--classes file": classes, "--pretrained weights": pretrained, "--templates file": templates}
+    for spec in aux:
+        files[f"--aux {spec} weights"] = spec.partition("=")[2] or None
+    return files
+
+
 def _print_report(report) -> None:
     rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
     skipped = [(split, s) for split, items in report.skipped.items() for s in items]
@@ -113,6 +134,7 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
     from clipcache.extract.plan import parse_shard, shard_from_env, shard_path
 
     _check_flags(model, pretrained, aux, resume, overwrite, templates)
+    _refuse_store_onto_input(store, _input_files(source, classes, pretrained, aux, templates))
     env_shard = shard_from_env()
     if shard and env_shard:
         raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank")
