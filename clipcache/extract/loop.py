@@ -483,7 +483,9 @@ def extract(
     try:
         run(path, fresh=overwrite)
     except StoreWriteError as exc:
-        raise StoreWriteError(f"{exc}; then resume the extraction", param="resume") from None
+        raise StoreWriteError(
+            f"{exc}; fix the cause (free some space if the disk is full), then resume the extraction", param="resume"
+        ) from None
     return report
 
 

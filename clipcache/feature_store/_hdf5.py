@@ -426,17 +426,21 @@ def quiet_dealloc_errors() -> Iterator[None]:
     handle is freed, fails again, and h5py can only print the error. The caller
     has already raised one error that names the file and the cause.
     """
-    previous = sys.unraisablehook
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, (OSError, RuntimeError)):
-            previous(unraisable)
+    def quiet_unraisable(report) -> None:
+        if not isinstance(report.exc_value, (OSError, RuntimeError)):
+            unraisable(report)
 
-    sys.unraisablehook = hook
+    def quiet_excepthook(kind, value, tb) -> None:  # Cython prints a __dealloc__ error through it first
+        if not isinstance(value, (OSError, RuntimeError)):
+            excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
     try:
         yield
     finally:
-        sys.unraisablehook = previous
+        sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def chunk_growth(ds: h5py.Dataset, rows: int) -> int:
@@ -465,7 +469,7 @@ def check_free_space(path: Path, need: int) -> None:
     if free < need + SPACE_MARGIN:
         raise StoreWriteError(
             f"{path}: {os.strerror(errno.ENOSPC)}: the next write needs about {_size(need + SPACE_MARGIN)} "
-            f"and the file system has {_size(free)} free; what was committed before is kept, free some space first"
+            f"and the file system has {_size(free)} free; what was committed before is kept"
         )
 
 

@@ -225,13 +225,22 @@ class FeatureStore:
             )
 
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """Turn an HDF5 or OS failure inside the block into one StoreWriteError, and refuse later writes."""
+    def _guard(self, what: str, split: str | None = None) -> Iterator[None]:
+        """Turn an HDF5 or OS failure inside the block into one StoreWriteError, and refuse later writes.
+
+        After a failed append to ``split``, its columns are cut back to the commit
+        first: that drops the chunks that could not be written from HDF5's cache,
+        so that the datasets close cleanly (HDF5 crashes at exit on a dataset
+        whose close failed).
+        """
         try:
             yield
         except (OSError, RuntimeError) as exc:
             self._failed = _hdf5.io_cause(exc)
             with _hdf5.quiet_dealloc_errors():
+                if split is not None:
+                    with contextlib.suppress(OSError, RuntimeError, StoreError):
+                        self._split(split).truncate()
                 traceback.clear_frames(exc.__traceback__)  # free the failed datasets while quiet
                 del exc
             raise StoreWriteError(
@@ -239,11 +248,11 @@ class FeatureStore:
             ) from None
 
     @contextlib.contextmanager
-    def _writing(self, what: str, need: int) -> Iterator[h5py.File]:
-        """Write rows in SWMR mode, after checking that ``need`` bytes (and a margin) are free."""
+    def _writing(self, split: str, what: str, need: int) -> Iterator[h5py.File]:
+        """Write rows of ``split`` in SWMR mode, after checking that ``need`` bytes (and a margin) are free."""
         self._require_writable()
         _hdf5.check_free_space(self.path, need)
-        with self._guard(what):
+        with self._guard(what, split):
             if not self.h5.swmr_mode:
                 self.h5.swmr_mode = True
             yield self.h5
@@ -577,7 +586,7 @@ class FeatureStore:
         }
         ids, paths = [str(v) for v in ids], [str(v) for v in paths]
         sp = self._split(split)
-        with self._writing(f"append {b} rows to split {split!r}", sp.bytes_to_append(n, ids, paths, arrays)):
+        with self._writing(split, f"append {b} rows to split {split!r}", sp.bytes_to_append(n, ids, paths, arrays)):
             sp = self._split(split)
             sp.append_rows(n, ids, paths, labels, views, arrays)
             rows = {name: n + b if name in arrays else have for name, have in state.feature_rows.items()}
@@ -603,7 +612,7 @@ class FeatureStore:
             )
         sp = self._split(split)
         need = _hdf5.chunk_growth(sp.dataset(f"features/{feature_set}"), have + len(x))
-        with self._writing(f"append {len(x)} rows of {feature_set!r} to split {split!r}", need):
+        with self._writing(split, f"append {len(x)} rows of {feature_set!r} to split {split!r}", need):
             sp = self._split(split)
             sp.append_feature_rows(feature_set, have, x)
             self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: have + len(x)}))
@@ -642,7 +651,7 @@ class FeatureStore:
         sp = self._split(split)
         state = sp.state()
         values = [[str(v) for v in column] for column in (ids, paths, reasons)]
-        with self._writing(f"record skipped samples of split {split!r}", sp.skipped.bytes_to_append(state.skipped, values)):
+        with self._writing(split, f"record skipped samples of split {split!r}", sp.skipped.bytes_to_append(state.skipped, values)):
             sp = self._split(split)
             sp.skipped.append(state.skipped, *values)
             self._commit(sp, replace(state, skipped=state.skipped + len(ids)))
@@ -656,7 +665,7 @@ class FeatureStore:
                 f"{self.path}: split {split!r} cannot be marked complete: feature sets {short} "
                 f"cover fewer than its {state.rows} rows"
             )
-        with self._writing(f"mark split {split!r} complete", 0):
+        with self._writing(split, f"mark split {split!r} complete", 0):
             self._commit(self._split(split), replace(state, complete=True))
 
     def _check_labels(self, split: str, labels: np.ndarray) -> None:
