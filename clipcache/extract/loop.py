@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -241,9 +242,8 @@ def _check_store_path(path: str, *, resume: bool, overwrite: bool) -> None:
         raise StoreError(f"{path}: already exists; set resume to continue it, or overwrite to replace it", param="resume")
     if os.path.isdir(path):
         raise StoreError(f"{path}: is a folder; give the store's file name", param="path")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise StoreError(f"{path}: the folder {folder} does not exist; create it first", param="path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # as FeatureStore would say, but before any work
+        raise StoreError(f"{path}: cannot open the store for writing ({os.strerror(errno.ENOENT)})", param="path")
 
 
 def _open_store(path: str, config: ExtractConfig, *, resume: bool, fresh: bool) -> FeatureStore:
