@@ -23,8 +23,7 @@ def describe(store: FeatureStore) -> dict:
     splits = {}
     for split in store.splits:
         try:
-            sp = store._split(split)
-            state = sp.state()
+            sp, state = store._state(split)
         except StoreFormatError as exc:
             splits[split] = {"damaged": str(exc)}
             continue

@@ -33,18 +33,20 @@ import hashlib
 import json
 import logging
 import os
+import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import h5py
 import numpy as np
 
 from clipcache._io import atomic_output
 from clipcache.errors import (
+    ClipCacheError,
     InvalidParameterError,
     StoreError,
     StoreFormatError,
@@ -68,6 +70,9 @@ from clipcache.feature_store.rows import Rows, normalize_rows, read_rows
 __all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings", "replace_store"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+#: Reads a reader tries while a writer changes the file under it.
+_READ_RETRIES = 4
 
 _MODES = ("r", "a", "w", "x")
 #: Bytes of float32 features per block of ``iter_chunks`` by default.
@@ -155,7 +160,7 @@ class FeatureStore:
         if mode == "r":
             self._h5, self._release = _hdf5.open_for_read(self.path)
             try:
-                root.check(self.path, self._h5)
+                self._retrying(lambda: root.check(self.path, self.h5))
             except BaseException:
                 self.close()
                 raise
@@ -298,6 +303,34 @@ class FeatureStore:
         self.close()
         self._h5, self._release = _hdf5.open_for_read(self.path)
 
+    def _retrying(self, read: Callable[[], _T]) -> _T:
+        """``read()``; a reader that fails while a writer holds the file opens it anew and reads again.
+
+        A writer changes the structure out of SWMR mode (a moment), and a reader
+        that opened the file before may then read a half-rewritten attribute or a
+        moved object; once the change is over, the file reads whole again.
+        """
+        for attempt in range(_READ_RETRIES):
+            try:
+                return read()
+            except (StoreFormatError, OSError, RuntimeError, KeyError, ValueError) as exc:
+                if isinstance(exc, ClipCacheError) and not isinstance(exc, StoreFormatError):
+                    raise
+                if self.mode != "r" or attempt == _READ_RETRIES - 1 or not _hdf5.writer_flags(self.path):
+                    raise
+            time.sleep(0.01 * (attempt + 1))
+            self._reopen()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _state(self, name: str) -> tuple[Split, SplitState]:
+        """Split ``name`` and its committed state."""
+
+        def read() -> tuple[Split, SplitState]:
+            sp = self._split(name)
+            return sp, sp.state()
+
+        return self._retrying(read)
+
     def _commit(self, sp: Split, state: SplitState) -> None:
         """Flush the rows written, then write ``state`` (one chunk, one write) and flush again."""
         self.h5.flush()
@@ -328,7 +361,7 @@ class FeatureStore:
     @property
     def classes(self) -> list[str]:
         """The class names, indexed by label."""
-        return root.read_classes(self.h5)
+        return self._retrying(lambda: root.read_classes(self.h5))
 
     def set_classes(self, names: Sequence[str]) -> None:
         """Set the class names once; setting a different list later is an error."""
@@ -349,7 +382,7 @@ class FeatureStore:
     @property
     def metadata(self) -> dict:
         """Free-form JSON metadata; the keys that modules share are named in ``schema`` (``METADATA_*``)."""
-        return root.read_metadata(self.h5)
+        return self._retrying(lambda: root.read_metadata(self.h5))
 
     def set_metadata(self, key: str, value) -> None:
         """Set one metadata entry to a JSON-serialisable value."""
@@ -366,11 +399,14 @@ class FeatureStore:
         return {name: self._feature_set(name) for name in self.h5["feature_sets"]}
 
     def _feature_set(self, name: str, param: str = "feature_set") -> FeatureSetInfo:
-        group = self._member("feature_sets", name)
-        if group is None:
-            known = ", ".join(self.h5["feature_sets"]) or "none"
-            raise StoreError(f"{self.path}: no feature set {name!r} (the store has: {known})", param=param)
-        return REGISTRY[schema.FEATURE_SET].open(self.path, group)
+        def read() -> FeatureSetInfo:
+            group = self._member("feature_sets", name)
+            if group is None:
+                known = ", ".join(self.h5["feature_sets"]) or "none"
+                raise StoreError(f"{self.path}: no feature set {name!r} (the store has: {known})", param=param)
+            return REGISTRY[schema.FEATURE_SET].open(self.path, group)
+
+        return self._retrying(read)
 
     def add_feature_set(
         self,
@@ -448,8 +484,7 @@ class FeatureStore:
 
     def _split_feature_set(self, name: str, feature_set_name: str) -> tuple[Split, SplitState]:
         """The split and its state, checking that ``feature_set_name`` has a column in it."""
-        sp = self._split(name)
-        state = sp.state()
+        sp, state = self._state(name)
         if feature_set_name not in state.feature_rows:
             raise StoreError(
                 f"{self.path}: split {name!r} has no feature set {feature_set_name!r} "
@@ -514,7 +549,7 @@ class FeatureStore:
             If there is no such split, or it is complete and ``force`` is False.
         """
         try:
-            state = self._split(split).state()
+            _, state = self._state(split)
         except StoreFormatError:
             if split not in self.splits:
                 raise
@@ -560,7 +595,7 @@ class FeatureStore:
         views : array-like of shape (b,), int, optional
             Augmented-view index of each row; 0 (the plain image) by default.
         """
-        state = self._split(split).state()
+        _, state = self._state(split)
         n = state.rows
         if state.complete:
             raise StoreError(f"{self.path}: split {split!r} is complete; append to a new split instead", param="split")
@@ -648,8 +683,7 @@ class FeatureStore:
         """Record samples that could not be read, with the reason, without adding rows."""
         if not (len(ids) == len(paths) == len(reasons)):
             raise StoreError(f"{self.path}: split {split!r}: skipped ids, paths and reasons differ in length")
-        sp = self._split(split)
-        state = sp.state()
+        sp, state = self._state(split)
         values = [[str(v) for v in column] for column in (ids, paths, reasons)]
         with self._writing(split, f"record skipped samples of split {split!r}", sp.skipped.bytes_to_append(state.skipped, values)):
             sp = self._split(split)
@@ -658,7 +692,7 @@ class FeatureStore:
 
     def mark_complete(self, split: str) -> None:
         """Mark a split complete: every feature set covers every row."""
-        state = self._split(split).state()
+        _, state = self._state(split)
         short = [name for name, n in state.feature_rows.items() if n != state.rows]
         if short:
             raise StoreError(
@@ -682,7 +716,7 @@ class FeatureStore:
 
     def n_rows(self, split: str) -> int:
         """Committed rows of ``split``."""
-        return self._split(split).state().rows
+        return self._state(split)[1].rows
 
     def feature_rows(self, split: str, feature_set: str) -> int:
         """Committed rows of feature set ``feature_set`` in ``split``."""
@@ -691,7 +725,7 @@ class FeatureStore:
 
     def is_complete(self, split: str) -> bool:
         """Whether ``split`` was marked complete (its extraction finished)."""
-        return self._split(split).state().complete
+        return self._state(split)[1].complete
 
     def _read(self, sp: Split, column: str, rows: Rows, n: int) -> np.ndarray:
         """Rows ``rows`` of the first ``n`` of a column of ``sp``, which is a string column or a dataset."""
@@ -712,8 +746,8 @@ class FeatureStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _column(self, split: str, column: str, rows: Rows) -> np.ndarray:
-        sp = self._split(split)
-        return self._read(sp, column, rows, sp.state().rows)
+        sp, state = self._state(split)
+        return self._read(sp, column, rows, state.rows)
 
     def ids(self, split: str, rows: Rows = None) -> np.ndarray:
         """Sample ids, ndarray of shape (n,), dtype object (str)."""
@@ -801,9 +835,9 @@ class FeatureStore:
 
     def skipped(self, split: str) -> list[tuple[str, str, str]]:
         """Samples that were skipped, as ``(id, path, reason)``."""
-        sp = self._split(split)
+        sp, state = self._state(split)
         try:
-            return sp.skipped.read(sp.state().skipped)
+            return sp.skipped.read(state.skipped)
         except OSError as exc:
             raise StoreFormatError(f"{self.path}: cannot read {split}/skipped; the file is corrupt ({exc})") from None
 
