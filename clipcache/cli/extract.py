@@ -116,7 +116,8 @@ def _print_report(report) -> None:
 @click.option("--shard", help="Extract shard i/n of every split into STORE (merge shards with clipcache merge).")
 @click.option("--templates", help="Also embed class prompts: imagenet80, simple or FILE.json.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same STORE.")
-@click.option("--overwrite", is_flag=True, help="Replace STORE if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace STORE if it exists; the new store is written beside it and replaces it only when complete.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--threads", type=int, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
@@ -127,7 +128,9 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
 
     SOURCE is an ImageFolder tree (one folder per class, optionally inside
     train/val/test folders), a CSV/TSV manifest with columns path,label[,split],
-    or a folder of idx files (MNIST, Fashion-MNIST).
+    or a folder of idx files (MNIST, Fashion-MNIST). Every input is checked
+    before any work. A run stopped by a kill, an interrupt or a full disk keeps
+    its committed batches: run it again with --resume.
     """
     from clipcache.extract.datasets import read_class_names
     from clipcache.extract.loop import ExtractConfig, RunOptions, extract
@@ -193,7 +196,8 @@ def text_command(store, templates, name, feature_set, device, overwrite):
 @output_option("The merged store.")
 @click.option("--layout", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
               help="Copy the features, or reference the shard files through HDF5 virtual datasets.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT if it exists; the merged store is written beside it and replaces it only when complete.")
 def merge_command(inputs, output, layout, overwrite):
     """Merge the shard stores INPUTS of one extraction run into the store -o OUTPUT.
 

@@ -197,7 +197,9 @@ def test_a_virtual_merge_whose_shard_moved_names_the_missing_file(tmp_path):
         assert store.describe()["splits"]["train"]["missing_sources"] == {"clip": ["shard1.h5"]}
     out = CliRunner().invoke(cli, ["info", str(merged)]).output
     assert "    clip: 10 rows, UNREADABLE: shard files missing beside the store: shard1.h5\n" in out
-    index = CliRunner().invoke(cli, ["index", str(merged), "--split", "train", "--feature-set", "clip"])
-    assert index.exit_code == 1 and index.output == f"Error: {message}\n"
+    for command in (["index", str(merged), "--split", "train", "--feature-set", "clip"],
+                    ["fit", str(merged), "--method", "ncm", "--shots", "2", "--val-per-class", "1", "-o", str(tmp_path / "m.h5")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1 and result.output == f"Error: {message}\n", command[0]
     shutil.move(tmp_path / "elsewhere.h5", shards[1])
     np.testing.assert_array_equal(FeatureStore(merged).features("train", "clip"), whole)
