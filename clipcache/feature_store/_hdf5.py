@@ -49,6 +49,7 @@ __all__ = [
     "open_for_read",
     "open_for_write",
     "quiet_dealloc_errors",
+    "write_error",
     "writer_flags",
 ]
 
@@ -416,6 +417,13 @@ def io_cause(exc: BaseException) -> str:
     if code:
         return os.strerror(code)
     return str(exc).splitlines()[0].split(" (")[0] if str(exc) else type(exc).__name__
+
+
+def write_error(path: Path, what: str, *, reopen: bool = False) -> StoreWriteError:
+    """The one error of a write that failed: ``cannot WHAT (CAUSE)``, and what is kept or what to do."""
+    if reopen:
+        return StoreWriteError(f"{path}: cannot {what}; close the store and open it again")
+    return StoreWriteError(f"{path}: cannot {what}; what was committed before is kept")
 
 
 @contextlib.contextmanager

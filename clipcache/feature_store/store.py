@@ -45,26 +45,14 @@ import h5py
 import numpy as np
 
 from clipcache._io import atomic_output
-from clipcache.errors import (
-    ClipCacheError,
-    InvalidParameterError,
-    StoreError,
-    StoreFormatError,
-    StoreMismatchError,
-    StoreWriteError,
-)
+from clipcache.errors import InvalidParameterError, StoreError, StoreFormatError, StoreMismatchError
 from clipcache.feature_store import _hdf5, schema
 from clipcache.feature_store.describe import describe
 from clipcache.feature_store.elements import REGISTRY, root
 from clipcache.feature_store.elements.feature_set import DTYPES, FeatureSetInfo, check_rows
 from clipcache.feature_store.elements.split import HIDDEN_PREFIX, STRING_COLUMNS, Split, SplitState
 from clipcache.feature_store.elements.strings import StringColumn
-from clipcache.feature_store.elements.text import (
-    TextEmbeddings,
-    check_text,
-    replace_text,
-    text_bytes,
-)
+from clipcache.feature_store.elements.text import TextEmbeddings, check_text, replace_text
 from clipcache.feature_store.rows import Rows, normalize_rows, read_rows
 
 __all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings", "replace_store"]
@@ -225,9 +213,7 @@ class FeatureStore:
         if self.mode == "r":
             raise StoreError(f"{self.path}: opened read-only; open it with mode 'a' to write")
         if self._failed is not None:
-            raise StoreWriteError(
-                f"{self.path}: an earlier write failed ({self._failed}); close the store and open it again"
-            )
+            raise _hdf5.write_error(self.path, f"write after an earlier write failed ({self._failed})", reopen=True)
 
     @contextlib.contextmanager
     def _guard(self, what: str, split: str | None = None) -> Iterator[None]:
@@ -241,16 +227,14 @@ class FeatureStore:
         try:
             yield
         except (OSError, RuntimeError) as exc:
-            self._failed = _hdf5.io_cause(exc)
+            self._failed = cause = _hdf5.io_cause(exc)
             with _hdf5.quiet_dealloc_errors():
                 if split is not None:
                     with contextlib.suppress(OSError, RuntimeError, StoreError):
                         self._split(split).truncate()
                 traceback.clear_frames(exc.__traceback__)  # free the failed datasets while quiet
                 del exc
-            raise StoreWriteError(
-                f"{self.path}: cannot {what} ({self._failed}); what was committed before is kept"
-            ) from None
+            raise _hdf5.write_error(self.path, f"{what} ({cause})") from None
 
     @contextlib.contextmanager
     def _writing(self, split: str, what: str, need: int) -> Iterator[h5py.File]:
@@ -313,9 +297,7 @@ class FeatureStore:
         for attempt in range(_READ_RETRIES):
             try:
                 return read()
-            except (StoreFormatError, OSError, RuntimeError, KeyError, ValueError) as exc:
-                if isinstance(exc, ClipCacheError) and not isinstance(exc, StoreFormatError):
-                    raise
+            except (StoreFormatError, OSError, RuntimeError, KeyError, json.JSONDecodeError):
                 if self.mode != "r" or attempt == _READ_RETRIES - 1 or not _hdf5.writer_flags(self.path):
                     raise
             time.sleep(0.01 * (attempt + 1))
@@ -891,7 +873,7 @@ class FeatureStore:
                 f"{self.path}: text embeddings {name!r} exist; set overwrite to replace them, or give another name",
                 param="overwrite",
             )
-        with self._change(f"write text embeddings {name!r}", text_bytes(value)) as h5:
+        with self._change(f"write text embeddings {name!r}", value.stored_bytes) as h5:
             replace_text(h5["text"], value, _now())
 
     def check_text_matches(self, text: str, feature_set: str) -> None:

@@ -15,7 +15,7 @@ from clipcache.feature_store.registry import Encoding
 from clipcache.feature_store.schema import TEXT_EMBEDDINGS, dump_json
 from clipcache.ops import prompt_ensemble
 
-__all__ = ["ENCODING", "TextEmbeddings", "check_text", "replace_text", "text_bytes"]
+__all__ = ["ENCODING", "TextEmbeddings", "check_text", "replace_text"]
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -59,6 +59,12 @@ class TextEmbeddings:
             Per class, the mean of its L2-normalised prompt embeddings, normalised again.
         """
         return prompt_ensemble(self.embeddings, self.class_index, n_classes)
+
+    @property
+    def stored_bytes(self) -> int:
+        """About how many bytes writing this set adds to a store file."""
+        strings = sum(len(p.encode("utf-8")) + 16 for p in [*self.prompts, *(self.templates or [])])
+        return self.embeddings.nbytes + self.class_index.nbytes + strings
 
 
 def _read(group: h5py.Group, path: Path) -> TextEmbeddings:
@@ -138,12 +144,6 @@ def check_text(
         provenance=dict(provenance),
         normalized=bool(normalized),
     )
-
-
-def text_bytes(value: TextEmbeddings) -> int:
-    """About how many bytes writing ``value`` adds to the file."""
-    strings = sum(len(p.encode("utf-8")) + 16 for p in [*value.prompts, *(value.templates or [])])
-    return value.embeddings.nbytes + value.class_index.nbytes + strings
 
 
 def replace_text(parent: h5py.Group, value: TextEmbeddings, created: str) -> None:
