@@ -144,6 +144,7 @@ class FeatureStore:
         self._lock: _hdf5.FileLock | None = None
         self._release = None
         self._failed: str | None = None
+        self._infos: dict[str, FeatureSetInfo] = {}  # feature sets never change once written
         self._h5: h5py.File | None = None
         if mode == "r":
             self._h5, self._release = _hdf5.open_for_read(self.path)
@@ -237,14 +238,17 @@ class FeatureStore:
             raise _hdf5.write_error(self.path, f"{what} ({cause})") from None
 
     @contextlib.contextmanager
-    def _writing(self, split: str, what: str, need: int) -> Iterator[h5py.File]:
-        """Write rows of ``split`` in SWMR mode, after checking that ``need`` bytes (and a margin) are free."""
+    def _writing(self, split: str, what: str) -> Iterator[Callable[[int], None]]:
+        """Write rows of ``split`` in SWMR mode; yield the check that the bytes a write allocates (and a margin) are free."""
         self._require_writable()
-        _hdf5.check_free_space(self.path, need)
         with self._guard(what, split):
             if not self.h5.swmr_mode:
                 self.h5.swmr_mode = True
-            yield self.h5
+            yield self._reserve
+
+    def _reserve(self, need: int) -> None:
+        """Refuse a write that allocates ``need`` bytes when the file system lacks them and the margin."""
+        _hdf5.check_free_space(self.path, need)
 
     @contextlib.contextmanager
     def _change(self, what: str, need: int = 0) -> Iterator[h5py.File]:
@@ -381,6 +385,9 @@ class FeatureStore:
         return {name: self._feature_set(name) for name in self.h5["feature_sets"]}
 
     def _feature_set(self, name: str, param: str = "feature_set") -> FeatureSetInfo:
+        if name in self._infos:
+            return self._infos[name]
+
         def read() -> FeatureSetInfo:
             group = self._member("feature_sets", name)
             if group is None:
@@ -388,7 +395,8 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: no feature set {name!r} (the store has: {known})", param=param)
             return REGISTRY[schema.FEATURE_SET].open(self.path, group)
 
-        return self._retrying(read)
+        self._infos[name] = info = self._retrying(read)
+        return info
 
     def add_feature_set(
         self,
@@ -577,7 +585,7 @@ class FeatureStore:
         views : array-like of shape (b,), int, optional
             Augmented-view index of each row; 0 (the plain image) by default.
         """
-        _, state = self._state(split)
+        sp, state = self._state(split)
         n = state.rows
         if state.complete:
             raise StoreError(f"{self.path}: split {split!r} is complete; append to a new split instead", param="split")
@@ -601,11 +609,8 @@ class FeatureStore:
             name: check_rows(self.path, split, self._feature_set(name), x, b)
             for name, x in features.items()
         }
-        ids, paths = [str(v) for v in ids], [str(v) for v in paths]
-        sp = self._split(split)
-        with self._writing(split, f"append {b} rows to split {split!r}", sp.bytes_to_append(n, ids, paths, arrays)):
-            sp = self._split(split)
-            sp.append_rows(n, ids, paths, labels, views, arrays)
+        with self._writing(split, f"append {b} rows to split {split!r}") as reserve:
+            sp.append_rows(n, ids, paths, labels, views, arrays, reserve)
             rows = {name: n + b if name in arrays else have for name, have in state.feature_rows.items()}
             self._commit(sp, replace(state, rows=n + b, feature_rows=rows))
 
@@ -628,10 +633,8 @@ class FeatureStore:
                 param="features",
             )
         sp = self._split(split)
-        need = _hdf5.chunk_growth(sp.dataset(f"features/{feature_set}"), have + len(x))
-        with self._writing(split, f"append {len(x)} rows of {feature_set!r} to split {split!r}", need):
-            sp = self._split(split)
-            sp.append_feature_rows(feature_set, have, x)
+        with self._writing(split, f"append {len(x)} rows of {feature_set!r} to split {split!r}") as reserve:
+            sp.append_feature_rows(feature_set, have, x, reserve)
             self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: have + len(x)}))
 
     def link_features(self, split: str, feature_set: str, sources: Sequence[tuple[str | Path, int]]) -> None:
@@ -666,23 +669,22 @@ class FeatureStore:
         if not (len(ids) == len(paths) == len(reasons)):
             raise StoreError(f"{self.path}: split {split!r}: skipped ids, paths and reasons differ in length")
         sp, state = self._state(split)
-        values = [[str(v) for v in column] for column in (ids, paths, reasons)]
-        with self._writing(split, f"record skipped samples of split {split!r}", sp.skipped.bytes_to_append(state.skipped, values)):
-            sp = self._split(split)
-            sp.skipped.append(state.skipped, *values)
+        with self._writing(split, f"record skipped samples of split {split!r}") as reserve:
+            sp.skipped.append(state.skipped, ids, paths, reasons, reserve)
             self._commit(sp, replace(state, skipped=state.skipped + len(ids)))
 
     def mark_complete(self, split: str) -> None:
         """Mark a split complete: every feature set covers every row."""
-        _, state = self._state(split)
+        sp, state = self._state(split)
         short = [name for name, n in state.feature_rows.items() if n != state.rows]
         if short:
             raise StoreError(
                 f"{self.path}: split {split!r} cannot be marked complete: feature sets {short} "
                 f"cover fewer than its {state.rows} rows"
             )
-        with self._writing(split, f"mark split {split!r} complete", 0):
-            self._commit(self._split(split), replace(state, complete=True))
+        with self._writing(split, f"mark split {split!r} complete") as reserve:
+            reserve(0)
+            self._commit(sp, replace(state, complete=True))
 
     def _check_labels(self, split: str, labels: np.ndarray) -> None:
         n_classes = len(self.classes)

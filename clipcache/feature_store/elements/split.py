@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,12 +168,6 @@ class Split(GroupView):
 
     # -- writing -----------------------------------------------------------------------
 
-    def bytes_to_append(self, start: int, ids: Sequence[str], paths: Sequence[str], features: dict) -> int:
-        """Bytes of the chunks that appending ``len(ids)`` rows after row ``start`` allocates in the file."""
-        stop = start + len(ids)
-        need = sum(self.string_column(c).bytes_to_append(start, v) for c, v in zip(STRING_COLUMNS, (ids, paths), strict=True))
-        need += sum(_hdf5.chunk_growth(self.dataset(c), stop) for c, _ in _NUMERIC_COLUMNS)
-        return need + sum(_hdf5.chunk_growth(self.dataset(f"features/{name}"), stop) for name in features)
 
     def add_feature_columns(self, infos: Sequence[feature_set.FeatureSetInfo]) -> None:
         """Add an empty column per feature set; a split that has rows is then no longer complete."""
@@ -205,18 +199,29 @@ class Split(GroupView):
         labels: np.ndarray,
         views: np.ndarray,
         features: dict[str, np.ndarray],
+        reserve: Callable[[int], None],
     ) -> None:
-        """Write rows after the ``start`` committed ones into every column given (uncommitted until the state says so)."""
-        self.string_column("ids").append(start, [str(v) for v in ids])
-        self.string_column("paths").append(start, [str(v) for v in paths])
-        _write_rows(self.dataset("labels"), start, labels)
-        _write_rows(self.dataset("views"), start, views)
-        for name, x in features.items():
-            _write_rows(self.dataset(f"features/{name}"), start, x)
+        """Write rows after the ``start`` committed ones into every column given (uncommitted until the state says so).
 
-    def append_feature_rows(self, name: str, start: int, x: np.ndarray) -> None:
-        """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so)."""
-        _write_rows(self.dataset(f"features/{name}"), start, x)
+        ``reserve(n)`` is called first with the bytes of the chunks the write
+        allocates in the file; it raises to refuse the write.
+        """
+        stop = start + len(ids)
+        strings_ = [(self.string_column(c), [str(v) for v in values]) for c, values in zip(STRING_COLUMNS, (ids, paths), strict=True)]
+        numeric = [(self.dataset(c), values) for (c, _), values in zip(_NUMERIC_COLUMNS, (labels, views), strict=True)]
+        numeric += [(self.dataset(f"features/{name}"), x) for name, x in features.items()]
+        reserve(sum(col.bytes_to_append(start, values) for col, values in strings_)
+                + sum(_hdf5.chunk_growth(ds, stop) for ds, _ in numeric))
+        for col, values in strings_:
+            col.append(start, values)
+        for ds, values in numeric:
+            _write_rows(ds, start, values)
+
+    def append_feature_rows(self, name: str, start: int, x: np.ndarray, reserve: Callable[[int], None]) -> None:
+        """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so); ``reserve`` as in :meth:`append_rows`."""
+        ds = self.dataset(f"features/{name}")
+        reserve(_hdf5.chunk_growth(ds, start + len(x)))
+        _write_rows(ds, start, x)
 
     def link_features(self, info: feature_set.FeatureSetInfo, sources: Sequence[tuple[str | Path, int]]) -> None:
         """Replace the column of ``info`` by an HDF5 virtual dataset over the same column of other stores.
