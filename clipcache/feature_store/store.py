@@ -87,7 +87,7 @@ def replace_store(path: str | os.PathLike) -> Iterator[Path]:
     failed or killed block leaves it untouched (the temporary file of a killed
     one stays behind, hidden; nothing reads it). Meanwhile the old store's
     writer lock is held, so that no other writer changes what is about to be
-    replaced.
+    replaced. A ``path`` that is a symbolic link keeps naming the new store.
 
     Examples
     --------
@@ -95,7 +95,7 @@ def replace_store(path: str | os.PathLike) -> Iterator[Path]:
     ...     with FeatureStore(tmp, "x") as store:
     ...         ...
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a symbolic link: replace the file it names, keep the link
     lock = _hdf5.FileLock(path) if path.exists() else None
     if lock is not None:
         lock.acquire()
