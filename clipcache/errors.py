@@ -27,6 +27,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreVersionError",
+    "StoreWriteError",
 ]
 
 
@@ -67,6 +68,10 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing the store."""
+
+
+class StoreWriteError(StoreError):
+    """A write to a store failed (a full disk, an I/O error); what was committed before it is kept."""
 
 
 class NotFittedError(ClipCacheError, ValueError):

@@ -57,6 +57,27 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
+def _refuse_store_onto_input(store: str, inputs: dict[str, str | None]) -> None:
+    """Refuse a STORE that is one of the input files, symbolic and hard links included.
+
+    A minimal check of this command's own; the shared output-onto-input check of
+    ``clipcache._io`` replaces it once it lands.
+    """
+    if not os.path.exists(store):
+        return
+    for what, path in inputs.items():
+        if path and os.path.isfile(path) and os.path.samefile(store, path):
+            raise click.UsageError(f"STORE {store} is the {what} {path}; write the store to another file")
+
+
+def _input_files(source, classes, pretrained, aux, templates) -> dict[str, str | None]:
+    """The files extract reads, by what they are."""
+    files = {"SOURCE": source, "--classes file": classes, "--pretrained weights": pretrained, "--templates file": templates}
+    for spec in aux:
+        files[f"--aux {spec} weights"] = spec.partition("=")[2] or None
+    return files
+
+
 def _print_report(report) -> None:
     rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
     skipped = [(split, s) for split, items in report.skipped.items() for s in items]
@@ -95,7 +116,8 @@ def _print_report(report) -> None:
 @click.option("--shard", help="Extract shard i/n of every split into STORE (merge shards with clipcache merge).")
 @click.option("--templates", help="Also embed class prompts: imagenet80, simple or FILE.json.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same STORE.")
-@click.option("--overwrite", is_flag=True, help="Replace STORE if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace STORE if it exists; the new store is written beside it and replaces it only when complete.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--threads", type=int, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
@@ -106,13 +128,16 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
 
     SOURCE is an ImageFolder tree (one folder per class, optionally inside
     train/val/test folders), a CSV/TSV manifest with columns path,label[,split],
-    or a folder of idx files (MNIST, Fashion-MNIST).
+    or a folder of idx files (MNIST, Fashion-MNIST). Every input is checked
+    before any work. A run stopped by a kill, an interrupt or a full disk keeps
+    its committed batches: run it again with --resume.
     """
     from clipcache.extract.datasets import read_class_names
     from clipcache.extract.loop import ExtractConfig, RunOptions, extract
     from clipcache.extract.plan import parse_shard, shard_from_env, shard_path
 
     _check_flags(model, pretrained, aux, resume, overwrite, templates)
+    _refuse_store_onto_input(store, _input_files(source, classes, pretrained, aux, templates))
     env_shard = shard_from_env()
     if shard and env_shard:
         raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank")
@@ -171,7 +196,8 @@ def text_command(store, templates, name, feature_set, device, overwrite):
 @output_option("The merged store.")
 @click.option("--layout", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
               help="Copy the features, or reference the shard files through HDF5 virtual datasets.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT if it exists; the merged store is written beside it and replaces it only when complete.")
 def merge_command(inputs, output, layout, overwrite):
     """Merge the shard stores INPUTS of one extraction run into the store -o OUTPUT.
 

@@ -1,4 +1,4 @@
-"""``clipcache info``: describe a feature store."""
+"""``clipcache info`` and ``clipcache drop-split``: describe a feature store, and remove a split from it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import click
 
 from clipcache.cli.params import json_option
 from clipcache.feature_store import FeatureStore
-from clipcache.feature_store.schema import MODEL_KEYS
+from clipcache.feature_store.schema import METADATA_SHARD, MODEL_KEYS
 
-__all__ = ["COMMANDS", "format_description", "info"]
+__all__ = ["COMMANDS", "drop_split", "format_description", "info"]
 
 
 def _provenance_line(prov: dict) -> str:
@@ -27,13 +27,9 @@ def format_description(d: dict) -> str:
     ]
     if not d["splits"]:
         lines.append("  (none)")
+    extracted = (d["metadata"].get(METADATA_SHARD) or {}).get("items", {})
     for name, s in d["splits"].items():
-        state = "complete" if s["complete"] else "INCOMPLETE"
-        extra = f", {s['skipped']} skipped" if s["skipped"] else ""
-        extra += f", {s['views']} views" if s["views"] > 1 else ""
-        lines.append(f"  {name}: {s['rows']} rows ({s['labelled']} labelled{extra}), {state}")
-        for fs, rows in s["features"].items():
-            lines.append(f"    {fs}: {rows} rows")
+        lines.extend(_split_lines(d["path"], name, s, name in extracted))
     lines.append("feature sets:")
     if not d["feature_sets"]:
         lines.append("  (none)")
@@ -55,6 +51,25 @@ def format_description(d: dict) -> str:
     return "\n".join(lines)
 
 
+def _split_lines(path: str, name: str, s: dict, extracted: bool) -> list[str]:
+    """The lines of one split, with the way out of an incomplete, damaged or unreadable one."""
+    drop = f"clipcache drop-split {path} {name}"
+    if "damaged" in s:
+        return [f"  {name}: DAMAGED, cannot be read; drop it: {drop}"]
+    state = "complete" if s["complete"] else "INCOMPLETE"
+    extra = f", {s['skipped']} skipped" if s["skipped"] else ""
+    extra += f", {s['views']} views" if s["views"] > 1 else ""
+    lines = [f"  {name}: {s['rows']} rows ({s['labelled']} labelled{extra}), {state}"]
+    missing = s.get("missing_sources", {})
+    for fs, rows in s["features"].items():
+        gone = f", UNREADABLE: shard files missing beside the store: {', '.join(missing[fs])}" if fs in missing else ""
+        lines.append(f"    {fs}: {rows} rows{gone}")
+    if not s["complete"]:
+        finish = "finish it with clipcache extract --resume (the same flags)" if extracted else "resume the command that wrote it"
+        lines.append(f"    {finish}, or drop it: {drop}")
+    return lines
+
+
 @click.command()
 @click.argument("store", type=click.Path(dir_okay=False))
 @json_option("Print the description as JSON.")
@@ -68,4 +83,18 @@ def info(store: str, as_json: bool) -> None:
         click.echo(format_description(description))
 
 
-COMMANDS = [info]
+@click.command("drop-split")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("split")
+@click.option("--force", is_flag=True, help="Also drop a complete split.")
+def drop_split(store: str, split: str, force: bool) -> None:
+    """Delete SPLIT of STORE, such as one an interrupted command left incomplete, so that its name can be used again.
+
+    A complete split is dropped only with --force. The file does not shrink.
+    """
+    with FeatureStore(store, "a") as fs:
+        rows = fs.drop_split(split, force=force)
+    click.echo(f"Dropped split {split!r} ({rows} rows) from {store}")
+
+
+COMMANDS = [info, drop_split]

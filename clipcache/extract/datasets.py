@@ -6,12 +6,20 @@ in a fixed order, each with a key (the path relative to the dataset root, or the
 file and row) and an integer label, and decodes sample ``i`` on request. Listing never
 decodes an image: a file that cannot be read is found, and recorded, by the extraction
 loop that decodes it.
+
+One file is listed once: an ImageFolder walk follows symbolic links but skips
+a link back to a folder it is inside (a cycle), and a file reachable under two
+classes (by a link, or a hard link) is an error naming both paths. A manifest
+row that repeats an earlier one exactly is dropped with a warning; a path given
+two labels is an error naming both lines.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
+import logging
 import os
 import struct
 from collections.abc import Sequence
@@ -47,6 +55,8 @@ SPLIT_FOLDER_NAMES = frozenset(
 """Top-level folder names that make an ImageFolder tree a tree of splits."""
 
 DEFAULT_SPLIT = "train"
+
+logger = logging.getLogger(__name__)
 
 
 class Split:
@@ -189,7 +199,7 @@ def read_class_names(value: str) -> list[str]:
     """Read class names from a file (one per line) or a comma-separated list."""
     candidate = Path(value)
     if candidate.is_file():
-        names = [line.strip() for line in candidate.read_text(encoding="utf-8").splitlines()]
+        names = [line.strip() for line in _read_utf8(candidate, "class list", "classes").splitlines()]
         names = [name for name in names if name]
     else:
         names = [name.strip() for name in value.split(",") if name.strip()]
@@ -201,18 +211,70 @@ def read_class_names(value: str) -> list[str]:
 # -- ImageFolder ------------------------------------------------------------------------
 
 
+def _read_utf8(path: Path, what: str, param: str | None = None) -> str:
+    """The text of ``path``; DatasetError naming the byte offset and line when it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the {what} ({exc.strerror})", param=param) from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(
+            f"{path}: the {what} is not UTF-8: byte {exc.start} (0x{data[exc.start]:02x}, line {line}) "
+            "cannot be decoded; save it as UTF-8",
+            param=param,
+        ) from None
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _list_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, in walk order, following links to folders but never round a cycle."""
     found = []
+    visited = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = os.path.realpath(dirpath)
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            target = os.path.realpath(os.path.join(dirpath, name))
+            if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                logger.warning("%s: skipped, a link back to %s, a folder it is in (a cycle)", Path(dirpath) / name, target)
+            elif target in visited:
+                logger.warning("%s: skipped, a link to %s, which is listed already", Path(dirpath) / name, target)
+            else:
+                visited.add(target)
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(Path(dirpath) / name)
     return found
+
+
+def _unique_files(root: Path, listing: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """``listing`` (class -> files) with every file once: a repeat within a class is dropped, across classes refused."""
+    owner: dict[tuple[int, int], tuple[str, Path]] = {}
+    unique: dict[str, list[Path]] = {}
+    for class_name, files in listing.items():
+        kept = unique.setdefault(class_name, [])
+        for file in files:
+            st = file.stat()
+            first = owner.setdefault((st.st_dev, st.st_ino), (class_name, file))
+            if first[1] == file:
+                kept.append(file)
+            elif first[0] == class_name:
+                logger.warning("%s: skipped, the same file as %s", file, first[1])
+            else:
+                raise DatasetError(
+                    f"{root}: {first[1].relative_to(root).as_posix()} (class {first[0]!r}) and "
+                    f"{file.relative_to(root).as_posix()} (class {class_name!r}) are the same file; "
+                    "remove the link so that each image has one class"
+                )
+    return unique
 
 
 def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
@@ -226,7 +288,7 @@ def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
         )
     split_roots = {d.name: d for d in split_like} if split_like else {default_split: root}
 
-    per_split = {name: {d.name: _list_images(d) for d in _visible_dirs(folder)}
+    per_split = {name: _unique_files(root, {d.name: _list_images(d) for d in _visible_dirs(folder)})
                  for name, folder in split_roots.items()}
     found_classes = sorted({c for listing in per_split.values() for c, files in listing.items()
                             if files})
@@ -264,21 +326,38 @@ def _class_index(found: list[str], classes, where: str) -> list[str]:
 
 def _open_manifest(path: Path, classes, default_split: str) -> ImageDataset:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise DatasetError(
-                f"{path}: the manifest has no {' or '.join(map(repr, missing))} column; "
-                "its header must name 'path', 'label' and optionally 'split'"
-            )
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            if not row.get("path") or not row.get("label"):
-                raise DatasetError(f"{path}, line {line}: empty path or label")
-            rows.append((row.get("split") or default_split, row["path"], row["label"]))
+    reader = csv.DictReader(io.StringIO(_read_utf8(path, "manifest"), newline=""), delimiter=delimiter)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: the manifest has no {' or '.join(map(repr, missing))} column; "
+            "its header must name 'path', 'label' and optionally 'split'"
+        )
+    rows = []
+    seen: dict[str, tuple[int, str, str]] = {}
+    repeats = []
+    for row in reader:
+        line = reader.line_num
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        if not row.get("path") or not row.get("label"):
+            raise DatasetError(f"{path}, line {line}: empty path or label")
+        split, key, label = row.get("split") or default_split, row["path"], row["label"]
+        first = seen.setdefault(os.path.normpath(key), (line, split, label))
+        if first[0] != line:
+            if first[2] != label:
+                raise DatasetError(
+                    f"{path}, lines {first[0]} and {line}: {key!r} is labelled {first[2]!r} and {label!r}; "
+                    "keep the line with the right label"
+                )
+            if first[1] == split:
+                repeats.append((first[0], line))
+                continue
+        rows.append((split, key, label))
+    if repeats:
+        logger.warning(
+            "%s: %d lines repeat an earlier one and are skipped (line %d repeats line %d)", path, len(repeats), *repeats[0][::-1]
+        )
     if not rows:
         raise DatasetError(f"{path}: the manifest lists no images")
 

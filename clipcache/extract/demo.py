@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from clipcache.errors import DatasetError
+from clipcache.errors import DatasetError, InvalidParameterError
 
 __all__ = ["DEMO_CLASSES", "DEMO_SIZE", "draw_shape", "write_demo_dataset"]
 
@@ -85,6 +85,7 @@ def write_demo_dataset(
         Created if missing; must not already hold a ``train`` or ``test`` folder
         unless ``overwrite``.
     train_per_class, test_per_class : int
+        Images per class, 0 or more.
     seed : int
     overwrite : bool
         Replace existing ``train`` and ``test`` folders.
@@ -94,6 +95,9 @@ def write_demo_dataset(
     dict of str to int
         Images written per split.
     """
+    for param, count in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise InvalidParameterError(f"{param} must be a whole number of images, 0 or more, not {count!r}", param=param)
     root = Path(directory)
     existing = [root / split for split in ("train", "test") if (root / split).exists()]
     if existing and not overwrite:

@@ -3,14 +3,18 @@
 :func:`extract` reads a dataset, encodes each planned item (sample x view) with
 every backbone in fixed batches, and appends one committed batch at a time to
 the store. Unreadable images are recorded as skipped. ``resume=True`` continues
-a killed run from its last committed batch with the same batches, so the result
-equals an uninterrupted run bit for bit on CPU.
+a killed or failed run (a full disk, say) from its last committed batch with
+the same batches, so the result equals an uninterrupted run bit for bit on CPU.
+``overwrite=True`` writes the new store beside the old one and moves it over
+the old one only when it is complete, so a failed or killed overwrite leaves
+the old store as it was. Every input is checked before any work starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -24,11 +28,17 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
-from clipcache.errors import DatasetError, InvalidParameterError, StoreError, StoreMismatchError
+from clipcache.errors import (
+    DatasetError,
+    InvalidParameterError,
+    StoreError,
+    StoreMismatchError,
+    StoreWriteError,
+)
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
-from clipcache.extract.plan import build_plans, select_samples
-from clipcache.extract.prompts import embed_prompts
+from clipcache.extract.plan import build_plans, parse_limits, select_samples
+from clipcache.extract.prompts import embed_prompt_set, load_prompts
 from clipcache.extract.transforms import (
     AUG_SCALE,
     Preprocess,
@@ -37,7 +47,7 @@ from clipcache.extract.transforms import (
     normalize_batch,
     view_params,
 )
-from clipcache.feature_store import FeatureStore, schema
+from clipcache.feature_store import FeatureStore, replace_store, schema
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -222,11 +232,23 @@ def _batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- store setup
 
 
-def _open_store(path: str, config: ExtractConfig, *, resume: bool, overwrite: bool) -> FeatureStore:
-    exists = os.path.exists(path) and os.path.getsize(path) > 0
-    if exists and not (resume or overwrite):
-        raise StoreError(f"{path}: already exists; pass resume=True to continue it or overwrite=True to replace it", param="resume")
-    store = FeatureStore(path, "a" if resume else ("w" if overwrite else "x"))
+def _existing(path: str) -> bool:
+    return os.path.exists(path) and os.path.getsize(path) > 0
+
+
+def _check_store_path(path: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing store without resume or overwrite, and a store where no file can be made."""
+    if _existing(path) and not (resume or overwrite):
+        raise StoreError(f"{path}: already exists; set resume to continue it, or overwrite to replace it", param="resume")
+    if os.path.isdir(path):
+        raise StoreError(f"{path}: is a folder; give the store's file name", param="path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # as FeatureStore would say, but before any work
+        raise StoreError(f"{path}: cannot open the store for writing ({os.strerror(errno.ENOENT)})", param="path")
+
+
+def _open_store(path: str, config: ExtractConfig, *, resume: bool, fresh: bool) -> FeatureStore:
+    exists = _existing(path)
+    store = FeatureStore(path, "w" if fresh else ("a" if resume else "x"))
     if resume and exists:
         recorded = store.metadata.get(schema.METADATA_EXTRACT)
         if recorded is not None and recorded != config.to_json():
@@ -423,11 +445,13 @@ def extract(
         raise InvalidParameterError(f"{path}: resume and overwrite contradict each other; pass one of them", param="resume")
     if templates and backbones is None and not config.model:
         raise InvalidParameterError("templates need a text tower; extract with an open_clip model as well", param="templates")
+    _check_store_path(path, resume=resume, overwrite=overwrite)
     dataset = open_dataset(config.source, classes=config.classes)
     selected = select_samples(
         dataset, splits=list(config.splits or []) or None, max_per_class=config.max_per_class, val_per_class=config.val_per_class
     )
     plans = build_plans(selected, views=max(1, config.augment_views), batch_size=config.batch_size, shard=config.shard)
+    prompt_set = load_prompts(templates, dataset.classes) if templates else None  # a bad file fails now, not at the end
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
     for backbone in backbones:
@@ -435,17 +459,33 @@ def extract(
         backbone.to(options.device)
     text_backbone = _text_backbone(backbones) if templates else None
     report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
-    with _open_store(path, config, resume=resume, overwrite=overwrite) as store:
-        _prepare_store(store, config, dataset.classes, backbones, plans)
-        began = time.perf_counter()
-        for plan in plans:
-            _run_split(store, plan, backbones, config, options, report)
-        report.seconds = time.perf_counter() - began
-        if templates:
-            embed_prompts(store, templates, backbone=text_backbone, overwrite=True)
-        for plan in plans:
-            report.rows[plan.name] = store.n_rows(plan.name)
-            report.skipped[plan.name] = store.skipped(plan.name)
+
+    def run(target: str, fresh: bool) -> None:
+        with _open_store(target, config, resume=resume, fresh=fresh) as store:
+            _prepare_store(store, config, dataset.classes, backbones, plans)
+            began = time.perf_counter()
+            for plan in plans:
+                _run_split(store, plan, backbones, config, options, report)
+            report.seconds = time.perf_counter() - began
+            if prompt_set is not None:
+                embed_prompt_set(store, prompt_set, text_backbone, source=templates, overwrite=True)
+            for plan in plans:
+                report.rows[plan.name] = store.n_rows(plan.name)
+                report.skipped[plan.name] = store.skipped(plan.name)
+
+    if overwrite and _existing(path):
+        try:
+            with replace_store(path) as tmp:
+                run(os.fspath(tmp), fresh=True)
+        except StoreWriteError as exc:
+            raise StoreWriteError(f"{path}: the new store could not be written, so the old one is unchanged ({exc})") from None
+        return report
+    try:
+        run(path, fresh=overwrite)
+    except StoreWriteError as exc:
+        raise StoreWriteError(
+            f"{exc}; fix the cause (free some space if the disk is full), then resume the extraction", param="resume"
+        ) from None
     return report
 
 
@@ -457,6 +497,17 @@ def _text_backbone(backbones: Sequence[Backbone]) -> Backbone:
 
 
 def _check_config(config: ExtractConfig, options: RunOptions) -> None:
+    if config.image_size is not None and config.image_size < 1:
+        raise InvalidParameterError(f"image_size {config.image_size} must be a positive number of pixels", param="image_size")
+    if config.val_per_class < 0:
+        raise InvalidParameterError(f"val_per_class {config.val_per_class} must be 0 or more", param="val_per_class")
+    if config.seed < 0:
+        raise InvalidParameterError(f"seed {config.seed} must be 0 or more", param="seed")
+    bad = {k: v for k, v in parse_limits(config.max_per_class).items() if v < 1}
+    if bad:
+        split, value = next(iter(bad.items()))
+        where = "" if split == "*" else f" of split {split!r}"
+        raise InvalidParameterError(f"max_per_class{where} is {value}; it must be at least 1", param="max_per_class")
     if config.batch_size < 1:
         raise InvalidParameterError(f"batch_size {config.batch_size} must be at least 1", param="batch_size")
     if config.augment_views < 0:

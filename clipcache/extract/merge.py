@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 
 from clipcache.errors import InvalidParameterError, StoreError, StoreMismatchError
-from clipcache.feature_store import FeatureStore, schema
+from clipcache.feature_store import FeatureStore, replace_store, schema
 
 __all__ = ["COPY_CHUNK_ROWS", "MergeReport", "merge_stores"]
 
@@ -148,6 +148,8 @@ def merge_stores(
     layout : {"copy", "virtual"}
         Copy the features, or map them with HDF5 virtual datasets.
     overwrite : bool
+        Replace an existing ``output``: the merged store is written beside it and
+        moved over it when complete, so a failed merge leaves it as it was.
 
     Returns
     -------
@@ -170,23 +172,33 @@ def merge_stores(
     stores = [FeatureStore(p, "r") for p in inputs]
     try:
         ordered = _check_shards(stores)
-        first = ordered[0]
-        with FeatureStore(output, "w" if overwrite else "x") as out:
-            _prepare_output(out, first, with_features=layout == "copy")
-            for split in first.splits:
-                names = first.split_feature_sets(split) if layout == "copy" else []
-                for shard in ordered:
-                    _copy_rows(out, shard, split, names)
-            rows = {split: out.n_rows(split) for split in first.splits}
-            for split in first.splits:
-                if layout == "virtual":
-                    out.create_split(split, feature_sets=first.split_feature_sets(split))
-                    sources = [(shard.path, shard.n_rows(split)) for shard in ordered]
-                    for name in first.split_feature_sets(split):
-                        out.link_features(split, name, sources)
-                out.mark_complete(split)
+        if overwrite and os.path.exists(output):
+            with replace_store(output) as tmp:
+                rows = _write_merged(tmp, "x", ordered, layout)
+        else:
+            rows = _write_merged(output, "w" if overwrite else "x", ordered, layout)
     finally:
         for store in stores:
             store.close()
     return MergeReport(path=output, rows=rows, shards=len(ordered), layout=layout)
+
+
+def _write_merged(path: str | os.PathLike, mode: str, ordered: Sequence[FeatureStore], layout: str) -> dict:
+    """Write the merged store of the ordered shards to ``path``; return its rows per split."""
+    first = ordered[0]
+    with FeatureStore(path, mode) as out:
+        _prepare_output(out, first, with_features=layout == "copy")
+        for split in first.splits:
+            names = first.split_feature_sets(split) if layout == "copy" else []
+            for shard in ordered:
+                _copy_rows(out, shard, split, names)
+        rows = {split: out.n_rows(split) for split in first.splits}
+        for split in first.splits:
+            if layout == "virtual":
+                out.create_split(split, feature_sets=first.split_feature_sets(split))
+                sources = [(shard.path, shard.n_rows(split)) for shard in ordered]
+                for name in first.split_feature_sets(split):
+                    out.link_features(split, name, sources)
+            out.mark_complete(split)
+    return rows
 

@@ -31,6 +31,7 @@ __all__ = [
     "PromptSet",
     "builtin_templates",
     "class_display_name",
+    "embed_prompt_set",
     "embed_prompts",
     "from_descriptions",
     "from_templates",
@@ -186,6 +187,11 @@ def embed_prompts(
     if not classes:
         raise ClipCacheError(f"{store.path}: has no class names yet; extract image features into it first")
     prompt_set = load_prompts(spec, classes, name)
+    if not overwrite and prompt_set.name in store.text_names:  # before the text tower is loaded
+        raise ClipCacheError(
+            f"{store.path}: text embeddings {prompt_set.name!r} exist; set overwrite to replace them, or give another name",
+            param="overwrite",
+        )
     if backbone is None:
         sets = store.feature_sets
         if feature_set not in sets:
@@ -194,9 +200,29 @@ def embed_prompts(
                 param="feature_set",
             )
         backbone = load_backbone(sets[feature_set].provenance, device=device)
+    embed_prompt_set(store, prompt_set, backbone, source=spec, overwrite=overwrite)
+    return prompt_set
+
+
+def embed_prompt_set(store: FeatureStore, prompt_set: PromptSet, backbone: Backbone, *, source: str, overwrite: bool) -> None:
+    """Embed the prompts of ``prompt_set`` with ``backbone``'s text tower and store them (see :func:`embed_prompts`).
+
+    Parameters
+    ----------
+    store : FeatureStore
+        Opened for writing.
+    prompt_set : PromptSet
+        From :func:`load_prompts`, for ``store.classes``.
+    backbone : Backbone
+        An open_clip backbone.
+    source : str
+        The prompt source, recorded as ``prompt_source``.
+    overwrite : bool
+        Replace an existing set of that name.
+    """
     embeddings = backbone.encode_text(prompt_set.prompts)
     provenance = {k: v for k, v in backbone.provenance().items() if k != "preprocess"}
-    provenance.update(feature_set=backbone.name, prompt_source=spec)
+    provenance.update(feature_set=backbone.name, prompt_source=source)
     if backbone.logit_scale is not None:
         provenance["logit_scale"] = backbone.logit_scale
     store.write_text(
@@ -209,4 +235,3 @@ def embed_prompts(
         templates=prompt_set.templates,
         overwrite=overwrite,
     )
-    return prompt_set

@@ -8,6 +8,12 @@ chunk-aware reads), ``_hdf5`` (opening, locking, crash recovery), ``describe``.
 """
 
 from clipcache.feature_store.schema import FORMAT_NAME, FORMAT_VERSION
-from clipcache.feature_store.store import Chunk, FeatureSetInfo, FeatureStore, TextEmbeddings
+from clipcache.feature_store.store import (
+    Chunk,
+    FeatureSetInfo,
+    FeatureStore,
+    TextEmbeddings,
+    replace_store,
+)
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings", "replace_store"]

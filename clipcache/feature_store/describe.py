@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clipcache.errors import StoreFormatError
+
 if TYPE_CHECKING:
     from clipcache.feature_store.store import FeatureStore
 
@@ -14,12 +16,17 @@ def describe(store: FeatureStore) -> dict:
     """Everything ``clipcache info`` shows about ``store``, as a JSON-serialisable dict.
 
     Reads the per-split counts, labels and views, and the text embeddings; never
-    the features.
+    the features. A split that cannot be read is given as ``{"damaged": message}``,
+    and one whose virtual feature datasets map shard files that are missing gets
+    ``"missing_sources": {feature_set: [file, ...]}``.
     """
-    a = store.h5.attrs
     splits = {}
     for split in store.splits:
-        state = store._split(split).state()
+        try:
+            sp, state = store._state(split)
+        except StoreFormatError as exc:
+            splits[split] = {"damaged": str(exc)}
+            continue
         labels = store.labels(split)
         splits[split] = {
             "rows": state.rows,
@@ -29,6 +36,9 @@ def describe(store: FeatureStore) -> dict:
             "views": int(store.views(split).max(initial=-1)) + 1,
             "features": dict(state.feature_rows),
         }
+        missing = {name: files for name in state.feature_rows if (files := sp.missing_sources(name))}
+        if missing:
+            splits[split]["missing_sources"] = missing
     texts = {}
     for name in store.text_names:
         t = store.text(name)
@@ -38,6 +48,7 @@ def describe(store: FeatureStore) -> dict:
             "templates": None if t.templates is None else len(t.templates),
             "provenance": t.provenance,
         }
+    a = store.h5.attrs  # after the reads: a reader may have reopened the file to see a writer's changes
     return {
         "path": str(store.path),
         "format": f"{a['clipcache_format']} v{int(a['format_version'])}",

@@ -7,43 +7,60 @@ Each stored element has its own module under
 
 Writing protocol (what makes ``append`` crash-safe):
 
-1. Structure (classes, feature sets, splits, text embeddings, metadata) is
-   created with the file in normal mode.
-2. The first ``append`` switches the file to SWMR mode. Each batch resizes and
-   fills every column, flushes, then writes the split's ``state`` vector (one
-   small chunk, one write) and flushes again: :meth:`FeatureStore._commit`.
+1. A writer keeps the file in SWMR mode, so that readers can open it at any
+   time. A structural change (classes, feature sets, splits, text embeddings,
+   metadata) reopens it in normal mode, because HDF5 forbids new objects in
+   SWMR mode, makes the change, flushes, and returns to SWMR mode:
+   :meth:`FeatureStore._change`. A new split is built under a hidden name and
+   renamed when whole.
+2. Each batch resizes and fills every column, flushes, then writes the split's
+   ``state`` vector (one small chunk, one write) and flushes again:
+   :meth:`FeatureStore._commit`.
 3. ``state`` holds the committed row counts. Rows past them are ignored by
    readers and cut off by the next writer, so a writer killed at any instant
    leaves exactly the batches that were committed.
 
-A structural change after appending has started closes and reopens the file,
-because HDF5 forbids new objects in SWMR mode.
+Every write first checks that the file system has room for the chunks it
+allocates (:func:`clipcache.feature_store._hdf5.check_free_space`), and a
+failed write raises :class:`~clipcache.errors.StoreWriteError` before anything
+is committed; the handle then refuses further writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import h5py
 import numpy as np
 
+from clipcache._io import atomic_output
 from clipcache.errors import InvalidParameterError, StoreError, StoreFormatError, StoreMismatchError
 from clipcache.feature_store import _hdf5, schema
 from clipcache.feature_store.describe import describe
 from clipcache.feature_store.elements import REGISTRY, root
 from clipcache.feature_store.elements.feature_set import DTYPES, FeatureSetInfo, check_rows
-from clipcache.feature_store.elements.split import STRING_COLUMNS, Split, SplitState
+from clipcache.feature_store.elements.split import HIDDEN_PREFIX, STRING_COLUMNS, Split, SplitState
 from clipcache.feature_store.elements.strings import StringColumn
 from clipcache.feature_store.elements.text import TextEmbeddings, check_text, replace_text
 from clipcache.feature_store.rows import Rows, normalize_rows, read_rows
 
-__all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings"]
+__all__ = ["Chunk", "FeatureSetInfo", "FeatureStore", "TextEmbeddings", "replace_store"]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+#: Reads a reader tries while a writer changes the file under it.
+_READ_RETRIES = 4
 
 _MODES = ("r", "a", "w", "x")
 #: Bytes of float32 features per block of ``iter_chunks`` by default.
@@ -60,6 +77,34 @@ class Chunk(NamedTuple):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def replace_store(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a new store, and move it over ``path`` when the block succeeds.
+
+    The old store stays as it was, byte for byte, until the new one is whole: a
+    failed or killed block leaves it untouched (the temporary file of a killed
+    one stays behind, hidden; nothing reads it). Meanwhile the old store's
+    writer lock is held, so that no other writer changes what is about to be
+    replaced. A ``path`` that is a symbolic link keeps naming the new store.
+
+    Examples
+    --------
+    >>> with replace_store("feats.h5") as tmp:                    # doctest: +SKIP
+    ...     with FeatureStore(tmp, "x") as store:
+    ...         ...
+    """
+    path = Path(os.path.realpath(path))  # through a symbolic link: replace the file it names, keep the link
+    lock = _hdf5.FileLock(path) if path.exists() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        with atomic_output(path) as tmp:
+            yield tmp
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_name(path: Path, value: str, what: str, param: str) -> None:
@@ -96,25 +141,34 @@ class FeatureStore:
                 f"{self.path}: mode must be one of {', '.join(_MODES)}, not {mode!r}", param="mode"
             )
         self.mode = mode
-        self._lock: _hdf5.WriterLock | None = None
+        self._lock: _hdf5.FileLock | None = None
+        self._release = None
+        self._failed: str | None = None
+        self._infos: dict[str, FeatureSetInfo] = {}  # feature sets never change once written
         self._h5: h5py.File | None = None
         if mode == "r":
-            self._h5 = _hdf5.open_for_read(self.path)
-            root.check(self.path, self._h5)
+            self._h5, self._release = _hdf5.open_for_read(self.path)
+            try:
+                self._retrying(lambda: root.check(self.path, self.h5))
+            except BaseException:
+                self.close()
+                raise
             return
         if mode == "x" and self.path.exists():
             raise StoreError(f"{self.path}: already exists; open it with mode 'a' to add to it", param="mode")
         create = mode in ("w", "x") or not self.path.exists() or self.path.stat().st_size == 0
-        self._lock = _hdf5.WriterLock(self.path)
+        self._lock = _hdf5.FileLock(self.path)
         self._lock.acquire()
         try:
-            self._h5 = _hdf5.open_for_write(self.path, create=create)
-            if create:
-                root.write(self._h5, _now())
+            with self._guard("create the store" if create else "recover the store"):
+                self._h5 = _hdf5.open_for_write(self.path, create=create)
+                if create:
+                    root.write(self._h5, _now())
+                else:
+                    root.check(self.path, self._h5)
+                    self._recover()
                 self._h5.flush()
-            else:
-                root.check(self.path, self._h5)
-                self._truncate_uncommitted()
+                self._h5.swmr_mode = True
         except BaseException:
             self.close()
             raise
@@ -135,9 +189,16 @@ class FeatureStore:
         """Flush and close the file and release the writer lock."""
         if self._h5 is not None:
             try:
-                self._h5.close()
+                if self._failed is None:
+                    self._h5.close()
+                else:  # the flush of what failed fails again; the error was raised already
+                    with _hdf5.quiet_dealloc_errors(), contextlib.suppress(OSError, RuntimeError):
+                        self._h5.close()
             finally:
                 self._h5 = None
+        if self._release is not None:
+            self._release()
+            self._release = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -152,21 +213,109 @@ class FeatureStore:
     def _require_writable(self) -> None:
         if self.mode == "r":
             raise StoreError(f"{self.path}: opened read-only; open it with mode 'a' to write")
+        if self._failed is not None:
+            raise _hdf5.write_error(self.path, f"write after an earlier write failed ({self._failed})", reopen=True)
 
-    def _structure(self) -> h5py.File:
-        """The file, out of SWMR mode so that objects and attributes can be created."""
-        self._require_writable()
-        if self.h5.swmr_mode:
-            self._h5.close()
-            self._h5 = _hdf5.open_for_write(self.path, create=False)
-        return self._h5
+    @contextlib.contextmanager
+    def _guard(self, what: str, split: str | None = None) -> Iterator[None]:
+        """Turn an HDF5 or OS failure inside the block into one StoreWriteError, and refuse later writes.
 
-    def _appending(self) -> h5py.File:
-        """The file, in SWMR mode so that readers see every commit while it grows."""
+        After a failed append to ``split``, its columns are cut back to the commit
+        first: that drops the chunks that could not be written from HDF5's cache,
+        so that the datasets close cleanly (HDF5 crashes at exit on a dataset
+        whose close failed).
+        """
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            self._failed = cause = _hdf5.io_cause(exc)
+            with _hdf5.quiet_dealloc_errors():
+                if split is not None:
+                    with contextlib.suppress(OSError, RuntimeError, StoreError):
+                        self._split(split).truncate()
+                traceback.clear_frames(exc.__traceback__)  # free the failed datasets while quiet
+                del exc
+            raise _hdf5.write_error(self.path, f"{what} ({cause})") from None
+
+    @contextlib.contextmanager
+    def _writing(self, split: str, what: str) -> Iterator[Callable[[int], None]]:
+        """Write rows of ``split`` in SWMR mode; yield the check that the bytes a write allocates (and a margin) are free."""
         self._require_writable()
-        if not self.h5.swmr_mode:
-            self.h5.swmr_mode = True
-        return self.h5
+        with self._guard(what, split):
+            if not self.h5.swmr_mode:
+                self.h5.swmr_mode = True
+            yield self._reserve
+
+    def _reserve(self, need: int) -> None:
+        """Refuse a write that allocates ``need`` bytes when the file system lacks them and the margin."""
+        _hdf5.check_free_space(self.path, need)
+
+    @contextlib.contextmanager
+    def _change(self, what: str, need: int = 0) -> Iterator[h5py.File]:
+        """Make a structural change: reopen the file out of SWMR mode, yield it, flush, and return to SWMR mode.
+
+        HDF5 creates no object or attribute in SWMR mode. The file is out of it
+        only for the change, so readers wait at most that long, and one killed
+        meanwhile leaves the file as of its last flush.
+        """
+        self._require_writable()
+        _hdf5.check_free_space(self.path, need)
+        with self._guard(what):
+            if self.h5.swmr_mode:
+                self._h5.close()
+                self._h5 = None
+                self._h5 = _hdf5.open_for_write(self.path, create=False)
+            yield self._h5
+            self._h5.flush()
+            self._h5.swmr_mode = True
+
+    def _member(self, parent: str, name: str) -> h5py.Group | None:
+        """Group ``name`` under ``/parent``, or None.
+
+        A reader's view of the file's structure dates from when it opened it: a
+        reader that misses ``name`` opens the file anew once, to see the
+        structural changes a writer made since (a new split, replaced text).
+        """
+        for attempt in range(2):
+            try:
+                group = self.h5[parent].get(name)
+            except (OSError, RuntimeError, KeyError):
+                group = None
+            if group is not None or attempt or self.mode != "r":
+                return group
+            self._reopen()
+        return None
+
+    def _reopen(self) -> None:
+        """Close and open the file again (readers only)."""
+        self.close()
+        self._h5, self._release = _hdf5.open_for_read(self.path)
+
+    def _retrying(self, read: Callable[[], _T]) -> _T:
+        """``read()``; a reader that fails while a writer holds the file opens it anew and reads again.
+
+        A writer changes the structure out of SWMR mode (a moment), and a reader
+        that opened the file before may then read a half-rewritten attribute or a
+        moved object; once the change is over, the file reads whole again.
+        """
+        for attempt in range(_READ_RETRIES):
+            try:
+                return read()
+            except (StoreFormatError, OSError, RuntimeError, KeyError, json.JSONDecodeError):
+                if self.mode != "r" or attempt == _READ_RETRIES - 1 or not _hdf5.writer_flags(self.path):
+                    raise
+            time.sleep(0.01 * (attempt + 1))
+            self._reopen()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _state(self, name: str) -> tuple[Split, SplitState]:
+        """Split ``name`` and its committed state."""
+
+        def read() -> tuple[Split, SplitState]:
+            sp = self._split(name)
+            return sp, sp.state()
+
+        return self._retrying(read)
 
     def _commit(self, sp: Split, state: SplitState) -> None:
         """Flush the rows written, then write ``state`` (one chunk, one write) and flush again."""
@@ -174,11 +323,19 @@ class FeatureStore:
         sp.write_state(state)
         self.h5.flush()
 
-    def _truncate_uncommitted(self) -> None:
-        """Cut every column back to its committed length (after a crash, rows past it are partial)."""
+    def _recover(self) -> None:
+        """Make the file as its last commit left it: drop hidden leftovers, cut columns back to their commit."""
+        for parent in ("splits", "text"):
+            for name in [n for n in self.h5[parent] if n.startswith(".")]:
+                logger.info("%s: dropping %s/%s, left by an interrupted writer", self.path, parent, name)
+                del self.h5[parent][name]
         for name in self.splits:
-            self._split(name).truncate()
-        self.h5.flush()
+            try:
+                sp = self._split(name)
+            except StoreFormatError as exc:
+                logger.warning("%s", exc)
+                continue
+            sp.truncate()
 
     # -- store-level metadata ----------------------------------------------------------
 
@@ -190,7 +347,7 @@ class FeatureStore:
     @property
     def classes(self) -> list[str]:
         """The class names, indexed by label."""
-        return root.read_classes(self.h5)
+        return self._retrying(lambda: root.read_classes(self.h5))
 
     def set_classes(self, names: Sequence[str]) -> None:
         """Set the class names once; setting a different list later is an error."""
@@ -205,20 +362,20 @@ class FeatureStore:
                 f"{self.path}: the store already has {len(current)} classes ({', '.join(current[:3])}, ...) "
                 "and they differ from the ones given; write to a new store"
             )
-        root.write_classes(self._structure(), names)
-        self.h5.flush()
+        with self._change("set the classes") as h5:
+            root.write_classes(h5, names)
 
     @property
     def metadata(self) -> dict:
         """Free-form JSON metadata; the keys that modules share are named in ``schema`` (``METADATA_*``)."""
-        return root.read_metadata(self.h5)
+        return self._retrying(lambda: root.read_metadata(self.h5))
 
     def set_metadata(self, key: str, value) -> None:
         """Set one metadata entry to a JSON-serialisable value."""
         meta = self.metadata
         meta[key] = value
-        root.write_metadata(self._structure(), meta)
-        self.h5.flush()
+        with self._change(f"set metadata {key!r}") as h5:
+            root.write_metadata(h5, meta)
 
     # -- feature sets ------------------------------------------------------------------
 
@@ -228,11 +385,18 @@ class FeatureStore:
         return {name: self._feature_set(name) for name in self.h5["feature_sets"]}
 
     def _feature_set(self, name: str, param: str = "feature_set") -> FeatureSetInfo:
-        group = self.h5["feature_sets"].get(name)
-        if group is None:
-            known = ", ".join(self.h5["feature_sets"]) or "none"
-            raise StoreError(f"{self.path}: no feature set {name!r} (the store has: {known})", param=param)
-        return REGISTRY[schema.FEATURE_SET].open(self.path, group)
+        if name in self._infos:
+            return self._infos[name]
+
+        def read() -> FeatureSetInfo:
+            group = self._member("feature_sets", name)
+            if group is None:
+                known = ", ".join(self.h5["feature_sets"]) or "none"
+                raise StoreError(f"{self.path}: no feature set {name!r} (the store has: {known})", param=param)
+            return REGISTRY[schema.FEATURE_SET].open(self.path, group)
+
+        self._infos[name] = info = self._retrying(read)
+        return info
 
     def add_feature_set(
         self,
@@ -283,8 +447,8 @@ class FeatureStore:
                     "name, so choose another feature set name or a new store"
                 )
             return existing
-        REGISTRY[schema.FEATURE_SET].create(self._structure()["feature_sets"], name, info)
-        self.h5.flush()
+        with self._change(f"add feature set {name!r}") as h5:
+            REGISTRY[schema.FEATURE_SET].create(h5["feature_sets"], name, info)
         return info
 
     # -- splits: structure -------------------------------------------------------------
@@ -292,21 +456,25 @@ class FeatureStore:
     @property
     def splits(self) -> list[str]:
         """Names of the splits."""
-        return list(self.h5["splits"])
+        return [name for name in self.h5["splits"] if not name.startswith(HIDDEN_PREFIX)]
 
     def _split(self, name: str) -> Split:
-        group = self.h5["splits"].get(name)
+        group = None if name.startswith(HIDDEN_PREFIX) else self._member("splits", name)
         if group is None:
-            known = ", ".join(self.h5["splits"]) or "none"
-            raise StoreError(f"{self.path}: no split {name!r} (the store has: {known})", param="split")
+            known = self.splits
+            if name in known:  # listed, but its object cannot be read
+                raise StoreFormatError(
+                    f"{self.path}: split {name!r} is damaged and cannot be read; drop it with drop_split",
+                    param="split",
+                )
+            raise StoreError(f"{self.path}: no split {name!r} (the store has: {', '.join(known) or 'none'})", param="split")
         sp = REGISTRY[schema.SPLIT].open(self.path, group)
         sp.refresh = self.mode == "r" and self.h5.swmr_mode
         return sp
 
     def _split_feature_set(self, name: str, feature_set_name: str) -> tuple[Split, SplitState]:
         """The split and its state, checking that ``feature_set_name`` has a column in it."""
-        sp = self._split(name)
-        state = sp.state()
+        sp, state = self._state(name)
         if feature_set_name not in state.feature_rows:
             raise StoreError(
                 f"{self.path}: split {name!r} has no feature set {feature_set_name!r} "
@@ -327,18 +495,69 @@ class FeatureStore:
         """
         _check_name(self.path, split, "split", "split")
         infos = [self._feature_set(name, param="feature_sets") for name in feature_sets]
-        if split in self.h5["splits"]:
+        exists = split in self.splits
+        if exists:
             present = self.split_feature_sets(split)
             infos = [info for info in infos if info.name not in present]
             if not infos:
                 return
-        h5 = self._structure()
-        if split not in h5["splits"]:
-            sp = REGISTRY[schema.SPLIT].create(h5["splits"], split, self.path, _now())
-        else:
-            sp = self._split(split)
-        sp.add_feature_columns(infos)
-        h5.flush()
+        with self._change(f"create split {split!r}") as h5:
+            if exists:
+                self._split(split).add_feature_columns(infos)
+                return
+            # Built under a hidden name and renamed when whole, so that a failure
+            # or a kill never leaves a half-made split under the real name.
+            hidden = HIDDEN_PREFIX + split
+            if hidden in h5["splits"]:
+                del h5["splits"][hidden]
+            sp = REGISTRY[schema.SPLIT].create(h5["splits"], hidden, self.path, _now())
+            sp.add_feature_columns(infos)
+            h5.flush()
+            h5["splits"].move(hidden, split)
+
+    def drop_split(self, split: str, *, force: bool = False) -> int:
+        """Delete a split, its rows and its support-set record.
+
+        For a split that an interrupted or failed command left incomplete (or
+        damaged), so that its name can be used again. The file does not shrink:
+        HDF5 keeps the freed space (``h5repack`` reclaims it).
+
+        Parameters
+        ----------
+        split : str
+        force : bool
+            Also drop a complete split.
+
+        Returns
+        -------
+        int
+            The committed rows the split had (0 for a damaged one).
+
+        Raises
+        ------
+        StoreError
+            If there is no such split, or it is complete and ``force`` is False.
+        """
+        try:
+            _, state = self._state(split)
+        except StoreFormatError:
+            if split not in self.splits:
+                raise
+            state = None  # damaged: dropping it is the way out
+        if state is not None and state.complete and not force:
+            raise StoreError(
+                f"{self.path}: split {split!r} is complete with {state.rows} rows; set force to drop it anyway",
+                param="force",
+            )
+        meta = self.metadata
+        support = dict(meta.get(schema.METADATA_SUPPORT_SETS) or {})
+        with self._change(f"drop split {split!r}") as h5:
+            del h5["splits"][split]
+            if split in support:
+                del support[split]
+                meta[schema.METADATA_SUPPORT_SETS] = support
+                root.write_metadata(h5, meta)
+        return 0 if state is None else state.rows
 
     # -- splits: appending -------------------------------------------------------------
 
@@ -366,7 +585,7 @@ class FeatureStore:
         views : array-like of shape (b,), int, optional
             Augmented-view index of each row; 0 (the plain image) by default.
         """
-        state = self._split(split).state()
+        sp, state = self._state(split)
         n = state.rows
         if state.complete:
             raise StoreError(f"{self.path}: split {split!r} is complete; append to a new split instead", param="split")
@@ -390,11 +609,10 @@ class FeatureStore:
             name: check_rows(self.path, split, self._feature_set(name), x, b)
             for name, x in features.items()
         }
-        self._appending()
-        sp = self._split(split)
-        sp.append_rows(n, ids, paths, labels, views, arrays)
-        rows = {name: n + b if name in arrays else have for name, have in state.feature_rows.items()}
-        self._commit(sp, replace(state, rows=n + b, feature_rows=rows))
+        with self._writing(split, f"append {b} rows to split {split!r}") as reserve:
+            sp.append_rows(n, ids, paths, labels, views, arrays, reserve)
+            rows = {name: n + b if name in arrays else have for name, have in state.feature_rows.items()}
+            self._commit(sp, replace(state, rows=n + b, feature_rows=rows))
 
     def append_features(self, split: str, feature_set: str, features: np.ndarray) -> None:
         """Fill a feature set that was added to a split after its rows, in row order.
@@ -414,10 +632,10 @@ class FeatureStore:
                 f"so {len(x)} more is too many",
                 param="features",
             )
-        self._appending()
         sp = self._split(split)
-        sp.append_feature_rows(feature_set, have, x)
-        self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: have + len(x)}))
+        with self._writing(split, f"append {len(x)} rows of {feature_set!r} to split {split!r}") as reserve:
+            sp.append_feature_rows(feature_set, have, x, reserve)
+            self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: have + len(x)}))
 
     def link_features(self, split: str, feature_set: str, sources: Sequence[tuple[str | Path, int]]) -> None:
         """Make feature set ``feature_set`` of ``split`` an HDF5 virtual dataset over other stores' rows.
@@ -441,32 +659,32 @@ class FeatureStore:
             raise StoreError(
                 f"{self.path}: split {split!r} has {state.rows} rows but the sources hold {total}", param="sources"
             )
-        self._structure()
-        sp = self._split(split)
-        sp.link_features(info, sources)
-        self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: total}))
+        with self._change(f"link {feature_set!r} of split {split!r} to its sources"):
+            sp = self._split(split)
+            sp.link_features(info, sources)
+            self._commit(sp, replace(state, feature_rows={**state.feature_rows, feature_set: total}))
 
     def record_skipped(self, split: str, *, ids: Sequence[str], paths: Sequence[str], reasons: Sequence[str]) -> None:
         """Record samples that could not be read, with the reason, without adding rows."""
         if not (len(ids) == len(paths) == len(reasons)):
             raise StoreError(f"{self.path}: split {split!r}: skipped ids, paths and reasons differ in length")
-        state = self._split(split).state()
-        self._appending()
-        sp = self._split(split)
-        sp.skipped.append(state.skipped, ids, paths, reasons)
-        self._commit(sp, replace(state, skipped=state.skipped + len(ids)))
+        sp, state = self._state(split)
+        with self._writing(split, f"record skipped samples of split {split!r}") as reserve:
+            sp.skipped.append(state.skipped, ids, paths, reasons, reserve)
+            self._commit(sp, replace(state, skipped=state.skipped + len(ids)))
 
     def mark_complete(self, split: str) -> None:
         """Mark a split complete: every feature set covers every row."""
-        state = self._split(split).state()
+        sp, state = self._state(split)
         short = [name for name, n in state.feature_rows.items() if n != state.rows]
         if short:
             raise StoreError(
                 f"{self.path}: split {split!r} cannot be marked complete: feature sets {short} "
                 f"cover fewer than its {state.rows} rows"
             )
-        self._appending()
-        self._commit(self._split(split), replace(state, complete=True))
+        with self._writing(split, f"mark split {split!r} complete") as reserve:
+            reserve(0)
+            self._commit(sp, replace(state, complete=True))
 
     def _check_labels(self, split: str, labels: np.ndarray) -> None:
         n_classes = len(self.classes)
@@ -482,7 +700,7 @@ class FeatureStore:
 
     def n_rows(self, split: str) -> int:
         """Committed rows of ``split``."""
-        return self._split(split).state().rows
+        return self._state(split)[1].rows
 
     def feature_rows(self, split: str, feature_set: str) -> int:
         """Committed rows of feature set ``feature_set`` in ``split``."""
@@ -491,20 +709,29 @@ class FeatureStore:
 
     def is_complete(self, split: str) -> bool:
         """Whether ``split`` was marked complete (its extraction finished)."""
-        return self._split(split).state().complete
+        return self._state(split)[1].complete
 
     def _read(self, sp: Split, column: str, rows: Rows, n: int) -> np.ndarray:
         """Rows ``rows`` of the first ``n`` of a column of ``sp``, which is a string column or a dataset."""
-        obj = sp.string_column(column) if column in STRING_COLUMNS else sp.dataset(column)
+        if column.startswith("features/"):
+            sp.check_sources(column.removeprefix("features/"))
         sel = normalize_rows(rows, n, f"{self.path}: split {sp.name!r}")
-        try:
-            return obj.read(sel) if isinstance(obj, StringColumn) else read_rows(obj, sel)
-        except OSError as exc:
-            raise StoreFormatError(f"{self.path}: cannot read {sp.name}/{column}; the file is corrupt ({exc})") from None
+        for attempt in range(2):
+            try:
+                obj = sp.string_column(column) if column in STRING_COLUMNS else sp.dataset(column)
+                return obj.read(sel) if isinstance(obj, StringColumn) else read_rows(obj, sel)
+            except OSError as exc:
+                if attempt or self.mode != "r":
+                    raise StoreFormatError(
+                        f"{self.path}: cannot read {sp.name}/{column}; the file is corrupt ({exc})"
+                    ) from None
+            self._reopen()  # a writer changed the structure since this reader opened the file
+            sp = self._split(sp.name)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _column(self, split: str, column: str, rows: Rows) -> np.ndarray:
-        sp = self._split(split)
-        return self._read(sp, column, rows, sp.state().rows)
+        sp, state = self._state(split)
+        return self._read(sp, column, rows, state.rows)
 
     def ids(self, split: str, rows: Rows = None) -> np.ndarray:
         """Sample ids, ndarray of shape (n,), dtype object (str)."""
@@ -592,9 +819,9 @@ class FeatureStore:
 
     def skipped(self, split: str) -> list[tuple[str, str, str]]:
         """Samples that were skipped, as ``(id, path, reason)``."""
-        sp = self._split(split)
+        sp, state = self._state(split)
         try:
-            return sp.skipped.read(sp.state().skipped)
+            return sp.skipped.read(state.skipped)
         except OSError as exc:
             raise StoreFormatError(f"{self.path}: cannot read {split}/skipped; the file is corrupt ({exc})") from None
 
@@ -645,10 +872,11 @@ class FeatureStore:
         )
         if name in self.h5["text"] and not overwrite:
             raise StoreError(
-                f"{self.path}: text embeddings {name!r} exist; pass overwrite=True to replace them", param="name"
+                f"{self.path}: text embeddings {name!r} exist; set overwrite to replace them, or give another name",
+                param="overwrite",
             )
-        replace_text(self._structure()["text"], value, _now())
-        self.h5.flush()
+        with self._change(f"write text embeddings {name!r}", value.stored_bytes) as h5:
+            replace_text(h5["text"], value, _now())
 
     def check_text_matches(self, text: str, feature_set: str) -> None:
         """Raise StoreMismatchError unless text embeddings ``text`` come from the model of ``feature_set``.
@@ -675,13 +903,20 @@ class FeatureStore:
         return self._text(name, param="name")
 
     def _text(self, name: str, param: str) -> TextEmbeddings:
-        group = self.h5["text"].get(name)
-        if group is None or name.startswith("."):
-            raise StoreError(
-                f"{self.path}: no text embeddings {name!r} (the store has: {', '.join(self.text_names) or 'none'})",
-                param=param,
-            )
-        return REGISTRY[schema.TEXT_EMBEDDINGS].open(self.path, group)
+        for attempt in range(2):
+            group = None if name.startswith(".") else self._member("text", name)
+            if group is None:
+                raise StoreError(
+                    f"{self.path}: no text embeddings {name!r} (the store has: {', '.join(self.text_names) or 'none'})",
+                    param=param,
+                )
+            try:
+                return REGISTRY[schema.TEXT_EMBEDDINGS].open(self.path, group)
+            except (OSError, KeyError) as exc:  # replaced by a writer while being read
+                if attempt or self.mode != "r":
+                    raise StoreFormatError(f"{self.path}: cannot read text embeddings {name!r}; the file is corrupt ({exc})") from None
+            self._reopen()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- summary -----------------------------------------------------------------------
 

@@ -19,3 +19,22 @@ def interrupt_append(monkeypatch, at: int) -> None:
         return real_append(self, *args, **kwargs)
 
     monkeypatch.setattr(FeatureStore, "append", append)
+
+
+def snapshot(path) -> dict:
+    """Everything a store holds about its rows, for exact comparison."""
+    out = {}
+    with FeatureStore(path) as store:
+        out["classes"] = store.classes
+        for split in store.splits:
+            out[split] = {
+                "ids": list(store.ids(split)),
+                "paths": list(store.paths(split)),
+                "labels": store.labels(split).tolist(),
+                "views": store.views(split).tolist(),
+                "skipped": store.skipped(split),
+                "complete": store.is_complete(split),
+            }
+            for name in store.split_feature_sets(split):
+                out[split][name] = store.features(split, name).tobytes()
+    return out

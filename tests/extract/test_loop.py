@@ -21,7 +21,7 @@ from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.merge import merge_stores
 from clipcache.extract.plan import shard_range
 from clipcache.extract.transforms import augmented_view, view_params
-from tests.extract.helpers import interrupt_append
+from tests.extract.helpers import interrupt_append, snapshot
 
 QUIET = RunOptions(progress=False)
 
@@ -31,25 +31,6 @@ def _config(folder, **kw) -> ExtractConfig:
                 image_size=64, batch_size=4)
     base.update(kw)
     return ExtractConfig(**base)
-
-
-def snapshot(path) -> dict:
-    """Everything a store holds about its rows, for exact comparison."""
-    out = {}
-    with FeatureStore(path) as store:
-        out["classes"] = store.classes
-        for split in store.splits:
-            out[split] = {
-                "ids": list(store.ids(split)),
-                "paths": list(store.paths(split)),
-                "labels": store.labels(split).tolist(),
-                "views": store.views(split).tolist(),
-                "skipped": store.skipped(split),
-                "complete": store.is_complete(split),
-            }
-            for name in store.split_feature_sets(split):
-                out[split][name] = store.features(split, name).tobytes()
-    return out
 
 
 def _corrupt(folder) -> None:
@@ -127,7 +108,7 @@ def test_float16_storage(image_folder, tmp_path):
 
 def test_existing_store_needs_resume_or_overwrite(image_folder, tmp_path):
     extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
-    with pytest.raises(StoreError, match="already exists; pass resume=True"):
+    with pytest.raises(StoreError, match="already exists; set resume to continue it"):
         extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
 
 

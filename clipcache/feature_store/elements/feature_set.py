@@ -23,6 +23,8 @@ __all__ = ["DTYPES", "ENCODING", "FeatureSetInfo", "check_rows", "chunk_rows"]
 DTYPES = ("float32", "float16")
 #: How far from 1 the norm of a row of a normalised feature set may be.
 _NORM_TOL = 1e-3
+#: The largest finite value of each on-disk dtype.
+_DTYPE_MAX = {"float32": float(np.finfo(np.float32).max), "float16": float(np.finfo(np.float16).max)}
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,9 @@ def check_rows(path: Path, split: str, info: FeatureSetInfo, x, b: int | None) -
     Raises
     ------
     StoreError
-        On a wrong shape or dtype, NaN or inf, or a row that is not unit-norm in a
-        normalised feature set.
+        On a wrong shape or dtype, NaN or inf, values so large that a row's squared
+        norm overflows float32 (or that float16 storage cannot hold), or a row that
+        is not unit-norm in a normalised feature set.
     """
     name = info.name
     x = np.asarray(x)
@@ -114,6 +117,7 @@ def check_rows(path: Path, split: str, info: FeatureSetInfo, x, b: int | None) -
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise StoreError(f"{path}: split {split!r}: features {name!r} contain NaN or inf", param="features")
+    _check_magnitude(path, split, info, x)
     if info.normalized and len(x):
         norms = np.linalg.norm(x, axis=1)
         if np.abs(norms - 1).max() > _NORM_TOL:
@@ -123,3 +127,26 @@ def check_rows(path: Path, split: str, info: FeatureSetInfo, x, b: int | None) -
                 param="features",
             )
     return x
+
+
+def _check_magnitude(path: Path, split: str, info: FeatureSetInfo, x: np.ndarray) -> None:
+    """Refuse rows whose squared norm overflows float32, or values the on-disk dtype cannot hold.
+
+    Every reader computes inner products, norms and covariances in float32; a
+    finite value of 1e30 turns them into inf and NaN far from where it entered.
+    """
+    if not len(x):
+        return
+    largest = float(np.abs(x).max())
+    with np.errstate(over="ignore"):
+        squared = np.einsum("ij,ij->i", x, x)
+    if largest > _DTYPE_MAX[info.dtype]:
+        why = f"larger than {info.dtype} storage holds"
+    elif not np.isfinite(squared).all():
+        why = "so large that a row's squared norm overflows float32"
+    else:
+        return
+    raise StoreError(
+        f"{path}: split {split!r}: features {info.name!r} hold a value of {largest:.3g}, {why}; scale the features down",
+        param="features",
+    )

@@ -8,7 +8,7 @@ part of the split's layout and carries no encoding of its own; the split's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -37,10 +37,17 @@ class SkippedRecords(GroupView):
         """The ids, paths and reasons columns; StoreFormatError if one is missing or not a string column."""
         return [strings.open_column(self.path, self.group, name, self.refresh) for name in COLUMNS]
 
-    def append(self, k: int, ids: Sequence[str], paths: Sequence[str], reasons: Sequence[str]) -> None:
-        """Write records after the ``k`` committed ones (uncommitted until the split's state says so)."""
-        for column, values in zip(self.columns(), (ids, paths, reasons), strict=True):
-            column.append(k, [str(v) for v in values])
+    def append(
+        self, k: int, ids: Sequence[str], paths: Sequence[str], reasons: Sequence[str], reserve: Callable[[int], None]
+    ) -> None:
+        """Write records after the ``k`` committed ones (uncommitted until the split's state says so).
+
+        ``reserve(n)`` is called first with the bytes of the chunks the write allocates; it raises to refuse it.
+        """
+        columns = [(column, [str(v) for v in values]) for column, values in zip(self.columns(), (ids, paths, reasons), strict=True)]
+        reserve(sum(column.bytes_to_append(k, values) for column, values in columns))
+        for column, values in columns:
+            column.append(k, values)
 
     def truncate(self, k: int) -> None:
         """Cut the columns back to the ``k`` committed records."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,18 +21,20 @@ import h5py
 import numpy as np
 
 from clipcache.errors import StoreFormatError
-from clipcache.feature_store import schema
+from clipcache.feature_store import _hdf5, schema
 from clipcache.feature_store.elements import feature_set, strings
 from clipcache.feature_store.elements._view import GroupView
 from clipcache.feature_store.elements.skipped import SkippedRecords
 from clipcache.feature_store.registry import Encoding
 
-__all__ = ["ENCODING", "STRING_COLUMNS", "Split", "SplitState"]
+__all__ = ["ENCODING", "HIDDEN_PREFIX", "STRING_COLUMNS", "Split", "SplitState"]
 
 logger = logging.getLogger(__name__)
 
 #: Per-sample string columns.
 STRING_COLUMNS = ("ids", "paths")
+#: A split under construction has this prefix before its name; readers never list it.
+HIDDEN_PREFIX = ".new-"
 #: Per-sample numeric columns and their on-disk dtypes.
 _NUMERIC_COLUMNS = (("labels", "i8"), ("views", "i2"))
 
@@ -142,9 +144,30 @@ class Split(GroupView):
 
     def write_state(self, state: SplitState) -> None:
         """Write the state vector in one write: the commit. Its feature sets must be the split's."""
-        self.dataset("state")[:] = state.encode()
+        ds = self.dataset("state")
+        ds[:] = state.encode()
+        ds.flush()
+
+    def missing_sources(self, name: str) -> list[str]:
+        """The source files of feature set ``name``'s virtual dataset that are not beside the store (none if not virtual)."""
+        ds = self.dataset(f"features/{name}")
+        if not ds.is_virtual:
+            return []
+        base = Path(self.path).resolve().parent
+        files = dict.fromkeys(source.file_name for source in ds.virtual_sources())
+        return [f for f in files if f != "." and not (base / f).is_file()]
+
+    def check_sources(self, name: str) -> None:
+        """Raise StoreFormatError if feature set ``name`` maps rows of source files that are missing."""
+        missing = self.missing_sources(name)
+        if missing:
+            raise StoreFormatError(
+                f"{self.path}: feature set {name!r} of split {self.name!r} maps rows of {', '.join(missing)}, "
+                "which is missing beside the store; put the shard stores back beside it, or merge them with layout 'copy'"
+            )
 
     # -- writing -----------------------------------------------------------------------
+
 
     def add_feature_columns(self, infos: Sequence[feature_set.FeatureSetInfo]) -> None:
         """Add an empty column per feature set; a split that has rows is then no longer complete."""
@@ -176,18 +199,29 @@ class Split(GroupView):
         labels: np.ndarray,
         views: np.ndarray,
         features: dict[str, np.ndarray],
+        reserve: Callable[[int], None],
     ) -> None:
-        """Write rows after the ``start`` committed ones into every column given (uncommitted until the state says so)."""
-        self.string_column("ids").append(start, [str(v) for v in ids])
-        self.string_column("paths").append(start, [str(v) for v in paths])
-        _write_rows(self.dataset("labels"), start, labels)
-        _write_rows(self.dataset("views"), start, views)
-        for name, x in features.items():
-            _write_rows(self.dataset(f"features/{name}"), start, x)
+        """Write rows after the ``start`` committed ones into every column given (uncommitted until the state says so).
 
-    def append_feature_rows(self, name: str, start: int, x: np.ndarray) -> None:
-        """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so)."""
-        _write_rows(self.dataset(f"features/{name}"), start, x)
+        ``reserve(n)`` is called first with the bytes of the chunks the write
+        allocates in the file; it raises to refuse the write.
+        """
+        stop = start + len(ids)
+        strings_ = [(self.string_column(c), [str(v) for v in values]) for c, values in zip(STRING_COLUMNS, (ids, paths), strict=True)]
+        numeric = [(self.dataset(c), values) for (c, _), values in zip(_NUMERIC_COLUMNS, (labels, views), strict=True)]
+        numeric += [(self.dataset(f"features/{name}"), x) for name, x in features.items()]
+        reserve(sum(col.bytes_to_append(start, values) for col, values in strings_)
+                + sum(_hdf5.chunk_growth(ds, stop) for ds, _ in numeric))
+        for col, values in strings_:
+            col.append(start, values)
+        for ds, values in numeric:
+            _write_rows(ds, start, values)
+
+    def append_feature_rows(self, name: str, start: int, x: np.ndarray, reserve: Callable[[int], None]) -> None:
+        """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so); ``reserve`` as in :meth:`append_rows`."""
+        ds = self.dataset(f"features/{name}")
+        reserve(_hdf5.chunk_growth(ds, start + len(x)))
+        _write_rows(ds, start, x)
 
     def link_features(self, info: feature_set.FeatureSetInfo, sources: Sequence[tuple[str | Path, int]]) -> None:
         """Replace the column of ``info`` by an HDF5 virtual dataset over the same column of other stores.
@@ -233,6 +267,7 @@ def _write_rows(ds: h5py.Dataset, start: int, values) -> None:
     if ds.shape[0] != stop:
         ds.resize(stop, axis=0)
     ds[start:stop] = values
+    ds.flush()  # now, so that a failed write raises here (a dataset freed later can only print it)
 
 
 ENCODING = Encoding(schema.SPLIT, 1, write=Split.write, readers={1: Split})

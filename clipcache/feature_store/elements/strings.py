@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from clipcache.errors import StoreFormatError
+from clipcache.feature_store._hdf5 import chunk_growth
 from clipcache.feature_store.registry import Encoding
 from clipcache.feature_store.rows import read_rows
 from clipcache.feature_store.schema import STRING_COLUMN
@@ -38,6 +39,7 @@ class StringColumn:
     def __init__(self, group: h5py.Group, path: Path | None = None):
         self.group = group
         self.path = path
+        self._datasets: tuple[h5py.Dataset, h5py.Dataset] | None = None
 
     @classmethod
     def write(cls, group: h5py.Group, chunk_rows: int) -> StringColumn:
@@ -54,21 +56,39 @@ class StringColumn:
         self.group["offsets"].refresh()
         self.group["utf8"].refresh()
 
+    @property
+    def _offsets(self) -> h5py.Dataset:
+        if self._datasets is None:
+            self._datasets = (self.group["offsets"], self.group["utf8"])
+        return self._datasets[0]
+
+    @property
+    def _utf8(self) -> h5py.Dataset:
+        self._offsets  # noqa: B018 (opens both)
+        return self._datasets[1]
+
+    def bytes_to_append(self, start: int, values: list[str]) -> int:
+        """Bytes of the chunks that appending ``values`` after row ``start`` allocates in the file."""
+        size = sum(len(v.encode("utf-8")) for v in values)
+        return chunk_growth(self._offsets, start + 1 + len(values)) + chunk_growth(self._utf8, self._utf8.shape[0] + size)
+
     def append(self, start: int, values: list[str]) -> None:
         """Write ``values`` as rows ``start, start + 1, ...`` (cutting anything after ``start``)."""
         if not values:
             return
         encoded = [v.encode("utf-8") for v in values]
-        offsets = self.group["offsets"]
+        offsets = self._offsets
         base = int(offsets[start])
         ends = base + np.cumsum([len(e) for e in encoded], dtype=np.int64)
         data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        utf8 = self.group["utf8"]
+        utf8 = self._utf8
         utf8.resize((int(ends[-1]),))
         if data.size:
             utf8[base : int(ends[-1])] = data
         offsets.resize((start + 1 + len(values),))
         offsets[start + 1 :] = ends
+        utf8.flush()  # now, so that a failed write raises here
+        offsets.flush()
 
     def truncate(self, n: int) -> None:
         """Cut the column back to its first ``n`` rows."""

@@ -60,6 +60,12 @@ class TextEmbeddings:
         """
         return prompt_ensemble(self.embeddings, self.class_index, n_classes)
 
+    @property
+    def stored_bytes(self) -> int:
+        """About how many bytes writing this set adds to a store file."""
+        strings = sum(len(p.encode("utf-8")) + 16 for p in [*self.prompts, *(self.templates or [])])
+        return self.embeddings.nbytes + self.class_index.nbytes + strings
+
 
 def _read(group: h5py.Group, path: Path) -> TextEmbeddings:
     templates = [str(t) for t in group["templates"].asstr()[:]] if "templates" in group else None
@@ -76,11 +82,15 @@ def _read(group: h5py.Group, path: Path) -> TextEmbeddings:
 
 def _write(group: h5py.Group, value: TextEmbeddings, created: str) -> None:
     group.attrs.update(provenance=dump_json(dict(value.provenance)), normalized=bool(value.normalized), created=created)
-    group.create_dataset("embeddings", data=value.embeddings)
-    group.create_dataset("class_index", data=value.class_index)
-    group.create_dataset("prompts", data=[str(p) for p in value.prompts], dtype=_STR)
+    written = [
+        group.create_dataset("embeddings", data=value.embeddings),
+        group.create_dataset("class_index", data=value.class_index),
+        group.create_dataset("prompts", data=[str(p) for p in value.prompts], dtype=_STR),
+    ]
     if value.templates is not None:
-        group.create_dataset("templates", data=[str(t) for t in value.templates], dtype=_STR)
+        written.append(group.create_dataset("templates", data=[str(t) for t in value.templates], dtype=_STR))
+    for ds in written:
+        ds.flush()  # now, so that a failed write raises here
 
 
 ENCODING = Encoding(TEXT_EMBEDDINGS, 1, write=_write, readers={1: _read})
