@@ -15,6 +15,7 @@ from clipcache.errors import (
     StoreLockedError,
     StoreMismatchError,
     StoreVersionError,
+    StoreWriteError,
 )
 from clipcache.feature_store import FeatureSetInfo, FeatureStore, TextEmbeddings
 
@@ -32,5 +33,6 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreVersionError",
+    "StoreWriteError",
     "TextEmbeddings",
 ]

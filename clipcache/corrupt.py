@@ -505,7 +505,7 @@ def _prepare_output(output: Path, splits: Iterable[str], overwrite: bool) -> Non
     existing = [s for s in [MANIFEST, CSV_MANIFEST, *splits] if (output / s).exists()]
     if existing and not overwrite:
         raise DatasetError(
-            f"{output}: already holds {existing[0]}; choose another output folder or pass overwrite=True",
+            f"{output}: already holds {existing[0]}; choose another output folder or overwrite it",
             param="overwrite",
         )
     for name in existing:

@@ -11,6 +11,7 @@ import os
 
 import click
 
+from clipcache._io import check_output
 from clipcache.cli.deprecation import Command, warn_deprecated
 from clipcache.cli.params import output_option
 
@@ -57,25 +58,10 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
-def _refuse_store_onto_input(store: str, inputs: dict[str, str | None]) -> None:
-    """Refuse a STORE that is one of the input files, symbolic and hard links included.
-
-    A minimal check of this command's own; the shared output-onto-input check of
-    ``clipcache._io`` replaces it once it lands.
-    """
-    if not os.path.exists(store):
-        return
-    for what, path in inputs.items():
-        if path and os.path.isfile(path) and os.path.samefile(store, path):
-            raise click.UsageError(f"STORE {store} is the {what} {path}; write the store to another file")
-
-
-def _input_files(source, classes, pretrained, aux, templates) -> dict[str, str | None]:
-    """The files extract reads, by what they are."""
-    files = {"SOURCE": source, "--classes file": classes, "--pretrained weights": pretrained, "--templates file": templates}
-    for spec in aux:
-        files[f"--aux {spec} weights"] = spec.partition("=")[2] or None
-    return files
+def _input_files(source, classes, pretrained, aux, templates) -> list[str]:
+    """The files extract reads (a folder SOURCE, a class list given inline or a weights tag are not files)."""
+    candidates = [source, classes, pretrained, templates, *(spec.partition("=")[2] for spec in aux)]
+    return [path for path in candidates if path and os.path.isfile(path)]
 
 
 def _print_report(report) -> None:
@@ -137,7 +123,7 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
     from clipcache.extract.plan import parse_shard, shard_from_env, shard_path
 
     _check_flags(model, pretrained, aux, resume, overwrite, templates)
-    _refuse_store_onto_input(store, _input_files(source, classes, pretrained, aux, templates))
+    check_output(store, _input_files(source, classes, pretrained, aux, templates), param="store")
     env_shard = shard_from_env()
     if shard and env_shard:
         raise click.UsageError("--shard cannot be combined with a torchrun launch; torchrun assigns one shard per rank")

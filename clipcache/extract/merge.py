@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+from clipcache._io import check_output
 from clipcache.errors import InvalidParameterError, StoreError, StoreMismatchError
 from clipcache.feature_store import FeatureStore, replace_store, schema
 
@@ -167,8 +168,7 @@ def merge_stores(
     if not inputs:
         raise InvalidParameterError("no shard stores were given; pass every shard of the run", param="inputs")
     output = os.fspath(output)
-    if any(os.path.abspath(p) == os.path.abspath(output) for p in inputs):
-        raise InvalidParameterError(f"{output}: is also an input; write the merged store to a new file", param="output")
+    check_output(output, inputs)
     stores = [FeatureStore(p, "r") for p in inputs]
     try:
         ordered = _check_shards(stores)

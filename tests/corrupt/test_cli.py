@@ -51,4 +51,4 @@ def test_bad_flags(tmp_path):
     assert result.exit_code == 1 and "'snow' is not one of" in result.output and "(--corruptions)" in result.output
     assert _run([str(src), str(tmp_path / "o2"), "--corruptions", "fog", "--severities", "1"]).exit_code == 0
     result = _run([str(src), str(tmp_path / "o2"), "--corruptions", "fog", "--severities", "1"])
-    assert result.exit_code == 1 and "pass overwrite=True (--overwrite)" in result.output
+    assert result.exit_code == 1 and "choose another output folder or overwrite it (--overwrite)" in result.output

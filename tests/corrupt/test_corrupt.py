@@ -170,7 +170,7 @@ def test_csv_manifest_opens_as_one_split_per_copy(folder, tmp_path):
 def test_existing_output_needs_overwrite(folder, tmp_path):
     out = tmp_path / "out"
     corrupt_folder(folder, out, corruptions=["fog"], severities=[1], split="test")
-    with pytest.raises(DatasetError, match="overwrite=True"):
+    with pytest.raises(DatasetError, match="choose another output folder or overwrite it"):
         corrupt_folder(folder, out, corruptions=["fog"], severities=[1], split="test")
     corrupt_folder(folder, out, corruptions=["brightness"], severities=[3], split="test", overwrite=True)
     assert not (out / "test-fog-1").exists() or (out / "test-brightness-3").is_dir()

@@ -115,8 +115,8 @@ def test_the_store_cannot_be_the_source_manifest(tmp_path, folder, link):
     elif link == "hardlink":
         os.link(manifest, store)
     result = CliRunner().invoke(cli, _args(manifest, store, "--overwrite"))
-    assert result.exit_code == 2
-    assert f"Error: STORE {store} is the SOURCE {manifest}; write the store to another file" in result.output
+    assert result.exit_code == 1
+    assert f"Error: {store}: is the input {manifest}; write the output to another file (STORE)" in result.output
     assert manifest.read_bytes() == before
 
 
@@ -124,7 +124,7 @@ def test_the_store_cannot_be_the_templates_file(tmp_path, folder):
     templates = tmp_path / "t.json"
     templates.write_text(json.dumps(["a photo of a {}."]))
     result = CliRunner().invoke(cli, _args(folder, templates, "--overwrite", "--templates", templates))
-    assert result.exit_code == 2
-    assert f"Error: STORE {templates} is the --templates file {templates}; write the store to another file" in result.output
+    assert result.exit_code == 1
+    assert f"Error: {templates}: is the input {templates}; write the output to another file (STORE)" in result.output
     assert json.loads(templates.read_text()) == ["a photo of a {}."]
 
