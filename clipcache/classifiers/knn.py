@@ -7,6 +7,7 @@ from numbers import Integral
 import faiss
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval, Options
 from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, l2_normalize
 
@@ -51,6 +52,9 @@ class KNNClassifier(LogitClassifier):
         Cosine normalises features and queries; "ip" uses raw inner products.
     weights : {"uniform", "distance"}, default="uniform"
         "distance" (cosine metric only) weighs votes by inverse cosine distance.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
+        mean or this mean vector, then L2-normalise, before fitting and predicting.
 
     Attributes
     ----------
@@ -59,6 +63,10 @@ class KNNClassifier(LogitClassifier):
     key_codes_ : ndarray of shape (n,), int64
     n_neighbors_ : int
     classes_ : ndarray of shape (C,)
+    center_ : ndarray of shape (d,), float32, or None
+        The mean subtracted (None: no centring).
+    temperature_ : float
+        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
     n_features_in_ : int
 
     Notes
@@ -85,12 +93,14 @@ class KNNClassifier(LogitClassifier):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "metric": [Options(*METRICS)],
         "weights": [Options(*WEIGHTS)],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform"):
+    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform", center=None):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weights = weights
+        self.center = center
 
     def _validate_params(self) -> None:
         super()._validate_params()

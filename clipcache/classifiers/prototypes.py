@@ -6,6 +6,7 @@ from numbers import Real
 
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import LogitClassifier, l2_normalize
 
@@ -43,12 +44,19 @@ class ClassMeanClassifier(LogitClassifier):
         L2-normalise features before averaging and scoring.
     device : str, optional
         None for numpy; a torch device for torch.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
+        mean or this mean vector, then L2-normalise, before fitting and predicting.
 
     Attributes
     ----------
     prototypes_ : ndarray of shape (C, d), float32
         L2-normalised class means.
     classes_ : ndarray of shape (C,)
+    center_ : ndarray of shape (d,), float32, or None
+        The mean subtracted (None: no centring).
+    temperature_ : float
+        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
     n_features_in_ : int
 
     Examples
@@ -73,12 +81,14 @@ class ClassMeanClassifier(LogitClassifier):
         "logit_scale": [Interval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
         "device": [None, Device()],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, logit_scale=100.0, normalize=True, device=None):
+    def __init__(self, *, logit_scale=100.0, normalize=True, device=None, center=None):
         self.logit_scale = logit_scale
         self.normalize = normalize
         self.device = device
+        self.center = center
 
     def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:
         if self.normalize:
