@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("iclr2024", "ledoit-wolf", "shrinkage")
 PRIORS = ("uniform", "empirical")
 SOLVERS = ("auto", "covariance", "woodbury")
-_NO_VARIATION = (
+NO_VARIATION = (
     "GDA: no within-class variation (one sample per class); using an identity covariance "
     "(nearest class mean in Euclidean distance)"
 )
@@ -339,7 +339,7 @@ class GDAClassifier(LogitClassifier):
 
     def _set_identity(self, means: np.ndarray, priors: np.ndarray) -> None:
         """The documented one-shot fallback: P = I, nearest class mean in Euclidean distance."""
-        logger.warning(_NO_VARIATION)
+        logger.warning(NO_VARIATION)
         self._set_rule(means, means.copy(), priors, 0.0, "covariance", fallback="identity")
 
     def _set_rule(self, means, coef, priors, used: float, solver: str, fallback: str = "") -> None:

@@ -153,7 +153,7 @@ def test_conflicting_flags_are_rejected_before_work(run, store, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "gda,svm"], "Invalid value for '--methods': unknown method 'svm'; choose from zeroshot, ncm, gda, gda-zs, tip, fusion, knn"),
+    (["--methods", "gda,svm"], "Invalid value for '--methods': unknown method 'svm'; choose from zeroshot, ncm, gda, gda-zs, tip, fusion, knn, auto"),
     (["--test-split", "train"], "Invalid value for '--test-split': the test split 'train' must differ from the split the support sets are drawn from"),
     (["--val-per-class", "0"], "Invalid value for '--val-per-class': val_per_class=0 must be a positive number of rows per class"),
 ])
