@@ -36,7 +36,11 @@ from sklearn.base import clone
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval
 from clipcache.classifiers._validation import encode_validation
-from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, ValidatedLogitClassifier
+from clipcache.classifiers.base import (
+    InvalidParameterError,
+    LogitClassifier,
+    ValidatedLogitClassifier,
+)
 from clipcache.classifiers.ensemble import LogitEnsemble
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.knn import KNNClassifier

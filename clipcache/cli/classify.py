@@ -19,9 +19,12 @@ from clipcache.cli.params import (
     stack_options,
 )
 from clipcache.evaluation.options import (
+    BASE_TO_NEW_METRICS,
     BASES,
+    CENTERS,
     METHODS,
     METRICS,
+    TRANSDUCTIVE_METHOD,
     ProtocolOptions,
     check_methods,
     check_shots,
@@ -52,6 +55,10 @@ _store_options = stack_options(  # the options that make a ProtocolOptions, but 
     click.option("--val-split", help="Validation split (default: 'val' if present, else carved from train)."),
     click.option("--val-per-class", type=int, default=10, show_default=True,
                  help="Rows per class carved from train when there is no validation split."),
+    click.option("--center", type=click.Choice(CENTERS), default="none", show_default=True,
+                 help="CL2N centring: subtract the mean of each support set, of --pool-split (labels unused), "
+                      "or of the test features (--transductive only), then L2-normalise."),
+    click.option("--pool-split", help="Unlabelled pool of --center pool (default: the train split)."),
 )
 
 
@@ -63,7 +70,7 @@ _store_options = stack_options(  # the options that make a ProtocolOptions, but 
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the support sampling.")
 @output_option("Model file: .h5, .hdf5 or .npz.", required=True)
 def fit_command(store, method, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                shots, seed, output):
+                center, pool_split, shots, seed, output):
     """Fit a closed-form classifier on a few-shot support set of STORE and save it (no pickle)."""
     from clipcache.evaluation import fit_from_store
 
@@ -75,6 +82,7 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=None, val_per_class=val_per_class,
+        center=center, pool_split=pool_split,
     )
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
     hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
@@ -100,19 +108,27 @@ def predict_command(store, model, split, output):
 
 @click.command("evaluate", cls=Command)
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
-@click.option("--methods", default="gda,tip,knn", show_default=True, help=f"Comma list of: {', '.join(METHODS)}.")
+@click.option("--methods", default="gda,tip,knn", show_default=True,
+              help=f"Comma list of: {', '.join(METHODS)} (auto: chosen on validation).")
 @_store_options
 @click.option("--test-split", default="test", show_default=True)
+@click.option("--transductive", is_flag=True,
+              help=f"Also report {TRANSDUCTIVE_METHOD}, fitted with the test features (never their labels).")
+@click.option("--test-store", type=click.Path(exists=True, dir_okay=False),
+              help="Score the test split of this other store (same classes and feature-set models).")
+@click.option("--base-to-new", is_flag=True,
+              help="Base-to-new protocol: shots from the first half of the classes, the rest zero-shot.")
 @click.option("--shots", "shots", default="1,2,4,8,16", show_default=True, help="Comma list of shots per class.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma list of sampling seeds.")
-@click.option("--metric", type=click.Choice(METRICS), default="top1", show_default=True,
-              help="Metric of the printed table (the JSON has all).")
+@click.option("--metric", type=click.Choice(METRICS + BASE_TO_NEW_METRICS), default="top1", show_default=True,
+              help="Metric of the printed table (the JSON has all); base-to-new runs have base, new and hm.")
 @output_option("Write every run and the summary as JSON to this file.")
 @click.option("--json", "as_json", cls=FlagWithOldValue, is_flag=False, flag_value=_PRINT_JSON, default=None,
               help="Print every run and the summary as JSON on stdout, instead of the table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the metric against shots.")
 def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                     test_split, shots, seeds, metric, output, as_json, plot_path):
+                     center, pool_split, test_split, transductive, test_store, base_to_new, shots, seeds, metric,
+                     output, as_json, plot_path):
     """Evaluate methods x shots over seeds on STORE: mean ± 95% CI on the test split."""
     from clipcache.evaluation import format_table, plot_accuracy, run_evaluation
 
@@ -132,7 +148,16 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
+        center=center, pool_split=pool_split, transductive=transductive, test_store=test_store,
+        base_to_new=base_to_new,
     )
+    if base_to_new and metric == "top1":
+        metric = "hm"  # the default metric of a base-to-new table
+    if (metric in BASE_TO_NEW_METRICS) != base_to_new:
+        raise click.BadParameter(
+            f"--metric {metric} {'needs' if not base_to_new else 'is not reported with'} --base-to-new "
+            f"(its metrics: {', '.join(BASE_TO_NEW_METRICS)})", param_hint=["--metric"],
+        )
     report = run_evaluation(store, methods_list, shots_list, seeds_list, options)
     if print_json:
         click.echo(report.to_json())

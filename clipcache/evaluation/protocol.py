@@ -36,12 +36,11 @@ from clipcache.classifiers import (
 )
 from clipcache.classifiers.base import softmax
 from clipcache.classifiers.select import default_candidates
-from clipcache.classifiers.transductive import UNLABELLED, GramCache
+from clipcache.classifiers.transductive import UNLABELLED
 from clipcache.errors import InvalidParameterError, ModelFileError, StoreMismatchError
 from clipcache.evaluation.metrics import all_metrics, expected_calibration_error
 from clipcache.evaluation.options import (
     METHODS,
-    TRANSDUCTIVE_METHOD,
     ProtocolOptions,
     check_methods,
     check_shots,
@@ -73,6 +72,7 @@ __all__ = [
     "score",
     "split_rows",
     "SplitRows",
+    "zero_shot_classifier",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,28 +205,41 @@ def resolve_protocol(
     )
 
 
-def _zero_shot(protocol: Protocol, store: FeatureStore) -> ZeroShotClassifier:
+def zero_shot_classifier(protocol: Protocol, store: FeatureStore, classes=None) -> ZeroShotClassifier:
+    """The zero-shot classifier of ``protocol.text``; with ``classes`` (int array), of those classes only.
+
+    The prompts of ``classes`` keep their order and are renumbered 0 .. len(classes) - 1.
+    """
     t = store.text(protocol.text)
+    embeddings, index = np.asarray(t.embeddings), np.asarray(t.class_index, dtype=np.int64)
+    if classes is not None:
+        keep = np.isin(index, classes)
+        embeddings, index = embeddings[keep], np.searchsorted(np.asarray(classes), index[keep])
     scale = float(t.provenance.get("logit_scale", 100.0))
-    return ZeroShotClassifier(text_embeddings=t.embeddings, class_index=t.class_index, logit_scale=scale)
+    return ZeroShotClassifier(text_embeddings=embeddings, class_index=index, logit_scale=scale)
 
 
-def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_neighbors: int = 5, center=None):
+def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_neighbors: int = 5, center=None,
+                    text_classes=None):
     """An unfitted estimator for ``method`` under ``protocol``.
 
     ``center`` (None, ``"support"`` or a (d,) mean vector) is the outer
-    estimator's CL2N centring; its parts see centred features.
+    estimator's CL2N centring; its parts see centred features. ``text_classes``
+    restricts the zero-shot parts to those classes' prompts (base-to-new).
     """
 
     def base():
-        return _zero_shot(protocol, store) if protocol.base == "zeroshot" else ClassMeanClassifier()
+        return zero_shot() if protocol.base == "zeroshot" else ClassMeanClassifier()
+
+    def zero_shot():
+        return zero_shot_classifier(protocol, store, text_classes)
 
     if method not in METHODS:
         raise InvalidParameterError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", param="method")
     if method == "zeroshot":
         if protocol.text is None:
             raise ProtocolError("method zeroshot needs text embeddings; give text", param="text")
-        return _zero_shot(protocol, store).set_params(center=center)
+        return zero_shot().set_params(center=center)
     if method == "ncm":
         return ClassMeanClassifier(center=center)
     if method == "gda":

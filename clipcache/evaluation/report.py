@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from clipcache._io import atomic_output
+from clipcache.classifiers.transductive import GramCache
 from clipcache.errors import InvalidParameterError
 from clipcache.evaluation.metrics import mean_ci
-from clipcache.classifiers.transductive import GramCache
 from clipcache.evaluation.options import (
     METRICS,
     TRANSDUCTIVE_METHOD,
