@@ -53,7 +53,13 @@ import scipy.special
 
 from clipcache.calibration import fit_temperature
 from clipcache.classifiers import _backend
-from clipcache.classifiers._gda_math import BLOCK_ROWS
+from clipcache.classifiers._gda_math import (
+    BLOCK_ROWS,
+    ScatterStats,
+    covariance_form,
+    solve_woodbury,
+    woodbury_stats,
+)
 from clipcache.classifiers._params import Grid, HasMethods, Interval, Options
 from clipcache.classifiers._validation import encode_validation
 from clipcache.classifiers.base import InvalidFeaturesError, InvalidParameterError, LogitClassifier
@@ -95,10 +101,9 @@ class GramCache:
         return self._value
 
 
-def _gram_and_eigh(Xu: np.ndarray, low_rank: bool):
+def _gram_and_eigh(Xu: np.ndarray):
+    """X_u^T X_u (d, d) float64 and its eigendecomposition (g (d,), V (d, d))."""
     G = _backend.gram(Xu, None)
-    if not low_rank:
-        return G, None, None
     g, V = scipy.linalg.eigh(G)
     return G, np.maximum(g, 0.0), V
 
@@ -111,83 +116,104 @@ def _solve_spd(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return scipy.linalg.lstsq(a, rhs)[0]
 
 
+class _SupportPrecision:
+    """The labelled rows' ICLR 2024 precision P = d (S + tr(S)/(n-1) I)^-1, applied to any means.
+
+    Factored once: by Woodbury in the n x n space when n < d (as
+    :class:`~clipcache.classifiers.GDAClassifier` does), by Cholesky otherwise;
+    the identity when the labelled rows have no within-class variation (one shot).
+    """
+
+    def __init__(self, Xl: np.ndarray, codes: np.ndarray, means: np.ndarray):
+        n, d = Xl.shape
+        R = Xl.astype(np.float64) - means[codes]
+        self.identity = n <= len(means)
+        self.woodbury = n < d
+        if self.woodbury:
+            stats, self.K = woodbury_stats(R)
+            self.R = R
+        else:
+            scatter = R.T @ R
+            stats = ScatterStats(n, d, float(np.trace(scatter)), 0.0, 0.0)
+        self.identity = self.identity or stats.trace <= 1e-9 * max(float(np.sum(Xl.astype(np.float64) ** 2)), 1e-300)
+        if self.identity:
+            return
+        self.form = covariance_form(stats, "iclr2024", 0.0)
+        if not self.woodbury:
+            self.factor = scipy.linalg.cho_factor(scatter + self.form.t * np.eye(d), lower=True, check_finite=False)
+
+    def coef(self, means: np.ndarray) -> np.ndarray:
+        """W = mu P, (C, d) float64 (W = mu for the identity)."""
+        if self.identity:
+            return means.copy()
+        if self.woodbury:
+            return solve_woodbury(self.R, self.K, self.form, means)
+        return self.form.c * scipy.linalg.cho_solve(self.factor, means.T).T
+
+
 class _EM:
-    """The EM of one fit: the Gram matrices and labelled sums are fixed; one run per strength.
+    """The EM of one fit; one run per strength, each from the same inductive start.
 
     ``Xu`` (u, d) holds every unlabelled row (validation rows last); ``log_prior``
     (u, C) is lam * log(yhat), or None without text; ``tau`` the E-step temperature.
 
-    Each M-step solves (S + r I) W^T = mu^T with S = G_l + w G_u - mu^T N mu. With
+    With ``covariance="support"`` each M-step moves the means under the labelled
+    rows' precision (:class:`_SupportPrecision`, O(n_l d C) per step). With
+    ``"em"`` it solves (S + r I) W^T = mu^T with S = G_l + w G_u - mu^T N mu. With
     G_u = V diag(g) V^T decomposed once, S + r I = V diag(w g + r) V^T + L L^T - U U^T
     (L = X_l^T, U = mu^T N^1/2), a diagonal plus a rank n_l + C term, which the
-    Woodbury identity solves in O((n_l + C)^2 d) per iteration; with more labelled
-    rows than ``d / 4`` each iteration solves the (d, d) system by Cholesky instead.
+    Woodbury identity solves in O((n_l + C) d^2 / d + (n_l + C)^2 d) per step; with
+    more labelled rows than ``d / 4`` each step solves the (d, d) system by Cholesky.
     """
 
     def __init__(self, Xl: np.ndarray, codes: np.ndarray, Xu: np.ndarray, n_classes: int, log_prior,
-                 max_iter: int, tol: float, cache=None):
+                 max_iter: int, tol: float, covariance: str = "support", cache=None):
         self.Xl, self.Xu = Xl, Xu
         self.n_classes, self.d = n_classes, Xl.shape[1]
         onehot = np.eye(n_classes)[codes]
         self.sums_l = onehot.T @ Xl.astype(np.float64)
         self.counts_l = onehot.sum(axis=0)
-        self.G_l = _backend.gram(Xl, None)
-        self.log_prior, self.max_iter, self.tol = log_prior, max_iter, tol
+        self.means0 = self.sums_l / self.counts_l[:, None]
+        self.support = _SupportPrecision(Xl, codes, self.means0)
+        self.log_prior, self.max_iter, self.tol, self.covariance = log_prior, max_iter, tol, covariance
         self.tau = 1.0
-        self.low_rank = len(Xl) + n_classes <= self.d // 4 and len(Xu) > 0
-        if len(Xu) == 0:
-            self.G_u, self.g, self.V = np.zeros((self.d, self.d)), None, None
-        elif cache is None:
-            self.G_u, self.g, self.V = _gram_and_eigh(Xu, self.low_rank)
-        else:
-            self.G_u, self.g, self.V = cache.get(Xu, lambda rows: _gram_and_eigh(rows, True))
-        if self.low_rank:
-            self.Lt = self.V.T @ Xl.T.astype(np.float64)  # (d, n_l)
+        if covariance == "em":
+            self.G_l = _backend.gram(Xl, None)
+            self.low_rank = len(Xl) + n_classes <= self.d // 4 and len(Xu) > 0
+            if len(Xu) == 0:
+                self.G_u, self.g, self.V = np.zeros((self.d, self.d)), None, None
+            else:
+                self.G_u, self.g, self.V = _gram_and_eigh(Xu) if cache is None else cache.get(Xu, _gram_and_eigh)
+            if self.low_rank:
+                self.Lt = self.V.T @ Xl.T.astype(np.float64)  # (d, n_l)
 
-    def solve(self, means: np.ndarray, counts: np.ndarray, w: float, ridge: float, rhs: np.ndarray) -> np.ndarray:
-        """(S + r I)^-1 rhs, (d, C) float64, for S = G_l + w G_u - mu^T N mu and rhs (d, C)."""
+    def solve(self, means: np.ndarray, counts: np.ndarray, w: float, ridge: float) -> np.ndarray:
+        """(S + r I)^-1 mu^T, (d, C) float64, for S = G_l + w G_u - mu^T N mu (``covariance="em"``)."""
         if not self.low_rank:
             scatter = self.G_l + w * self.G_u - (means.T * counts) @ means
-            return _solve_spd(scatter + ridge * np.eye(self.d), rhs)
+            return _solve_spd(scatter + ridge * np.eye(self.d), means.T)
         mt = self.V.T @ means.T  # (d, C): mu^T in the eigenbasis of G_u
         wt = np.hstack([self.Lt, mt * np.sqrt(counts)])  # (d, n_l + C)
         sign = np.concatenate([np.ones(self.Lt.shape[1]), -np.ones(len(counts))])
         dinv = 1.0 / (w * self.g + ridge)
         inner = np.diag(sign) + wt.T @ (dinv[:, None] * wt)
-        y0 = dinv[:, None] * (self.V.T @ rhs)
+        y0 = dinv[:, None] * mt
         y = y0 - dinv[:, None] * (wt @ scipy.linalg.solve(inner, wt.T @ y0, assume_a="sym"))
         return self.V @ y
 
-    def rule(self, means: np.ndarray, counts: np.ndarray, w: float, n_eff: float, fixed=None):
-        """(coef (C, d), intercept (C,), fallback) of GDA with the ICLR 2024 precision for these statistics.
-
-        ``fixed`` = (means0, counts0, ridge0): keep the precision of those labelled
-        statistics (``covariance="support"``) and only move the means.
-        """
-        if isinstance(fixed, str):  # "identity": the labelled rows had no within-class variation
-            coef, fallback = means.copy(), "identity"
-        elif fixed is not None:
-            m0, c0, r0 = fixed
-            coef, fallback = self.d * self.solve(m0, c0, 0.0, r0, means.T).T, ""
+    def rule(self, means: np.ndarray, counts: np.ndarray, w: float, n_eff: float):
+        """(coef (C, d), intercept (C,), fallback) of GDA with these means (ICLR 2024 precision)."""
+        if self.covariance == "support" or w == 0:
+            coef, fallback = self.support.coef(means), ("identity" if self.support.identity else "")
         else:
             total = float(np.trace(self.G_l) + w * np.trace(self.G_u))
             trace = total - float(np.sum(counts * np.sum(means * means, axis=1)))
             if n_eff <= self.n_classes or trace <= 1e-9 * max(total, 1e-300):
                 coef, fallback = means.copy(), "identity"
             else:
-                coef, fallback = self.d * self.solve(means, counts, w, trace / (n_eff - 1), means.T).T, ""
+                coef, fallback = self.d * self.solve(means, counts, w, trace / (n_eff - 1)).T, ""
         intercept = np.log(1.0 / self.n_classes) - 0.5 * np.einsum("kd,kd->k", means, coef)
         return coef, intercept, fallback
-
-    def fixed_precision(self):
-        """(means0, counts0, ridge0) of the labelled rows, or None when they have no within-class variation."""
-        means = self.sums_l / self.counts_l[:, None]
-        total = float(np.trace(self.G_l))
-        trace = total - float(np.sum(self.counts_l * np.sum(means * means, axis=1)))
-        n = len(self.Xl)
-        if n <= self.n_classes or trace <= 1e-9 * max(total, 1e-300):
-            return None
-        return means, self.counts_l, trace / (n - 1)
 
     @staticmethod
     def gda_logits(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
@@ -195,9 +221,8 @@ class _EM:
         return (X @ coef.T.astype(np.float32)).astype(np.float64) + intercept
 
     def start(self):
-        """Means and rule of the inductive start (labelled rows only)."""
-        means = self.sums_l / self.counts_l[:, None]
-        return means, self.rule(means, self.counts_l, 0.0, float(len(self.Xl)))
+        """Means and rule of the inductive start (labelled rows only): the GDA of the support set."""
+        return self.means0, self.rule(self.means0, self.counts_l, 0.0, float(len(self.Xl)))
 
     def validation_temperature(self, Xv: np.ndarray, yv: np.ndarray) -> float:
         """tau by temperature scaling of the inductive start's logits on validation (Guo et al. 2017)."""
@@ -220,31 +245,27 @@ class _EM:
         sq = np.sum((self.Xu.astype(np.float64) - means[nearest]) ** 2, axis=1)
         return max(float(sq.mean()) / self.d, 1e-12)
 
-    def run(self, strength: float, covariance: str):
-        """EM at one strength from the inductive start: (means, rule, z (u, C), iterations, converged).
+    def run(self, strength: float):
+        """EM at one strength from the inductive start: (means, rule, z (u, C), E-steps, converged).
 
-        ``covariance`` "em" re-estimates the shared covariance in every M-step;
-        "support" keeps the labelled rows' precision (the identity with one shot)
-        and moves only the means.
+        The E-steps count the inductive start's, so there is at least one.
         """
         means, rule = self.start()
         z = self.posterior(rule)
         if strength == 0 or len(self.Xu) == 0:
-            return means, rule, z, 0, True
-        fixed = None if covariance == "em" else (self.fixed_precision() or "identity")
+            return means, rule, z, 1, True
         w = strength * len(self.Xl) / len(self.Xu)
         n_eff = len(self.Xl) + w * len(self.Xu)
-        Xu64 = self.Xu.astype(np.float64)
         for iteration in range(1, self.max_iter + 1):
             counts = self.counts_l + w * z.sum(axis=0)
-            means = (self.sums_l + w * (z.T @ Xu64)) / counts[:, None]
-            rule = self.rule(means, counts, w, n_eff, fixed)
+            means = (self.sums_l + w * (np.ascontiguousarray(z.T, dtype=np.float32) @ self.Xu)) / counts[:, None]
+            rule = self.rule(means, counts, w, n_eff)
             z_new = self.posterior(rule)
             change = float(np.abs(z_new - z).max())
             z = z_new
             if change < self.tol:
-                return means, rule, z, iteration, True
-        return means, rule, z, self.max_iter, False
+                return means, rule, z, iteration + 1, True
+        return means, rule, z, self.max_iter + 1, False
 
     def posterior(self, rule) -> np.ndarray:
         """E-step: softmax(l / tau + lam log yhat) of every unlabelled row, (u, C) float64."""
@@ -286,7 +307,7 @@ class TransductiveGDA(LogitClassifier):
     logit_scale : float > 0, default=100.0
         Scale of the zero-shot logits whose softmax is yhat.
     max_iter : int >= 1, default=30
-    tol : float > 0, default=1e-4
+    tol : float > 0, default=1e-3
         EM stops when no responsibility changes by more than ``tol``.
     cache : GramCache, optional
         Shares the unlabelled rows' Gram matrix between fits on the same rows.
@@ -313,7 +334,9 @@ class TransductiveGDA(LogitClassifier):
     posterior_temperature_ : float
         tau of the E-step.
     n_iter_ : int
+        E-steps run at the chosen strength, the inductive start's included (1 at strength 0).
     converged_ : bool
+        Whether no responsibility moved by more than ``tol`` in the last step.
     fallback_ : str
         ``"identity"`` when the final rule had no within-class variation.
     center_ : ndarray of shape (d,), float32, or None
@@ -361,7 +384,7 @@ class TransductiveGDA(LogitClassifier):
     }
 
     def __init__(self, *, strength=1.0, strength_grid=None, covariance="support", tolerance=1.0, text_embeddings=None,
-                 class_index=None, prior_weight=0.5, logit_scale=100.0, max_iter=30, tol=1e-4, center=None,
+                 class_index=None, prior_weight=0.5, logit_scale=100.0, max_iter=30, tol=1e-3, center=None,
                  cache=None):
         self.strength = strength
         self.strength_grid = strength_grid
@@ -415,13 +438,13 @@ class TransductiveGDA(LogitClassifier):
         prior = self._zero_shot(Xu)
         log_prior = None if prior is None else float(self.prior_weight) * np.log(np.maximum(prior, 1e-30))
         em = _EM(X[~unlabelled], codes, Xu, len(self.classes_), log_prior, int(self.max_iter), float(self.tol),
-                 self.cache)
+                 self.covariance, self.cache)
         em.tau = em.model_temperature() if Xv is None else em.validation_temperature(Xv, yv)
         self.posterior_temperature_ = float(em.tau)
         grid = self._strengths() if Xv is not None else np.array([float(self.strength)])
         runs, correct = [], []
         for strength in grid:
-            runs.append(em.run(float(strength), self.covariance))
+            runs.append(em.run(float(strength)))
             if Xv is not None:
                 correct.append(runs[-1][2][n_u:].argmax(axis=1) == yv)
         best = 0
