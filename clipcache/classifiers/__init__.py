@@ -32,7 +32,7 @@ from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.io import ModelFileError, load_model, save_model
 from clipcache.classifiers.knn import KNNClassifier
 from clipcache.classifiers.prototypes import ClassMeanClassifier
-from clipcache.classifiers.select import SelectByValidation
+from clipcache.classifiers.selection import SelectByValidation
 from clipcache.classifiers.tip import TipAdapter
 from clipcache.classifiers.transductive import TransductiveGDA
 from clipcache.classifiers.zeroshot import MissingTextError, ZeroShotClassifier, prompt_ensemble

@@ -35,7 +35,7 @@ from clipcache.classifiers import (
     save_model,
 )
 from clipcache.classifiers.base import softmax
-from clipcache.classifiers.select import default_candidates
+from clipcache.classifiers.selection import default_candidates
 from clipcache.classifiers.transductive import UNLABELLED
 from clipcache.errors import InvalidParameterError, ModelFileError, StoreMismatchError
 from clipcache.evaluation.metrics import all_metrics, expected_calibration_error
