@@ -11,11 +11,14 @@ from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval, Options
 from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, l2_normalize
 
-__all__ = ["KNNClassifier", "METRICS", "WEIGHTS", "vote"]
+__all__ = ["KNNClassifier", "METRICS", "SMALL_SEARCH", "WEIGHTS", "vote"]
 
 METRICS = ("cosine", "ip")
 WEIGHTS = ("uniform", "distance")
 _EPS = 1e-6
+#: Below this many query x key products, the search is one numpy product: FAISS's thread start-up costs
+#: more than the search itself on few-shot support sets (e.g. 40 validation rows x 160 keys).
+SMALL_SEARCH = 1 << 20
 
 
 def vote(sims: np.ndarray, neighbour_codes: np.ndarray, n_classes: int, weights: str) -> np.ndarray:
@@ -122,8 +125,17 @@ class KNNClassifier(LogitClassifier):
         self._faiss_index = faiss.IndexFlatIP(self.keys_.shape[1])
         self._faiss_index.add(self.keys_)
 
+    def _search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n_neighbors_`` largest inner products (n, k) and their key rows (n, k), best first."""
+        if len(q) * len(self.keys_) > SMALL_SEARCH:
+            return self._faiss_index.search(q, self.n_neighbors_)
+        sims = q @ self.keys_.T
+        k = self.n_neighbors_
+        ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # exact; ties by key row, as IndexFlatIP
+        return np.take_along_axis(sims, ids, axis=1), ids
+
     def _logits(self, X: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(l2_normalize(X) if self.metric == "cosine" else X)
-        sims, ids = self._faiss_index.search(q, self.n_neighbors_)
+        sims, ids = self._search(q)
         p = vote(sims, self.key_codes_[ids], len(self.classes_), self.weights)
         return np.log(np.maximum(p, np.float32(1e-12)))

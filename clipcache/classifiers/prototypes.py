@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
+import scipy.sparse
 
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Interval
@@ -27,8 +28,10 @@ def class_means(X: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
     -------
     ndarray of shape (n_classes, d), float32 (accumulated in float64)
     """
-    sums = np.zeros((n_classes, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, X)
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_classes, len(codes))
+    )
+    sums = onehot @ X.astype(np.float64)  # one sparse product: np.add.at is ~10x slower on few-shot sets
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 

@@ -77,8 +77,7 @@ def test_without_validation_data_the_first_candidate_is_used(blobs):
 
 def test_default_candidates_are_ranked_by_what_they_search():
     levels = {name: level for name, _, level in default_candidates()}
-    assert levels["gda"] == levels["ncm"] == 0 and levels["tip"] == 2
-    assert {levels[f"knn-{k}"] for k in (1, 3, 5, 10, 20)} == {1} and levels["gda-ensemble"] == 1
+    assert levels == {"gda": 0, "ncm": 0, "gda-ensemble": 1, "tip": 2}
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".npz"])
