@@ -115,7 +115,7 @@ def paper_gda(vecs, labels, n_classes):
 
 def bench_gda_fewshot(rng, repeat, shots=16, n_classes=10, d=1280, test_per_class=200):
     """Fit times (the predictions, the same product for all, are checked but not timed)."""
-    (X, y), (Xt, yt) = gaussian_classes(rng, n_classes, d, shots, test_per_class, sep=40.0)
+    (X, y), (Xt, yt) = gaussian_classes(rng, n_classes, d, shots, test_per_class, sep=20.0)
     print(f"\n## GDA few-shot: {shots} shots x {n_classes} classes, d={d}; {len(Xt)} test rows; "
           f"torch threads {torch.get_num_threads()}")
     vecs, labels = torch.from_numpy(X), torch.from_numpy(y)

@@ -82,6 +82,19 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
     in ``__init__`` (``center`` among them), implement ``_fit(X, codes)`` (or
     override ``fit``) and ``_logits(X)``. ``_fit`` and ``_logits`` receive
     validated, centred float32 features.
+
+    Every estimator's ``center`` parameter is SimpleShot's CL2N centring
+    (:mod:`clipcache.classifiers._centering`): None, ``"support"`` (the mean of
+    the rows given to ``fit``) or a mean vector of shape (d,); the features are
+    centred and L2-normalised before fitting and predicting.
+
+    Attributes
+    ----------
+    center_ : ndarray of shape (d,), float32, or None
+        The mean subtracted (None: no centring).
+    temperature_ : float
+        Softmax temperature of ``predict_proba``: 1 after ``fit``, fitted by
+        :meth:`calibrate` (or by ``fit`` itself when it gets validation data).
     """
 
     device = None  # overridden by the ``device`` parameter of subclasses that take one
@@ -161,6 +174,13 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         self.temperature_ = fit_temperature(self._logits(X), codes)
 
     # -- validation -----------------------------------------------------------------
+
+    def _check_validation_pair(self, X_val, y_val, purpose: str) -> None:
+        """Raise unless X_val and y_val are both given or both None (``purpose``: what they are for)."""
+        if (X_val is None) != (y_val is None):
+            raise InvalidParameterError(
+                f"{type(self).__name__}.fit got only one of X_val and y_val; pass both to {purpose}, or neither"
+            )
 
     def _validate_params(self) -> None:
         """Check every parameter against ``_parameter_constraints``; raise :class:`InvalidParameterError`."""
@@ -293,11 +313,7 @@ class ValidatedLogitClassifier(LogitClassifier):
         self
         """
         self._validate_params()
-        if (X_val is None) != (y_val is None):
-            raise InvalidParameterError(
-                f"{type(self).__name__}.fit got only one of X_val and y_val; pass both to search "
-                f"{' and '.join(self._search_axes)}, or neither"
-            )
+        self._check_validation_pair(X_val, y_val, f"search {' and '.join(self._search_axes)}")
         X, y = self._check_Xy(X, y)
         X = self._fit_center(X)
         self._fit_parts(X, y)

@@ -36,8 +36,7 @@ class LogitEnsemble(ValidatedLogitClassifier):
     alpha_grid : array-like of float >= 0, optional
         Default ``DEFAULT_ENSEMBLE_ALPHAS`` (0 and 10^-4 ... 10^3).
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -45,11 +44,8 @@ class LogitEnsemble(ValidatedLogitClassifier):
     alpha_ : float
     search_accuracy_ : ndarray of shape (len(alpha_grid),), float64
         Validation accuracy at each alpha (empty when no search ran).
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     classes_ : ndarray of shape (C,)
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; fitted on the validation data when ``fit`` gets it, else 1.
     n_features_in_ : int
 
     Examples

@@ -102,10 +102,7 @@ class LogitBiasFusion(ValidatedLogitClassifier):
     search_accuracy_ : ndarray of shape (len(power_grid), len(alpha_grid)), float64
         Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; fitted on the validation data when ``fit`` gets it, else 1.
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     n_features_in_ : int
 
     Examples

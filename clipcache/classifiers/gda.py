@@ -119,8 +119,7 @@ class GDAClassifier(LogitClassifier):
         the Cholesky solve and the predictions then run on it, and ``fit_store``
         streams its chunks there through pinned memory.
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -136,10 +135,7 @@ class GDAClassifier(LogitClassifier):
     fallback_ : str
         ``""``, or ``"identity"`` when the within-class scatter was zero (one
         sample per class) and P = I was used: nearest class mean in Euclidean distance.
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples

@@ -56,8 +56,7 @@ class KNNClassifier(LogitClassifier):
     weights : {"uniform", "distance"}, default="uniform"
         "distance" (cosine metric only) weighs votes by inverse cosine distance.
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -66,10 +65,7 @@ class KNNClassifier(LogitClassifier):
     key_codes_ : ndarray of shape (n,), int64
     n_neighbors_ : int
     classes_ : ndarray of shape (C,)
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Notes

@@ -48,18 +48,14 @@ class ClassMeanClassifier(LogitClassifier):
     device : str, optional
         None for numpy; a torch device for torch.
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
     prototypes_ : ndarray of shape (C, d), float32
         L2-normalised class means.
     classes_ : ndarray of shape (C,)
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples

@@ -200,12 +200,10 @@ class SelectByValidation(LogitClassifier):
 
         Parameters
         ----------
-        X : array-like of shape (n, d)
-            Support features; converted to float32.
-        y : array-like of shape (n,)
-        X_val : array-like of shape (m, d), optional
-        y_val : array-like of shape (m,), optional
-            Validation labels, among ``y``'s classes. Pass both or neither.
+        X, y : array-like of shape (n, d) and (n,)
+            The support set (X is converted to float32).
+        X_val, y_val : array-like of shape (m, d) and (m,), optional
+            The validation set, labels among ``y``'s classes. Pass both or neither.
 
         Returns
         -------
@@ -213,10 +211,7 @@ class SelectByValidation(LogitClassifier):
         """
         self._validate_params()
         candidates = self._candidates()
-        if (X_val is None) != (y_val is None):
-            raise InvalidParameterError(
-                "SelectByValidation.fit got only one of X_val and y_val; pass both to choose a candidate, or neither"
-            )
+        self._check_validation_pair(X_val, y_val, "choose a candidate")
         X, y = self._check_Xy(X, y)
         X = self._fit_center(X)
         self.classes_, _ = self._encode(y)

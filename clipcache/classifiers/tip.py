@@ -83,8 +83,7 @@ class TipAdapter(ValidatedLogitClassifier):
     device : str, optional
         None for numpy; a torch device for the affinity products.
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -97,10 +96,7 @@ class TipAdapter(ValidatedLogitClassifier):
     search_accuracy_ : ndarray of shape (len(beta_grid), len(alpha_grid)), float64
         Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; fitted on the validation data when ``fit`` gets it, else 1.
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     n_features_in_ : int
 
     Examples

@@ -53,16 +53,10 @@ import scipy.special
 
 from clipcache.calibration import fit_temperature
 from clipcache.classifiers import _backend
-from clipcache.classifiers._gda_math import (
-    BLOCK_ROWS,
-    ScatterStats,
-    covariance_form,
-    solve_woodbury,
-    woodbury_stats,
-)
+from clipcache.classifiers import _gda_math as gm
 from clipcache.classifiers._params import Grid, HasMethods, Interval, Options
 from clipcache.classifiers._validation import encode_validation
-from clipcache.classifiers.base import InvalidFeaturesError, InvalidParameterError, LogitClassifier
+from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
 from clipcache.classifiers.gda import NO_VARIATION
 from clipcache.classifiers.selection import choose_candidate
 from clipcache.ops import l2_normalize, prompt_ensemble
@@ -130,15 +124,15 @@ class _SupportPrecision:
         self.identity = n <= len(means)
         self.woodbury = n < d
         if self.woodbury:
-            stats, self.K = woodbury_stats(R)
+            stats, self.K = gm.woodbury_stats(R)
             self.R = R
         else:
             scatter = R.T @ R
-            stats = ScatterStats(n, d, float(np.trace(scatter)), 0.0, 0.0)
+            stats = gm.ScatterStats(n, d, float(np.trace(scatter)), 0.0, 0.0)
         self.identity = self.identity or stats.trace <= 1e-9 * max(float(np.sum(Xl.astype(np.float64) ** 2)), 1e-300)
         if self.identity:
             return
-        self.form = covariance_form(stats, "iclr2024", 0.0)
+        self.form = gm.covariance_form(stats, "iclr2024", 0.0)
         if not self.woodbury:
             self.factor = scipy.linalg.cho_factor(scatter + self.form.t * np.eye(d), lower=True, check_finite=False)
 
@@ -147,7 +141,7 @@ class _SupportPrecision:
         if self.identity:
             return means.copy()
         if self.woodbury:
-            return solve_woodbury(self.R, self.K, self.form, means)
+            return gm.solve_woodbury(self.R, self.K, self.form, means)
         return self.form.c * scipy.linalg.cho_solve(self.factor, means.T).T
 
 
@@ -271,8 +265,8 @@ class _EM:
         """E-step: softmax(l / tau + lam log yhat) of every unlabelled row, (u, C) float64."""
         coef, intercept, _ = rule
         out = np.empty((len(self.Xu), self.n_classes))
-        for start in range(0, len(self.Xu), BLOCK_ROWS):
-            sl = slice(start, start + BLOCK_ROWS)
+        for start in range(0, len(self.Xu), gm.BLOCK_ROWS):
+            sl = slice(start, start + gm.BLOCK_ROWS)
             z = self.gda_logits(self.Xu[sl], coef, intercept) / self.tau
             if self.log_prior is not None:
                 z += self.log_prior[sl]
@@ -419,10 +413,7 @@ class TransductiveGDA(LogitClassifier):
         self
         """
         self._validate_params()
-        if (X_val is None) != (y_val is None):
-            raise InvalidParameterError(
-                "TransductiveGDA.fit got only one of X_val and y_val; pass both to search strength, or neither"
-            )
+        self._check_validation_pair(X_val, y_val, "search strength")
         X, y = self._check_Xy(X, y)
         unlabelled = _unlabelled_mask(y)
         if unlabelled.all():

@@ -32,8 +32,7 @@ class ZeroShotClassifier(LogitClassifier):
     device : str, optional
         None for numpy; a torch device (``"cuda"``) for torch.
     center : None, "support" or array-like of shape (d,), default=None
-        CL2N centring (:mod:`clipcache.classifiers._centering`): subtract the support
-        mean or this mean vector, then L2-normalise, before fitting and predicting.
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -41,10 +40,7 @@ class ZeroShotClassifier(LogitClassifier):
         Prompt-ensemble class weights (see :func:`prompt_ensemble`).
     classes_ : ndarray of shape (C,), int64
         ``arange(C)``: label i is the class of text row(s) i.
-    center_ : ndarray of shape (d,), float32, or None
-        The mean subtracted (None: no centring).
-    temperature_ : float
-        Softmax temperature of ``predict_proba``; 1 until :meth:`calibrate`.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples
