@@ -85,7 +85,8 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
         center=center, pool_split=pool_split,
     )
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
-    hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in meta["hyperparameters"].items()) or "none"
     click.echo(
         f"fitted {method} on {meta['support']['n']} samples of {train_split!r} "
         f"({f'{shots}-shot, seed {seed}' if shots else 'every row'}); validation: {meta['val']['split']!r}"

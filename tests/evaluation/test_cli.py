@@ -210,3 +210,10 @@ def test_fit_centres_on_the_pool_and_saves_the_mean(run, store, tmp_path):
         X, _ = s.to_numpy("train", "clip")
     assert meta["center"] == "pool" and model.center_.shape == (X.shape[1],)
     assert abs(model.center_ - X.mean(axis=0)).max() < 1e-6
+
+
+def test_fit_auto_names_the_selected_method(run, store, tmp_path):
+    res = run("fit", store, "--method", "auto", "--feature-set", "clip", "--shots", "4", "-o", tmp_path / "m.h5")
+    assert res.exit_code == 0, res.output
+    model, meta = load_model(tmp_path / "m.h5")
+    assert f"selected={model.best_name_}" in res.output and meta["hyperparameters"]["selected"] == model.best_name_
