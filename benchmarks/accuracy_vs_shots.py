@@ -71,27 +71,27 @@ BEGIN, END = "<!-- accuracy-vs-shots:begin -->", "<!-- accuracy-vs-shots:end -->
 # --------------------------------------------------------------------------- extraction
 
 
-def _cifar_source(cache: Path, train: int, val: int, test: int) -> Path:
+def _cifar_source(cache: Path, train: int, val: int, test: int, data: Path = DATA) -> Path:
     """Unpack the first images of each class (by file number) from the shared tarball into ``cache``."""
     marker = cache / f"cifar10-jpg-{train + val}-{test}.done"
     if not marker.exists():
         wanted = {f"cifar10-jpg/{split}/{c}/{i:04d}.jpg" for c in CIFAR
                   for split, n in (("train", train + val), ("test", test)) for i in range(n)}
-        with tarfile.open(DATA / "cifar10-jpg.tar.gz") as tar:
+        with tarfile.open(data / "cifar10-jpg.tar.gz") as tar:
             tar.extractall(cache, members=[m for m in tar if m.name in wanted], filter="data")
         marker.touch()
     return cache / "cifar10-jpg"
 
 
-def extract_stores(cache: Path, train: int, val: int, test: int, threads: int) -> dict[str, Path]:
+def extract_stores(cache: Path, train: int, val: int, test: int, threads: int, data: Path = DATA) -> dict[str, Path]:
     """The two stores, extracted into ``cache`` unless they are there already."""
     import torch
 
     from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 
     cache.mkdir(parents=True, exist_ok=True)
-    sources = {"cifar10": lambda: (_cifar_source(cache, train, val, test), CIFAR),
-               "fashion-mnist": lambda: (DATA / "fashion-mnist", FASHION)}
+    sources = {"cifar10": lambda: (_cifar_source(cache, train, val, test, data), CIFAR),
+               "fashion-mnist": lambda: (data / "fashion-mnist", FASHION)}
     stores = {}
     for name, source in sources.items():
         path = cache / f"{name}-lite0-{train}-{val}-{test}.h5"
@@ -265,6 +265,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipcache-accuracy-vs-shots",
                         help="Folder of the extracted stores (created; never inside the repository).")
+    parser.add_argument("--data", type=Path, default=DATA, help="The shared data folder (../shared/data).")
     parser.add_argument("--train", type=int, default=100, help="Training images per class (support and pool).")
     parser.add_argument("--val", type=int, default=4, help="Validation images per class, carved from train.")
     parser.add_argument("--test", type=int, default=150, help="Test images per class.")
@@ -283,7 +284,7 @@ def main(argv=None):
     seeds = [int(v) for v in args.seeds.split(",")]
     if args.nice:
         os.nice(args.nice)
-    stores = extract_stores(args.cache, args.train, args.val, args.test, args.threads)
+    stores = extract_stores(args.cache, args.train, args.val, args.test, args.threads, args.data)
     with threadpool_limits(args.blas_threads):
         results = {name: evaluate_store(path, shots, seeds) for name, path in stores.items()}
     extraction = (f"Stores: EfficientNet-lite0 features extracted by this script ({args.train} train, "

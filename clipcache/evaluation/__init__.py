@@ -3,7 +3,10 @@
 - :class:`ProtocolOptions`, :data:`METHODS`, :data:`BASES`, :data:`METRICS`: what a run reads.
 - :func:`sample_few_shot`, :func:`carve_validation`: seeded support and validation sets.
 - :func:`resolve_protocol`, :func:`fit_from_store`, :func:`predict_to_csv`: one method on a store.
-- :func:`run_evaluation`, :func:`format_table`, :func:`plot_accuracy`: methods x shots x seeds.
+- :func:`run_evaluation`, :func:`format_table`, :func:`plot_accuracy`: methods x shots x seeds,
+  also transductive (:data:`TRANSDUCTIVE_METHOD`), cross-store and base-to-new runs.
+- :func:`pool_mean`, :func:`fit_transductive`, :func:`run_base_to_new`: centring, the transductive fit,
+  the base-to-new protocol.
 - :mod:`clipcache.evaluation.metrics`: top-k, mean per-class recall, ECE, mean ± 95% CI.
 
 The names and options (:mod:`clipcache.evaluation.options`) are imported at
@@ -17,9 +20,18 @@ import importlib
 from typing import TYPE_CHECKING
 
 from clipcache.errors import ProtocolError
-from clipcache.evaluation.options import BASES, METHODS, METRICS, ProtocolOptions
+from clipcache.evaluation.options import (
+    BASE_TO_NEW_METRICS,
+    BASES,
+    CENTERS,
+    METHODS,
+    METRICS,
+    TRANSDUCTIVE_METHOD,
+    ProtocolOptions,
+)
 
 if TYPE_CHECKING:
+    from clipcache.evaluation.base_to_new import run_base_to_new
     from clipcache.evaluation.metrics import (
         all_metrics,
         expected_calibration_error,
@@ -30,6 +42,8 @@ if TYPE_CHECKING:
     from clipcache.evaluation.protocol import (
         Protocol,
         fit_from_store,
+        fit_transductive,
+        pool_mean,
         predict_to_csv,
         resolve_protocol,
     )
@@ -49,6 +63,9 @@ _LAZY = {
     "top_k_accuracy": "metrics",
     "Protocol": "protocol",
     "fit_from_store": "protocol",
+    "fit_transductive": "protocol",
+    "pool_mean": "protocol",
+    "run_base_to_new": "base_to_new",
     "predict_to_csv": "protocol",
     "resolve_protocol": "protocol",
     "EvaluationReport": "report",
@@ -62,8 +79,11 @@ _LAZY = {
 
 __all__ = [
     "BASES",
+    "BASE_TO_NEW_METRICS",
+    "CENTERS",
     "METHODS",
     "METRICS",
+    "TRANSDUCTIVE_METHOD",
     "EvaluationReport",
     "FewShotSample",
     "Protocol",
@@ -73,12 +93,15 @@ __all__ = [
     "carve_validation",
     "expected_calibration_error",
     "fit_from_store",
+    "fit_transductive",
     "format_table",
     "mean_ci",
     "mean_per_class_recall",
     "plot_accuracy",
+    "pool_mean",
     "predict_to_csv",
     "resolve_protocol",
+    "run_base_to_new",
     "run_evaluation",
     "sample_few_shot",
     "top_k_accuracy",
