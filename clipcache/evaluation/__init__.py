@@ -20,15 +20,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from clipcache.errors import ProtocolError
-from clipcache.evaluation.options import (
-    BASE_TO_NEW_METRICS,
-    BASES,
-    CENTERS,
-    METHODS,
-    METRICS,
-    TRANSDUCTIVE_METHOD,
-    ProtocolOptions,
-)
+from clipcache.evaluation.options import BASES, METHODS, METRICS, ProtocolOptions
 
 if TYPE_CHECKING:
     from clipcache.evaluation.base_to_new import run_base_to_new
@@ -39,6 +31,7 @@ if TYPE_CHECKING:
         mean_per_class_recall,
         top_k_accuracy,
     )
+    from clipcache.evaluation.options import BASE_TO_NEW_METRICS, CENTERS, TRANSDUCTIVE_METHOD
     from clipcache.evaluation.protocol import (
         Protocol,
         fit_from_store,
@@ -56,6 +49,9 @@ if TYPE_CHECKING:
     from clipcache.evaluation.sampling import FewShotSample, carve_validation, sample_few_shot
 
 _LAZY = {
+    "BASE_TO_NEW_METRICS": "options",
+    "CENTERS": "options",
+    "TRANSDUCTIVE_METHOD": "options",
     "all_metrics": "metrics",
     "expected_calibration_error": "metrics",
     "mean_ci": "metrics",
@@ -79,11 +75,8 @@ _LAZY = {
 
 __all__ = [
     "BASES",
-    "BASE_TO_NEW_METRICS",
-    "CENTERS",
     "METHODS",
     "METRICS",
-    "TRANSDUCTIVE_METHOD",
     "EvaluationReport",
     "FewShotSample",
     "Protocol",
@@ -105,6 +98,10 @@ __all__ = [
     "run_evaluation",
     "sample_few_shot",
     "top_k_accuracy",
+    # the protocols' names, from clipcache.evaluation.options
+    "BASE_TO_NEW_METRICS",
+    "CENTERS",
+    "TRANSDUCTIVE_METHOD",
 ]
 
 
