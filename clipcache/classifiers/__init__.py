@@ -7,6 +7,11 @@
 - :class:`TipAdapter`: training-free key-value cache.
 - :class:`LogitBiasFusion`: uncertainty-gated bias from auxiliary features.
 - :class:`KNNClassifier`: k-NN on FAISS.
+- :class:`TransductiveGDA`: GDA fitted by EM on labelled and unlabelled rows (-1), guarded on validation.
+- :class:`SelectByValidation`: picks an estimator on validation with a paired one-standard-error rule.
+
+Every estimator takes ``center`` (SimpleShot's CL2N) and is calibrated by
+temperature scaling with ``calibrate(X_val, y_val)`` (``temperature_``).
 
 They share :class:`LogitClassifier` (declared parameter rules, checked when
 ``fit`` starts; keyword-only parameters); the three whose hyper-parameters are
@@ -27,7 +32,9 @@ from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.io import ModelFileError, load_model, save_model
 from clipcache.classifiers.knn import KNNClassifier
 from clipcache.classifiers.prototypes import ClassMeanClassifier
+from clipcache.classifiers.selection import SelectByValidation
 from clipcache.classifiers.tip import TipAdapter
+from clipcache.classifiers.transductive import TransductiveGDA
 from clipcache.classifiers.zeroshot import MissingTextError, ZeroShotClassifier, prompt_ensemble
 
 __all__ = [
@@ -41,7 +48,9 @@ __all__ = [
     "LogitEnsemble",
     "MissingTextError",
     "ModelFileError",
+    "SelectByValidation",
     "TipAdapter",
+    "TransductiveGDA",
     "ValidatedLogitClassifier",
     "ZeroShotClassifier",
     "load_model",

@@ -12,10 +12,11 @@ import scipy.linalg.blas
 
 from clipcache.errors import ClipCacheError, InvalidParameterError
 
-__all__ = ["check_device", "gram", "matmul"]
+__all__ = ["check_device", "gram", "matmul", "torch_device"]
 
 
-def _torch_device(device: str):
+def torch_device(device: str):
+    """``(torch, torch.device)`` for a device name; InvalidParameterError or ClipCacheError when unusable."""
     import torch  # only when a device is asked for: numpy users never import torch
 
     try:
@@ -34,14 +35,14 @@ def _torch_device(device: str):
 def check_device(device) -> None:
     """Raise unless ``device`` is None or a torch device that is available here."""
     if device is not None:
-        _torch_device(device)
+        torch_device(device)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:
     """``a @ b`` for float32 arrays, on ``device``; returns numpy float32."""
     if device is None:
         return a @ b
-    torch, dev = _torch_device(device)
+    torch, dev = torch_device(device)
     out = torch.as_tensor(a, device=dev) @ torch.as_tensor(b, device=dev)
     return out.cpu().numpy()
 
@@ -59,6 +60,6 @@ def gram(x: np.ndarray, device: str | None) -> np.ndarray:
             a = np.ascontiguousarray(a)
         upper = scipy.linalg.blas.ssyrk(1.0, a.T, lower=0).astype(np.float64)
         return np.triu(upper) + np.triu(upper, 1).T
-    torch, dev = _torch_device(device)
+    torch, dev = torch_device(device)
     t = torch.as_tensor(x, device=dev)
     return (t.T @ t).double().cpu().numpy()

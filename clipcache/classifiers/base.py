@@ -10,9 +10,19 @@ one raises :class:`InvalidParameterError`. Features are validated once, at the
 boundary, and converted to float32 there; NaN or inf raise
 :class:`InvalidFeaturesError`.
 
+Every estimator takes ``center`` (SimpleShot's CL2N, see
+:mod:`clipcache.classifiers._centering`): the mean is fixed in ``fit``, kept in
+``center_``, and applied to every X that comes in, in ``fit`` and when predicting.
+
+Every estimator can be calibrated by temperature scaling (Guo et al. 2017,
+:mod:`clipcache.calibration`): :meth:`LogitClassifier.calibrate` fits
+``temperature_`` on validation logits, and ``predict_proba`` returns
+``softmax(logits / temperature_)``; ``fit`` resets ``temperature_`` to 1.
+``logits``, ``decision_function`` and ``predict`` never change with it.
+
 The classifiers whose hyper-parameters are searched on validation data (Tip-Adapter,
 logit-bias fusion, the logit ensemble) share one ``fit`` in
-:class:`ValidatedLogitClassifier`.
+:class:`ValidatedLogitClassifier`, which also calibrates on that validation data.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from clipcache.calibration import fit_temperature
 from clipcache.classifiers import _backend
+from clipcache.classifiers._centering import apply_center, check_center_vector, mean_of_rows
 from clipcache.classifiers._params import validate_parameters
 from clipcache.classifiers._search import grid_argmax
 from clipcache.classifiers._validation import encode_validation
@@ -67,11 +79,26 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
 
     Subclasses declare ``_parameter_constraints`` (see
     :mod:`clipcache.classifiers._params`), take their parameters keyword-only
-    in ``__init__``, implement ``_fit(X, codes)`` (or override ``fit``) and
-    ``_logits(X)``.
+    in ``__init__`` (``center`` among them), implement ``_fit(X, codes)`` (or
+    override ``fit``) and ``_logits(X)``. ``_fit`` and ``_logits`` receive
+    validated, centred float32 features.
+
+    Every estimator's ``center`` parameter is SimpleShot's CL2N centring
+    (:mod:`clipcache.classifiers._centering`): None, ``"support"`` (the mean of
+    the rows given to ``fit``) or a mean vector of shape (d,); the features are
+    centred and L2-normalised before fitting and predicting.
+
+    Attributes
+    ----------
+    center_ : ndarray of shape (d,), float32, or None
+        The mean subtracted (None: no centring).
+    temperature_ : float
+        Softmax temperature of ``predict_proba``: 1 after ``fit``, fitted by
+        :meth:`calibrate` (or by ``fit`` itself when it gets validation data).
     """
 
     device = None  # overridden by the ``device`` parameter of subclasses that take one
+    center = None  # overridden by the ``center`` parameter
     _parameter_constraints: ClassVar[dict] = {}
 
     # -- fitting --------------------------------------------------------------------
@@ -92,15 +119,68 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         X, y = self._check_Xy(X, y)
+        X = self._fit_center(X)
         self.classes_, codes = self._encode(y)
         self._fit(X, codes)
+        self.temperature_ = 1.0
         return self
 
     def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:  # pragma: no cover - abstract
         """Learn from X (n, d) float32 and codes (n,) int64, the column of ``classes_`` of each row."""
         raise NotImplementedError
 
+    # -- centring and calibration --------------------------------------------------
+
+    def _center_blocks(self, d: int) -> list[slice]:
+        """Column blocks that are centred and normalised separately (one per feature set)."""
+        return [slice(0, d)]
+
+    def _fit_center(self, X: np.ndarray, mean_rows: np.ndarray | None = None) -> np.ndarray:
+        """Set ``center_`` from the ``center`` parameter; return X (n, d) centred (unchanged when None).
+
+        ``mean_rows`` (bool (n,)) restricts the rows whose mean ``"support"`` takes.
+        """
+        if self.center is None:
+            self.center_ = None
+        elif isinstance(self.center, str):
+            self.center_ = mean_of_rows(X if mean_rows is None else X[mean_rows])
+        else:
+            self.center_ = check_center_vector(type(self).__name__, self.center, X.shape[1])
+        return apply_center(X, self.center_, self._center_blocks(X.shape[1]))
+
+    def calibrate(self, X_val, y_val):
+        """Fit ``temperature_`` by temperature scaling on validation data.
+
+        After this, ``predict_proba`` returns ``softmax(logits / temperature_)``
+        (:func:`clipcache.calibration.fit_temperature` minimises the validation NLL).
+
+        Parameters
+        ----------
+        X_val : array-like of shape (m, d)
+            Validation features, disjoint from the test data.
+        y_val : array-like of shape (m,)
+            Their labels, all among ``classes_``.
+
+        Returns
+        -------
+        self
+        """
+        X = self._check_X(X_val)
+        self._fit_temperature(X, encode_validation(self.classes_, y_val))
+        return self
+
+    def _fit_temperature(self, X: np.ndarray, codes: np.ndarray) -> None:
+        """``temperature_`` from checked, centred X (m, d) and class columns (m,)."""
+        self.temperature_ = fit_temperature(self._logits(X), codes)
+
     # -- validation -----------------------------------------------------------------
+
+    def _check_validation_pair(self, X_val, y_val, purpose: str) -> None:
+        """Raise unless X_val and y_val are both given or both None (``purpose``: what they are for)."""
+        if (X_val is None) != (y_val is None):
+            raise InvalidParameterError(
+                f"{type(self).__name__}.fit got only one of X_val and y_val; pass both to {purpose}, or neither"
+            )
 
     def _validate_params(self) -> None:
         """Check every parameter against ``_parameter_constraints``; raise :class:`InvalidParameterError`."""
@@ -132,9 +212,10 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet; call fit before predicting"
             ) from None
         try:
-            return validate_data(self, X, dtype=np.float32, reset=False)
+            X = validate_data(self, X, dtype=np.float32, reset=False)
         except ValueError as exc:
             raise InvalidFeaturesError(_finite_message(exc)) from None
+        return apply_center(X, getattr(self, "center_", None), self._center_blocks(X.shape[1]))
 
     @staticmethod
     def _encode(y) -> tuple[np.ndarray, np.ndarray]:
@@ -174,8 +255,10 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         return z
 
     def predict_proba(self, X) -> np.ndarray:
-        """Softmax of the logits, ndarray of shape (n, C), float32."""
-        return softmax(self.logits(X))
+        """``softmax(logits / temperature_)``, ndarray of shape (n, C), float32 (T = 1 until :meth:`calibrate`)."""
+        z = self.logits(X)
+        temperature = float(getattr(self, "temperature_", 1.0))  # model files of 0.1 have none
+        return softmax(z / np.float32(temperature) if temperature != 1.0 else z)
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, ndarray of shape (n,), of the dtype of ``classes_``."""
@@ -198,8 +281,9 @@ class ValidatedLogitClassifier(LogitClassifier):
     ``fit(X, y, X_val, y_val)`` checks the parameters, fits the parts on the
     support set (``_fit_parts``), and then either keeps the fixed
     hyper-parameters or, when validation data is given, counts the correct
-    validation predictions over the whole search grid (``_count_correct``) and
-    keeps the best cell (the first in C order on ties).
+    validation predictions over the whole search grid (``_count_correct``),
+    keeps the best cell (the first in C order on ties) and fits
+    ``temperature_`` on the validation logits of that cell.
 
     Subclasses declare ``_search_axes``, the searched hyper-parameters in the
     order of the axes of ``search_accuracy_``. For each name ``h`` the
@@ -229,16 +313,14 @@ class ValidatedLogitClassifier(LogitClassifier):
         self
         """
         self._validate_params()
-        if (X_val is None) != (y_val is None):
-            raise InvalidParameterError(
-                f"{type(self).__name__}.fit got only one of X_val and y_val; pass both to search "
-                f"{' and '.join(self._search_axes)}, or neither"
-            )
+        self._check_validation_pair(X_val, y_val, f"search {' and '.join(self._search_axes)}")
         X, y = self._check_Xy(X, y)
+        X = self._fit_center(X)
         self._fit_parts(X, y)
         for name in self._search_axes:
             setattr(self, f"{name}_", float(getattr(self, name)))
         self.search_accuracy_ = np.zeros((0,) * len(self._search_axes))
+        self.temperature_ = 1.0
         if X_val is not None:
             Xv = self._check_X(X_val)
             yv = encode_validation(self.classes_, y_val)
@@ -247,6 +329,7 @@ class ValidatedLogitClassifier(LogitClassifier):
             self.search_accuracy_ = counts / len(yv)
             for name, grid, i in zip(self._search_axes, grids, grid_argmax(counts), strict=True):
                 setattr(self, f"{name}_", float(grid[i]))
+            self._fit_temperature(Xv, yv)
         return self
 
     def _grid(self, name: str) -> np.ndarray:

@@ -6,6 +6,7 @@ from numbers import Real
 
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Grid, HasMethods, Interval
 from clipcache.classifiers._search import correct_over_alpha
 from clipcache.classifiers._validation import check_same_classes
@@ -34,6 +35,8 @@ class LogitEnsemble(ValidatedLogitClassifier):
         Used when ``fit`` gets no validation data; otherwise searched on ``alpha_grid``.
     alpha_grid : array-like of float >= 0, optional
         Default ``DEFAULT_ENSEMBLE_ALPHAS`` (0 and 10^-4 ... 10^3).
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -41,6 +44,7 @@ class LogitEnsemble(ValidatedLogitClassifier):
     alpha_ : float
     search_accuracy_ : ndarray of shape (len(alpha_grid),), float64
         Validation accuracy at each alpha (empty when no search ran).
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     classes_ : ndarray of shape (C,)
     n_features_in_ : int
 
@@ -74,15 +78,17 @@ class LogitEnsemble(ValidatedLogitClassifier):
         "model": [None, HasMethods("fit", "logits")],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "alpha_grid": [None, Grid()],
+        "center": CENTER_CONSTRAINT,
     }
     _search_axes = ("alpha",)
     _default_grids = {"alpha": DEFAULT_ENSEMBLE_ALPHAS}
 
-    def __init__(self, *, base=None, model=None, alpha=1.0, alpha_grid=None):
+    def __init__(self, *, base=None, model=None, alpha=1.0, alpha_grid=None, center=None):
         self.base = base
         self.model = model
         self.alpha = alpha
         self.alpha_grid = alpha_grid
+        self.center = center
 
     def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
         self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)

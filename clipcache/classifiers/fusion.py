@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Grid, HasMethods, Interval, Options
 from clipcache.classifiers._search import correct_over_alpha
 from clipcache.classifiers._validation import check_same_classes
@@ -91,6 +92,8 @@ class LogitBiasFusion(ValidatedLogitClassifier):
         Used when ``fit`` gets no validation data; otherwise searched.
     alpha_grid, power_grid : array-like of float >= 0, optional
         Search grids (defaults ``DEFAULT_FUSION_ALPHAS``, ``DEFAULT_POWERS``).
+    center : None, "support" or array-like of shape (d + aux_dim,), default=None
+        CL2N centring, applied to the CLIP and the auxiliary columns separately.
 
     Attributes
     ----------
@@ -99,6 +102,7 @@ class LogitBiasFusion(ValidatedLogitClassifier):
     search_accuracy_ : ndarray of shape (len(power_grid), len(alpha_grid)), float64
         Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     n_features_in_ : int
 
     Examples
@@ -136,12 +140,13 @@ class LogitBiasFusion(ValidatedLogitClassifier):
         "power": [Interval(Real, 0, None, closed="left")],
         "alpha_grid": [None, Grid()],
         "power_grid": [None, Grid()],
+        "center": CENTER_CONSTRAINT,
     }
     _search_axes = ("power", "alpha")
     _default_grids = {"alpha": DEFAULT_FUSION_ALPHAS, "power": DEFAULT_POWERS}
 
     def __init__(self, *, aux_dim=1, base=None, aux=None, uncertainty="kurtosis", alpha=1.0, power=1.0,
-                 alpha_grid=None, power_grid=None):
+                 alpha_grid=None, power_grid=None, center=None):
         self.aux_dim = aux_dim
         self.base = base
         self.aux = aux
@@ -150,6 +155,11 @@ class LogitBiasFusion(ValidatedLogitClassifier):
         self.power = power
         self.alpha_grid = alpha_grid
         self.power_grid = power_grid
+        self.center = center
+
+    def _center_blocks(self, d: int) -> list[slice]:
+        k = int(self.aux_dim)
+        return [slice(0, d - k), slice(d - k, d)]
 
     def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = int(self.aux_dim)

@@ -4,149 +4,89 @@
 ``b_k = log pi_k - mu_k P mu_k / 2``, where P is a precision matrix estimated by
 one of three estimators (see :class:`GDAClassifier`). The fit needs only class
 sums and a (d, d) scatter matrix, so it can stream a store chunk by chunk in
-O(d^2 + C d + chunk) memory (:meth:`GDAClassifier.fit_chunks`).
+O(d^2 + C d + chunk) memory (:meth:`GDAClassifier.fit_chunks`); with fewer
+samples than dimensions it solves in the N x N space instead (Woodbury). The
+maths is in :mod:`clipcache.classifiers._gda_math`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse
 
-from clipcache.classifiers import _backend
+from clipcache.classifiers import _gda_math as gm
+from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center, check_center_vector
 from clipcache.classifiers._params import Device, Interval, Options
-from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier
+from clipcache.classifiers.base import InvalidFeaturesError, InvalidParameterError, LogitClassifier
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from clipcache.feature_store import FeatureStore
 
-__all__ = ["GDAClassifier", "PRECISIONS", "PRIORS"]
+__all__ = ["GDAClassifier", "PRECISIONS", "PRIORS", "SOLVERS"]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("iclr2024", "ledoit-wolf", "shrinkage")
 PRIORS = ("uniform", "empirical")
-_BLOCK_ROWS = 16384
+SOLVERS = ("auto", "covariance", "woodbury")
+NO_VARIATION = (
+    "GDA: no within-class variation (one sample per class); using an identity covariance "
+    "(nearest class mean in Euclidean distance)"
+)
 
 
-@dataclass
-class _Moments:
-    """Sufficient statistics of a GDA fit.
-
-    counts : (C,) int64; means : (C, d) float64; scatter : (d, d) float64, the
-    (weighted) within-class scatter sum_i w_i r_i r_i^T of the residuals
-    r_i = x_i - mu_{y_i}; sum_r4 : float, sum_i ||r_i||^4 (for Ledoit-Wolf).
-    """
-
-    counts: np.ndarray
-    means: np.ndarray
-    scatter: np.ndarray
-    sum_r4: float
-
-
-def _blocks(X: np.ndarray, codes: np.ndarray, size: int = _BLOCK_ROWS):
+def _blocks(X: np.ndarray, codes: np.ndarray, size: int = gm.BLOCK_ROWS):
     """Yield ``(X[i:i+size], codes[i:i+size])`` blocks of in-memory data."""
     for start in range(0, len(X), size):
         yield X[start : start + size], codes[start : start + size]
 
 
-def _class_sums(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
+def _class_sums(ops, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
     """First pass: per-code sums (K, d) float64 and counts (K,) int64 for codes >= 0; and d."""
     sums, counts, d = None, np.zeros(0, dtype=np.int64), 0
     for X, codes in chunks:
         d = X.shape[1]
         if sums is None:
-            sums = np.zeros((0, d))
+            sums = ops.zeros((0, d))
         if len(codes) == 0:
             continue
         if codes.min() < 0:
             raise InvalidFeaturesError("labels contain -1 (unlabelled rows); select labelled rows to fit GDA")
         k = int(codes.max()) + 1
         if k > len(counts):
-            grown = np.zeros((k, X.shape[1]))
+            grown = ops.zeros((k, d))
             grown[: len(sums)] = sums
             sums = grown
             counts = np.concatenate([counts, np.zeros(k - len(counts), dtype=np.int64)])
-        for start in range(0, len(codes), _BLOCK_ROWS):
-            block, c = X[start : start + _BLOCK_ROWS], codes[start : start + _BLOCK_ROWS]
-            # A sparse one-hot (K, b) times the block: one pass, no sort or row gather.
-            onehot = scipy.sparse.csr_matrix(
-                (np.ones(len(c), dtype=np.float32), (c, np.arange(len(c)))), shape=(len(sums), len(c))
-            )
-            sums += onehot @ block
+        for start in range(0, len(codes), gm.BLOCK_ROWS):
+            ops.add_class_sums(sums, X[start : start + gm.BLOCK_ROWS], codes[start : start + gm.BLOCK_ROWS])
         counts += np.bincount(codes, minlength=len(counts))
-    return (np.zeros((0, d)) if sums is None else sums), counts, d
+    return (np.zeros((0, d)) if sums is None else ops.to_numpy(sums)), counts, d
 
 
-def _within_scatter(chunks, means_by_code: np.ndarray, weight_by_code, device, fourth: bool) -> tuple[np.ndarray, float]:
-    """Second pass: residual scatter (d, d) float64, weighted per code unless ``weight_by_code``
-    is None, and (when ``fourth``) the sum of ||r||^4 that Ledoit-Wolf needs."""
+def _within_scatter(ops, chunks, means_by_code: np.ndarray, weight_by_code, fourth: bool):
+    """Second pass: residual scatter (d, d) on the ops' device, weighted per code unless
+    ``weight_by_code`` is None, and (when ``fourth``) the sum of ||r||^4 that Ledoit-Wolf needs."""
     d = means_by_code.shape[1]
     means32 = means_by_code.astype(np.float32)
-    uniform = weight_by_code is None
-    root_w = None if uniform else np.sqrt(weight_by_code).astype(np.float32)
-    scatter = np.zeros((d, d))
+    root_w = None if weight_by_code is None else np.sqrt(weight_by_code).astype(np.float32)
+    scatter = ops.zeros((d, d))
     sum_r4 = 0.0
     for X, codes in chunks:
-        for start in range(0, len(X), _BLOCK_ROWS):
-            c = codes[start : start + _BLOCK_ROWS]
-            r = X[start : start + _BLOCK_ROWS] - means32[c]
-            if fourth:
-                sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
-                sum_r4 += float(sq @ sq)
-            if not uniform:
-                r *= root_w[c][:, None]
-            scatter += _backend.gram(r, device)
-    return scatter, sum_r4
+        for start in range(0, len(X), gm.BLOCK_ROWS):
+            sl = slice(start, start + gm.BLOCK_ROWS)
+            sum_r4 += ops.add_scatter(scatter, X[sl], codes[sl], means32, root_w, fourth)
+    return scatter, float(ops.to_numpy(sum_r4))
 
 
-def _ledoit_wolf_shrinkage(scatter: np.ndarray, sum_r4: float, n: int) -> float:
-    """Ledoit-Wolf intensity of the residual covariance ``scatter / n`` (as sklearn, assume_centered)."""
-    d = scatter.shape[0]
-    emp = scatter / n
-    trace = np.trace(emp)
-    mu = trace / d
-    delta_ = float(np.sum(emp**2))
-    beta = (sum_r4 / n - delta_) / (d * n)
-    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
-    beta = min(beta, delta)
-    return 0.0 if beta == 0 else float(beta / delta)
-
-
-def _regularised_covariance(m: _Moments, precision: str, shrinkage: float) -> tuple[np.ndarray, float, float]:
-    """The matrix A and scale c with P = c A^-1, and the shrinkage or ridge used."""
-    n, d = int(m.counts.sum()), m.scatter.shape[0]
-    if precision == "iclr2024":
-        ridge = np.trace(m.scatter) / (n - 1)
-        return m.scatter + ridge * np.eye(d), float(d), float(ridge)
-    if precision == "ledoit-wolf":
-        delta = _ledoit_wolf_shrinkage(m.scatter, m.sum_r4, n)
-        emp = m.scatter / n
-        return (1 - delta) * emp + delta * (np.trace(emp) / d) * np.eye(d), 1.0, delta
-    cov = m.scatter  # weighted by prior_k / n_k: sum_k prior_k C_k
-    return (1 - shrinkage) * cov + shrinkage * (np.trace(cov) / d) * np.eye(d), 1.0, float(shrinkage)
-
-
-def _solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """``a^-1 rhs`` for symmetric PSD ``a`` (d, d): Cholesky, or least squares when singular."""
-    try:
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, lower=True, check_finite=False), rhs)
-    except np.linalg.LinAlgError:
-        return scipy.linalg.lstsq(a, rhs)[0]
-
-
-def _linear_rule(means: np.ndarray, a: np.ndarray, c: float, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients W (C, d) = c mu A^-1 and intercepts b (C,) = log pi - diag(mu W^T) / 2."""
-    coef = c * _solve(a, means.T).T
-    intercept = np.log(priors) - 0.5 * np.einsum("kd,kd->k", means, coef)
-    return coef, intercept
+def _scatter_weights(precision: str, priors: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """Per-class residual weights: prior_k / n_k for "shrinkage" (sum_k prior_k C_k), None otherwise."""
+    return priors / counts if precision == "shrinkage" else None
 
 
 class GDAClassifier(LogitClassifier):
@@ -168,8 +108,18 @@ class GDAClassifier(LogitClassifier):
         s for ``precision="shrinkage"``; ignored otherwise.
     priors : {"uniform", "empirical"}, default="uniform"
         Class priors pi in the intercept (and the class weights of Sigma for "shrinkage").
+    solver : {"auto", "covariance", "woodbury"}, default="auto"
+        ``"covariance"`` solves the (d, d) system by Cholesky; ``"woodbury"`` solves
+        in the N x N space of the N support samples (same coefficients, O(N^2 d)
+        instead of O(d^3); in-memory fits only); ``"auto"`` is Woodbury when N < d
+        and ``device`` is None. A singular system (zero ridge) always takes the
+        (d, d) path, with least squares.
     device : str, optional
-        None for numpy; a torch device (``"cuda"``) for the scatter products and predictions.
+        None for numpy; a torch device (``"cuda"``): the class sums, the scatter,
+        the Cholesky solve and the predictions then run on it, and ``fit_store``
+        streams its chunks there through pinned memory.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -180,9 +130,12 @@ class GDAClassifier(LogitClassifier):
     priors_ : ndarray of shape (C,), float32
     shrinkage_ : float
         The ridge (iclr2024), Ledoit-Wolf intensity or fixed shrinkage used.
+    solver_ : str
+        ``"covariance"`` or ``"woodbury"``: the path that solved.
     fallback_ : str
         ``""``, or ``"identity"`` when the within-class scatter was zero (one
         sample per class) and P = I was used: nearest class mean in Euclidean distance.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples
@@ -215,17 +168,26 @@ class GDAClassifier(LogitClassifier):
         "precision": [Options(*PRECISIONS)],
         "shrinkage": [Interval(Real, 0, 1, closed="both")],
         "priors": [Options(*PRIORS)],
+        "solver": [Options(*SOLVERS)],
         "device": [None, Device()],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, precision="iclr2024", shrinkage=0.1, priors="uniform", device=None):
+    def __init__(self, *, precision="iclr2024", shrinkage=0.1, priors="uniform", solver="auto", device=None,
+                 center=None):
         self.precision = precision
         self.shrinkage = shrinkage
         self.priors = priors
+        self.solver = solver
         self.device = device
+        self.center = center
 
     def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:
-        self._fit_moments(lambda: _blocks(X, codes), self.classes_)
+        n, d = X.shape
+        woodbury = self.solver == "woodbury" or (self.solver == "auto" and n < d and self.device is None)
+        if woodbury and self._fit_woodbury(X, codes):
+            return
+        self._fit_moments(gm.make_ops(self.device), lambda: _blocks(X, codes), self.classes_)
 
     def fit_chunks(self, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]):
         """Fit from a stream of ``(X, y)`` blocks read twice, in O(d^2 + C d + block) memory.
@@ -235,15 +197,22 @@ class GDAClassifier(LogitClassifier):
         chunks : callable
             Returns a fresh iterable of ``(X (b, d) float32, y (b,) int)`` blocks
             each time it is called; labels are non-negative class indices
-            (store labels). It is called twice (class means, then scatter).
+            (store labels). It is called twice (class means, then scatter), and
+            once more first when ``center="support"`` (the mean).
 
         Returns
         -------
         self
         """
         self._validate_params()
+        if self.solver == "woodbury":
+            raise InvalidParameterError(
+                "GDAClassifier got solver='woodbury' for a streamed fit, which solves the (d, d) system; "
+                "use solver='auto' or 'covariance', or fit in memory",
+                param="solver",
+            )
 
-        def checked():
+        def raw():
             for X, y in chunks():
                 X = np.asarray(X, dtype=np.float32)
                 if not np.isfinite(X).all():
@@ -252,19 +221,44 @@ class GDAClassifier(LogitClassifier):
                     )
                 yield X, np.asarray(y, dtype=np.int64)
 
-        sums, counts, d = _class_sums(checked())
+        self.center_ = self._stream_center(raw)
+
+        def checked():
+            for X, y in raw():
+                if self.center_ is not None:
+                    self.center_ = check_center_vector(type(self).__name__, self.center_, X.shape[1])
+                yield apply_center(X, self.center_, self._center_blocks(X.shape[1])), y
+
+        ops = gm.make_ops(self.device)
+        sums, counts, d = _class_sums(ops, checked())
         present = np.flatnonzero(counts)
         if len(present) < 2:
             raise InvalidFeaturesError(
                 f"the training labels hold {len(present)} class; at least 2 classes are needed to fit a classifier"
             )
         self.n_features_in_ = d
-        self._fit_moments(checked, present, sums=sums, counts=counts)
+        self._fit_moments(ops, checked, present, sums=sums, counts=counts)
+        self.temperature_ = 1.0
         return self
+
+    def _stream_center(self, raw) -> np.ndarray | None:
+        """The mean that ``center`` asks for in a streamed fit (one pass over ``raw()`` for "support")."""
+        if self.center is None:
+            return None
+        if not isinstance(self.center, str):
+            return np.asarray(self.center, dtype=np.float32)
+        total, n = None, 0
+        for X, _ in raw():
+            part = X.sum(axis=0, dtype=np.float64)
+            total, n = (part if total is None else total + part), n + len(X)
+        return None if total is None else (total / max(n, 1)).astype(np.float32)
 
     def fit_store(self, store: FeatureStore, split: str, feature_set: str, rows=None,
                   chunk_rows: int | None = None):
         """Stream-fit on ``feature_set`` of ``split`` of an open :class:`FeatureStore`.
+
+        With a CUDA ``device`` each chunk is copied through pinned memory to the
+        GPU, where the sums, the scatter and the solve stay.
 
         Parameters
         ----------
@@ -286,45 +280,74 @@ class GDAClassifier(LogitClassifier):
             lambda: ((c.features, c.labels) for c in store.iter_chunks(split, feature_set, chunk_rows, rows))
         )
 
-    def _fit_moments(self, chunks, classes, sums=None, counts=None) -> None:
-        """Compute means, scatter and the linear rule; ``chunks()`` yields (X, code) blocks."""
+    def _priors(self, counts: np.ndarray) -> np.ndarray:
+        """Class priors (C,) float64 from the class counts."""
+        if self.priors == "uniform":
+            return np.full(len(counts), 1.0 / len(counts))
+        return counts / counts.sum()
+
+    def _fit_woodbury(self, X: np.ndarray, codes: np.ndarray) -> bool:
+        """Fit in the N x N space; False (nothing set) when the ridge is zero and the (d, d) path must solve."""
+        sums, counts, _ = _class_sums(gm.NumpyOps(), _blocks(X, codes))
+        means = sums / counts[:, None]
+        priors = self._priors(counts)
+        R = X.astype(np.float64) - means[codes]
+        weights = _scatter_weights(self.precision, priors, counts)
+        if weights is not None:
+            R *= np.sqrt(weights)[codes][:, None]
+        stats, K = gm.woodbury_stats(R)
+        if len(X) <= len(counts) or stats.trace <= 0:
+            self._set_identity(means, priors)
+            return True
+        form = gm.covariance_form(stats, self.precision, float(self.shrinkage))
+        if form.t <= 0:
+            return False
+        self._set_rule(means, gm.solve_woodbury(R, K, form, means), priors, form.used, "woodbury")
+        return True
+
+    def _fit_moments(self, ops, chunks, classes, sums=None, counts=None) -> None:
+        """Compute means, scatter and the linear rule on ``ops``; ``chunks()`` yields (X, code) blocks."""
         if sums is None:
-            sums, counts, _ = _class_sums(chunks())
+            sums, counts, _ = _class_sums(ops, chunks())
             keep = np.arange(len(classes))
         else:
             keep = classes  # codes are the labels themselves
         counts_k = counts[keep]
-        n_classes, n = len(keep), int(counts_k.sum())
         means_by_code = sums / np.maximum(counts, 1)[:, None]
-        priors = np.full(n_classes, 1.0 / n_classes) if self.priors == "uniform" else counts_k / n
-        weights, scale = None, 1.0
-        if self.precision == "shrinkage":
-            per_class = priors / counts_k  # sum_k prior_k C_k with C_k = scatter_k / n_k
-            if np.allclose(per_class, per_class[0], rtol=1e-12):
-                scale = float(per_class[0])
-            else:
-                weights = np.zeros(len(counts))
-                weights[keep] = per_class
-        scatter, sum_r4 = _within_scatter(
-            chunks(), means_by_code, weights, self.device, fourth=self.precision == "ledoit-wolf"
-        )
-        scatter *= scale
-        moments = _Moments(counts_k, means_by_code[keep], scatter, sum_r4)
-        if n <= n_classes or np.trace(scatter) <= 0:
-            logger.warning(
-                "GDA: no within-class variation (one sample per class); using an identity covariance "
-                "(nearest class mean in Euclidean distance)"
-            )
-            a, c, self.shrinkage_, self.fallback_ = np.eye(scatter.shape[0]), 1.0, 0.0, "identity"
-        else:
-            a, c, self.shrinkage_ = _regularised_covariance(moments, self.precision, float(self.shrinkage))
-            self.fallback_ = ""
-        coef, intercept = _linear_rule(moments.means, a, c, priors)
+        priors = self._priors(counts_k)
+        per_class = _scatter_weights(self.precision, priors, counts_k)
+        weights = None
+        if per_class is not None:
+            weights = np.zeros(len(counts))
+            weights[keep] = per_class
+        fourth = self.precision == "ledoit-wolf"
+        scatter, sum_r4 = _within_scatter(ops, chunks(), means_by_code, weights, fourth)
         self.classes_ = np.asarray(classes)
-        self.means_ = moments.means.astype(np.float32)
-        self.coef_ = coef.astype(np.float32)
+        means = means_by_code[keep]
+        n, d = int(counts_k.sum()), means.shape[1]
+        trace, frob2 = ops.trace_frob2(scatter, fourth)
+        if n <= len(keep) or trace <= 0:
+            self._set_identity(means, priors)
+            return
+        stats = gm.ScatterStats(n, d, trace, frob2, sum_r4)
+        form = gm.covariance_form(stats, self.precision, float(self.shrinkage))
+        self._set_rule(means, gm.solve_covariance(ops, scatter, form, means), priors, form.used, "covariance")
+
+    def _set_identity(self, means: np.ndarray, priors: np.ndarray) -> None:
+        """The documented one-shot fallback: P = I, nearest class mean in Euclidean distance."""
+        logger.warning(NO_VARIATION)
+        self._set_rule(means, means.copy(), priors, 0.0, "covariance", fallback="identity")
+
+    def _set_rule(self, means, coef, priors, used: float, solver: str, fallback: str = "") -> None:
+        """Store W (C, d), b = log pi - diag(mu W^T)/2, and what was used."""
+        intercept = np.log(priors) - 0.5 * np.einsum("kd,kd->k", means, coef)
+        self.means_ = np.asarray(means, dtype=np.float32)
+        self.coef_ = np.asarray(coef, dtype=np.float32)
         self.intercept_ = intercept.astype(np.float32)
         self.priors_ = np.asarray(priors, dtype=np.float32)
+        self.shrinkage_ = float(used)
+        self.solver_ = solver
+        self.fallback_ = fallback
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return self._matmul(X, self.coef_.T) + self.intercept_

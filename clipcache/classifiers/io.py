@@ -3,7 +3,8 @@
 A model file holds one JSON document (format name and version, the estimator
 tree, free metadata) and the estimator's arrays. The tree records, for each
 estimator, its class name, its parameters and its learned attributes (names
-ending in ``_``); arrays are stored under their path in the tree
+ending in ``_``), with nested estimators and lists of them (SelectByValidation's
+candidates) as subtrees; arrays are stored under their path in the tree
 (``est/params/text_embeddings``, ``est/attrs/base_/attrs/coef_``). Loading
 rebuilds the estimators from a fixed table of clipcache classes, so a file can
 only ever create those classes, and reads npz with ``allow_pickle=False``.
@@ -32,7 +33,9 @@ from clipcache.classifiers.fusion import LogitBiasFusion
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.knn import KNNClassifier
 from clipcache.classifiers.prototypes import ClassMeanClassifier
+from clipcache.classifiers.selection import SelectByValidation
 from clipcache.classifiers.tip import TipAdapter
+from clipcache.classifiers.transductive import TransductiveGDA
 from clipcache.classifiers.zeroshot import ZeroShotClassifier
 from clipcache.errors import ModelFileError
 
@@ -51,13 +54,25 @@ _REFIT = "give a file written by save_model (clipcache fit)"
 _CLASSES = {
     cls.__name__: cls
     for cls in (ZeroShotClassifier, ClassMeanClassifier, GDAClassifier, LogitEnsemble, TipAdapter,
-                LogitBiasFusion, KNNClassifier)
+                LogitBiasFusion, KNNClassifier, TransductiveGDA, SelectByValidation)
 }
 
 
+def _holds_estimators(value) -> bool:
+    """A list or tuple with an estimator in it, at any depth (e.g. SelectByValidation's candidates)."""
+    return isinstance(value, list | tuple) and any(
+        isinstance(v, BaseEstimator) or _holds_estimators(v) for v in value
+    )
+
+
 def _encode_value(value, path: str, arrays: dict):
+    if getattr(value, "transient", False) is True:  # a run-time cache (GramCache): not part of the model
+        return {"value": None}
     if isinstance(value, BaseEstimator):
         return {"estimator": _encode(value, path, arrays)}
+    if _holds_estimators(value):
+        items = [_encode_value(v, f"{path}/{i}", arrays) for i, v in enumerate(value)]
+        return {"tuple" if isinstance(value, tuple) else "list": items}
     if isinstance(value, np.ndarray | list | tuple) and not isinstance(value, str):
         arr = np.asarray(value)
         if arr.dtype == object:
@@ -87,6 +102,9 @@ def _encode(est: BaseEstimator, path: str, arrays: dict) -> dict:
 def _decode_value(spec: dict, arrays):
     if "estimator" in spec:
         return _decode(spec["estimator"], arrays)
+    if "list" in spec or "tuple" in spec:
+        items = [_decode_value(v, arrays) for v in spec.get("list", spec.get("tuple"))]
+        return items if "list" in spec else tuple(items)
     if "array" in spec:
         return np.asarray(arrays[spec["array"]])
     return spec["value"]

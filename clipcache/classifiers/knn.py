@@ -7,14 +7,18 @@ from numbers import Integral
 import faiss
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval, Options
 from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, l2_normalize
 
-__all__ = ["KNNClassifier", "METRICS", "WEIGHTS", "vote"]
+__all__ = ["KNNClassifier", "METRICS", "SMALL_SEARCH", "WEIGHTS", "vote"]
 
 METRICS = ("cosine", "ip")
 WEIGHTS = ("uniform", "distance")
 _EPS = 1e-6
+#: Below this many query x key products, the search is one numpy product: FAISS's thread start-up costs
+#: more than the search itself on few-shot support sets (e.g. 40 validation rows x 160 keys).
+SMALL_SEARCH = 1 << 20
 
 
 def vote(sims: np.ndarray, neighbour_codes: np.ndarray, n_classes: int, weights: str) -> np.ndarray:
@@ -51,6 +55,8 @@ class KNNClassifier(LogitClassifier):
         Cosine normalises features and queries; "ip" uses raw inner products.
     weights : {"uniform", "distance"}, default="uniform"
         "distance" (cosine metric only) weighs votes by inverse cosine distance.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -59,6 +65,7 @@ class KNNClassifier(LogitClassifier):
     key_codes_ : ndarray of shape (n,), int64
     n_neighbors_ : int
     classes_ : ndarray of shape (C,)
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Notes
@@ -85,12 +92,14 @@ class KNNClassifier(LogitClassifier):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "metric": [Options(*METRICS)],
         "weights": [Options(*WEIGHTS)],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform"):
+    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform", center=None):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weights = weights
+        self.center = center
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -112,8 +121,17 @@ class KNNClassifier(LogitClassifier):
         self._faiss_index = faiss.IndexFlatIP(self.keys_.shape[1])
         self._faiss_index.add(self.keys_)
 
+    def _search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n_neighbors_`` largest inner products (n, k) and their key rows (n, k), best first."""
+        if len(q) * len(self.keys_) > SMALL_SEARCH:
+            return self._faiss_index.search(q, self.n_neighbors_)
+        sims = q @ self.keys_.T
+        k = self.n_neighbors_
+        ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # exact; ties by key row, as IndexFlatIP
+        return np.take_along_axis(sims, ids, axis=1), ids
+
     def _logits(self, X: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(l2_normalize(X) if self.metric == "cosine" else X)
-        sims, ids = self._faiss_index.search(q, self.n_neighbors_)
+        sims, ids = self._search(q)
         p = vote(sims, self.key_codes_[ids], len(self.classes_), self.weights)
         return np.log(np.maximum(p, np.float32(1e-12)))

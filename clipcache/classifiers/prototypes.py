@@ -5,7 +5,9 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
+import scipy.sparse
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import LogitClassifier, l2_normalize
 
@@ -26,8 +28,10 @@ def class_means(X: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
     -------
     ndarray of shape (n_classes, d), float32 (accumulated in float64)
     """
-    sums = np.zeros((n_classes, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, X)
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_classes, len(codes))
+    )
+    sums = onehot @ X.astype(np.float64)  # one sparse product: np.add.at is ~10x slower on few-shot sets
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
@@ -43,12 +47,15 @@ class ClassMeanClassifier(LogitClassifier):
         L2-normalise features before averaging and scoring.
     device : str, optional
         None for numpy; a torch device for torch.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
     prototypes_ : ndarray of shape (C, d), float32
         L2-normalised class means.
     classes_ : ndarray of shape (C,)
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples
@@ -73,12 +80,14 @@ class ClassMeanClassifier(LogitClassifier):
         "logit_scale": [Interval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
         "device": [None, Device()],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, logit_scale=100.0, normalize=True, device=None):
+    def __init__(self, *, logit_scale=100.0, normalize=True, device=None, center=None):
         self.logit_scale = logit_scale
         self.normalize = normalize
         self.device = device
+        self.center = center
 
     def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:
         if self.normalize:

@@ -6,6 +6,7 @@ from numbers import Real
 
 import numpy as np
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Grid, HasMethods, Interval
 from clipcache.classifiers._search import correct_over_alpha
 from clipcache.classifiers._validation import check_same_classes
@@ -81,6 +82,8 @@ class TipAdapter(ValidatedLogitClassifier):
         Search grids (defaults ``DEFAULT_ALPHAS``, ``DEFAULT_BETAS``).
     device : str, optional
         None for numpy; a torch device for the affinity products.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -93,6 +96,7 @@ class TipAdapter(ValidatedLogitClassifier):
     search_accuracy_ : ndarray of shape (len(beta_grid), len(alpha_grid)), float64
         Validation accuracy over the grid (empty when no search ran).
     classes_ : ndarray of shape (C,)
+    center_, temperature_ : the CL2N mean and the softmax temperature, fitted on validation
     n_features_in_ : int
 
     Examples
@@ -126,17 +130,19 @@ class TipAdapter(ValidatedLogitClassifier):
         "alpha_grid": [None, Grid()],
         "beta_grid": [None, Grid()],
         "device": [None, Device()],
+        "center": CENTER_CONSTRAINT,
     }
     _search_axes = ("beta", "alpha")
     _default_grids = {"alpha": DEFAULT_ALPHAS, "beta": DEFAULT_BETAS}
 
-    def __init__(self, *, base=None, alpha=1.0, beta=5.5, alpha_grid=None, beta_grid=None, device=None):
+    def __init__(self, *, base=None, alpha=1.0, beta=5.5, alpha_grid=None, beta_grid=None, device=None, center=None):
         self.base = base
         self.alpha = alpha
         self.beta = beta
         self.alpha_grid = alpha_grid
         self.beta_grid = beta_grid
         self.device = device
+        self.center = center
 
     def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
         self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)

@@ -7,6 +7,7 @@ from numbers import Real
 import numpy as np
 from sklearn.utils.validation import validate_data
 
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import InvalidFeaturesError, LogitClassifier, l2_normalize
 from clipcache.errors import MissingTextError
@@ -30,6 +31,8 @@ class ZeroShotClassifier(LogitClassifier):
         L2-normalise image features before the product.
     device : str, optional
         None for numpy; a torch device (``"cuda"``) for torch.
+    center : None, "support" or array-like of shape (d,), default=None
+        CL2N centring (:class:`LogitClassifier`).
 
     Attributes
     ----------
@@ -37,6 +40,7 @@ class ZeroShotClassifier(LogitClassifier):
         Prompt-ensemble class weights (see :func:`prompt_ensemble`).
     classes_ : ndarray of shape (C,), int64
         ``arange(C)``: label i is the class of text row(s) i.
+    center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
 
     Examples
@@ -65,14 +69,17 @@ class ZeroShotClassifier(LogitClassifier):
         "logit_scale": [Interval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
         "device": [None, Device()],
+        "center": CENTER_CONSTRAINT,
     }
 
-    def __init__(self, *, text_embeddings=None, class_index=None, logit_scale=100.0, normalize=True, device=None):
+    def __init__(self, *, text_embeddings=None, class_index=None, logit_scale=100.0, normalize=True, device=None,
+                 center=None):
         self.text_embeddings = text_embeddings
         self.class_index = class_index
         self.logit_scale = logit_scale
         self.normalize = normalize
         self.device = device
+        self.center = center
 
     def fit(self, X, y=None):
         """Set the class weights from the text embeddings; ``X`` only fixes d, ``y`` is checked.
@@ -99,6 +106,8 @@ class ZeroShotClassifier(LogitClassifier):
             X = self._check_X_unfitted(X)
         else:
             X, y = self._check_Xy(X, y)
+        X = self._fit_center(X)
+        self.temperature_ = 1.0
         self.coef_ = prompt_ensemble(self.text_embeddings, self.class_index)
         if self.coef_.shape[1] != X.shape[1]:
             raise InvalidFeaturesError(

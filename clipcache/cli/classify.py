@@ -23,9 +23,12 @@ from clipcache.cli.params import (
     stack_options,
 )
 from clipcache.evaluation.options import (
+    BASE_TO_NEW_METRICS,
     BASES,
+    CENTERS,
     METHODS,
     METRICS,
+    TRANSDUCTIVE_METHOD,
     ProtocolOptions,
     check_methods,
     check_shots,
@@ -56,6 +59,10 @@ _store_options = stack_options(  # the options that make a ProtocolOptions, but 
     click.option("--val-split", help="Validation split (default: 'val' if present, else carved from train)."),
     click.option("--val-per-class", type=int, default=10, show_default=True,
                  help="Rows per class carved from train when there is no validation split."),
+    click.option("--center", type=click.Choice(CENTERS), default="none", show_default=True,
+                 help="CL2N centring: subtract the mean of each support set, of --pool-split (labels unused), "
+                      "or of the test features (--transductive only), then L2-normalise."),
+    click.option("--pool-split", help="Unlabelled pool of --center pool (default: the train split)."),
 )
 
 
@@ -69,7 +76,7 @@ _store_options = stack_options(  # the options that make a ProtocolOptions, but 
 @output_option("Model file: .h5, .hdf5 or .npz.", required=True)
 @overwrite_option(MODEL_FILE.name)
 def fit_command(store, method, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                shots, seed, output, overwrite):
+                center, pool_split, shots, seed, output, overwrite):
     """Fit a closed-form classifier on a few-shot support set of STORE and save it (no pickle)."""
     from clipcache.evaluation import fit_from_store
 
@@ -81,10 +88,12 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=None, val_per_class=val_per_class,
+        center=center, pool_split=pool_split,
     )
     check_output(output, [store], kind=MODEL_FILE, overwrite=overwrite)
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
-    hp = ", ".join(f"{k}={v:g}" for k, v in meta["hyperparameters"].items()) or "none"
+    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in meta["hyperparameters"].items()) or "none"
     click.echo(
         f"fitted {method} on {meta['support']['n']} samples of {train_split!r} "
         f"({f'{shots}-shot, seed {seed}' if shots else 'every row'}); validation: {meta['val']['split']!r}"
@@ -109,13 +118,20 @@ def predict_command(store, model, split, output, overwrite):
 
 @click.command("evaluate", cls=Command)
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
-@click.option("--methods", default="gda,tip,knn", show_default=True, help=f"Comma list of: {', '.join(METHODS)}.")
+@click.option("--methods", default="gda,tip,knn", show_default=True,
+              help=f"Comma list of: {', '.join(METHODS)} (auto: chosen on validation).")
 @_store_options
 @click.option("--test-split", default="test", show_default=True)
+@click.option("--transductive", is_flag=True,
+              help=f"Also report {TRANSDUCTIVE_METHOD}, fitted with the test features (never their labels).")
+@click.option("--test-store", type=click.Path(exists=True, dir_okay=False),
+              help="Score the test split of this other store (same classes and feature-set models).")
+@click.option("--base-to-new", is_flag=True,
+              help="Base-to-new protocol: shots from the first half of the classes, the rest zero-shot.")
 @click.option("--shots", "shots", default="1,2,4,8,16", show_default=True, help="Comma list of shots per class.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma list of sampling seeds (0 or more).")
-@click.option("--metric", type=click.Choice(METRICS), default="top1", show_default=True,
-              help="Metric of the printed table (the JSON has all).")
+@click.option("--metric", type=click.Choice(METRICS + BASE_TO_NEW_METRICS), default="top1", show_default=True,
+              help="Metric of the printed table (the JSON has all); base-to-new runs have base, new and hm.")
 @output_option("Write every run and the summary as JSON to this file.")
 @click.option("--json", "as_json", cls=FlagWithOldValue, is_flag=False, flag_value=_PRINT_JSON, default=None,
               help="Print every run and the summary as JSON on stdout, instead of the table.")
@@ -125,7 +141,8 @@ def predict_command(store, model, split, output, overwrite):
                    "(AUROC, AUPR-in, FPR@95 in the JSON); repeatable.")
 @overwrite_option("an evaluation report (-o) or a PNG image (--plot)")
 def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, train_split, val_split, val_per_class,
-                     test_split, shots, seeds, metric, output, as_json, plot_path, ood_splits, overwrite):
+                     center, pool_split, test_split, transductive, test_store, base_to_new, shots, seeds, metric,
+                     output, as_json, plot_path, ood_splits, overwrite):
     """Evaluate methods x shots over seeds on STORE: mean ± 95% CI on the test split."""
     from clipcache.evaluation import format_table, plot_accuracy, run_evaluation
 
@@ -149,11 +166,20 @@ def evaluate_command(store, methods, feature_set, aux_feature_set, text, base, t
     options = checked(
         ProtocolOptions, feature_set=feature_set, aux_feature_set=aux_feature_set, text=text, base=base,
         train_split=train_split, val_split=val_split, test_split=test_split, val_per_class=val_per_class,
+        center=center, pool_split=pool_split, transductive=transductive, test_store=test_store,
+        base_to_new=base_to_new,
     )
+    if base_to_new and metric == "top1":
+        metric = "hm"  # the default metric of a base-to-new table
+    if (metric in BASE_TO_NEW_METRICS) != base_to_new:
+        raise click.BadParameter(
+            f"--metric {metric} {'needs' if not base_to_new else 'is not reported with'} --base-to-new "
+            f"(its metrics: {', '.join(BASE_TO_NEW_METRICS)})", param_hint=["--metric"],
+        )
     if output:
-        check_output(output, [store], kind=EVALUATION_REPORT, overwrite=overwrite)
+        check_output(output, [store, test_store], kind=EVALUATION_REPORT, overwrite=overwrite)
     if plot_path:
-        check_output(plot_path, [store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
+        check_output(plot_path, [store, test_store], param="plot_path", kind=PNG_IMAGE, overwrite=overwrite)
     report = run_evaluation(store, methods_list, shots_list, seeds_list, options, ood_splits=ood_splits)
     if print_json:
         click.echo(report.to_json())

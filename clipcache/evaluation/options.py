@@ -17,8 +17,11 @@ from clipcache.errors import InvalidParameterError
 
 __all__ = [
     "BASES",
+    "BASE_TO_NEW_METRICS",
+    "CENTERS",
     "METHODS",
     "METRICS",
+    "TRANSDUCTIVE_METHOD",
     "ProtocolOptions",
     "check_methods",
     "check_shots",
@@ -26,16 +29,27 @@ __all__ = [
     "protocol_options",
 ]
 
-#: The methods of the protocol, as ``clipcache fit --method`` and ``evaluate --methods`` name them.
-METHODS = ("zeroshot", "ncm", "gda", "gda-zs", "tip", "fusion", "knn")
+#: The inductive methods of the protocol, as ``clipcache fit --method`` and ``evaluate --methods`` name them;
+#: ``auto`` is :class:`~clipcache.classifiers.SelectByValidation` over the others.
+METHODS = ("zeroshot", "ncm", "gda", "gda-zs", "tip", "fusion", "knn", "auto")
+#: The name under which a transductive evaluation reports :class:`~clipcache.classifiers.TransductiveGDA`.
+TRANSDUCTIVE_METHOD = "transductive-gda"
 #: Base logits of ``gda-zs``, ``tip`` and ``fusion``; ``"auto"`` is zero-shot when the store has text.
 BASES = ("auto", "zeroshot", "ncm")
-#: The metrics of a report, in the order the JSON summary lists them.
-METRICS = ("top1", "top5", "recall", "ece")
+#: Where the CL2N mean comes from: nowhere, each support set, an unlabelled pool split, or the test features.
+CENTERS = ("none", "support", "pool", "transductive")
+#: The metrics of a report, in the order the JSON summary lists them; ``ece`` is before calibration,
+#: ``ece_calibrated`` after temperature scaling on validation.
+METRICS = ("top1", "top5", "recall", "ece", "ece_calibrated")
+#: The metrics of a base-to-new report: top-1 on the base classes, on the new classes, and their harmonic mean.
+BASE_TO_NEW_METRICS = ("base", "new", "hm")
 
 
 def check_methods(methods) -> list[str]:
-    """``methods`` as a list, or InvalidParameterError (``param="methods"``) when one is unknown or none is given."""
+    """``methods`` as a list, or InvalidParameterError (``param="methods"``) when one is unknown or none is given.
+
+    :data:`TRANSDUCTIVE_METHOD` is not among them: ``transductive=True`` adds it.
+    """
     methods = [methods] if isinstance(methods, str) else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -105,6 +119,21 @@ class ProtocolOptions:
         Split that is scored; None when nothing is scored (``fit``).
     val_per_class : int, default=10
         Rows per class carved from train when there is no validation split.
+    center : {"none", "support", "pool", "transductive"}, default="none"
+        CL2N centring of every method: no centring, the mean of each support
+        set, the mean of ``pool_split`` (its labels are never read), or the mean
+        of the test features (``transductive=True`` only).
+    pool_split : str, optional
+        The unlabelled pool of ``center="pool"``; default ``train_split``.
+    transductive : bool, default=False
+        Also report :data:`TRANSDUCTIVE_METHOD`, fitted on each support set
+        together with the test features (never their labels).
+    test_store : str, optional
+        Score on the test split of this other store (cross-store), whose class
+        list and feature-set model identities must equal the first store's.
+    base_to_new : bool, default=False
+        The base-to-new protocol: support sets from the base classes only, the
+        new classes scored zero-shot, and their harmonic mean reported.
     """
 
     feature_set: str | None = None
@@ -115,6 +144,11 @@ class ProtocolOptions:
     val_split: str | None = None
     test_split: str | None = "test"
     val_per_class: int = 10
+    center: str = "none"
+    pool_split: str | None = None
+    transductive: bool = False
+    test_store: str | None = None
+    base_to_new: bool = False
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
@@ -130,6 +164,24 @@ class ProtocolOptions:
                 param="aux_feature_set",
             )
         check_splits(self.train_split, self.val_split, self.test_split)
+        if self.center not in CENTERS:
+            raise InvalidParameterError(f"center={self.center!r} is not one of {', '.join(CENTERS)}", param="center")
+        if self.center == "transductive" and not self.transductive:
+            raise InvalidParameterError(
+                "center='transductive' takes the mean of the test features, which only a transductive "
+                "evaluation may read; set transductive=True or use center='pool'",
+                param="center",
+            )
+        if self.pool_split is not None and self.pool_split in (self.val_split, self.test_split):
+            raise InvalidParameterError(
+                f"the pool split {self.pool_split!r} must differ from the validation and test splits",
+                param="pool_split",
+            )
+        if self.base_to_new and (self.transductive or self.test_store is not None):
+            raise InvalidParameterError(
+                "base_to_new cannot be combined with transductive or test_store; run them separately",
+                param="base_to_new",
+            )
 
 
 def protocol_options(options: ProtocolOptions | None = None, **overrides) -> ProtocolOptions:

@@ -4,7 +4,10 @@ Hyper-parameters are chosen on a validation split that is disjoint from test:
 the store's ``val`` split when it has one, otherwise ``val_per_class`` rows per
 class carved from train with the fixed seed :data:`VAL_SEED` (support sets are
 then drawn from the remaining train rows). The test split is only ever used
-to report.
+to report; a transductive fit reads its features, never its labels.
+
+Every fitted method is calibrated by temperature scaling on the validation
+data (``calibrate``); the metrics report the ECE before and after.
 """
 
 from __future__ import annotations
@@ -24,13 +27,18 @@ from clipcache.classifiers import (
     KNNClassifier,
     LogitBiasFusion,
     LogitEnsemble,
+    SelectByValidation,
     TipAdapter,
+    TransductiveGDA,
     ZeroShotClassifier,
     load_model,
     save_model,
 )
+from clipcache.classifiers.base import softmax
+from clipcache.classifiers.selection import default_candidates
+from clipcache.classifiers.transductive import UNLABELLED
 from clipcache.errors import InvalidParameterError, ModelFileError, StoreMismatchError
-from clipcache.evaluation.metrics import all_metrics
+from clipcache.evaluation.metrics import all_metrics, expected_calibration_error
 from clipcache.evaluation.options import (
     METHODS,
     ProtocolOptions,
@@ -53,13 +61,18 @@ __all__ = [
     "evaluate_one",
     "fit_from_store",
     "fit_method",
+    "fit_transductive",
     "hyperparameters",
     "model_feature_sets",
+    "pool_mean",
     "predict_to_csv",
     "read_features",
     "resolve_protocol",
+    "center_parameter",
+    "score",
     "split_rows",
     "SplitRows",
+    "zero_shot_classifier",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,45 +197,94 @@ def resolve_protocol(
     if val is None and "val" in store.splits and "val" not in (train, test):
         val = "val"
     check_splits(train, val, test)
-    for split, param in ((train, "train_split"), (val, "val_split"), (test, "test_split")):
+    pool = (options.pool_split or train) if options.center == "pool" else options.pool_split
+    checks = [(train, "train_split"), (val, "val_split"), (pool, "pool_split")]
+    if options.test_store is None:
+        checks.append((test, "test_split"))
+    for split, param in checks:
         if split is not None:
             _check_split(store, split, feature_set, param)
             if aux:
                 _check_split(store, split, aux, param)
     return Protocol.from_options(
-        options, feature_set=feature_set, text=text, base=base, val_split=val, classes=classes
+        options, feature_set=feature_set, text=text, base=base, val_split=val, pool_split=pool, classes=classes
     )
 
 
-def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_neighbors: int = 5):
-    """An unfitted estimator for ``method`` under ``protocol``."""
+def zero_shot_classifier(protocol: Protocol, store: FeatureStore, classes=None) -> ZeroShotClassifier:
+    """The zero-shot classifier of ``protocol.text``; with ``classes`` (int array), of those classes only.
 
-    def zero_shot():
-        t = store.text(protocol.text)
-        scale = float(t.provenance.get("logit_scale", 100.0))
-        return ZeroShotClassifier(text_embeddings=t.embeddings, class_index=t.class_index, logit_scale=scale)
+    The prompts of ``classes`` keep their order and are renumbered 0 .. len(classes) - 1.
+    """
+    t = store.text(protocol.text)
+    embeddings, index = np.asarray(t.embeddings), np.asarray(t.class_index, dtype=np.int64)
+    if classes is not None:
+        keep = np.isin(index, classes)
+        embeddings, index = embeddings[keep], np.searchsorted(np.asarray(classes), index[keep])
+    scale = float(t.provenance.get("logit_scale", 100.0))
+    return ZeroShotClassifier(text_embeddings=embeddings, class_index=index, logit_scale=scale)
+
+
+def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_neighbors: int = 5, center=None,
+                    text_classes=None):
+    """An unfitted estimator for ``method`` under ``protocol``.
+
+    ``center`` (None, ``"support"`` or a (d,) mean vector) is the outer
+    estimator's CL2N centring; its parts see centred features. ``text_classes``
+    restricts the zero-shot parts to those classes' prompts (base-to-new).
+    """
 
     def base():
         return zero_shot() if protocol.base == "zeroshot" else ClassMeanClassifier()
+
+    def zero_shot():
+        return zero_shot_classifier(protocol, store, text_classes)
 
     if method not in METHODS:
         raise InvalidParameterError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", param="method")
     if method == "zeroshot":
         if protocol.text is None:
             raise ProtocolError("method zeroshot needs text embeddings; give text", param="text")
-        return zero_shot()
+        return zero_shot().set_params(center=center)
     if method == "ncm":
-        return ClassMeanClassifier()
+        return ClassMeanClassifier(center=center)
     if method == "gda":
-        return GDAClassifier()
+        return GDAClassifier(center=center)
     if method == "gda-zs":
-        return LogitEnsemble(base=base(), model=GDAClassifier())
+        return LogitEnsemble(base=base(), model=GDAClassifier(), center=center)
     if method == "tip":
-        return TipAdapter(base=base())
+        return TipAdapter(base=base(), center=center)
     if method == "fusion":
         aux_dim = store.feature_sets[protocol.aux_feature_set].dim
-        return LogitBiasFusion(aux_dim=aux_dim, base=base(), aux=ClassMeanClassifier())
-    return KNNClassifier(n_neighbors=n_neighbors)
+        return LogitBiasFusion(aux_dim=aux_dim, base=base(), aux=ClassMeanClassifier(), center=center)
+    if method == "auto":
+        candidates = default_candidates(base=base() if protocol.base == "zeroshot" else None)
+        if protocol.base == "zeroshot":
+            candidates.insert(0, ("zeroshot", base(), 0))
+        return SelectByValidation(candidates=candidates, center=center)
+    return KNNClassifier(n_neighbors=n_neighbors, center=center)
+
+
+def pool_mean(store: FeatureStore, protocol: Protocol, method: str = "gda", chunk_rows: int | None = None) -> np.ndarray:
+    """The CL2N mean of ``protocol.pool_split``, read chunk by chunk; its labels are never read.
+
+    Returns
+    -------
+    ndarray of shape (d,), float32
+        The mean of every row of the pool split; for ``fusion`` the means of
+        ``feature_set`` and ``aux_feature_set`` side by side, (d + d_aux,).
+    """
+    names = [protocol.feature_set] + ([protocol.aux_feature_set] if method == "fusion" else [])
+    parts = []
+    for name in names:
+        total, n = np.zeros(store.feature_sets[name].dim), 0
+        for chunk in store.iter_chunks(protocol.pool_split, name, chunk_rows):
+            total += chunk.features.sum(axis=0, dtype=np.float64)
+            n += len(chunk.features)
+        if n == 0:
+            raise ProtocolError(f"{store.path}: the pool split {protocol.pool_split!r} is empty", param="pool_split")
+        parts.append(total / n)
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _uses_text(method: str, protocol: Protocol) -> bool:
@@ -289,13 +351,13 @@ def split_rows(store: FeatureStore, protocol: Protocol) -> SplitRows:
 
 
 def fit_method(estimator, method: str, X, y, X_val, y_val):
-    """Fit ``estimator``; hyper-parameters (alpha, beta, power, k) are chosen on (X_val, y_val)."""
-    if method in ("gda-zs", "tip", "fusion"):
+    """Fit ``estimator``; hyper-parameters (alpha, beta, power, k, the method of ``auto``) are chosen on (X_val, y_val)."""
+    if method in ("gda-zs", "tip", "fusion", "auto"):
         return estimator.fit(X, y, X_val, y_val)
     if method == "knn":
         best = None
         for k in KNN_GRID:
-            candidate = KNNClassifier(n_neighbors=k, metric=estimator.metric, weights=estimator.weights).fit(X, y)
+            candidate = KNNClassifier(**{**estimator.get_params(), "n_neighbors": k}).fit(X, y)
             score = float(np.mean(candidate.predict(X_val) == y_val))
             if best is None or score > best[0]:
                 best = (score, candidate)
@@ -304,14 +366,22 @@ def fit_method(estimator, method: str, X, y, X_val, y_val):
 
 
 def hyperparameters(estimator) -> dict:
-    """The chosen hyper-parameters of a fitted estimator, JSON-serialisable."""
+    """The chosen hyper-parameters of a fitted estimator, JSON-serialisable.
+
+    ``auto`` adds ``selected`` (the candidate's name) and the selected
+    candidate's own hyper-parameters. The calibration temperature is not a
+    hyper-parameter: runs and model metadata record it beside them.
+    """
     out = {}
-    for key in ("alpha_", "beta_", "power_", "n_neighbors_", "shrinkage_"):
+    for key in ("alpha_", "beta_", "power_", "n_neighbors_", "shrinkage_", "strength_"):
         if hasattr(estimator, key):
             out[key.rstrip("_")] = float(getattr(estimator, key))
     model = getattr(estimator, "model_", None)
     if model is not None and hasattr(model, "shrinkage_"):
         out["gda_ridge"] = float(model.shrinkage_)
+    chosen = getattr(estimator, "best_estimator_", None)
+    if chosen is not None:
+        out = {"selected": str(estimator.best_name_), **hyperparameters(chosen), **out}
     return out
 
 
@@ -357,6 +427,12 @@ def fit_from_store(
     shots = check_shots([shots])[0]
     options = protocol_options(options, **{**overrides, "test_split": None})
     check_methods([method])
+    if options.transductive or options.center == "transductive" or options.base_to_new or options.test_store:
+        raise InvalidParameterError(
+            "fit_from_store fits one inductive model; transductive, base_to_new and test_store are evaluation "
+            "protocols (run_evaluation)",
+            param="transductive",
+        )
     with FeatureStore(store_path, "r") as store:
         protocol = resolve_protocol(store, [method], options)
         train_split = protocol.train_split
@@ -364,14 +440,15 @@ def fit_from_store(
         labels = store.labels(train_split)
         sample = sample_few_shot(labels, shots, seed, len(protocol.classes), rows.train_candidates, protocol.classes)
         support = rows.expand(sample.rows)
-        estimator = build_estimator(method, protocol, store)
+        estimator = build_estimator(method, protocol, store, center=center_parameter(store, protocol, method))
+        X_val = read_features(store, rows.val_split, method, protocol, rows.val_rows)
+        y_val = store.labels(rows.val_split, rows.val_rows)
         if method == "gda" and shots == 0:
             estimator.fit_store(store, train_split, protocol.feature_set, rows=support, chunk_rows=chunk_rows)
         else:
             X, y = read_features(store, train_split, method, protocol, support), labels[support]
-            X_val = read_features(store, rows.val_split, method, protocol, rows.val_rows)
-            y_val = store.labels(rows.val_split, rows.val_rows)
             estimator = fit_method(estimator, method, X, y, X_val, y_val)
+        estimator.calibrate(X_val, y_val)
         metadata = {
             "method": method,
             "store": str(Path(store_path).resolve()),
@@ -385,10 +462,30 @@ def fit_from_store(
             "train_split": train_split,
             "val": {"split": rows.val_split, "carved": rows.carved, "n": int(len(rows.val_rows)), "seed": VAL_SEED},
             "support": sample.record(store.ids(train_split, sample.rows)),
+            "center": protocol.center,
+            "pool_split": protocol.pool_split,
             "hyperparameters": hyperparameters(estimator),
+            "temperature": float(estimator.temperature_),
         }
     save_model(estimator, output, metadata)
     return metadata
+
+
+def center_parameter(store: FeatureStore, protocol: Protocol, method: str, test_mean: np.ndarray | None = None):
+    """The estimators' ``center`` under ``protocol.center``: None, ``"support"``, or a (d,) mean vector.
+
+    ``"pool"`` reads the pool split's mean (:func:`pool_mean`); ``"transductive"``
+    uses ``test_mean``, the mean of the test features, which the caller computed.
+    """
+    if protocol.center == "none":
+        return None
+    if protocol.center == "support":
+        return "support"
+    if protocol.center == "pool":
+        return pool_mean(store, protocol, method)
+    if test_mean is None:
+        raise ProtocolError("center 'transductive' needs the test features' mean", param="center")
+    return test_mean
 
 
 def model_feature_sets(metadata: dict) -> tuple[str | None, str | None]:
@@ -487,9 +584,47 @@ def predict_to_csv(
     return n
 
 
+def fit_transductive(X, y, X_val, y_val, X_test, *, center=None, text=None, cache=None) -> TransductiveGDA:
+    """:class:`TransductiveGDA` fitted on the support set and the test features, which it gets without labels.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    y : ndarray of shape (n,), int64
+    X_val, y_val : validation features (m, d) and labels (m,)
+        Choose the EM strength (the guard) and the temperatures.
+    X_test : ndarray of shape (t, d), float32
+        The rows to predict; this function never receives their labels.
+    center : None, "support" or ndarray of shape (d,)
+    text : (embeddings, class_index), optional
+        Adds the zero-shot prior term.
+    cache : GramCache, optional
+        Shares the test rows' Gram matrix across support sets.
+    """
+    kwargs = {} if text is None else {"text_embeddings": text[0], "class_index": text[1]}
+    est = TransductiveGDA(center=center, cache=cache, **kwargs)
+    labels = np.concatenate([np.asarray(y, dtype=np.int64), np.full(len(X_test), UNLABELLED, dtype=np.int64)])
+    return est.fit(np.vstack([X, X_test]), labels, X_val, y_val)
+
+
+def score(fitted, X_val, y_val, X_test, y_test, n_classes: int) -> dict:
+    """Metrics of a fitted estimator on test: ``all_metrics`` of softmax(logits), and ``ece_calibrated``.
+
+    The estimator is calibrated on (X_val, y_val) first (temperature scaling);
+    ``ece`` is the ECE of the uncalibrated softmax, ``ece_calibrated`` that of
+    ``softmax(logits / temperature_)``. Top-1, top-5 and recall do not depend on T.
+    """
+    fitted.calibrate(X_val, y_val)
+    cols = np.asarray(fitted.classes_, dtype=np.int64)
+    logits = fitted.logits(X_test)
+    raw = np.zeros((len(X_test), n_classes), dtype=np.float32)
+    calibrated = np.zeros_like(raw)
+    raw[:, cols] = softmax(logits.copy())
+    calibrated[:, cols] = softmax(logits / np.float32(fitted.temperature_))
+    return {**all_metrics(raw, y_test), "ece_calibrated": expected_calibration_error(calibrated, y_test)}
+
+
 def evaluate_one(estimator, method, X, y, X_val, y_val, X_test, y_test, n_classes: int) -> tuple[dict, dict]:
-    """Fit on the support set, choose hyper-parameters on validation, score on test."""
+    """Fit on the support set, choose hyper-parameters on validation, calibrate, score on test."""
     fitted = fit_method(estimator, method, X, y, X_val, y_val)
-    proba = np.zeros((len(X_test), n_classes), dtype=np.float32)
-    proba[:, np.asarray(fitted.classes_, dtype=np.int64)] = fitted.predict_proba(X_test)
-    return all_metrics(proba, y_test), hyperparameters(fitted)
+    return score(fitted, X_val, y_val, X_test, y_test, n_classes), hyperparameters(fitted)

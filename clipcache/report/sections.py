@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: How the page names the evaluation's metrics; a metric not listed is shown under its key.
-METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "recall": "mean recall", "ece": "ECE"}
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "recall": "mean recall", "ece": "ECE", "ece_calibrated": "ECE calibrated"}
 _PERCENT_METRICS = ("top1", "top5", "recall")
 _EXTRACT_KEYS = ("source", "max_per_class", "val_per_class", "image_size", "augment_views", "seed", "dtype",
                  "normalize", "batch_size")

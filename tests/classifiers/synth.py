@@ -25,8 +25,14 @@ def clustered(rng: np.random.Generator, centres: np.ndarray, n_per_class: int, n
 
 
 def write_store(path: Path, *, n_classes=5, d=24, d_aux=12, per_class=None, text=True, aux=True, seed=0,
-                noise=1.2, text_model="tiny") -> dict:
-    """A complete store: feature sets 'clip' (+ 'aux'), splits train/val/test, text 'simple'."""
+                noise=1.2, text_model="tiny", permute_test_labels: int | None = None,
+                clip_provenance: dict | None = None) -> dict:
+    """A complete store: feature sets 'clip' (+ 'aux'), splits train/val/test, text 'simple'.
+
+    ``permute_test_labels`` (a seed) shuffles the test labels after the features
+    are drawn, so that two stores differ in their test labels only;
+    ``clip_provenance`` replaces the 'clip' feature set's provenance.
+    """
     per_class = per_class or {"train": 20, "val": 8, "test": 30}
     rng = np.random.default_rng(seed)
     centres = unit(rng.normal(size=(n_classes, d)))
@@ -34,7 +40,7 @@ def write_store(path: Path, *, n_classes=5, d=24, d_aux=12, per_class=None, text
     out = {"centres": centres}
     with FeatureStore(path, "w") as store:
         store.set_classes([f"class{i}" for i in range(n_classes)])
-        store.add_feature_set("clip", d, provenance=CLIP_PROVENANCE)
+        store.add_feature_set("clip", d, provenance=clip_provenance or CLIP_PROVENANCE)
         names = ["clip"]
         if aux:
             store.add_feature_set("aux", d_aux, provenance=AUX_PROVENANCE)
@@ -46,6 +52,8 @@ def write_store(path: Path, *, n_classes=5, d=24, d_aux=12, per_class=None, text
             if aux:
                 feats["aux"] = clustered(rng, aux_centres, n, noise)[0][np.argsort(np.argsort(y, kind="stable"))]
             ids = [f"{split}-{i:04d}" for i in range(len(y))]
+            if split == "test" and permute_test_labels is not None:
+                y = np.random.default_rng(permute_test_labels).permutation(y)
             store.append(split, ids=ids, paths=[f"/img/{i}.jpg" for i in ids], labels=y, features=feats)
             store.mark_complete(split)
             out[split] = (x, y)

@@ -21,6 +21,8 @@ DOCUMENTED = {
     "clipcache.classifiers.tip": ["TipAdapter"],
     "clipcache.classifiers.fusion": ["LogitBiasFusion"],
     "clipcache.classifiers.knn": ["KNNClassifier"],
+    "clipcache.classifiers.transductive": ["TransductiveGDA"],
+    "clipcache.classifiers.selection": ["SelectByValidation"],
     "clipcache.classifiers.io": ["save_model", "load_model"],
 }
 

@@ -7,7 +7,12 @@ from sklearn.covariance import ledoit_wolf
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from clipcache import ClipCacheError, FeatureStore
-from clipcache.classifiers import ClassMeanClassifier, GDAClassifier, InvalidFeaturesError
+from clipcache.classifiers import (
+    ClassMeanClassifier,
+    GDAClassifier,
+    InvalidFeaturesError,
+    InvalidParameterError,
+)
 
 
 def _imbalanced(seed=0, d=10, n_classes=4):
@@ -199,3 +204,102 @@ def test_predictions_are_bayes_rule_probabilities(blobs):
     clf = GDAClassifier().fit(blobs["X"], blobs["y"])
     z = clf.logits(blobs["Xt"]).astype(np.float64)
     np.testing.assert_allclose(clf.predict_proba(blobs["Xt"]), scipy.special.softmax(z, axis=1), atol=1e-6)
+
+
+def _few_shot(seed=9, d=300, n_classes=6, shots=5):
+    """N = 30 < d = 300: correlated noise around random class means."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d)
+    mu = rng.normal(size=(n_classes, d))
+
+    def draw(n):
+        y = np.repeat(np.arange(n_classes), n)
+        return (mu[y] + rng.normal(size=(len(y), d)) @ mix).astype(np.float32), y
+
+    return draw(shots), draw(200)
+
+
+@pytest.mark.parametrize("priors", ["uniform", "empirical"])
+@pytest.mark.parametrize("precision", ["iclr2024", "ledoit-wolf", "shrinkage"])
+def test_woodbury_equals_the_covariance_path(precision, priors):
+    (X, y), (Xt, _) = _few_shot()
+    keep = np.concatenate([np.arange(30), [0, 1, 2]])  # unequal class counts
+    X, y = X[keep], y[keep]
+    wood = GDAClassifier(precision=precision, priors=priors, solver="woodbury").fit(X, y)
+    full = GDAClassifier(precision=precision, priors=priors, solver="covariance").fit(X, y)
+    assert (wood.solver_, full.solver_) == ("woodbury", "covariance")
+    assert wood.shrinkage_ == pytest.approx(full.shrinkage_, rel=1e-6)
+    np.testing.assert_allclose(wood.coef_, full.coef_, rtol=1e-4, atol=1e-4 * np.abs(full.coef_).max())
+    np.testing.assert_allclose(wood.intercept_, full.intercept_, rtol=1e-4, atol=1e-4 * np.abs(full.intercept_).max())
+    np.testing.assert_array_equal(wood.predict(Xt), full.predict(Xt))
+
+
+def test_woodbury_matches_the_iclr2024_reference_formula():
+    (X, y), _ = _few_shot(seed=10)
+    W, b = _iclr_reference(X, y)
+    clf = GDAClassifier(solver="woodbury").fit(X, y)
+    np.testing.assert_allclose(clf.coef_, W, rtol=1e-4, atol=1e-4 * np.abs(W).max())
+    np.testing.assert_allclose(clf.intercept_, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_auto_solver_uses_woodbury_only_with_fewer_samples_than_dimensions(blobs):
+    (X, y), _ = _few_shot()
+    assert GDAClassifier().fit(X, y).solver_ == "woodbury"
+    assert GDAClassifier().fit(blobs["X"], blobs["y"]).solver_ == "covariance"  # N = 40 > d = 16
+
+
+def test_woodbury_with_zero_ridge_falls_back_to_the_covariance_path():
+    (X, y), _ = _few_shot()
+    clf = GDAClassifier(precision="shrinkage", shrinkage=0.0, solver="woodbury").fit(X, y)
+    assert clf.solver_ == "covariance" and np.isfinite(clf.coef_).all()
+
+
+def test_streamed_fit_refuses_the_woodbury_solver(blobs):
+    with pytest.raises(InvalidParameterError) as info:
+        GDAClassifier(solver="woodbury").fit_chunks(lambda: [(blobs["X"], blobs["y"])])
+    assert info.value.param == "solver"
+
+
+@pytest.mark.parametrize("precision", ["iclr2024", "ledoit-wolf", "shrinkage"])
+def test_torch_device_fit_equals_the_numpy_fit(precision):
+    pytest.importorskip("torch")
+    X, y = _imbalanced(11, d=24)
+    a = GDAClassifier(precision=precision, solver="covariance").fit(X, y)
+    b = GDAClassifier(precision=precision, device="cpu").fit(X, y)
+    c = GDAClassifier(precision=precision, device="cpu").fit_chunks(lambda: [(X[:50], y[:50]), (X[50:], y[50:])])
+    for other in (b, c):
+        assert other.shrinkage_ == pytest.approx(a.shrinkage_, rel=1e-5)
+        np.testing.assert_allclose(other.coef_, a.coef_, rtol=1e-4, atol=1e-4 * np.abs(a.coef_).max())
+        np.testing.assert_allclose(other.intercept_, a.intercept_, rtol=1e-4, atol=1e-4 * np.abs(a.intercept_).max())
+        np.testing.assert_array_equal(other.predict(X), a.predict(X))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_gpu_fit_store_equals_the_cpu_fit(tmp_path):
+    X, y = _imbalanced(12, d=64)
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a", "b", "c", "d"])
+        store.add_feature_set("f", X.shape[1], normalized=False, provenance={"model": "m"})
+        store.create_split("train", ["f"])
+        ids = [str(i) for i in range(len(y))]
+        store.append("train", ids=ids, paths=ids, labels=y, features={"f": X})
+        store.mark_complete("train")
+        gpu = GDAClassifier(device="cuda").fit_store(store, "train", "f", chunk_rows=16)
+    cpu = GDAClassifier(solver="covariance").fit(X, y)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-4 * np.abs(cpu.coef_).max())
+    np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_gpu_in_memory_fit_equals_the_cpu_fit(blobs):
+    gpu = GDAClassifier(device="cuda").fit(blobs["X"], blobs["y"])
+    cpu = GDAClassifier().fit(blobs["X"], blobs["y"])
+    np.testing.assert_allclose(gpu.logits(blobs["Xt"]), cpu.logits(blobs["Xt"]), rtol=1e-4, atol=1e-3)

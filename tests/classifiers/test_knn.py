@@ -37,3 +37,17 @@ def test_distance_weights_need_cosine(blobs):
     with pytest.raises(InvalidParameterError, match="weights='distance' needs metric='cosine'") as info:
         KNNClassifier(metric="ip", weights="distance").fit(blobs["X"], blobs["y"])
     assert info.value.param == "weights"
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_small_searches_in_numpy_equal_the_faiss_search(monkeypatch, weights):
+    from clipcache.classifiers import knn
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(60, 16)).astype(np.float32), np.arange(60) % 4
+    Q = rng.normal(size=(30, 16)).astype(np.float32)
+    clf = KNNClassifier(n_neighbors=5, weights=weights).fit(X, y)
+    small = clf.logits(Q)
+    monkeypatch.setattr(knn, "SMALL_SEARCH", 0)  # every search through FAISS
+    np.testing.assert_allclose(clf.logits(Q), small, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(Q), (small.argmax(axis=1)))

@@ -13,7 +13,9 @@ from clipcache.classifiers import (
     KNNClassifier,
     LogitBiasFusion,
     LogitEnsemble,
+    SelectByValidation,
     TipAdapter,
+    TransductiveGDA,
     ZeroShotClassifier,
 )
 from clipcache.classifiers._params import (
@@ -33,6 +35,8 @@ ESTIMATORS = [
     TipAdapter,
     LogitBiasFusion,
     KNNClassifier,
+    TransductiveGDA,
+    SelectByValidation,
 ]
 
 
@@ -107,6 +111,15 @@ def test_a_bad_value_of_any_parameter_raises_before_the_data_is_read(cls, name):
         (LogitBiasFusion(aux_dim=0), "LogitBiasFusion got aux_dim=0; aux_dim must be an int >= 1"),
         (ZeroShotClassifier(text_embeddings="prompts"), "ZeroShotClassifier got text_embeddings='prompts'; "
                                                         "text_embeddings must be None or an array-like"),
+        (GDAClassifier(center="pool"), "GDAClassifier got center='pool'; center must be None, 'support' or an "
+                                       "array-like"),
+        (GDAClassifier(solver="svd"), "GDAClassifier got solver='svd'; solver must be 'auto', 'covariance' or "
+                                      "'woodbury'"),
+        (TransductiveGDA(covariance="diag"), "TransductiveGDA got covariance='diag'; covariance must be 'support' "
+                                             "or 'em'"),
+        (TransductiveGDA(center="test"), "TransductiveGDA got center='test'; center must be None, 'support' or "
+                                         "'transductive' or an array-like"),
+        (SelectByValidation(tolerance=-1), "SelectByValidation got tolerance=-1; tolerance must be a number >= 0"),
     ],
 )
 def test_messages_name_the_estimator_the_parameter_and_what_it_accepts(est, message):
@@ -130,6 +143,23 @@ def test_numpy_scalars_tuples_and_bounds_are_accepted(est, blobs):
     assert est.fit(blobs["X"], blobs["y"]).score(blobs["Xt"], blobs["yt"]) > 0.5
 
 
+def test_a_center_vector_of_the_wrong_length_names_center(blobs):
+    with pytest.raises(InvalidParameterError) as info:
+        ClassMeanClassifier(center=np.zeros(3)).fit(blobs["X"], blobs["y"])
+    assert str(info.value) == (
+        "ClassMeanClassifier got a center of shape (3,); center must be a finite mean vector of shape (16,), "
+        "'support' or None"
+    )
+    assert info.value.param == "center"
+
+
+@pytest.mark.parametrize("candidates", [[], [("gda", GDAClassifier())], [(1, GDAClassifier(), 0)]])
+def test_select_candidates_must_be_name_estimator_level(blobs, candidates):
+    with pytest.raises(InvalidParameterError) as info:
+        SelectByValidation(candidates=candidates).fit(blobs["X"], blobs["y"])
+    assert info.value.param == "candidates"
+
+
 def test_aux_dim_must_leave_a_clip_column(blobs):
     with pytest.raises(InvalidParameterError) as info:
         LogitBiasFusion(aux_dim=16).fit(blobs["X"], blobs["y"])
@@ -139,7 +169,8 @@ def test_aux_dim_must_leave_a_clip_column(blobs):
     assert info.value.param == "aux_dim"
 
 
-@pytest.mark.parametrize("cls", [LogitEnsemble, TipAdapter, LogitBiasFusion], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [LogitEnsemble, TipAdapter, LogitBiasFusion, TransductiveGDA, SelectByValidation],
+                         ids=lambda c: c.__name__)
 def test_validation_data_comes_in_pairs_and_is_checked_before_the_data_is_read(cls):
     with pytest.raises(InvalidParameterError, match=f"{cls.__name__}.fit got only one of X_val and y_val"):
         cls().fit(_Untouchable(), _Untouchable(), X_val=_Untouchable())

@@ -153,7 +153,7 @@ def test_conflicting_flags_are_rejected_before_work(run, store, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "gda,svm"], "Invalid value for '--methods': unknown method 'svm'; choose from zeroshot, ncm, gda, gda-zs, tip, fusion, knn"),
+    (["--methods", "gda,svm"], "Invalid value for '--methods': unknown method 'svm'; choose from zeroshot, ncm, gda, gda-zs, tip, fusion, knn, auto"),
     (["--test-split", "train"], "Invalid value for '--test-split': the test split 'train' must differ from the split the support sets are drawn from"),
     (["--val-per-class", "0"], "Invalid value for '--val-per-class': val_per_class=0 must be a positive number of rows per class"),
 ])
@@ -168,3 +168,52 @@ def test_help_lists_only_the_new_spellings(run):
         assert "--feature-set" in out and "--aux-feature-set" in out and "-o, --output" in out
         assert "--features" not in out and "--aux-features" not in out
     assert re.search(r"^  --json\s+Print", run("evaluate", "--help").output, re.M)
+
+
+def test_evaluate_transductive_reports_its_own_row(run, store, tmp_path):
+    res = run("evaluate", store, "--feature-set", "clip", "--methods", "gda,auto", "--shots", "2", "--seeds", "1,2",
+              "--transductive", "--center", "support", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    cells = _table_cells(res.output)
+    assert {m for m, _ in cells} == {"gda", "auto", "transductive-gda"}
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["config"]["transductive"] is True and report["config"]["center"] == "support"
+    assert set(report["summary"]["ece_calibrated"]) == {"gda", "auto", "transductive-gda"}
+
+
+def test_evaluate_base_to_new_prints_the_harmonic_mean(run, store):
+    res = run("evaluate", store, "--feature-set", "clip", "--methods", "gda", "--shots", "2", "--seeds", "1",
+              "--base-to-new")
+    assert res.exit_code == 0, res.output
+    assert "hm, mean" in res.output and ("gda", 2) in _table_cells(res.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metric", "hm"], "Invalid value for '--metric': --metric hm needs --base-to-new"),
+        (["--center", "transductive"], "Invalid value for '--center': center='transductive' takes the mean of the "
+                                       "test features"),
+    ],
+)
+def test_protocol_flag_conflicts_are_usage_errors(run, store, args, message):
+    res = run("evaluate", store, "--feature-set", "clip", *args)
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_fit_centres_on_the_pool_and_saves_the_mean(run, store, tmp_path):
+    res = run("fit", store, "--method", "gda", "--feature-set", "clip", "--shots", "4", "--center", "pool",
+              "-o", tmp_path / "m.h5")
+    assert res.exit_code == 0, res.output
+    model, meta = load_model(tmp_path / "m.h5")
+    with FeatureStore(store) as s:
+        X, _ = s.to_numpy("train", "clip")
+    assert meta["center"] == "pool" and model.center_.shape == (X.shape[1],)
+    assert abs(model.center_ - X.mean(axis=0)).max() < 1e-6
+
+
+def test_fit_auto_names_the_selected_method(run, store, tmp_path):
+    res = run("fit", store, "--method", "auto", "--feature-set", "clip", "--shots", "4", "-o", tmp_path / "m.h5")
+    assert res.exit_code == 0, res.output
+    model, meta = load_model(tmp_path / "m.h5")
+    assert f"selected={model.best_name_}" in res.output and meta["hyperparameters"]["selected"] == model.best_name_

@@ -12,6 +12,7 @@ from clipcache.classifiers import load_model
 from clipcache.errors import InvalidParameterError, ReportInputError
 from clipcache.evaluation import fit_from_store
 from clipcache.evaluation.metrics import expected_calibration_error
+from clipcache.evaluation.options import METRICS
 from clipcache.feature_store.schema import METADATA_EXTRACT
 from clipcache.report import ReportLimits, write_report
 from clipcache.report.model import best_run, nearest_rows
@@ -81,7 +82,7 @@ def test_accuracy_table_has_the_summary_numbers_and_marks_the_best(image_store, 
     assert len(rows) == 4  # 2 methods x 2 shots
     for row in rows:
         method, shots = row[0].text, row[1].attrs["data-value"]
-        for cell, metric in zip(row[2:], ("top1", "top5", "recall", "ece"), strict=True):
+        for cell, metric in zip(row[2:], METRICS, strict=True):
             want = summary[metric][method][str(int(float(shots)))]
             assert float(cell.attrs["data-value"]) == want["mean"]
             assert float(cell.attrs["data-ci"]) == want["ci95"]
@@ -247,13 +248,14 @@ def test_missing_inputs_and_optional_parts_are_said_not_failed(image_store, eval
     assert "Nothing to show" in doc.find("section", id="model").text
     assert "No OOD or accuracy-estimation results" in doc.find("section", id="shift").text
     old = dict(evaluation[1])
-    old["summary"] = {k: v for k, v in old["summary"].items() if k != "ece"}
+    old["summary"] = {k: v for k, v in old["summary"].items() if k not in ("ece", "ece_calibrated")}
     old["ood"] = [{"method": "mahalanobis", "out": "far", "auroc": 0.75}]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     write_report(image_store[0], out, evaluation=path)
     section = parse(out).find("section", id="accuracy")
     assert "This evaluation has no ECE." in section.text
+    assert "This evaluation has no ECE calibrated." in section.text
     assert len(table_rows(section.find("table", css="accuracy"))[0]) == 5  # method, shots, top-1, top-5, recall
     extra = table_rows(section.find("table", css="extra-ood"))
     assert float(extra[0][2].attrs["data-value"]) == 0.75

@@ -1,0 +1,238 @@
+"""The maths of the shared-covariance Gaussian fit, one small function per step.
+
+A fit needs class sums (C, d), the within-class scatter S = R^T R of the
+residuals R (N, d), ``r_i = x_i - mu_{y_i}`` (rows weighted for the
+``"shrinkage"`` precision), and three numbers of S: its trace, its squared
+Frobenius norm and sum_i ||r_i||^4 (the last two for Ledoit-Wolf). Every
+precision estimator of :class:`~clipcache.classifiers.GDAClassifier` is then a
+ridge on S::
+
+    P = c (a S + t I)^-1          (a, t, c from :func:`covariance_form`)
+
+and the linear rule is ``W = mu P``. Two solvers give the same W:
+
+- :func:`solve_covariance`: the (d, d) system by Cholesky (least squares when it is
+  singular), from S accumulated block by block (streamable, O(d^2) memory);
+- :func:`solve_woodbury`: when N < d, the Woodbury identity
+  ``(a R^T R + t I)^-1 = (I - a R^T (t I_N + a R R^T)^-1 R) / t`` works in the
+  N x N space, O(N^2 d) instead of O(d^3).
+
+The accumulation runs on numpy (:class:`NumpyOps`) or on a torch device
+(:class:`TorchOps`: blocks go through pinned memory to the GPU, and the sums,
+the scatter and the Cholesky solve stay on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
+import scipy.sparse
+
+from clipcache.classifiers import _backend
+
+__all__ = [
+    "BLOCK_ROWS",
+    "CovarianceForm",
+    "NumpyOps",
+    "ScatterStats",
+    "TorchOps",
+    "covariance_form",
+    "ledoit_wolf_shrinkage",
+    "make_ops",
+    "solve_covariance",
+    "solve_woodbury",
+    "woodbury_stats",
+]
+
+BLOCK_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class ScatterStats:
+    """The numbers of S = R^T R that the precision estimators need.
+
+    n : int, samples; d : int, dimensions; trace : tr(S); frob2 : ||S||_F^2;
+    sum_r4 : sum_i ||r_i||^4.
+    """
+
+    n: int
+    d: int
+    trace: float
+    frob2: float
+    sum_r4: float
+
+
+@dataclass(frozen=True)
+class CovarianceForm:
+    """P = c (a S + t I)^-1; ``used`` is the ridge (iclr2024), Ledoit-Wolf intensity or fixed shrinkage."""
+
+    a: float
+    t: float
+    c: float
+    used: float
+
+
+def ledoit_wolf_shrinkage(s: ScatterStats) -> float:
+    """Ledoit-Wolf intensity of the residual covariance S/n (as scikit-learn's, ``assume_centered=True``)."""
+    trace = s.trace / s.n
+    mu = trace / s.d
+    delta_ = s.frob2 / s.n**2
+    beta = (s.sum_r4 / s.n - delta_) / (s.d * s.n)
+    delta = (delta_ - 2.0 * mu * trace + s.d * mu**2) / s.d
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else float(beta / delta)
+
+
+def covariance_form(s: ScatterStats, precision: str, shrinkage: float) -> CovarianceForm:
+    """The ridge form of each precision estimator.
+
+    - ``"iclr2024"``: P = d (S + tr(S)/(N-1) I)^-1;
+    - ``"ledoit-wolf"``: P = ((1-delta) S/N + delta tr(S/N)/d I)^-1;
+    - ``"shrinkage"``: P = ((1-s) S + s tr(S)/d I)^-1, S being the prior-weighted scatter.
+    """
+    if precision == "iclr2024":
+        ridge = s.trace / (s.n - 1)
+        return CovarianceForm(1.0, ridge, float(s.d), float(ridge))
+    if precision == "ledoit-wolf":
+        delta = ledoit_wolf_shrinkage(s)
+        return CovarianceForm((1 - delta) / s.n, delta * s.trace / (s.n * s.d), 1.0, delta)
+    return CovarianceForm(1.0 - shrinkage, shrinkage * s.trace / s.d, 1.0, float(shrinkage))
+
+
+def _solve_psd(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``a^-1 rhs`` for symmetric PSD ``a``: Cholesky, or least squares when singular."""
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, lower=True, check_finite=False), rhs)
+    except np.linalg.LinAlgError:
+        return scipy.linalg.lstsq(a, rhs)[0]
+
+
+def solve_covariance(ops, scatter, form: CovarianceForm, means: np.ndarray) -> np.ndarray:
+    """W = c mu (a S + t I)^-1 from the (d, d) scatter (on the ops' device): (C, d) float64."""
+    return form.c * ops.solve_ridge(scatter, form.a, form.t, means).T
+
+
+def woodbury_stats(R: np.ndarray) -> tuple[ScatterStats, np.ndarray]:
+    """The :class:`ScatterStats` of S = R^T R, and the Gram K = R R^T (N, N), from R (N, d) float64."""
+    K = R @ R.T
+    diag = np.diag(K)
+    return ScatterStats(len(R), R.shape[1], float(diag.sum()), float(np.sum(K * K)), float(diag @ diag)), K
+
+
+def solve_woodbury(R: np.ndarray, K: np.ndarray, form: CovarianceForm, means: np.ndarray) -> np.ndarray:
+    """W = c mu (a R^T R + t I)^-1 in the N x N space (t > 0): (C, d) float64.
+
+    (a R^T R + t I)^-1 mu^T = (mu^T - a R^T (t I + a K)^-1 R mu^T) / t, with K = R R^T.
+    """
+    inner = form.t * np.eye(len(K)) + form.a * K
+    coeff = _solve_psd(inner, R @ means.T)  # (N, C)
+    return (form.c / form.t) * (means - form.a * (R.T @ coeff).T)
+
+
+class NumpyOps:
+    """Block accumulation in numpy: a sparse one-hot product for class sums, BLAS ``ssyrk`` for the scatter."""
+
+    device = None
+
+    def put(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+    def zeros(self, shape) -> np.ndarray:
+        return np.zeros(shape)
+
+    def add_class_sums(self, sums: np.ndarray, X: np.ndarray, codes: np.ndarray) -> None:
+        """``sums[k] += sum of the rows of X with code k`` (one pass, no sort or row gather)."""
+        onehot = scipy.sparse.csr_matrix(
+            (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))), shape=(len(sums), len(codes))
+        )
+        sums += onehot @ X
+
+    def add_scatter(self, scatter, X: np.ndarray, codes: np.ndarray, means32, root_w, fourth: bool) -> float:
+        """``scatter += R^T R`` for the block's residuals; return sum ||r||^4 when ``fourth`` (else 0)."""
+        r = X - means32[codes]
+        r4 = 0.0
+        if fourth:
+            sq = np.einsum("ij,ij->i", r, r, dtype=np.float64)
+            r4 = float(sq @ sq)
+        if root_w is not None:
+            r *= root_w[codes][:, None]
+        scatter += _backend.gram(r, None)
+        return r4
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a, dtype=np.float64)
+
+    def trace_frob2(self, scatter: np.ndarray, frob: bool) -> tuple[float, float]:
+        """tr(S) and, when ``frob``, ||S||_F^2 (else 0)."""
+        return float(np.trace(scatter)), (float(np.sum(scatter * scatter)) if frob else 0.0)
+
+    def solve_ridge(self, scatter: np.ndarray, a: float, t: float, means: np.ndarray) -> np.ndarray:
+        """``(a S + t I)^-1 mu^T``, (d, C) float64."""
+        return _solve_psd(a * scatter + t * np.eye(len(scatter)), means.T)
+
+
+class TorchOps:
+    """The same accumulation in torch on ``device``: blocks are pinned and copied asynchronously to a GPU.
+
+    Sums and the scatter accumulate in float64 on the device, each block's
+    products in float32; the ridge system is solved by a float64 Cholesky on the
+    device (a singular system falls back to numpy least squares on the host).
+    """
+
+    def __init__(self, device):
+        self.torch, self.dev = _backend.torch_device(device)
+        self.device = device
+
+    def put(self, X: np.ndarray):
+        t = self.torch.from_numpy(np.ascontiguousarray(X))
+        if self.dev.type == "cuda":
+            return t.pin_memory().to(self.dev, non_blocking=True)
+        return t.to(self.dev)
+
+    def zeros(self, shape):
+        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.dev)
+
+    def _codes(self, codes: np.ndarray):
+        return self.torch.as_tensor(codes, dtype=self.torch.int64).to(self.dev, non_blocking=True)
+
+    def add_class_sums(self, sums, X: np.ndarray, codes: np.ndarray) -> None:
+        block = self.torch.zeros(sums.shape, dtype=self.torch.float32, device=self.dev)
+        block.index_add_(0, self._codes(codes), self.put(X))
+        sums += block.double()
+
+    def add_scatter(self, scatter, X: np.ndarray, codes: np.ndarray, means32, root_w, fourth: bool):
+        c = self._codes(codes)
+        r = self.put(X) - self.torch.as_tensor(means32, device=self.dev)[c]
+        r4 = 0.0
+        if fourth:
+            sq = (r.double() ** 2).sum(dim=1)
+            r4 = sq @ sq
+        if root_w is not None:
+            r *= self.torch.as_tensor(root_w, device=self.dev)[c][:, None]
+        scatter += (r.T @ r).double()
+        return r4
+
+    def to_numpy(self, a) -> np.ndarray:
+        if isinstance(a, float | int):
+            return np.asarray(a, dtype=np.float64)
+        return a.double().cpu().numpy()
+
+    def trace_frob2(self, scatter, frob: bool) -> tuple[float, float]:
+        return float(scatter.trace()), (float((scatter * scatter).sum()) if frob else 0.0)
+
+    def solve_ridge(self, scatter, a: float, t: float, means: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        system = a * scatter + t * torch.eye(scatter.shape[0], dtype=torch.float64, device=self.dev)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) != 0:
+            return _solve_psd(system.cpu().numpy(), means.T)
+        rhs = torch.as_tensor(means.T, dtype=torch.float64, device=self.dev)
+        return torch.cholesky_solve(rhs, factor).cpu().numpy()
+
+
+def make_ops(device) -> NumpyOps | TorchOps:
+    """:class:`NumpyOps` for ``device=None``, else :class:`TorchOps` on that torch device."""
+    return NumpyOps() if device is None else TorchOps(device)
