@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from clipcache.cli.deprecation import Command
-from clipcache.cli.params import checked, output_option
+from clipcache.cli.params import checked, output_option, overwrite_option
 
 __all__ = ["COMMANDS", "report_command"]
 
@@ -46,8 +46,9 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value):
 @click.option("--thumb-size", "thumb_px", type=int, default=64, show_default=True,
               help="Longest side of a thumbnail in pixels (16-256).")
 @output_option("The HTML page to write.", required=True)
+@overwrite_option("a clipcache HTML page")
 def report_command(store, evaluation, model, method, shots, test_split, index_file, ood, estimate, image_root,
-                   wrong, correct, n_neighbors, thumb_px, output):
+                   wrong, correct, n_neighbors, thumb_px, output, overwrite):
     """Write one self-contained HTML page about STORE: the store, accuracy against shots, one model in
     detail (per-class recall, confusion matrix, reliability), its examples with their nearest support
     images, and OOD / accuracy-estimation panels. No network, no script; thumbnails are embedded.
@@ -65,7 +66,7 @@ def report_command(store, evaluation, model, method, shots, test_split, index_fi
     limits = checked(ReportLimits, wrong=wrong, correct=correct, n_neighbors=n_neighbors, thumb_px=thumb_px)
     result = write_report(
         store, output, evaluation=evaluation, model=model, index=index_file, ood=ood, estimate=estimate,
-        method=method, shots=shots, test_split=test_split, image_root=image_root, limits=limits,
+        method=method, shots=shots, test_split=test_split, image_root=image_root, limits=limits, overwrite=overwrite,
     )
     missing = f", {len(result.missing)} shown as placeholders" if result.missing else ""
     click.echo(

@@ -12,6 +12,7 @@ import json
 
 import click
 
+from clipcache._io import check_output
 from clipcache.cli.deprecation import Command, deprecated_alias
 from clipcache.cli.params import (
     feature_set_option,
@@ -115,12 +116,18 @@ def _read_vectors(path: str):
 @json_option("Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write the neighbour grid (thumbnails, scores, classes, paths) as one self-contained HTML page.")
+@overwrite_option("a clipcache HTML page (--html)")
 def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, as_json,
-           html_path) -> None:
+           html_path, overwrite) -> None:
     """Find the K nearest samples of STORE to stored ids, images, text or vectors."""
     given = [flag for flag, value in (("--id", ids), ("--image", images), ("--text", texts), ("--vectors", vectors)) if value]
     if len(given) != 1:
         raise click.UsageError(f"give exactly one of --id, --image, --text or --vectors (got {', '.join(given) or 'none'})")
+    html_inputs = {"index_file": index_file, "vectors": vectors, **{f"images[{i}]": p for i, p in enumerate(images)}}
+    if html_path:
+        from clipcache.report import HTML_PAGE  # matplotlib and PIL: only for --html
+
+        check_output(html_path, [store, *html_inputs.values()], param="html_path", kind=HTML_PAGE, overwrite=overwrite)
     raw = _read_vectors(vectors) if vectors else None
     from clipcache.retrieval import search_store
 
@@ -137,8 +144,7 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
         from clipcache.report import write_search_html
 
         kind = {"--id": "ids", "--image": "images", "--text": "texts", "--vectors": "vectors"}[given[0]]
-        write_search_html(report, store, html_path, kind=kind,
-                          inputs={"index_file": index_file, "vectors": vectors, **{f"images[{i}]": p for i, p in enumerate(images)}})
+        write_search_html(report, store, html_path, kind=kind, inputs=html_inputs, overwrite=overwrite)
         click.echo(f"wrote {html_path}", err=as_json)
 
 

@@ -14,11 +14,13 @@ docs/report.md describes each section.
 
 from __future__ import annotations
 
+from clipcache.report._html import HTML_PAGE
 from clipcache.report.page import ReportLimits, ReportResult, write_report
 from clipcache.report.search import QUERY_KINDS, write_search_html
 from clipcache.report.thumbnails import Thumbnail, Thumbnails, dataset_root
 
 __all__ = [
+    "HTML_PAGE",
     "QUERY_KINDS",
     "ReportLimits",
     "ReportResult",

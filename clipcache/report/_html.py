@@ -13,7 +13,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["CSS", "Cell", "esc", "notes", "num_cell", "page", "pct", "section", "table", "text_cell"]
+from clipcache._io import OutputKind
+
+#: Marks every page clipcache writes, so that a rerun may replace it without --overwrite.
+_GENERATOR = '<meta name="generator" content="clipcache">'
+
+__all__ = ["CSS", "HTML_PAGE", "Cell", "esc", "notes", "num_cell", "page", "pct", "section", "table", "text_cell"]
 
 #: The stylesheet of every page: plain, readable on a laptop screen, and printable.
 CSS = """
@@ -153,8 +158,17 @@ def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], fo
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">' + _GENERATOR +
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>'
         f'<nav class="toc">{toc}</nav><main>{body}<footer>{esc(footer)}</footer></main></body></html>\n'
     )
+
+
+def _is_clipcache_page(path) -> bool:
+    with open(path, "rb") as fh:
+        return _GENERATOR.encode() in fh.read(1024)
+
+
+#: The kind of file ``clipcache report`` and ``search --html`` write (see :func:`clipcache._io.check_output`).
+HTML_PAGE = OutputKind("a clipcache HTML page", _is_clipcache_page)

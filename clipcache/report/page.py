@@ -22,7 +22,7 @@ from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError, ReportInputError
 from clipcache.report import sections
-from clipcache.report._html import esc, page
+from clipcache.report._html import HTML_PAGE, esc, page
 from clipcache.report.thumbnails import Thumbnails
 
 __all__ = ["ReportLimits", "ReportResult", "collect_examples", "read_json", "write_report"]
@@ -204,6 +204,7 @@ def write_report(
     test_split: str | None = None,
     image_root: str | os.PathLike | None = None,
     limits: ReportLimits | None = None,
+    overwrite: bool = False,
 ) -> ReportResult:
     """Write the report page of a store (``clipcache report``), through :func:`clipcache._io.atomic_output`.
 
@@ -235,6 +236,8 @@ def write_report(
         Folder the store's sample paths are relative to (default: the dataset
         root recorded in the store).
     limits : ReportLimits, optional
+    overwrite : bool, default=False
+        Replace an existing ``output`` that is not a clipcache page (a page is replaced without it).
 
     Returns
     -------
@@ -251,7 +254,7 @@ def write_report(
 
     started = time.perf_counter()
     limits = limits if limits is not None else ReportLimits()
-    check_output(output, [store_path, evaluation, model, index, ood, estimate])
+    check_output(output, [store_path, evaluation, model, index, ood, estimate], kind=HTML_PAGE, overwrite=overwrite)
     if model is not None and (method is not None or shots is not None):
         raise InvalidParameterError("method and shots choose a run of the evaluation to refit; give them or a model",
                                     param="method" if method is not None else "shots")

@@ -9,7 +9,7 @@ from pathlib import Path
 from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError
-from clipcache.report._html import esc, page
+from clipcache.report._html import HTML_PAGE, esc, page
 from clipcache.report.thumbnails import Thumbnails
 
 __all__ = ["QUERY_KINDS", "write_search_html"]
@@ -46,6 +46,7 @@ def write_search_html(
     image_root: str | os.PathLike | None = None,
     thumb_px: int = 96,
     inputs: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the neighbour grid of a search (the query, then its hits with scores, classes and paths).
 
@@ -66,6 +67,8 @@ def write_search_html(
         Longest side of a thumbnail; the page embeds at most ``queries x (k + 1)`` thumbnails.
     inputs : dict of str to path, optional
         Other input files (index, query images) that ``output`` must not overwrite.
+    overwrite : bool, default=False
+        Replace an existing ``output`` that is not a clipcache page (a page is replaced without it).
 
     Returns
     -------
@@ -78,7 +81,7 @@ def write_search_html(
         raise InvalidParameterError(f"kind={kind!r} is not one of {', '.join(QUERY_KINDS)}", param="kind")
     if isinstance(thumb_px, bool) or not isinstance(thumb_px, int) or not 16 <= thumb_px <= 256:
         raise InvalidParameterError(f"thumb_px={thumb_px!r} must be an integer from 16 to 256", param="thumb_px")
-    check_output(output, [store_path, *(inputs or {}).values()])
+    check_output(output, [store_path, *(inputs or {}).values()], kind=HTML_PAGE, overwrite=overwrite)
     k = max((len(h) for h in report.hits), default=0)
     index = report.index
     metric = index.get("metric", "ip")

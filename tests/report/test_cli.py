@@ -93,3 +93,32 @@ def test_search_html_of_a_text_query_shows_the_text(image_store, tmp_path):
     doc = parse(out)
     assert doc.find("div", css="querytext").text == "vector 0"
     assert len(list(doc.iter("img", css="thumb"))) == 3
+
+
+def test_report_over_a_file_that_is_not_a_page_needs_overwrite(image_store, tmp_path):
+    out = tmp_path / "notes.html"
+    out.write_text("<html>my own notes</html>")
+    result = _run("report", image_store[0], "--wrong", 0, "--correct", 0, "-o", out)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {out}: exists and is not a clipcache HTML page; give another file name or overwrite it (--overwrite)\n"
+    )
+    assert out.read_text() == "<html>my own notes</html>"
+    assert _run("report", image_store[0], "--wrong", 0, "--correct", 0, "-o", out, "--overwrite").exit_code == 0
+    before = out.read_bytes()
+    assert b'<meta name="generator" content="clipcache">' in before
+    again = _run("report", image_store[0], "--wrong", 0, "--correct", 0, "-o", out)  # its own page: no flag needed
+    assert again.exit_code == 0, again.output
+
+
+def test_search_html_over_a_file_that_is_not_a_page_needs_overwrite_before_any_search(image_store, tmp_path, monkeypatch):
+    out = tmp_path / "grid.html"
+    out.write_text("keep me")
+    index_store(image_store[0], "train")
+    import clipcache.retrieval
+
+    monkeypatch.setattr(clipcache.retrieval, "search_store", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    result = _run("search", image_store[0], "--id", "train-00000", "-k", 2, "--html", out)
+    assert result.exit_code == 1
+    assert result.stderr.endswith("give another file name or overwrite it (--overwrite)\n")
+    assert out.read_text() == "keep me"
