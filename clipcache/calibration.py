@@ -108,7 +108,7 @@ def fit_temperature(logits, y) -> float:
     )
     log_t = float(result.x)
     if min(log_t - lo, hi - log_t) < 1e-3 or float(result.fun) < 1e-9:
-        logger.warning(
+        logger.info(
             "temperature scaling: the NLL has no interior minimum (T=%.3g, NLL %.3g); the validation logits "
             "may separate the classes perfectly (too few validation rows?)", np.exp(log_t), float(result.fun)
         )

@@ -335,7 +335,7 @@ class GDAClassifier(LogitClassifier):
 
     def _set_identity(self, means: np.ndarray, priors: np.ndarray) -> None:
         """The documented one-shot fallback: P = I, nearest class mean in Euclidean distance."""
-        logger.warning(NO_VARIATION)
+        logger.info(NO_VARIATION)  # expected at one shot; fallback_ records it
         self._set_rule(means, means.copy(), priors, 0.0, "covariance", fallback="identity")
 
     def _set_rule(self, means, coef, priors, used: float, solver: str, fallback: str = "") -> None:

@@ -444,7 +444,7 @@ class TransductiveGDA(LogitClassifier):
         accuracy = [float(np.mean(c)) for c in correct]
         means, (coef, intercept, fallback), z, self.n_iter_, self.converged_ = runs[best]
         if fallback:
-            logger.warning(NO_VARIATION)
+            logger.info(NO_VARIATION)
         self.strength_ = float(grid[best])
         self.strength_grid_ = grid if Xv is not None else np.zeros(0)
         self.search_accuracy_ = np.asarray(accuracy, dtype=np.float64)

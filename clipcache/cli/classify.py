@@ -32,6 +32,7 @@ from clipcache.evaluation.options import (
     ProtocolOptions,
     check_methods,
     check_shots,
+    format_hyperparameters,
 )
 
 __all__ = ["COMMANDS", "evaluate_command", "fit_command", "predict_command"]
@@ -92,8 +93,7 @@ def fit_command(store, method, feature_set, aux_feature_set, text, base, train_s
     )
     check_output(output, [store], kind=MODEL_FILE, overwrite=overwrite)
     meta = fit_from_store(store, method, output, shots=shots, seed=seed, options=options)
-    hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in meta["hyperparameters"].items()) or "none"
+    hp = format_hyperparameters(meta["hyperparameters"])
     click.echo(
         f"fitted {method} on {meta['support']['n']} samples of {train_split!r} "
         f"({f'{shots}-shot, seed {seed}' if shots else 'every row'}); validation: {meta['val']['split']!r}"

@@ -26,6 +26,7 @@ __all__ = [
     "check_methods",
     "check_shots",
     "check_splits",
+    "format_hyperparameters",
     "protocol_options",
 ]
 
@@ -43,6 +44,15 @@ CENTERS = ("none", "support", "pool", "transductive")
 METRICS = ("top1", "top5", "recall", "ece", "ece_calibrated")
 #: The metrics of a base-to-new report: top-1 on the base classes, on the new classes, and their harmonic mean.
 BASE_TO_NEW_METRICS = ("base", "new", "hm")
+
+
+def format_hyperparameters(hyperparameters: dict, sep: str = "=") -> str:
+    """``"alpha=2.5, method=gda"``: numbers in ``%g``, anything else (a selected method's name) as it is."""
+    items = [
+        f"{k}{sep}{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}{sep}{v}"
+        for k, v in hyperparameters.items()
+    ]
+    return ", ".join(items) or "none"
 
 
 def check_methods(methods) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clipcache.evaluation.options import METRICS
+from clipcache.evaluation.options import METRICS, format_hyperparameters
 from clipcache.feature_store.schema import METADATA_EXTRACT, MODEL_KEYS
 from clipcache.report import plots
 from clipcache.report._html import Cell, esc, notes, num_cell, pct, table, text_cell
@@ -194,7 +194,7 @@ def model_section(detail, limits) -> str:
 
     classes, n_classes = detail.classes, len(detail.classes)
     metrics = all_metrics(detail.proba, detail.y)
-    hp = ", ".join(f"{k} = {v:g}" for k, v in detail.hyperparameters.items()) or "none"
+    hp = format_hyperparameters(detail.hyperparameters, " = ")
     out = [
         f'<p class="lead"><b>{esc(detail.title)}</b>: {esc(detail.origin)}. Feature set {esc(detail.feature_set)}, '
         f'support from {esc(detail.train_split)!s} ({len(detail.support_rows)} rows), scored on '
