@@ -15,8 +15,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipcache.errors import ClipCacheError, InvalidParameterError, ReportInputError
+from clipcache.classifiers import load_model
+from clipcache.errors import ClipCacheError, InvalidParameterError, ModelFileError, ReportInputError
+from clipcache.evaluation import ProtocolOptions, resolve_protocol, sample_few_shot
+from clipcache.evaluation.protocol import (
+    Protocol,
+    build_estimator,
+    check_model_matches,
+    fit_method,
+    hyperparameters,
+    model_feature_sets,
+    read_features,
+    split_rows,
+)
 from clipcache.ops import l2_normalize
+from clipcache.retrieval.query import find_ids
 
 __all__ = ["ModelDetail", "best_run", "detail_from_model", "nearest_rows", "refit_run"]
 
@@ -131,8 +144,6 @@ def _val_per_class(store, options, config: dict) -> int:
     half its rows; the smallest value that reaches the recorded count carves the
     same rows as any larger one that does.
     """
-    from clipcache.evaluation import resolve_protocol
-    from clipcache.evaluation.protocol import split_rows
 
     if config.get("val_per_class"):
         return int(config["val_per_class"])
@@ -163,14 +174,6 @@ def refit_run(store, evaluation: dict, run: dict) -> ModelDetail:
     ReportInputError
         When the store's classes differ from the evaluation's, or the run cannot be refitted.
     """
-    from clipcache.evaluation import ProtocolOptions, resolve_protocol, sample_few_shot
-    from clipcache.evaluation.protocol import (
-        build_estimator,
-        fit_method,
-        hyperparameters,
-        read_features,
-        split_rows,
-    )
 
     config = evaluation.get("config", {})
     classes = list(store.classes)
@@ -225,15 +228,6 @@ def detail_from_model(store, model_path, test_split: str = "test") -> ModelDetai
     StoreMismatchError
         When the store lacks the model's classes or feature sets.
     """
-    from clipcache.classifiers import load_model
-    from clipcache.errors import ModelFileError
-    from clipcache.evaluation.protocol import (
-        Protocol,
-        check_model_matches,
-        model_feature_sets,
-        read_features,
-    )
-    from clipcache.retrieval.query import find_ids
 
     estimator, metadata = load_model(model_path)
     method = metadata.get("method", type(estimator).__name__)

@@ -21,9 +21,14 @@ import numpy as np
 from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError, ReportInputError
+from clipcache.feature_store import FeatureStore
 from clipcache.report import sections
 from clipcache.report._html import HTML_PAGE, esc, page
+from clipcache.report.model import best_run, detail_from_model, nearest_rows, refit_run
+from clipcache.report.shift import ood_panels
 from clipcache.report.thumbnails import Thumbnails
+from clipcache.retrieval import load_index
+from clipcache.retrieval.query import search
 
 __all__ = ["ReportLimits", "ReportResult", "collect_examples", "read_json", "write_report"]
 
@@ -143,7 +148,6 @@ def collect_examples(store, detail, limits: ReportLimits, thumbs: Thumbnails, in
         What :func:`clipcache.report.sections.examples_section` shows.
     neighbour_source : str
     """
-    from clipcache.report.model import nearest_rows
 
     pred, conf, y = detail.pred, detail.confidence, detail.y
     wrong = np.flatnonzero(pred != y)
@@ -161,7 +165,6 @@ def collect_examples(store, detail, limits: ReportLimits, thumbs: Thumbnails, in
     k = limits.n_neighbors
     neighbours: list = [[] for _ in chosen]
     if index is not None:
-        from clipcache.retrieval.query import search
 
         source = f"images of the index of {index.split!r}"
         if k and len(rows):
@@ -250,7 +253,6 @@ def write_report(
     ReportInputError
         An input JSON cannot be read or does not fit the store.
     """
-    from clipcache.feature_store import FeatureStore
 
     started = time.perf_counter()
     limits = limits if limits is not None else ReportLimits()
@@ -308,7 +310,6 @@ def write_report(
 
 
 def _model_detail(store, eval_doc, model, method, shots, test_split, notes: list):
-    from clipcache.report.model import best_run, detail_from_model, refit_run
 
     if model is not None:
         split = test_split or (eval_doc or {}).get("config", {}).get("test_split") or "test"
@@ -322,13 +323,11 @@ def _model_detail(store, eval_doc, model, method, shots, test_split, notes: list
 
 
 def _load_index(store, path):
-    from clipcache.retrieval import load_index
 
     return load_index(store, path=path)
 
 
 def _shift_body(store, ood_doc, est_doc) -> str:
-    from clipcache.report.shift import ood_panels
 
     if ood_doc is None and est_doc is None:
         return ('<p class="note">No OOD or accuracy-estimation results were given. Write them with <code>clipcache '

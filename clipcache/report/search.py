@@ -9,8 +9,11 @@ from pathlib import Path
 from clipcache._io import atomic_output, check_output
 from clipcache._version import __version__
 from clipcache.errors import InvalidParameterError
+from clipcache.feature_store import FeatureStore
 from clipcache.report._html import HTML_PAGE, esc, page
+from clipcache.report.sections import thumb_html
 from clipcache.report.thumbnails import Thumbnails
+from clipcache.retrieval.query import find_ids
 
 __all__ = ["QUERY_KINDS", "write_search_html"]
 
@@ -19,8 +22,6 @@ QUERY_KINDS = ("ids", "images", "texts", "vectors")
 
 
 def _query_head(store, report, q: int, kind: str, thumbs: Thumbnails, size: int) -> str:
-    from clipcache.report.sections import thumb_html
-    from clipcache.retrieval.query import find_ids
 
     label = str(report.queries[q])
     if kind == "images":
@@ -74,8 +75,6 @@ def write_search_html(
     -------
     Path
     """
-    from clipcache.feature_store import FeatureStore
-    from clipcache.report.sections import thumb_html
 
     if kind not in QUERY_KINDS:
         raise InvalidParameterError(f"kind={kind!r} is not one of {', '.join(QUERY_KINDS)}", param="kind")

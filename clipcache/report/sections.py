@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clipcache.evaluation.metrics import all_metrics, expected_calibration_error
 from clipcache.evaluation.options import METRICS, format_hyperparameters
 from clipcache.feature_store.schema import METADATA_EXTRACT, MODEL_KEYS
 from clipcache.report import plots
@@ -190,7 +191,6 @@ def _cell_of(value) -> Cell | str:
 
 def model_section(detail, limits) -> str:
     """Section 3: the model's metrics, per-class recall (worst first), confusion heat map, reliability diagram."""
-    from clipcache.evaluation.metrics import all_metrics, expected_calibration_error
 
     classes, n_classes = detail.classes, len(detail.classes)
     metrics = all_metrics(detail.proba, detail.y)

@@ -14,7 +14,10 @@ import os
 
 import numpy as np
 
+from clipcache.classifiers import GDAClassifier
 from clipcache.errors import ClipCacheError
+from clipcache.feature_store import FeatureStore
+from clipcache.ood import LOGIT_METHODS, OODDetector, auroc
 
 __all__ = ["ood_panels"]
 
@@ -31,7 +34,6 @@ def _labelled(store, split: str, feature_set: str) -> tuple[np.ndarray, np.ndarr
 
 def _out_features(store, label: str, feature_set: str) -> np.ndarray:
     """Features of an OOD set named as the JSON names it: ``SPLIT`` or ``OTHER_STORE:SPLIT``."""
-    from clipcache.feature_store import FeatureStore
 
     path, sep, split = label.rpartition(":")
     if sep and path and os.path.isfile(path):
@@ -57,8 +59,6 @@ def ood_panels(store, ood: dict) -> tuple[list, list[str]]:
     notes : list of str
         Detectors that could not be rescored, and AUROCs that differ from the JSON.
     """
-    from clipcache.classifiers import GDAClassifier
-    from clipcache.ood import LOGIT_METHODS, OODDetector, auroc
 
     notes: list[str] = []
     fs, val_split = ood["feature_set"], ood.get("val_split")
