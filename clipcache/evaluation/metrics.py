@@ -9,7 +9,12 @@ __all__ = ["top_k_accuracy", "mean_per_class_recall", "expected_calibration_erro
 
 
 def top_k_accuracy(proba: np.ndarray, y: np.ndarray, k: int = 1) -> float:
-    """Fraction of rows whose true column is among the k highest scores.
+    """Fraction of rows whose true column is among the k highest scores, ties broken at random.
+
+    A row whose true class ties with others for the last places counts the
+    expected share (e.g. a true class tied with one other for the first place
+    counts 0.5 in top-1), so exact ties, such as k-NN votes or saturated
+    probabilities, neither inflate nor deflate the figure.
 
     Parameters
     ----------
@@ -22,9 +27,10 @@ def top_k_accuracy(proba: np.ndarray, y: np.ndarray, k: int = 1) -> float:
     """
     k = min(k, proba.shape[1])
     true = proba[np.arange(len(y)), y][:, None]
-    # rank = number of classes scoring strictly higher (ties favour the true class)
-    rank = (proba > true).sum(axis=1)
-    return float(np.mean(rank < k))
+    higher = (proba > true).sum(axis=1)
+    tied = (proba == true).sum(axis=1)  # the true class and the classes with its exact score
+    # Ties are broken at random: the expected share of the k places left that the true class gets.
+    return float(np.mean(np.clip((k - higher) / tied, 0.0, 1.0)))
 
 
 def mean_per_class_recall(pred: np.ndarray, y: np.ndarray) -> float:

@@ -18,9 +18,11 @@ import numpy as np
 from clipcache.classifiers import load_model
 from clipcache.errors import ClipCacheError, InvalidParameterError, ModelFileError, ReportInputError
 from clipcache.evaluation import ProtocolOptions, resolve_protocol, sample_few_shot
+from clipcache.evaluation.options import TRANSDUCTIVE_METHOD
 from clipcache.evaluation.protocol import (
     Protocol,
     build_estimator,
+    center_parameter,
     check_model_matches,
     fit_method,
     hyperparameters,
@@ -157,6 +159,14 @@ def _val_per_class(store, options, config: dict) -> int:
         carved, value = len(rows.val_rows), value + 1
 
 
+def _recorded_metrics(run: dict) -> dict:
+    """The run's metrics as the refitted (calibrated) model reports them: its ECE is the calibrated one."""
+    recorded = {k: v for k, v in run.items() if k != "hyperparameters"}
+    if "ece_calibrated" in recorded:
+        recorded["ece"] = recorded["ece_calibrated"]
+    return recorded
+
+
 def refit_run(store, evaluation: dict, run: dict) -> ModelDetail:
     """Refit one run of an evaluation on ``store`` and predict its test split.
 
@@ -186,7 +196,11 @@ def refit_run(store, evaluation: dict, run: dict) -> ModelDetail:
             feature_set=config.get("feature_set"), aux_feature_set=config.get("aux_feature_set"),
             text=config.get("text"), base=config.get("base") or "auto", train_split=config.get("train_split", "train"),
             val_split=None if val.get("carved", True) else val.get("split"), test_split=config.get("test_split", "test"),
+            center=config.get("center") or "none", pool_split=config.get("pool_split"),
         )
+        if options.center == "transductive" or method == TRANSDUCTIVE_METHOD:
+            raise ReportInputError("a transductive run is fitted with its test features; show a saved model instead",
+                                   param="evaluation")
         carve = {"val_per_class": _val_per_class(store, options, config)} if val.get("carved", True) else {}
         protocol = resolve_protocol(store, [method], options, **carve)
         rows = split_rows(store, protocol)
@@ -197,7 +211,9 @@ def refit_run(store, evaluation: dict, run: dict) -> ModelDetail:
         X_val = read_features(store, rows.val_split, method, protocol, rows.val_rows)
         y_val = store.labels(rows.val_split, rows.val_rows)
         X = read_features(store, train, method, protocol, support)
-        fitted = fit_method(build_estimator(method, protocol, store), method, X, labels[support], X_val, y_val)
+        estimator = build_estimator(method, protocol, store, center=center_parameter(store, protocol, method))
+        fitted = fit_method(estimator, method, X, labels[support], X_val, y_val)
+        fitted.calibrate(X_val, y_val)  # as the evaluation scored it: predict_proba is calibrated
         test_rows = np.flatnonzero(store.labels(protocol.test_split) >= 0).astype(np.int64)
         proba = _full_proba(fitted, read_features(store, protocol.test_split, method, protocol, test_rows), len(classes))
     except (ClipCacheError, KeyError, TypeError) as exc:
@@ -213,7 +229,7 @@ def refit_run(store, evaluation: dict, run: dict) -> ModelDetail:
         method=method, shots=shots, seed=seed, origin="the evaluation's best run, refitted with its recorded seed",
         feature_set=protocol.feature_set, train_split=train, test_split=protocol.test_split, classes=classes,
         test_rows=test_rows, y=store.labels(protocol.test_split, test_rows), proba=proba, support_rows=support,
-        hyperparameters=hyperparameters(fitted), recorded={k: v for k, v in run.items() if k != "hyperparameters"},
+        hyperparameters=hyperparameters(fitted), recorded=_recorded_metrics(run),
         notes=notes,
     )
 

@@ -165,7 +165,9 @@ class Thumbnails:
         return Thumbnail(key, "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
 
     def _idx_image(self, path: Path, row: int):
-        from clipcache.extract.datasets import read_idx  # clipcache.extract loads torch: only for idx datasets
+        from clipcache.extract.datasets import (
+            read_idx,  # clipcache.extract loads torch: only for idx datasets
+        )
 
         if path not in self._idx:
             self._idx[path] = read_idx(path)

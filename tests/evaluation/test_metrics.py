@@ -60,3 +60,15 @@ def test_mean_ci_matches_scipy_t_interval():
 
 def test_mean_ci_of_one_seed_has_zero_width():
     assert mean_ci([0.5]) == (0.5, 0.0)
+
+
+def test_top_k_breaks_ties_at_random_in_expectation():
+    proba = np.array([[0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.2, 0.4], [1.0, 0.0, 0.0, 0.0]])
+    y = np.array([0, 1, 2])
+    # row 0: tied with one other for first -> 1/2 in top-1, 1 in top-2
+    # row 1: one class higher, tied with two others -> 0 in top-1, 1/3 in top-2, 2/3 in top-3
+    # row 2: true class scores 0 tied with two others, one higher -> 0, 1/3 in top-2
+    assert top_k_accuracy(proba, y, 1) == pytest.approx((0.5 + 0 + 0) / 3)
+    assert top_k_accuracy(proba, y, 2) == pytest.approx((1 + 1 / 3 + 1 / 3) / 3)
+    assert top_k_accuracy(proba, y, 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert top_k_accuracy(proba, y, 4) == 1.0
