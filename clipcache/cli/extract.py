@@ -58,6 +58,14 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
+def _amp_request(amp: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The ``--amp`` values for ``RunOptions.amp`` (None: every backbone's default); the old value none is deprecated."""
+    values = [part.rpartition("=")[2].strip().lower() for spec in amp for part in spec.split(",")]
+    if "none" in values:
+        warn_deprecated("--amp none", "--amp fp32")
+    return amp or None
+
+
 def _input_files(source, classes, pretrained, aux, templates) -> list[str]:
     """The files extract reads (a folder SOURCE, a class list given inline or a weights tag are not files)."""
     candidates = [source, classes, pretrained, templates, *(spec.partition("=")[2] for spec in aux)]
@@ -67,8 +75,9 @@ def _input_files(source, classes, pretrained, aux, templates) -> list[str]:
 def _print_report(report) -> None:
     rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
     skipped = [(split, s) for split, items in report.skipped.items() for s in items]
+    sets = ", ".join(f"{name} ({report.precisions[name]})" if name in report.precisions else name for name in report.feature_sets)
     click.echo(
-        f"Wrote {report.path}: {rows} rows of {', '.join(report.feature_sets)}; "
+        f"Wrote {report.path}: {rows} rows of {sets}; "
         f"{report.encoded} images encoded in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"
     )
     if skipped:
@@ -93,7 +102,10 @@ def _print_report(report) -> None:
 @click.option("--workers", type=int, default=lambda: max(1, min(8, (os.cpu_count() or 2) // 2)),
               show_default="half the CPUs, 1 to 8", help="DataLoader worker processes (0 decodes in the main process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast dtype (GPU).")
+@click.option("--amp", multiple=True, metavar="[FEATURE_SET=]PRECISION",
+              help="Autocast precision on cuda: fp32, bf16 or fp16 for every backbone, or FEATURE_SET=PRECISION for one "
+                   "(clip=bf16); repeatable or comma-separated. Default per backbone: bf16 for open_clip ViTs, fp32 for "
+                   "the others. Other devices compute fp32.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise stored features.")
 @click.option("--image-size", type=int, help="Input size of auxiliary backbones (their default otherwise).")
@@ -152,7 +164,9 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
         image_size=image_size,
         shard=shard_pair,
     )
-    options = RunOptions(workers=workers, device=_resolve_device(device, local_rank), amp=amp, strict=strict, progress=progress)
+    options = RunOptions(
+        workers=workers, device=_resolve_device(device, local_rank), amp=_amp_request(amp), strict=strict, progress=progress
+    )
     report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates)
     _print_report(report)
 

@@ -8,7 +8,7 @@ import click
 
 from clipcache.cli.params import json_option
 from clipcache.feature_store import FeatureStore
-from clipcache.feature_store.schema import METADATA_SHARD, MODEL_KEYS
+from clipcache.feature_store.schema import METADATA_SHARD, MODEL_KEYS, PRECISION, precision_of
 
 __all__ = ["COMMANDS", "drop_split", "format_description", "info"]
 
@@ -16,6 +16,13 @@ __all__ = ["COMMANDS", "drop_split", "format_description", "info"]
 def _provenance_line(prov: dict) -> str:
     parts = [f"{k}={str(prov[k])[:16] if k == 'weights_sha256' else prov[k]}" for k in MODEL_KEYS if prov.get(k)]
     return ", ".join(parts) or "no provenance"
+
+
+def _precision_line(prov: dict) -> str:
+    """The precision a feature set was computed in, or how one that records none is read."""
+    if PRECISION in prov:
+        return f"    precision: {prov[PRECISION]}"
+    return f"    precision: not recorded (an older release wrote it; read as {precision_of(prov)})"
 
 
 def format_description(d: dict) -> str:
@@ -36,6 +43,7 @@ def format_description(d: dict) -> str:
     for name, f in d["feature_sets"].items():
         norm = "L2-normalised" if f["normalized"] else "not normalised"
         lines.append(f"  {name}: dim {f['dim']}, {f['dtype']}, {norm}; {_provenance_line(f['provenance'])}")
+        lines.append(_precision_line(f["provenance"]))
         pre = f["provenance"].get("preprocess")
         if pre:
             lines.append(f"    preprocess: {json.dumps(pre, sort_keys=True)}")
@@ -74,7 +82,7 @@ def _split_lines(path: str, name: str, s: dict, extracted: bool) -> list[str]:
 @click.argument("store", type=click.Path(dir_okay=False))
 @json_option("Print the description as JSON.")
 def info(store: str, as_json: bool) -> None:
-    """Show the splits, classes, feature sets, provenance and completion state of STORE."""
+    """Show the splits, classes, feature sets (with their provenance and precision) and completion state of STORE."""
     with FeatureStore(store, "r") as fs:
         description = fs.describe()
     if as_json:

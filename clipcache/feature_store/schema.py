@@ -21,11 +21,14 @@ __all__ = [
     "FEATURE_SET",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FULL_PRECISION",
     "IDENTITY_KEYS",
     "METADATA_EXTRACT",
     "METADATA_SHARD",
     "METADATA_SUPPORT_SETS",
     "MODEL_KEYS",
+    "PRECISION",
+    "PRECISIONS",
     "SKIPPED_CHUNK_ROWS",
     "SPLIT",
     "STATE_CHUNK_ROWS",
@@ -40,6 +43,7 @@ __all__ = [
     "dump_json",
     "identity",
     "model_identity",
+    "precision_of",
 ]
 
 FORMAT_NAME = "clipcache.feature_store"
@@ -67,6 +71,19 @@ IDENTITY_KEYS = ("backbone", "model", "pretrained", "weights_sha256", "preproces
 #: The subset of IDENTITY_KEYS that names the network and its weights (not the
 #: preprocessing): text embeddings and image features must agree on these.
 MODEL_KEYS = ("backbone", "model", "pretrained", "weights_sha256")
+
+#: Provenance key of the arithmetic precision a feature set was computed in (one
+#: of PRECISIONS). Like the on-disk dtype, it is part of a feature set's identity
+#: within a store (see :func:`identity`), not of the model identity that compares
+#: feature sets across stores.
+PRECISION = "precision"
+#: The precisions a feature set can be computed in: full float32, or bfloat16 /
+#: float16 autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: The precision of a feature set whose provenance records none. Releases before
+#: the key existed did not record it; their default was fp32, which is what such
+#: a feature set is read as.
+FULL_PRECISION = "fp32"
 
 # Chunk sizes are a writer's choice, not part of the format; readers take any.
 #: Target size of one HDF5 chunk of a feature dataset.
@@ -111,8 +128,22 @@ def model_identity(provenance: dict, dim: int) -> dict:
     return ident
 
 
+def precision_of(provenance: dict) -> str:
+    """The precision a feature set was computed in: its provenance's ``precision``, or FULL_PRECISION when none is recorded."""
+    return str(provenance.get(PRECISION) or FULL_PRECISION)
+
+
 def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
-    """The part of a feature set's description that must match for rows to be mixed in one store."""
+    """The part of a feature set's description that must match for rows to be mixed in one store.
+
+    The model identity, the on-disk dtype, the normalisation and, when it is not
+    FULL_PRECISION, the precision. Leaving fp32 out keeps the identity (and
+    ``FeatureStore.fingerprint``) of a feature set written before the precision
+    was recorded exactly what it was, and equal to that of a new fp32 one.
+    """
     ident = model_identity(provenance, dim)
     ident.update(dtype=str(dtype), normalized=bool(normalized))
+    precision = precision_of(provenance)
+    if precision != FULL_PRECISION:
+        ident[PRECISION] = precision
     return ident

@@ -420,13 +420,17 @@ class FeatureStore:
         normalized : bool
             Whether rows are L2-normalised (checked on every append).
         provenance : dict
-            JSON-serialisable; the keys in ``schema.IDENTITY_KEYS`` identify the model.
+            JSON-serialisable; the keys in ``schema.IDENTITY_KEYS`` identify the model,
+            and ``schema.PRECISION`` (``"fp32"``, ``"bf16"`` or ``"fp16"``; ``"fp32"``
+            when absent) gives the precision the features were computed in.
 
         Raises
         ------
+        InvalidParameterError
+            If the provenance's precision is not one of ``schema.PRECISIONS``.
         StoreMismatchError
-            If ``name`` exists with a different model, preprocessing, dim, dtype or
-            normalisation.
+            If ``name`` exists with a different model, preprocessing, dim, dtype,
+            normalisation or precision.
         """
         if dtype not in DTYPES:
             raise StoreError(
@@ -437,10 +441,25 @@ class FeatureStore:
             raise StoreError(f"{self.path}: feature set {name!r}: dim must be positive, not {dim}", param="dim")
         info = FeatureSetInfo(name, int(dim), dtype, bool(normalized), dict(provenance or {}))
         json.dumps(info.provenance)  # fail early on values HDF5 attributes cannot hold
+        precision = info.provenance.get(schema.PRECISION, schema.FULL_PRECISION)
+        if precision not in schema.PRECISIONS:
+            raise InvalidParameterError(
+                f"{self.path}: feature set {name!r}: provenance precision {precision!r} is not one of "
+                f"{', '.join(schema.PRECISIONS)}; record the precision the features were computed in",
+                param="provenance",
+            )
         if name in self.h5["feature_sets"]:
             existing = self._feature_set(name)
-            if existing.identity() != info.identity():
-                diff = sorted(k for k, v in info.identity().items() if existing.identity().get(k) != v)
+            have, given = schema.precision_of(existing.provenance), schema.precision_of(info.provenance)
+            if have != given:
+                raise StoreMismatchError(
+                    f"{self.path}: feature set {name!r} holds features computed in {have}, and these were computed "
+                    f"in {given}; features of different precisions are never mixed under one name, so compute them "
+                    f"in {have}, or choose another feature set name or a new store"
+                )
+            old, new = existing.identity(), info.identity()
+            if old != new:
+                diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
                 raise StoreMismatchError(
                     f"{self.path}: feature set {name!r} was made with a different "
                     f"{', '.join(diff)}; features from different models are never mixed under one "
