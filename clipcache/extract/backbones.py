@@ -31,7 +31,7 @@ from open_clip.transformer import VisionTransformer
 import clipcache.extract.hub as hub
 from clipcache.errors import ModelLoadError
 from clipcache.extract.images import to_rgb
-from clipcache.extract.precision import AUTOCAST_DEVICE, autocast
+from clipcache.extract.precision import applies_on, autocast
 from clipcache.extract.testing import TINY_CLIP_NAME, tiny_clip_config
 from clipcache.extract.transforms import Preprocess, eval_transform
 from clipcache.feature_store.schema import FULL_PRECISION, precision_of
@@ -141,7 +141,7 @@ class Backbone:
     @property
     def applied_precision(self) -> str:
         """The precision :meth:`features` computes in on ``self.device``: ``precision`` on cuda, fp32 elsewhere."""
-        return self.precision if self.device.type == AUTOCAST_DEVICE else FULL_PRECISION
+        return self.precision if applies_on(self.device) else FULL_PRECISION
 
     def image_preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
         """Return the evaluation transform: PIL image -> float32 tensor (3, S, S)."""

@@ -43,7 +43,7 @@ from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
 from clipcache.extract.precision import (
-    AUTOCAST_DEVICE,
+    applies_on,
     check_amp_names,
     parse_amp,
     resolve_precisions,
@@ -302,7 +302,7 @@ def _precision_mismatch(path, name: str, provenance: dict, now: str, device: tor
             f"{path}: feature set {name!r} records no precision (an older release wrote it, and it is read as {was}), "
             f"but this run computes it in {now}; resume with amp {name}={was}, or extract into a new store"
         )
-    if device.type != AUTOCAST_DEVICE:
+    if not applies_on(device):
         return (
             f"{path}: feature set {name!r} was computed in {was}, but this run computes it in {now} on {device} "
             "(autocast is used on cuda only); resume on a cuda device, or extract into a new store"

@@ -36,6 +36,7 @@ __all__ = [
     "ALL_BACKBONES",
     "AUTOCAST_DEVICE",
     "OLD_FULL_PRECISION",
+    "applies_on",
     "autocast",
     "check_amp_names",
     "parse_amp",
@@ -124,6 +125,11 @@ def parse_amp(amp: str | Mapping[str, str] | Sequence[str] | None) -> dict[str, 
     return parsed
 
 
+def applies_on(device: str | torch.device) -> bool:
+    """Whether reduced precisions are applied on ``device`` (its type is :data:`AUTOCAST_DEVICE`)."""
+    return torch.device(device).type == AUTOCAST_DEVICE
+
+
 def check_amp_names(requested: Mapping[str, str], names: Sequence[str]) -> None:
     """Raise InvalidParameterError when a parsed request names a feature set that no backbone of the run has.
 
@@ -166,10 +172,9 @@ def resolve_precisions(
     dict of str to str
         Feature-set name to the precision applied.
     """
-    device = torch.device(device)
     recorded = recorded or {}
     wanted = {b.name: requested.get(b.name, requested.get(ALL_BACKBONES)) for b in backbones}
-    if device.type != AUTOCAST_DEVICE:
+    if not applies_on(device):
         ignored = [f"{name}={p}" for name, p in wanted.items() if p not in (None, FULL_PRECISION)]
         if ignored:
             logger.warning(
@@ -182,7 +187,6 @@ def resolve_precisions(
 
 def autocast(device: str | torch.device, precision: str):
     """The autocast context of ``precision`` on ``device``: a no-op for fp32 and off cuda."""
-    device = torch.device(device)
-    if precision == FULL_PRECISION or device.type != AUTOCAST_DEVICE:
+    if precision == FULL_PRECISION or not applies_on(device):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])

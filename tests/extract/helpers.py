@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
+
 from clipcache import FeatureStore
+from clipcache.extract import precision
 
 
 def interrupt_append(monkeypatch, at: int) -> None:
@@ -38,3 +43,16 @@ def snapshot(path) -> dict:
             for name in store.split_feature_sets(split):
                 out[split][name] = store.features(split, name).tobytes()
     return out
+
+
+@contextlib.contextmanager
+def simulated_gpu():
+    """Within the block, the CPU takes the GPU path of the precision rules: reduced precisions apply on ``cpu``.
+
+    Resolution, provenance and autocast behave as they do on a cuda device
+    (``clipcache.extract.precision.AUTOCAST_DEVICE`` is ``"cpu"``), and autocast
+    runs on the CPU, so a store records bf16 where a GPU run would, without CUDA.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "AUTOCAST_DEVICE", "cpu")
+        yield
