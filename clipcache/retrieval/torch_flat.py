@@ -250,8 +250,8 @@ class TorchFlatIndex:
             )
         self.device_memory = device_memory
         self.ntotal = 0
-        self.resident_bytes = 0
-        self.streamed_bytes = 0
+        self._resident_bytes = 0
+        self._streamed_bytes = 0
         self._blocks: list = []  # (vectors (b, d) storage dtype, squared norms (b,) float32 or None)
         self._pending: list = []  # host tensors not yet gathered into a block
         self._pending_rows = 0
@@ -259,8 +259,20 @@ class TorchFlatIndex:
     def __repr__(self) -> str:
         return (
             f"TorchFlatIndex(ntotal={self.ntotal}, d={self.d}, metric={self.metric!r}, device={str(self.device)!r}, "
-            f"dtype={self.dtype!r}, blocks={len(self._blocks)}, streamed_bytes={self.streamed_bytes})"
+            f"dtype={self.dtype!r}, resident_bytes={self.resident_bytes}, streamed_bytes={self.streamed_bytes})"
         )
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of vectors kept on the device."""
+        self._flush()
+        return self._resident_bytes
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes of vectors held on the host, which cross to the device at each search."""
+        self._flush()
+        return self._streamed_bytes
 
     def add(self, x) -> None:
         """Append vectors; ids continue from ``ntotal``.
@@ -298,15 +310,14 @@ class TorchFlatIndex:
     def _place(self, block) -> None:
         size = block.element_size() * block.numel()
         norms = block.float().square().sum(dim=1) if self.metric == "l2" else None
-        resident = self.device_memory is None or self.resident_bytes + size <= self.device_memory
-        if resident:
+        if self.device_memory is None or self._resident_bytes + size <= self.device_memory:
             block = block.to(self.device)
             norms = norms.to(self.device) if norms is not None else None
-            self.resident_bytes += size
+            self._resident_bytes += size
         else:
             if self.device.type == "cuda":
                 block = _pinned(block)
-            self.streamed_bytes += size
+            self._streamed_bytes += size
         self._blocks.append((block, norms))
 
     def _flush(self) -> None:
