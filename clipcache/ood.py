@@ -334,6 +334,9 @@ class OODDetector(OutlierMixin, BaseEstimator):
         Share of in-distribution validation data that ``predict`` keeps.
     val_fraction : float, default=0.2
         Share of each class held out of ``X`` as validation when no ``X_val`` is given.
+    backend : {"auto", "faiss", "torch"}, default="auto"
+        For knn and nnguide: who searches the fitted features
+        (:func:`clipcache.retrieval.backends.choose_backend`; auto: faiss-gpu, then torch on CUDA, then faiss).
 
     Attributes
     ----------
@@ -381,6 +384,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         center=False,
         tpr=0.95,
         val_fraction=0.2,
+        backend="auto",
     ):
         self.method = method
         self.classifier = classifier
@@ -397,10 +401,14 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self.center = center
         self.tpr = tpr
         self.val_fraction = val_fraction
+        self.backend = backend
 
     # -- parameters -----------------------------------------------------------------
 
     def _check_params(self) -> None:
+        from clipcache.retrieval.backends import check_backend  # imports faiss: only when fitting
+
+        check_backend(self.backend)
         if self.method not in METHODS:
             raise InvalidParameterError(f"method={self.method!r} is not one of {', '.join(METHODS)}", param="method")
         positive = {"tau": self.tau, "gamma": self.gamma}
@@ -557,12 +565,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
             self.whole_precision_root_ = _precision(centred.T @ centred / len(X64), self.ridge_)
 
     def _fit_knn(self, X) -> None:
-        import faiss
+        from clipcache.retrieval.backends import flat_index
 
         self.k_ = min(int(self.k or knn_default_k(len(X))), len(X))
         self.bank_ = np.ascontiguousarray(l2_normalize(X))
-        self._index = faiss.IndexFlatIP(X.shape[1])
-        self._index.add(self.bank_)
+        self._index, _ = flat_index(self.bank_, backend=self.backend)
 
     def _fit_mcm(self, X) -> None:
         if self.text_embeddings is None:
@@ -622,13 +629,12 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self.fdbd_denominator_ = denominator
 
     def _fit_nnguide(self, X) -> None:
-        import faiss
+        from clipcache.retrieval.backends import flat_index
 
         energy = scipy.special.logsumexp(np.asarray(self.classifier_.logits(X), dtype=np.float64), axis=1)
         self.k_ = min(int(self.k or DEFAULT_K["nnguide"]), len(X))
         self.bank_ = np.ascontiguousarray((l2_normalize(X) * energy[:, None]).astype(np.float32))
-        self._index = faiss.IndexFlatIP(X.shape[1])
-        self._index.add(self.bank_)
+        self._index, _ = flat_index(self.bank_, backend=self.backend)
 
     def _threshold(self, val_scores: np.ndarray) -> float:
         """The largest threshold that keeps at least ``tpr`` of the validation scores."""

@@ -1,15 +1,15 @@
-"""k-nearest-neighbour classification on FAISS (exact inner-product search)."""
+"""k-nearest-neighbour classification on an exact inner-product index (faiss, or torch on a GPU)."""
 
 from __future__ import annotations
 
 from numbers import Integral
 
-import faiss
 import numpy as np
 
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval, Options
 from clipcache.classifiers.base import InvalidParameterError, LogitClassifier, l2_normalize
+from clipcache.retrieval.backends import BACKENDS, flat_index
 
 __all__ = ["KNNClassifier", "METRICS", "SMALL_SEARCH", "WEIGHTS", "vote"]
 
@@ -45,7 +45,7 @@ def vote(sims: np.ndarray, neighbour_codes: np.ndarray, n_classes: int, weights:
 
 
 class KNNClassifier(LogitClassifier):
-    """k-NN on a ``faiss.IndexFlatIP`` of the support features.
+    """k-NN on an exact inner-product index of the support features (``faiss.IndexFlatIP`` or the torch backend).
 
     Parameters
     ----------
@@ -57,6 +57,10 @@ class KNNClassifier(LogitClassifier):
         "distance" (cosine metric only) weighs votes by inverse cosine distance.
     center : None, "support" or array-like of shape (d,), default=None
         CL2N centring (:class:`LogitClassifier`).
+    backend : {"auto", "faiss", "torch"}, default="auto"
+        Who searches (:func:`clipcache.retrieval.backends.choose_backend`): auto takes
+        faiss-gpu when it passes a probe search, then torch on CUDA, then faiss on the CPU.
+        Searches of fewer than :data:`SMALL_SEARCH` products are one numpy product whatever the backend.
 
     Attributes
     ----------
@@ -67,6 +71,8 @@ class KNNClassifier(LogitClassifier):
     classes_ : ndarray of shape (C,)
     center_, temperature_ : the CL2N mean and the softmax temperature (:class:`LogitClassifier`)
     n_features_in_ : int
+    backend_ : dict
+        The backend chosen (:meth:`BackendChoice.to_dict`), logged when the index is made.
 
     Notes
     -----
@@ -93,13 +99,15 @@ class KNNClassifier(LogitClassifier):
         "metric": [Options(*METRICS)],
         "weights": [Options(*WEIGHTS)],
         "center": CENTER_CONSTRAINT,
+        "backend": [Options(*BACKENDS)],
     }
 
-    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform", center=None):
+    def __init__(self, *, n_neighbors=5, metric="cosine", weights="uniform", center=None, backend="auto"):
         self.n_neighbors = n_neighbors
         self.metric = metric
         self.weights = weights
         self.center = center
+        self.backend = backend
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -117,14 +125,17 @@ class KNNClassifier(LogitClassifier):
         self._restore()
 
     def _restore(self) -> None:
-        """(Re)build the FAISS index from ``keys_``; called by ``fit`` and by model loading."""
-        self._faiss_index = faiss.IndexFlatIP(self.keys_.shape[1])
-        self._faiss_index.add(self.keys_)
+        """(Re)build the index of ``keys_`` on the chosen backend; called by ``fit`` and by model loading."""
+        self._index, self._choice = flat_index(self.keys_, backend=self.backend)
+
+    @property
+    def backend_(self) -> dict:
+        return self._choice.to_dict()
 
     def _search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_neighbors_`` largest inner products (n, k) and their key rows (n, k), best first."""
         if len(q) * len(self.keys_) > SMALL_SEARCH:
-            return self._faiss_index.search(q, self.n_neighbors_)
+            return self._index.search(q, self.n_neighbors_)
         sims = q @ self.keys_.T
         k = self.n_neighbors_
         ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # exact; ties by key row, as IndexFlatIP

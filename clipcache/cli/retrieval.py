@@ -21,9 +21,33 @@ from clipcache.cli.params import (
     output_option,
     overwrite_option,
     positive,
+    stack_options,
 )
 
 __all__ = ["COMMANDS", "index", "search", "support"]
+
+# The lists of clipcache.retrieval.backends (BACKENDS, DTYPES), spelled here so that
+# `clipcache --help` does not import faiss; tests/retrieval/test_cli.py checks they agree.
+_BACKENDS = ("auto", "faiss", "torch")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+_AUTO = "auto takes faiss-gpu when it passes a probe search, then torch on CUDA (Flat indexes), then faiss on the CPU"
+
+
+def _backend_options(what: str, *, auto: str = _AUTO, dtype: bool = True):
+    """--backend, --device and (``dtype``) --dtype; the help says who ``what`` and what ``auto`` means."""
+    options = [
+        click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
+                     help=f"Who {what}: {auto}; torch searches Flat indexes only."),
+        click.option("--device", help="Torch device of the torch backend (cpu, cuda, cuda:N; default cuda when "
+                                      "torch sees a GPU); with faiss, cuda means faiss-gpu; with auto, cpu keeps to the CPU."),
+    ]
+    if dtype:
+        options.append(click.option(
+            "--dtype", type=click.Choice(_DTYPES), default="float32", show_default=True,
+            help="Storage dtype of the torch backend's vectors (float16/bfloat16: half the memory, a little recall)."))
+    return stack_options(*options)
 
 
 @click.command("index", cls=Command)
@@ -32,8 +56,10 @@ __all__ = ["COMMANDS", "index", "search", "support"]
 @click.option("--split", required=True, help="Split to index.")
 @click.option("--factory", default="Flat", show_default=True, help="faiss index factory string, e.g. 'IVF1024,Flat', 'IVF1024,PQ64', 'HNSW32'.")
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True, help="Inner product (cosine on normalised features) or L2.")
-@click.option("--gpu", is_flag=True, help="Build on the GPU when faiss-gpu is installed (CPU otherwise).")
-@output_option("Index file; default STORE_STEM.SPLIT.FEATURE_SET.faiss beside the store.")
+@click.option("--gpu", is_flag=True, help="Ask for a GPU: faiss-gpu with --backend faiss (CPU otherwise, with a warning).")
+@_backend_options("builds and searches", dtype=False)
+@output_option("Index file; default STORE_STEM.SPLIT.FEATURE_SET.faiss beside the store (the torch backend writes "
+               "only OUTPUT.json and OUTPUT.rows.npy: its vectors stay in the store).")
 @click.option("--train-size", type=int, callback=positive, help="Rows sampled to train IVF/PQ (default max(64 nlist, 20000)).")
 @click.option("--nprobe", type=int, callback=positive, help="IVF lists searched (default nlist/16).")
 @click.option("--ef-search", type=int, callback=positive, help="HNSW efSearch (default 128).")
@@ -41,9 +67,9 @@ __all__ = ["COMMANDS", "index", "search", "support"]
               help="Seed of the training sample (0 or more).")
 @overwrite_option("a file of a saved index (OUTPUT, OUTPUT.rows.npy, OUTPUT.json)")
 @json_option("Print the index description as JSON.")
-def index(store, feature_set, split, factory, metric, gpu, output, train_size, nprobe, ef_search, seed, overwrite,
-          as_json) -> None:
-    """Build a FAISS index of one feature set of one split of STORE and save it beside the store.
+def index(store, feature_set, split, factory, metric, gpu, backend, device, output, train_size, nprobe, ef_search, seed,
+          overwrite, as_json) -> None:
+    """Build an index of one feature set of one split of STORE and save it beside the store.
 
     The index, its row mapping and its sidecar are replaced as a set: a failed
     build leaves the previous index whole, and search refuses a set that a
@@ -54,6 +80,7 @@ def index(store, feature_set, split, factory, metric, gpu, output, train_size, n
     meta = index_store(
         store, split, feature_set, factory=factory, metric=metric, gpu=gpu, output=output,
         train_size=train_size, nprobe=nprobe, ef_search=ef_search, seed=seed, overwrite=overwrite,
+        backend=backend, device=device,
     )
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
@@ -62,9 +89,13 @@ def index(store, feature_set, split, factory, metric, gpu, output, train_size, n
     trained = f", trained on {meta['train_rows']} rows" if meta["train_rows"] else ""
     click.echo(
         f"indexed {meta['ntotal']} vectors of {split}/{meta['feature_set']} (dim {meta['dim']}) with {meta['factory']} "
-        f"({meta['metric']}, {params}{trained}) on {meta['device']} in {meta['seconds']:.1f} s"
+        f"({meta['metric']}, {params}{trained}) on {meta['backend']['name']} {meta['device']} in {meta['seconds']:.1f} s"
     )
-    click.echo(f"wrote {meta['path']}")
+    if meta["vectors"] == "store":
+        rows, sidecar = meta["files"]
+        click.echo(f"wrote {sidecar} and {rows} (no .faiss file: the vectors are read from the store at load time)")
+    else:
+        click.echo(f"wrote {meta['path']}")
 
 
 def _format_hits(report) -> str:
@@ -109,16 +140,18 @@ def _read_vectors(path: str):
 @click.option("-k", "k", type=int, default=10, show_default=True, callback=positive, help="Neighbours per query.")
 @click.option("--split", help="Split of the index to search (needed when several are saved).")
 @feature_set_option("Feature set of the index to search (needed when several are saved).")
-@click.option("--index", "index_file", type=click.Path(dir_okay=False, exists=True), help="Index file, when not beside the store.")
+@click.option("--index", "index_file", type=click.Path(dir_okay=False),
+              help="Index, when not beside the store: its .faiss file, or its sidecar .faiss.json.")
 @click.option("--nprobe", type=int, callback=positive, help="Override the IVF lists searched.")
 @click.option("--ef-search", type=int, callback=positive, help="Override the HNSW efSearch.")
-@click.option("--gpu", is_flag=True, help="Search on the GPU when faiss-gpu is installed (CPU otherwise).")
+@click.option("--gpu", is_flag=True, help="Ask for a GPU: faiss-gpu with --backend faiss (CPU otherwise, with a warning).")
+@_backend_options("searches")
 @json_option("Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write the neighbour grid (thumbnails, scores, classes, paths) as one self-contained HTML page.")
 @overwrite_option("a clipcache HTML page (--html)")
-def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, as_json,
-           html_path, overwrite) -> None:
+def search(store, ids, images, texts, vectors, k, split, feature_set, index_file, nprobe, ef_search, gpu, backend, device,
+           dtype, as_json, html_path, overwrite) -> None:
     """Find the K nearest samples of STORE to stored ids, images, text or vectors."""
     given = [flag for flag, value in (("--id", ids), ("--image", images), ("--text", texts), ("--vectors", vectors)) if value]
     if len(given) != 1:
@@ -134,7 +167,7 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
     report = search_store(
         store, k=k, split=split, feature_set=feature_set, index_file=index_file,
         ids=list(ids) or None, images=list(images) or None, texts=list(texts) or None, vectors=raw,
-        nprobe=nprobe, ef_search=ef_search, gpu=gpu,
+        nprobe=nprobe, ef_search=ef_search, gpu=gpu, backend=backend, device=device, dtype=dtype,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -159,13 +192,16 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
               help="Give each image to at most one class, or let one image serve several classes.")
 @deprecated_alias("--shared", "exclusive", value=False, instead="--no-exclusive")
 @click.option("--use-index", is_flag=True, help="Search the pool's saved index instead of an exact scan.")
+@_backend_options("scans the pool, or loads --use-index's index",
+                  auto="for the scan, auto takes torch on CUDA, else faiss on the CPU; for an index, as in search")
 @json_option("Print the summary as JSON.")
-def support(store, pool, k, to_split, feature_set, text, exclusive, use_index, as_json) -> None:
+def support(store, pool, k, to_split, feature_set, text, exclusive, use_index, backend, device, dtype, as_json) -> None:
     """Retrieve the K pool images nearest to each class's text embedding and write them as a new split."""
     from clipcache.retrieval import build_support_split
 
     summary = build_support_split(
-        store, pool, to_split, k, feature_set=feature_set, text=text, exclusive=exclusive, use_index=use_index
+        store, pool, to_split, k, feature_set=feature_set, text=text, exclusive=exclusive, use_index=use_index,
+        backend=backend, device=device, dtype=dtype,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -2,13 +2,21 @@
 
 An index is built block by block from :meth:`FeatureStore.iter_chunks`, so the
 store is never read whole (the index itself holds the vectors, as FAISS does).
-It is saved beside the store as three files::
+It searches with faiss or, for the exact ``"Flat"`` index, with the torch
+backend on any torch device (:mod:`clipcache.retrieval.backends`,
+:mod:`clipcache.retrieval.torch_flat`). A faiss index is saved beside the store
+as three files::
 
     <store stem>.<split>.<feature set>.faiss            faiss.write_index
     <store stem>.<split>.<feature set>.faiss.rows.npy   faiss id -> store row, int64
     <store stem>.<split>.<feature set>.faiss.json       sidecar: fingerprint, metric, ...
 
-The three files commit as a set (:func:`clipcache._io.atomic_outputs`): all
+A Flat index built by the torch backend is saved as the last two only
+(sidecar format version 2, ``"vectors": "store"``): its vectors are the
+store's, read again when it is loaded (after the fingerprint check). Either
+backend loads either kind of Flat index.
+
+The files commit as a set (:func:`clipcache._io.atomic_outputs`): all
 three are written to temporary files first, so a failed write (a full disk)
 leaves the previous set whole; then they are renamed over the old ones, the
 sidecar last. The sidecar names the SHA-256 of the index and row files it
@@ -56,6 +64,13 @@ from clipcache.errors import (
     QueryError,
 )
 from clipcache.feature_store import FeatureStore
+from clipcache.retrieval.backends import (
+    BackendChoice,
+    check_backend,
+    check_torch_sizes,
+    choose_backend,
+    is_flat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +79,7 @@ __all__ = [
     "DEFAULT_FACTORY",
     "INDEX_FORMAT",
     "INDEX_FORMAT_VERSION",
+    "INDEX_FORMAT_VERSIONS",
     "QueryError",
     "SearchResult",
     "StoreIndex",
@@ -79,12 +95,15 @@ __all__ = [
     "is_index",
     "load_index",
     "read_sidecar",
+    "resolve_index_path",
     "rows_path",
     "sidecar_path",
 ]
 
 INDEX_FORMAT = "clipcache-faiss-index"
 INDEX_FORMAT_VERSION = 1
+#: Sidecar format versions and where each keeps the vectors: 1 in the faiss file, 2 in the store (torch backend).
+INDEX_FORMAT_VERSIONS = {1: "index_file", 2: "store"}
 DEFAULT_FACTORY = "Flat"
 DEFAULT_EF_SEARCH = 128
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -92,6 +111,8 @@ _MIN_TRAIN = 20_000
 _TRAIN_PER_LIST = 64
 _GPU_MAX_K = 2048
 _HASH_BLOCK = 1 << 20
+#: The structure fields of an exact Flat index (no IVF lists, no graph).
+_FLAT = {"nlist": 0, "hnsw": False}
 #: The fix that messages about a missing, stale or damaged index name.
 _REBUILD = "rebuild it with build_index and StoreIndex.save (clipcache index)"
 # faiss's exact search multiplies blocks of (queries x database rows) with BLAS.
@@ -240,8 +261,10 @@ def _new_index(dim: int, factory: str, metric: str) -> faiss.Index:
         ) from None
 
 
-def _check_build(factory: str, metric: str, seed=0, **sizes) -> None:
-    """Refuse a metric, factory string, seed or size (``sizes``: name -> None or positive int) before the store is read."""
+def _check_build(
+    factory: str, metric: str, seed=0, *, backend: str = "auto", device=None, dtype: str = "float32", **sizes
+) -> None:
+    """Refuse a metric, factory string, seed, backend or size (``sizes``: name -> None or positive int) before the store is read."""
     for param, value in sizes.items():
         check_positive(value, param)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -257,6 +280,7 @@ def _check_build(factory: str, metric: str, seed=0, **sizes) -> None:
             f"factory {factory!r}: IDMap is not needed, clipcache keeps the row mapping itself; drop it",
             param="factory",
         )
+    check_backend(backend, factory=factory, device=device, dtype=dtype)
 
 
 def _structure(index: faiss.Index) -> dict:
@@ -280,6 +304,14 @@ def _search_params(structure: dict, nprobe: int | None, ef_search: int | None) -
     return params
 
 
+def _place_faiss(index: faiss.Index, choice: BackendChoice) -> tuple[faiss.Index, BackendChoice]:
+    """``index`` on the device ``choice`` names, and the choice as it ended (a CPU fallback when cloning fails)."""
+    index, device = _to_gpu(index, choice.device == "gpu")
+    if device != choice.device:
+        choice = choice.on(device, f"{choice.reason}; faiss has no GPU implementation of this index")
+    return index, choice
+
+
 def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
     """Clone ``index`` to the GPU(s) when asked and possible; the CPU index otherwise."""
     if not gpu:
@@ -295,34 +327,49 @@ def _to_gpu(index: faiss.Index, gpu: bool) -> tuple[faiss.Index, str]:
 
 
 class StoreIndex:
-    """A FAISS index over one feature set of one split, with its store row mapping.
+    """An index over one feature set of one split, with its store row mapping.
 
     Build one with :func:`build_index` or :func:`load_index`; the constructor is
     for those functions.
 
     Parameters
     ----------
-    index : faiss.Index
-        On the CPU or the GPU; faiss ids are ``0 .. ntotal - 1``.
+    index : faiss.Index or TorchFlatIndex
+        faiss on the CPU or the GPU, or the torch backend's exact index
+        (:class:`~clipcache.retrieval.torch_flat.TorchFlatIndex`); ids are ``0 .. ntotal - 1``.
     rows : ndarray of shape (ntotal,), int64
-        Store row (in ``meta["split"]``) of each faiss id.
+        Store row (in ``meta["split"]``) of each id.
     meta : dict
         The sidecar fields (see ``docs/retrieval.md``).
-    device : {"cpu", "gpu"}
+    device : str
+        faiss: ``"cpu"`` or ``"gpu"``; torch: the torch device.
+    backend : BackendChoice, optional
+        How the backend was chosen; by default faiss on ``device``.
+
+    Attributes
+    ----------
+    backend : BackendChoice
+        Recorded in the JSON outputs of ``index``, ``search`` and ``support``.
     """
 
-    def __init__(self, index: faiss.Index, rows: np.ndarray, meta: dict, device: str = "cpu"):
+    def __init__(self, index, rows: np.ndarray, meta: dict, device: str = "cpu", backend: BackendChoice | None = None):
         self.index = index
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
         self.meta = meta
         self.device = device
+        self.backend = backend or BackendChoice("faiss", "faiss", device, "float32", "asked for")
         self._apply_params()
 
     def __repr__(self) -> str:
         return (
             f"StoreIndex({self.meta['split']!r}/{self.meta['feature_set']!r}, factory={self.factory!r}, "
-            f"ntotal={self.ntotal}, device={self.device!r})"
+            f"ntotal={self.ntotal}, backend={self.backend.name!r}, device={self.device!r})"
         )
+
+    @property
+    def uses_torch(self) -> bool:
+        """Whether the torch backend searches this index."""
+        return self.backend.name == "torch"
 
     # -- description ---------------------------------------------------------------
 
@@ -386,6 +433,8 @@ class StoreIndex:
         return self.index if self.device == "cpu" else faiss.index_gpu_to_cpu(self.index)
 
     def _apply_params(self) -> None:
+        if self.uses_torch:  # exact Flat: no search parameters
+            return
         space = faiss.GpuParameterSpace() if self.device == "gpu" else faiss.ParameterSpace()
         for key, value in self.search_params.items():
             space.set_index_parameter(self.index, key, value)
@@ -462,11 +511,14 @@ class StoreIndex:
         -----
         On the CPU, faiss's BLAS block sizes (process-wide settings) are set to
         1024 queries x 16384 vectors for the call and restored afterwards;
-        results are the same, only faster.
+        results are the same, only faster. The torch backend searches block by
+        block (:func:`clipcache.retrieval.torch_flat.knn_blocks`).
         """
         k = self.check_k(k)
         x = self.check_queries(queries)
-        if self.device == "cpu":
+        if self.uses_torch:
+            scores, ids = self.index.search(x, k)
+        elif self.device == "cpu":
             with _blas_blocks():
                 scores, ids = self.index.search(x, k)
         else:
@@ -485,38 +537,28 @@ class StoreIndex:
             When the store was recreated, rows were added to the split, or the
             feature set's model changed since the index was built.
         """
-        split, name = self.split, self.feature_set
-        if split not in store.splits:
-            raise IndexMismatchError(
-                f"{store.path}: the index was built on split {split!r}, which the store no longer has; {_REBUILD}"
-            )
-        if name not in store.feature_sets:
-            raise IndexMismatchError(
-                f"{store.path}: the index was built on feature set {name!r}, which the store no longer has; {_REBUILD}"
-            )
-        now = store.fingerprint(split, name)
-        if now != self.meta["fingerprint"]:
-            raise IndexMismatchError(
-                f"{self.meta.get('index_file', 'the index')}: it was built from {split!r}/{name!r} with "
-                f"{self.meta['store_rows']} rows of store {self.meta['store_uuid'][:8]}, but the store "
-                f"{store.path} has changed since (now {store.feature_rows(split, name)} rows, store "
-                f"{store.uuid[:8]}); {_REBUILD}"
-            )
+        _check_fingerprint(store, self.meta)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index, its row mapping and its sidecar as one set (:func:`clipcache._io.atomic_outputs`).
 
-        The three files are written to temporary files beside ``path`` first,
+        The files are written to temporary files beside ``path`` first,
         then renamed, the sidecar last; the sidecar records the SHA-256 of the
-        other two (``index_sha256``, ``rows_sha256``). A failed write leaves the
+        others (``index_sha256``, ``rows_sha256``). A failed write leaves the
         previous set whole; a crash between two renames leaves a set that
         :func:`load_index` refuses.
+
+        An index of the torch backend writes no ``.faiss`` file: its sidecar
+        (format version 2, ``"vectors": "store"``) and row mapping are the set,
+        and :func:`load_index` reads the vectors from the store. A file left at
+        ``path`` by an earlier faiss build is removed once the new set is in place.
 
         Parameters
         ----------
         path : path
-            The ``.faiss`` file; the sidecar is ``<path>.json`` and the row
-            mapping ``<path>.rows.npy``.
+            The ``.faiss`` file (the name of the set, even when the torch
+            backend writes no file there); the sidecar is ``<path>.json`` and
+            the row mapping ``<path>.rows.npy``.
 
         Returns
         -------
@@ -533,6 +575,8 @@ class StoreIndex:
         meta["index_file"] = path.name
         meta["rows_file"] = rows_path(path).name
         meta["saved"] = _now()
+        if meta.get("vectors") == "store":
+            return self._save_store_backed(path, meta)
         cpu = self._cpu_view()
         try:
             with atomic_outputs([path, rows_path(path), sidecar_path(path)], "the index") as (tmp, tmp_rows, tmp_side):
@@ -547,6 +591,44 @@ class StoreIndex:
         self.meta = meta
         logger.info("wrote %s (%d vectors, %s)", path, self.ntotal, self.factory)
         return path
+
+    def _save_store_backed(self, path: Path, meta: dict) -> Path:
+        """The sidecar and row mapping of a torch index (no vector file), as one set; then drop a stale ``path``."""
+        try:
+            with atomic_outputs([rows_path(path), sidecar_path(path)], "the index") as (tmp_rows, tmp_side):
+                with open(tmp_rows, "wb") as fh:
+                    np.save(fh, self.rows, allow_pickle=False)
+                meta["rows_sha256"] = _sha256_file(tmp_rows)
+                tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        except OSError as exc:  # not a disk or folder problem (those are OutputWriteError)
+            raise OutputWriteError(f"{path}: cannot write the index ({exc.strerror or exc})") from None
+        if path.is_file() or path.is_symlink():
+            path.unlink()  # the vectors of an earlier faiss build: the sidecar no longer names them
+        self.meta = meta
+        logger.info("wrote %s and %s (%d vectors read from the store at load)", sidecar_path(path), rows_path(path).name,
+                    self.ntotal)
+        return path
+
+
+def _check_fingerprint(store, meta: dict) -> None:
+    """Refuse a store whose split/feature set is not the one the index with sidecar ``meta`` was built from."""
+    split, name = meta["split"], meta["feature_set"]
+    if split not in store.splits:
+        raise IndexMismatchError(
+            f"{store.path}: the index was built on split {split!r}, which the store no longer has; {_REBUILD}"
+        )
+    if name not in store.feature_sets:
+        raise IndexMismatchError(
+            f"{store.path}: the index was built on feature set {name!r}, which the store no longer has; {_REBUILD}"
+        )
+    now = store.fingerprint(split, name)
+    if now != meta["fingerprint"]:
+        raise IndexMismatchError(
+            f"{meta.get('index_file', 'the index')}: it was built from {split!r}/{name!r} with "
+            f"{meta['store_rows']} rows of store {meta['store_uuid'][:8]}, but the store "
+            f"{store.path} has changed since (now {store.feature_rows(split, name)} rows, store "
+            f"{store.uuid[:8]}); {_REBUILD}"
+        )
 
 
 def _sha256_file(path: Path) -> str:
@@ -595,6 +677,11 @@ def build_index(
     nprobe: int | None = None,
     ef_search: int | None = None,
     seed: int = 0,
+    backend: str = "auto",
+    device=None,
+    dtype: str = "float32",
+    block_rows: int | None = None,
+    device_memory: int | None = None,
 ) -> StoreIndex:
     """Index one feature set of one split, adding the vectors block by block.
 
@@ -610,8 +697,9 @@ def build_index(
     metric : {"ip", "l2"}
         Inner product (cosine similarity on normalised features) or L2.
     gpu : bool
-        Build and search on the GPU when faiss-gpu is installed and sees one;
-        the CPU otherwise (with a logged warning).
+        Ask for a GPU: with ``backend="faiss"``, build and search on faiss-gpu
+        when it is installed and sees one; with any backend, a warning is
+        logged when the index ends up on the CPU.
     train_size : int, optional
         Positive; rows sampled to train IVF/PQ indexes; default ``max(64 * nlist, 20000)``.
     chunk_rows : int, optional
@@ -621,16 +709,35 @@ def build_index(
         defaults :func:`default_nprobe` and :data:`DEFAULT_EF_SEARCH`.
     seed : int
         Seed of the training sample.
+    backend : {"auto", "faiss", "torch"}
+        Who searches (:func:`~clipcache.retrieval.backends.choose_backend`):
+        ``auto`` takes faiss-gpu when it passes a probe search, then torch on
+        CUDA (Flat only), then faiss on the CPU. torch builds exact ``"Flat"``
+        indexes only.
+    device : str, optional
+        The torch backend's device (``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA
+        when torch sees a GPU); with faiss a CUDA device means faiss-gpu; with
+        auto, ``"cpu"`` keeps to the CPU.
+    dtype : {"float32", "float16", "bfloat16"}
+        Storage dtype of the torch backend's vectors (half the memory; the
+        recall lost is measured in ``docs/benchmarks.md``).
+    block_rows, device_memory : int, optional
+        The torch backend's vectors per block and device-memory budget in bytes
+        (:class:`~clipcache.retrieval.torch_flat.TorchFlatIndex`); blocks beyond
+        the budget stream through the device at each search.
 
     Returns
     -------
     StoreIndex
+        With ``backend`` (a :class:`~clipcache.retrieval.backends.BackendChoice`)
+        saying where it searches.
 
     Raises
     ------
     InvalidParameterError
-        Before the store is read: a metric or factory string that cannot
-        work, or a size or search parameter that is not a positive integer.
+        Before the store is read: a metric, factory string, backend or dtype
+        that cannot work (torch with IVF, PQ or HNSW), or a size or search
+        parameter that is not a positive integer.
     QueryError
         When the split has no rows.
     InvalidFeaturesError
@@ -638,7 +745,11 @@ def build_index(
     ClipCacheError
         When the feature set is unknown or the index cannot be trained.
     """
-    _check_build(factory, metric, seed, train_size=train_size, chunk_rows=chunk_rows, nprobe=nprobe, ef_search=ef_search)
+    _check_build(
+        factory, metric, seed, backend=backend, device=device, dtype=dtype, train_size=train_size,
+        chunk_rows=chunk_rows, nprobe=nprobe, ef_search=ef_search,
+    )
+    check_torch_sizes(block_rows=block_rows, device_memory=device_memory)
     info = store.feature_sets[check_feature_set(store, feature_set)]
     n = store.feature_rows(split, feature_set)
     if n == 0:
@@ -649,10 +760,23 @@ def build_index(
         )
     if not store.is_complete(split):
         logger.warning("%s: split %r is not complete; the index will be stale once rows are added", store.path, split)
+    choice = choose_backend(backend, factory=factory, device=device, dtype=dtype, gpu=gpu)
+    if choice.name == "torch":
+        from clipcache.retrieval.torch_flat import TorchFlatIndex
+
+        index = TorchFlatIndex(
+            info.dim, metric, device=choice.device, dtype=choice.dtype, block_rows=block_rows, device_memory=device_memory
+        )
+        for chunk in store.iter_chunks(split, feature_set, chunk_rows=chunk_rows):
+            _check_finite(store, split, feature_set, chunk.features, chunk.rows)
+            index.add(chunk.features)
+        meta = _build_meta(store, split, feature_set, info, n, metric, factory, index.ntotal, 0, seed, {}, _FLAT)
+        meta.update(format_version=2, vectors=INDEX_FORMAT_VERSIONS[2])
+        return StoreIndex(index, np.arange(n, dtype=np.int64), meta, choice.device, choice)
     cpu_index = _new_index(info.dim, factory, metric)
     structure = _structure(cpu_index)
     params = _search_params(structure, nprobe, ef_search)
-    index, device = _to_gpu(cpu_index, gpu)
+    index, choice = _place_faiss(cpu_index, choice)
     n_train = 0
     if not index.is_trained:
         sample = _train_rows(n, cpu_index, train_size, seed)
@@ -672,7 +796,15 @@ def build_index(
     for chunk in store.iter_chunks(split, feature_set, chunk_rows=chunk_rows):
         _check_finite(store, split, feature_set, chunk.features, chunk.rows)
         index.add(np.ascontiguousarray(chunk.features, dtype=np.float32))
-    meta = {
+    meta = _build_meta(
+        store, split, feature_set, info, n, metric, factory, int(index.ntotal), n_train, seed, params, structure
+    )
+    return StoreIndex(index, np.arange(n, dtype=np.int64), meta, choice.device, choice)
+
+
+def _build_meta(store, split, feature_set, info, n, metric, factory, ntotal, n_train, seed, params, structure) -> dict:
+    """The sidecar fields of a new index (format version 1: its vectors are in the faiss file)."""
+    return {
         "format": INDEX_FORMAT,
         "format_version": INDEX_FORMAT_VERSION,
         "store": str(store.path),
@@ -685,16 +817,16 @@ def build_index(
         "normalized": info.normalized,
         "metric": metric,
         "factory": factory,
-        "ntotal": int(index.ntotal),
+        "ntotal": int(ntotal),
         "train_rows": n_train,
         "train_seed": seed,
         "search_params": params,
         **structure,
+        "vectors": INDEX_FORMAT_VERSIONS[INDEX_FORMAT_VERSION],
         "created": _now(),
         "clipcache_version": __version__,
         "faiss_version": faiss.__version__,
     }
-    return StoreIndex(index, np.arange(n, dtype=np.int64), meta, device)
 
 
 _SIDECAR_REQUIRED = ("fingerprint", "store_uuid", "store_rows", "split", "feature_set", "metric", "factory", "ntotal", "dim")
@@ -713,12 +845,12 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     IndexMismatchError
         When the index is missing, the index has no sidecar (a build
         interrupted before its last rename), the sidecar is corrupt or is not a
-        clipcache index sidecar, has another format version, or lacks a
-        required field.
+        clipcache index sidecar, has an unknown format version, or lacks a
+        required field, or (format version 1) the faiss file it names is missing.
     """
     path = Path(path)
     side = sidecar_path(path)
-    if not path.exists():
+    if not side.exists() and not path.exists():
         raise IndexMismatchError(
             f"{path}: no index there (or its sidecar {side.name} is missing); "
             "build it with build_index and StoreIndex.save (clipcache index)"
@@ -735,14 +867,20 @@ def read_sidecar(path: str | os.PathLike) -> dict:
         raise IndexMismatchError(f"{side}: the index sidecar is corrupt ({exc}); {_REBUILD}") from None
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(f"{side}: not a clipcache index sidecar; {_REBUILD}")
-    if meta.get("format_version") != INDEX_FORMAT_VERSION:
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in INDEX_FORMAT_VERSIONS:
         raise IndexMismatchError(
-            f"{side}: index format version {meta.get('format_version')} is not {INDEX_FORMAT_VERSION}, "
-            f"the one clipcache {__version__} reads; {_REBUILD}"
+            f"{side}: index format version {version} is not one of "
+            f"{', '.join(map(str, INDEX_FORMAT_VERSIONS))}, those clipcache {__version__} reads; {_REBUILD}"
         )
     missing = [k for k in _SIDECAR_REQUIRED if k not in meta]
     if missing:
         raise IndexMismatchError(f"{side}: the sidecar lacks {', '.join(missing)}; {_REBUILD}")
+    meta["vectors"] = INDEX_FORMAT_VERSIONS[version]
+    if meta["vectors"] == "index_file" and not path.exists():
+        raise IndexMismatchError(f"{path}: the index file is missing (its sidecar {side.name} is there); {_REBUILD}")
+    if meta["vectors"] == "store" and not is_flat(meta["factory"]):
+        raise IndexMismatchError(f"{side}: a {meta['factory']!r} index must keep its vectors in its own file; {_REBUILD}")
     return meta
 
 
@@ -805,25 +943,64 @@ def _read_checked(path: Path, expected: str | None, what: str, read):
     return value
 
 
-def _read_files(path: Path, meta: dict) -> tuple[faiss.Index, np.ndarray]:
-    """The faiss index and row mapping of ``path``, each checked against the hash its sidecar records.
+def _read_files(path: Path, meta: dict, with_index: bool) -> tuple[faiss.Index | None, np.ndarray]:
+    """The faiss index (when ``with_index``) and row mapping of ``path``, each checked against the hash its sidecar records.
 
     Each file is hashed from the very bytes that are parsed (one open file
     each), so a concurrent rebuild cannot slip another build's bytes in between.
     """
-    if "index_sha256" not in meta:
+    if "rows_sha256" not in meta:
         logger.warning(
             "%s: the sidecar records no content hashes (written by an older clipcache); rebuild the index "
             "so that a set of files from two builds can be detected", path,
         )
-    cpu = _read_checked(
-        path, meta.get("index_sha256"), "index file", lambda reader: faiss.read_index(faiss.PyCallbackIOReader(reader))
-    )
+    cpu = None
+    if with_index:
+        cpu = _read_checked(
+            path, meta.get("index_sha256"), "index file",
+            lambda reader: faiss.read_index(faiss.PyCallbackIOReader(reader)),
+        )
     rows = _read_checked(
         rows_path(path), meta.get("rows_sha256"), "row mapping",
         lambda reader: np.load(io.BytesIO(reader(-1)), allow_pickle=False),
     )
     return cpu, rows
+
+
+def _store_chunks(store, meta: dict, rows: np.ndarray, chunk_rows: int | None):
+    """The indexed vectors, read from the store block by block in id order: iterator of (b, d) float32."""
+    split, feature_set = meta["split"], meta["feature_set"]
+    whole = len(rows) == store.feature_rows(split, feature_set) and np.array_equal(rows, np.arange(len(rows)))
+    for chunk in store.iter_chunks(split, feature_set, chunk_rows=chunk_rows, rows=None if whole else rows):
+        yield chunk.features
+
+
+def _index_from_store(store, meta: dict, rows: np.ndarray, choice: BackendChoice, chunk_rows, block_rows, device_memory):
+    """A Flat index of ``choice``'s backend holding the store's vectors of ``rows`` (the store's fingerprint checked first)."""
+    _check_fingerprint(store, meta)
+    if choice.name == "torch":
+        from clipcache.retrieval.torch_flat import TorchFlatIndex
+
+        index = TorchFlatIndex(
+            int(meta["dim"]), meta["metric"], device=choice.device, dtype=choice.dtype, block_rows=block_rows,
+            device_memory=device_memory,
+        )
+    else:
+        index = _new_index(int(meta["dim"]), "Flat", meta["metric"])
+    for x in _store_chunks(store, meta, rows, chunk_rows):
+        index.add(np.ascontiguousarray(x, dtype=np.float32))
+    return index
+
+
+def resolve_index_path(path: str | os.PathLike) -> Path:
+    """The name of a saved index given as its ``.faiss`` path or as its sidecar (``<name>.json``).
+
+    A torch index writes no ``.faiss`` file, so its sidecar is the file a user sees.
+    """
+    path = Path(path)
+    if path.suffix == ".json" and is_index(path.with_suffix("")):
+        return path.with_suffix("")
+    return path
 
 
 def load_index(
@@ -833,6 +1010,12 @@ def load_index(
     *,
     path: str | os.PathLike | None = None,
     gpu: bool = False,
+    backend: str = "auto",
+    device=None,
+    dtype: str = "float32",
+    chunk_rows: int | None = None,
+    block_rows: int | None = None,
+    device_memory: int | None = None,
 ) -> StoreIndex:
     """Load a saved index and check it against the store.
 
@@ -843,9 +1026,16 @@ def load_index(
         Which index; needed unless ``path`` is given. When they are given with
         ``path``, the sidecar must name them.
     path : path, optional
-        The ``.faiss`` file; default :func:`index_path`.
+        The ``.faiss`` file (or the sidecar ``<path>.json``); default :func:`index_path`.
     gpu : bool
-        Search on the GPU when faiss-gpu is available.
+        Ask for a GPU (faiss-gpu with ``backend="faiss"``; see :func:`build_index`).
+    backend, device, dtype, block_rows, device_memory
+        As in :func:`build_index`. A Flat index loads on either backend,
+        whichever built it: torch reads the vectors from the store (the faiss
+        file, if any, is not read); faiss reads its file, or the store for an
+        index the torch backend saved. IVF, PQ and HNSW load on faiss only.
+    chunk_rows : int, optional
+        Positive; rows per block read from the store when the vectors come from it.
 
     Returns
     -------
@@ -853,42 +1043,61 @@ def load_index(
 
     Raises
     ------
+    InvalidParameterError
+        A backend, dtype or size that cannot work, e.g. ``backend="torch"`` for an IVF index.
     IndexMismatchError
         When the files are missing or inconsistent, or the index is stale.
     """
+    check_backend(backend, device=device, dtype=dtype)
+    check_torch_sizes(block_rows=block_rows, device_memory=device_memory)
+    check_positive(chunk_rows, "chunk_rows")
     if path is None:
         if split is None or feature_set is None:
             raise InvalidParameterError("load_index needs split and feature_set, or the index path", param="path")
         path = index_path(store.path, split, feature_set)
-    path = Path(path)
+    path = resolve_index_path(path)
     meta = read_sidecar(path)
     for key, want in (("split", split), ("feature_set", feature_set)):
         if want is not None and meta[key] != want:
             raise IndexMismatchError(
                 f"{path}: the index is of {key} {meta[key]!r}, not {want!r}; give the index of {want!r}", param=key
             )
+    choice = choose_backend(backend, factory=meta["factory"], device=device, dtype=dtype, gpu=gpu)
+    from_file = choice.name == "faiss" and meta["vectors"] == "index_file"
     try:
-        cpu, rows = _read_files(path, meta)
+        cpu, rows = _read_files(path, meta, with_index=from_file)
     except (OSError, RuntimeError, ValueError) as exc:
         raise IndexMismatchError(
             f"{path}: the index or its row mapping cannot be read ({str(exc).strip().splitlines()[-1]}); {_REBUILD}"
         ) from None
-    if cpu.ntotal != meta["ntotal"] or len(rows) != cpu.ntotal or cpu.d != meta["dim"] or rows.dtype != np.int64:
+    if cpu is None:
+        cpu = _index_from_store(store, meta, rows, choice, chunk_rows, block_rows, device_memory)
+    _check_loaded(path, meta, cpu, rows)
+    if choice.name == "torch":
+        result = StoreIndex(cpu, rows, meta, choice.device, choice)
+    else:
+        index, choice = _place_faiss(cpu, choice)
+        result = StoreIndex(index, rows, meta, choice.device, choice)
+    result.check_store(store)
+    return result
+
+
+def _check_loaded(path: Path, meta: dict, index, rows: np.ndarray) -> None:
+    """Refuse an index, row mapping and sidecar that disagree (counts, dimension, structure, metric)."""
+    if index.ntotal != meta["ntotal"] or len(rows) != index.ntotal or index.d != meta["dim"] or rows.dtype != np.int64:
         raise IndexMismatchError(
-            f"{path}: the index ({cpu.ntotal} vectors of dimension {cpu.d}), its row mapping ({len(rows)} rows) "
+            f"{path}: the index ({index.ntotal} vectors of dimension {index.d}), its row mapping ({len(rows)} rows) "
             f"and its sidecar ({meta['ntotal']} vectors of dimension {meta['dim']}) disagree; {_REBUILD}"
         )
-    structure = _structure(cpu)
+    if not isinstance(index, faiss.Index):
+        return
+    structure = _structure(index)
     if (structure["nlist"], structure["hnsw"]) != (meta.get("nlist", 0), meta.get("hnsw", False)) or (
-        cpu.metric_type != _METRICS.get(meta["metric"])
+        index.metric_type != _METRICS.get(meta["metric"])
     ):
         raise IndexMismatchError(
             f"{path}: the index is not the {meta['factory']!r} ({meta['metric']}) index its sidecar describes; {_REBUILD}"
         )
-    index, device = _to_gpu(cpu, gpu)
-    result = StoreIndex(index, rows, meta, device)
-    result.check_store(store)
-    return result
 
 
 def index_store(
@@ -905,12 +1114,16 @@ def index_store(
     ef_search: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    backend: str = "auto",
+    device=None,
 ) -> dict:
     """Build an index of ``split``/``feature_set`` and save it beside the store (``clipcache index``).
 
     Parameters are those of :func:`build_index`; ``feature_set`` defaults to
     the only feature set of ``split`` (:func:`default_feature_set`), and
-    ``output`` overrides the default :func:`index_path`.
+    ``output`` overrides the default :func:`index_path`. With the torch
+    backend only the sidecar and the row mapping are written (the vectors stay
+    in the store; see :meth:`StoreIndex.save`).
 
     Before the store is read, the three output files (``output``, its row
     mapping and its sidecar) are checked with :func:`clipcache._io.check_output`:
@@ -921,7 +1134,9 @@ def index_store(
     Returns
     -------
     dict
-        The sidecar fields, plus ``path`` (the ``.faiss`` file), ``device`` and
+        The sidecar fields, plus ``path`` (the ``.faiss`` name of the set),
+        ``files`` (the files written), ``device``, ``backend`` (the
+        :class:`~clipcache.retrieval.backends.BackendChoice` as a dict) and
         ``seconds`` (build time).
 
     Raises
@@ -931,7 +1146,9 @@ def index_store(
     OutputWriteError
         The disk is full or the folder is missing or read-only; the previous index is left whole.
     """
-    _check_build(factory, metric, seed, train_size=train_size, nprobe=nprobe, ef_search=ef_search)
+    _check_build(
+        factory, metric, seed, backend=backend, device=device, train_size=train_size, nprobe=nprobe, ef_search=ef_search
+    )
     if output is not None:
         check_index_output(output, store_path, overwrite=overwrite)
     start = time.perf_counter()
@@ -941,8 +1158,14 @@ def index_store(
             output = check_index_output(index_path(store.path, split, feature_set), store_path, overwrite=overwrite)
         index = build_index(
             store, split, feature_set, factory=factory, metric=metric, gpu=gpu, train_size=train_size,
-            nprobe=nprobe, ef_search=ef_search, seed=seed,
+            nprobe=nprobe, ef_search=ef_search, seed=seed, backend=backend, device=device,
         )
         seconds = time.perf_counter() - start
         path = index.save(output)
-    return {**index.meta, "path": str(path), "device": index.device, "seconds": round(seconds, 3)}
+    files = [rows_path(path), sidecar_path(path)]
+    if index.meta["vectors"] == "index_file":
+        files.insert(0, path)
+    return {
+        **index.meta, "path": str(path), "files": [str(f) for f in files], "device": index.device,
+        "backend": index.backend.to_dict(), "seconds": round(seconds, 3),
+    }

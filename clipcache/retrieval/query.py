@@ -26,6 +26,7 @@ import numpy as np
 from clipcache.errors import ClipCacheError, IndexMismatchError
 from clipcache.feature_store import FeatureStore
 from clipcache.ops import l2_normalize
+from clipcache.retrieval.backends import check_backend
 from clipcache.retrieval.index import (
     QueryError,
     StoreIndex,
@@ -99,16 +100,21 @@ class SearchReport:
         A label per query (the id, image path, text, or ``"vector i"``).
     hits : list of list of Hit
         ``hits[i]`` are the neighbours of query i, best first.
+    backend : dict or None
+        The backend that searched (:meth:`BackendChoice.to_dict`: requested,
+        name, device, dtype, reason).
     """
 
     index: dict
     queries: list
     hits: list
+    backend: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form, as ``clipcache search --json`` prints it."""
         return {
             "index": {k: self.index.get(k) for k in ("split", "feature_set", "factory", "metric", "ntotal", "search_params")},
+            "backend": self.backend,
             "results": [
                 {"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(self.queries, self.hits, strict=True)
             ],
@@ -334,8 +340,9 @@ def find_index(store, split: str | None = None, feature_set: str | None = None) 
     """The saved index of ``store`` to search when the user did not name one.
 
     With ``split`` and ``feature_set``, the default path (:func:`index_path`).
-    Otherwise the indexes saved beside the store that match what was given;
-    there must be exactly one. When none does, an index file whose name
+    Otherwise the indexes saved beside the store that match what was given
+    (found by their ``.faiss`` file or, for a torch index, which has none, by
+    their sidecar); there must be exactly one. When none does, an index file whose name
     matches but whose sidecar is corrupt or missing is reported as such, not
     as "no saved index".
 
@@ -347,7 +354,8 @@ def find_index(store, split: str | None = None, feature_set: str | None = None) 
         return index_path(store.path, split, feature_set)
     found, broken = [], []
     stem = store.path.stem
-    for path in sorted(store.path.parent.glob(f"{stem}.*.faiss")):
+    names = {*store.path.parent.glob(f"{stem}.*.faiss"), *(p.with_suffix("") for p in store.path.parent.glob(f"{stem}.*.faiss.json"))}
+    for path in sorted(names):
         try:
             meta = read_sidecar(path)
         except IndexMismatchError as exc:  # corrupt or missing sidecar: reported when its name matches and nothing else does
@@ -390,6 +398,9 @@ def search_store(
     nprobe: int | None = None,
     ef_search: int | None = None,
     gpu: bool = False,
+    backend: str = "auto",
+    device=None,
+    dtype: str = "float32",
 ) -> SearchReport:
     """Open a store, load its index, and run one batch of queries (``clipcache search``).
 
@@ -400,22 +411,27 @@ def search_store(
     split, feature_set : str, optional
         Which saved index; optional when exactly one index is saved beside the store.
     index_file : path, optional
-        An index file elsewhere.
+        An index elsewhere: its ``.faiss`` name or its sidecar (``.faiss.json``).
     ids, images, texts, vectors
         Exactly one kind of query (see :func:`query_vectors`).
     nprobe, ef_search : int, optional
         Positive; override the saved IVF / HNSW search parameters for this call.
     gpu : bool
-        Search on the GPU when faiss-gpu is available.
+        Ask for a GPU (faiss-gpu with ``backend="faiss"``).
+    backend, device, dtype
+        Who searches, as in :func:`~clipcache.retrieval.index.load_index`
+        (``auto``: faiss-gpu, then torch on CUDA for a Flat index, then faiss on the CPU).
 
     Returns
     -------
     SearchReport
+        With ``backend``, the choice that searched.
     """
     nprobe, ef_search = check_positive(nprobe, "nprobe"), check_positive(ef_search, "ef_search")
+    check_backend(backend, device=device, dtype=dtype)
     with FeatureStore(store_path, "r") as store:
         path = Path(index_file) if index_file is not None else find_index(store, split, feature_set)
-        index = load_index(store, split, feature_set, path=path, gpu=gpu)
+        index = load_index(store, split, feature_set, path=path, gpu=gpu, backend=backend, device=device, dtype=dtype)
         if nprobe is not None or ef_search is not None:
             index.set_search_params(nprobe=nprobe, ef_search=ef_search)
         found = search(store, index, k=k, ids=ids, images=images, texts=texts, vectors=vectors)
@@ -427,4 +443,4 @@ def search_store(
         labels = [str(t) for t in texts]
     else:
         labels = [f"vector {i}" for i in range(len(found))]
-    return SearchReport(dict(index.meta), labels, found)
+    return SearchReport(dict(index.meta), labels, found, index.backend.to_dict())

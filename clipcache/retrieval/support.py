@@ -10,8 +10,9 @@ labelled split.
 Scores are inner products between the ensemble class embedding
 (:meth:`TextEmbeddings.class_embeddings`) and the pool features. The exact
 search scans the pool block by block (``faiss.knn`` per block, merged in a
-``faiss.ResultHeap``), so the pool is never read whole; a saved pool index can
-be used instead.
+``faiss.ResultHeap``; or, with the torch backend, a matrix product and
+``torch.topk`` per block on any torch device), so the pool is never read whole;
+a saved pool index can be used instead.
 
 With ``exclusive=True`` (the default) a pool image joins at most one class:
 all (class, image) pairs are visited in decreasing score and a pair is taken
@@ -32,6 +33,7 @@ import numpy as np
 
 from clipcache.errors import ClipCacheError
 from clipcache.feature_store import FeatureStore, schema
+from clipcache.retrieval.backends import BackendChoice, check_backend, choose_backend
 from clipcache.retrieval.index import (
     QueryError,
     StoreIndex,
@@ -40,6 +42,7 @@ from clipcache.retrieval.index import (
     default_feature_set,
     load_index,
 )
+from clipcache.retrieval.torch_flat import knn_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class SupportSet:
     k : int
         Images asked for per class.
     exclusive : bool
+    backend : dict or None
+        The backend that searched (:meth:`BackendChoice.to_dict`).
     """
 
     pool: str
@@ -77,6 +82,7 @@ class SupportSet:
     scores: np.ndarray
     k: int
     exclusive: bool
+    backend: dict | None = None
 
     def counts(self, n_classes: int) -> np.ndarray:
         """Support images per class, ndarray of shape (C,), int64."""
@@ -130,8 +136,16 @@ def class_text_embeddings(store, feature_set: str, text: str | None = None) -> t
     return name, emb.class_embeddings(n_classes)
 
 
-def _top_candidates(store, pool: str, feature_set: str, queries: np.ndarray, kk: int, chunk_rows: int | None):
+def _top_candidates(
+    store, pool: str, feature_set: str, queries: np.ndarray, kk: int, chunk_rows: int | None, choice: BackendChoice
+):
     """Exact top-kk pool rows per query, block by block: (scores (C, kk) float32, rows (C, kk) int64)."""
+    if choice.name == "torch":
+        blocks = (
+            (int(chunk.rows[0]), chunk.features, None)  # contiguous blocks: row = first row + position
+            for chunk in store.iter_chunks(pool, feature_set, chunk_rows=chunk_rows)
+        )
+        return knn_blocks(queries, blocks, kk, device=choice.device, dtype=choice.dtype)
     heap = faiss.ResultHeap(nq=len(queries), k=kk, keep_max=True)
     for chunk in store.iter_chunks(pool, feature_set, chunk_rows=chunk_rows):
         x = np.ascontiguousarray(chunk.features, dtype=np.float32)
@@ -178,6 +192,9 @@ def retrieve_support(
     exclusive: bool = True,
     index: StoreIndex | None = None,
     chunk_rows: int | None = None,
+    backend: str = "auto",
+    device=None,
+    dtype: str = "float32",
 ) -> SupportSet:
     """The k pool images nearest to each class's text embedding.
 
@@ -200,6 +217,11 @@ def retrieve_support(
         instead of the exact block-by-block scan.
     chunk_rows : int, optional
         Positive; rows per block of the exact scan.
+    backend, device, dtype
+        Who runs the exact scan (:func:`~clipcache.retrieval.backends.choose_backend`):
+        ``auto`` takes torch on CUDA when torch sees a GPU, else ``faiss.knn`` on
+        the CPU (faiss-gpu is not used for the scan). An ``index`` searches on
+        the backend it was loaded with.
 
     Returns
     -------
@@ -209,6 +231,7 @@ def retrieve_support(
     """
     k = check_positive(k, "k", optional=False)
     check_positive(chunk_rows, "chunk_rows")
+    check_backend(backend, device=device, dtype=dtype)
     n = store.feature_rows(pool, feature_set)
     if n == 0:
         raise QueryError(f"{store.path}: pool split {pool!r} has no rows of {feature_set!r}; extract it first", param="pool")
@@ -231,19 +254,24 @@ def retrieve_support(
     name, queries = class_text_embeddings(store, feature_set, text)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n_classes = len(queries)
+    if index is not None:
+        choice = index.backend
+    else:
+        choice = choose_backend(backend, device=device, dtype=dtype, faiss_gpu=False)
 
     def candidates(kk: int):
         if index is not None:
             result = index.search(queries, kk)
             return result.scores, result.rows
-        return _top_candidates(store, pool, feature_set, queries, kk, chunk_rows)
+        return _top_candidates(store, pool, feature_set, queries, kk, chunk_rows, choice)
 
     if not exclusive:
         scores, rows = candidates(k)
         labels = np.repeat(np.arange(n_classes, dtype=np.int64), k)
         keep = rows.ravel() >= 0
         return SupportSet(
-            pool, feature_set, name, rows.ravel()[keep], labels[keep], scores.ravel()[keep], int(k), False
+            pool, feature_set, name, rows.ravel()[keep], labels[keep], scores.ravel()[keep], int(k), False,
+            choice.to_dict(),
         )
     cap = min(n, k * n_classes)
     kk = min(cap, 4 * k)
@@ -263,7 +291,7 @@ def retrieve_support(
         )
     return SupportSet(
         pool, feature_set, name, sel_rows[order].astype(np.int64), sel_labels[order].astype(np.int64),
-        sel_scores[order].astype(np.float32), int(k), True,
+        sel_scores[order].astype(np.float32), int(k), True, choice.to_dict(),
     )
 
 
@@ -331,6 +359,9 @@ def build_support_split(
     text: str | None = None,
     exclusive: bool = True,
     use_index: bool = False,
+    backend: str = "auto",
+    device=None,
+    dtype: str = "float32",
 ) -> dict:
     """Retrieve a support set from a pool split and write it as a new split (``clipcache support``).
 
@@ -351,19 +382,28 @@ def build_support_split(
         Give each pool image to at most one class (see :func:`retrieve_support`).
     use_index : bool
         Search the pool's saved index instead of scanning it exactly.
+    backend, device, dtype
+        Who searches: the exact scan as in :func:`retrieve_support`, or the
+        saved index as in :func:`~clipcache.retrieval.index.load_index`.
 
     Returns
     -------
     dict
         ``split``, ``rows``, ``per_class`` (class name -> count), ``min_score``,
-        ``mean_score``, ``feature_set``, ``text``.
+        ``mean_score``, ``feature_set``, ``text``, ``backend`` (the choice, as a dict).
     """
     check_positive(k, "k", optional=False)
+    check_backend(backend, device=device, dtype=dtype)
     with FeatureStore(store_path, "a") as store:
         _check_new_split(store, to_split)
         feature_set = default_feature_set(store, pool, feature_set)
-        index = load_index(store, pool, feature_set) if use_index else None
-        support = retrieve_support(store, pool, feature_set, k, text=text, exclusive=exclusive, index=index)
+        index = None
+        if use_index:
+            index = load_index(store, pool, feature_set, backend=backend, device=device, dtype=dtype)
+        support = retrieve_support(
+            store, pool, feature_set, k, text=text, exclusive=exclusive, index=index, backend=backend, device=device,
+            dtype=dtype,
+        )
         written = write_support(store, support, to_split)
         classes = store.classes
     counts = support.counts(len(classes))
@@ -375,4 +415,5 @@ def build_support_split(
         "per_class": {c: int(v) for c, v in zip(classes, counts, strict=True)},
         "min_score": float(support.scores.min()) if written else None,
         "mean_score": float(support.scores.mean()) if written else None,
+        "backend": support.backend,
     }

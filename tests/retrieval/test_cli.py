@@ -28,7 +28,7 @@ def test_index_command_writes_the_index_beside_the_store(db):
     path, _, xq = db
     result = run("index", path, "--feature-set", "clip", "--split", "db", "--factory", "IVF8,Flat", "--nprobe", "3")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("indexed 300 vectors of db/clip (dim 16) with IVF8,Flat (ip, nprobe=3, trained on 300 rows) on cpu in ")
+    assert result.stdout.startswith("indexed 300 vectors of db/clip (dim 16) with IVF8,Flat (ip, nprobe=3, trained on 300 rows) on faiss cpu in ")
     assert result.stdout.endswith(f"\nwrote {path.with_name('db.db.clip.faiss')}\n")
     meta = read_sidecar(path.with_name("db.db.clip.faiss"))
     assert (meta["split"], meta["feature_set"], meta["factory"], meta["search_params"]) == ("db", "clip", "IVF8,Flat", {"nprobe": 3})
