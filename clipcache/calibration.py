@@ -31,7 +31,7 @@ import scipy.special
 
 from clipcache.errors import InvalidFeaturesError, InvalidParameterError, NotFittedError
 
-__all__ = ["TEMPERATURE_BOUNDS", "TemperatureScaling", "fit_temperature", "nll"]
+__all__ = ["TEMPERATURE_BOUNDS", "TemperatureScaling", "fit_temperature", "fit_temperature_checked", "nll"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,14 @@ def fit_temperature(logits, y) -> float:
     z, labels = _check_logits(logits, y)
     if len(z) == 0:
         raise InvalidFeaturesError("no validation logits to fit a temperature on; pass at least one labelled row")
-    s = _newton_inverse_temperature(z, labels)
+    return fit_temperature_checked(z, labels)
+
+
+def fit_temperature_checked(z: np.ndarray, labels: np.ndarray) -> float:
+    """:func:`fit_temperature` of logits and labels already checked: z (n, C) float, labels (n,) int64 columns, n >= 1."""
+    z = np.asarray(z, dtype=np.float64)
+    s, value = _newton_inverse_temperature(z, labels)
     t = 1.0 / s
-    value = _nll(z, labels, t)
     lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
     if min(np.log(t) - lo, hi - np.log(t)) < 1e-3 or value < 1e-9:
         logger.warning(
@@ -121,50 +126,67 @@ def fit_temperature(logits, y) -> float:
     return float(t)
 
 
-def _slope_curvature(z: np.ndarray, z2: np.ndarray, true_mean: float, s: float) -> tuple[float, float]:
-    """f'(s) and f''(s) of the NLL f(s) = mean(logsumexp(s z) - s z_y) at s = 1/T (``z2 = z * z``)."""
-    p = s * z
-    p -= p.max(axis=1, keepdims=True)
-    np.exp(p, out=p)
-    p /= p.sum(axis=1, keepdims=True)
-    mean = np.einsum("ij,ij->i", p, z)
-    variance = np.einsum("ij,ij->i", p, z2) - mean * mean
-    return float(mean.mean() - true_mean), float(np.maximum(variance, 0.0).mean())
+def _slope_curvature(zc: np.ndarray, powers: np.ndarray, true_mean: float, s: float) -> tuple[float, float, float]:
+    """f'(s), f''(s) and f(s) of the NLL f(s) = mean(logsumexp(s z) - s z_y) at s = 1/T.
 
-
-def _newton_inverse_temperature(z: np.ndarray, labels: np.ndarray) -> float:
-    """The s = 1/T in the bounds where the convex NLL is smallest (safeguarded Newton on f'(s) = 0).
-
-    The bracket [lo, hi] holds the root of f'; a bound of the search interval is
-    evaluated only when a Newton step points beyond it.
+    ``zc`` (n, C) is z minus each row's maximum (the NLL does not change when a
+    row is shifted, and exp(s zc) <= 1 never overflows), ``powers`` (n, C, 3) holds
+    zc ** 0, zc ** 1 and zc ** 2, and ``true_mean`` is the mean of zc at the true columns.
     """
-    z2, true_mean = z * z, float(z[np.arange(len(z)), labels].mean())
+    moments = np.einsum("ij,ijk->ik", np.exp(s * zc), powers)  # (n, 3): sum p, sum p zc, sum p zc^2
+    total = moments[:, 0]
+    mean = moments[:, 1] / total
+    n = len(zc)
+    slope = float(np.add.reduce(mean)) / n - true_mean
+    curvature = max(float(np.add.reduce(moments[:, 2] / total) - mean @ mean) / n, 0.0)
+    return slope, curvature, float(np.add.reduce(np.log(total))) / n - s * true_mean
+
+
+def _newton_inverse_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The s = 1/T in the bounds where the convex NLL is smallest, and the NLL there (safeguarded Newton on f'(s) = 0).
+
+    The bracket [lo, hi] holds the root of f'. As in Numerical Recipes' ``rtsafe``,
+    a Newton step is taken when it stays inside the bracket and is at most half
+    the step before the last; otherwise (a step out of the bracket, or Newton
+    crawling along an exponential tail of f') the bracket is bisected in log s.
+    A bound of the search interval is evaluated only when the search heads for
+    it; when f' has the same sign there, the minimum lies on that bound.
+    """
+    zc = z - z.max(axis=1, keepdims=True)
+    zc2, true_mean = zc * zc, float(zc[np.arange(len(zc)), labels].mean())
+    powers = np.stack([np.ones_like(zc), zc, zc2], axis=2)
     lo, hi = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]
     lo_known = hi_known = False  # whether f' is known to be < 0 at lo (> 0 at hi)
-    s = 1.0
+    spread = float(np.sqrt(max(zc2.mean() - np.mean(zc.mean(axis=1) ** 2), 0.0)))  # within-row spread
+    s = min(max(1.0 / spread, lo), hi) if spread > 0 else 1.0  # start where s z varies by about 1
+    last = before_last = np.inf  # the sizes of the last two steps
     for _ in range(_MAX_STEPS):
-        slope, curvature = _slope_curvature(z, z2, true_mean, s)
+        slope, curvature, value = _slope_curvature(zc, powers, true_mean, s)
         if slope == 0:
-            return s
+            return s, value
         if slope > 0:
             hi, hi_known = s, True
         else:
             lo, lo_known = s, True
-        step = s - slope / curvature if curvature > 0 else (hi if slope < 0 else lo)
-        if step >= hi and not hi_known:
-            if _slope_curvature(z, z2, true_mean, hi)[0] <= 0:  # the NLL falls up to the largest s
-                return hi
-            hi_known = True
-        elif step <= lo and not lo_known:
-            if _slope_curvature(z, z2, true_mean, lo)[0] >= 0:  # it rises from the smallest s
-                return lo
-            lo_known = True
-        if not lo < step < hi:
+        step = s - slope / curvature if curvature > 0 else np.nan
+        if abs(step - s) <= _RTOL * s:  # a Newton step this small: f'(s) is 0 to rounding
+            return s, value
+        if not (lo < step < hi and abs(step - s) <= 0.5 * before_last):
+            if slope < 0 and not hi_known:
+                bound = _slope_curvature(zc, powers, true_mean, hi)
+                if bound[0] <= 0:  # the NLL falls up to the largest s
+                    return hi, bound[2]
+                hi_known = True
+            elif slope > 0 and not lo_known:
+                bound = _slope_curvature(zc, powers, true_mean, lo)
+                if bound[0] >= 0:  # it rises from the smallest s
+                    return lo, bound[2]
+                lo_known = True
             step = float(np.sqrt(lo * hi))
-        if abs(step - s) <= _RTOL * s:
-            return step
-        s = step
-    return s
+        if hi - lo <= _RTOL * lo:
+            return step, _slope_curvature(zc, powers, true_mean, step)[2]
+        before_last, last, s = last, abs(step - s), step
+    return s, _slope_curvature(zc, powers, true_mean, s)[2]
 
 
 class TemperatureScaling:

@@ -196,10 +196,7 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         classes, codes = self._encode(y)
         if X_val is None:
             return X, classes, codes, None, None
-        try:
-            Xv = check_array(X_val, dtype=np.float32)
-        except ValueError as exc:
-            raise InvalidFeaturesError(_finite_message(exc), param="X_val") from None
+        Xv = _float32_rows(X_val)
         if Xv.shape[1] != X.shape[1]:
             raise InvalidFeaturesError(
                 f"X_val has {Xv.shape[1]} features but X has {X.shape[1]}; validate on features of the same "
@@ -271,11 +268,26 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         _backend.check_device(self.device)
 
     def _check_Xy(self, X, y):
-        """Validate training data; return X (n, d) float32 and y (n,)."""
+        """Validate training data; return X (n, d) float32 and y (n,).
+
+        Plain arrays that need no conversion but to float32 (X float (n, d), n >= 2,
+        finite; y 1-D of n integer or string labels) are checked here directly, as
+        ``validate_data`` would pass them; anything else goes through ``validate_data``.
+        """
+        if (isinstance(X, np.ndarray) and isinstance(y, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f"
+                and X.shape[0] >= 2 and X.shape[1] >= 1 and y.shape == (X.shape[0],) and y.dtype.kind in "iuUS"):
+            X = X.astype(np.float32, copy=False)
+            if np.isfinite(X).all():
+                self.n_features_in_ = X.shape[1]
+                if hasattr(self, "feature_names_in_"):  # as validate_data does for data without column names
+                    del self.feature_names_in_
+                return X, y
         try:
             X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         except ValueError as exc:
             raise InvalidFeaturesError(_finite_message(exc)) from None
+        if y.dtype.kind in "iuUS":  # integer or string labels are classes: skip the costly type_of_target
+            return X, y
         try:
             check_classification_targets(y)
         except ValueError:
@@ -358,6 +370,19 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
+def _float32_rows(X) -> np.ndarray:
+    """X (m, d) as finite float32: a float ndarray is only converted; anything else goes through ``check_array``."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.shape[0] and X.shape[1]:
+        X = X.astype(np.float32, copy=False)
+        if not np.isfinite(X).all():
+            raise InvalidFeaturesError(_finite_message(ValueError("NaN")), param="X_val")
+        return X
+    try:
+        return check_array(X, dtype=np.float32)
+    except ValueError as exc:
+        raise InvalidFeaturesError(_finite_message(exc), param="X_val") from None
+
+
 def _takes_validation(estimator) -> bool:
     """Whether ``estimator.fit`` takes ``(X, y, X_val, y_val)`` (it searches or calibrates on validation)."""
     return bool(getattr(estimator, "_fit_takes_validation", False))
@@ -424,7 +449,10 @@ def fit_part(estimator, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X
     found = None if cache is None else cache.get(key)
     if found is not None:
         return found
-    est = clone(estimator)
+    # clipcache estimators never change their parameters, so a new instance with the same
+    # values is a clone (sklearn's clone also deep-copies every parameter, nested lists included)
+    est = type(estimator)(**estimator.get_params(deep=False)) if isinstance(estimator, LogitClassifier) else clone(
+        estimator)
     if _fits_checked(est):
         est._validate_params()
         est._fit_checked(X, classes, codes, X_val, codes_val, cache)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipcache.calibration import fit_temperature
+from clipcache.calibration import fit_temperature_checked
 from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center
 from clipcache.classifiers._validation import check_part_classes
 from clipcache.classifiers.base import (
@@ -140,8 +140,8 @@ class ProductOfExperts(LogitClassifier):
         if Xv is None:
             self.expert_temperatures_ = np.ones(len(fitted))
             return self
-        self.expert_temperatures_ = np.array([fit_temperature(z, codes_val) for _, z in fitted])
-        self.temperature_ = fit_temperature(self._combine([z for _, z in fitted]), codes_val)
+        self.expert_temperatures_ = np.array([fit_temperature_checked(z, codes_val) for _, z in fitted])
+        self.temperature_ = fit_temperature_checked(self._combine([z for _, z in fitted]), codes_val)
         return self
 
     def _combine(self, logits: list[np.ndarray]) -> np.ndarray:

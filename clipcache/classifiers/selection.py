@@ -43,7 +43,7 @@ from numbers import Real
 
 import numpy as np
 
-from clipcache.calibration import fit_temperature
+from clipcache.calibration import fit_temperature_checked
 from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center
 from clipcache.classifiers._params import Interval
 from clipcache.classifiers._validation import check_part_classes
@@ -51,6 +51,7 @@ from clipcache.classifiers.base import (
     InvalidParameterError,
     LogitClassifier,
     PartCache,
+    _takes_validation,
     fit_part,
     part_logits,
 )
@@ -266,7 +267,9 @@ class SelectByValidation(LogitClassifier):
         chosen, _, self.noise_ = choose_candidate(correct, [level for _, _, level in candidates], float(self.tolerance))
         self.validation_accuracy_ = correct.mean(axis=1)
         self.best_name_, (self.best_estimator_, z) = candidates[chosen][0], fitted[chosen]
-        self.temperature_ = fit_temperature(z, codes_val)
+        # a candidate that calibrated itself did so on these validation logits already
+        self.temperature_ = (float(self.best_estimator_.temperature_) if _takes_validation(self.best_estimator_)
+                             else fit_temperature_checked(z, codes_val))
         return self
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
