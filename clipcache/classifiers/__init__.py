@@ -8,6 +8,7 @@
 - :class:`LogitBiasFusion`: uncertainty-gated bias from auxiliary features.
 - :class:`KNNClassifier`: k-NN on FAISS.
 - :class:`TransductiveGDA`: GDA fitted by EM on labelled and unlabelled rows (-1), guarded on validation.
+- :class:`ProductOfExperts`: several classifiers' calibrated probabilities multiplied (GDA x nearest class mean).
 - :class:`SelectByValidation`: picks an estimator on validation with a paired one-standard-error rule.
 
 Every estimator takes ``center`` (SimpleShot's CL2N) and is calibrated by
@@ -31,6 +32,7 @@ from clipcache.classifiers.fusion import LogitBiasFusion
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.io import ModelFileError, load_model, save_model
 from clipcache.classifiers.knn import KNNClassifier
+from clipcache.classifiers.product import ProductOfExperts
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 from clipcache.classifiers.selection import SelectByValidation
 from clipcache.classifiers.tip import TipAdapter
@@ -48,6 +50,7 @@ __all__ = [
     "LogitEnsemble",
     "MissingTextError",
     "ModelFileError",
+    "ProductOfExperts",
     "SelectByValidation",
     "TipAdapter",
     "TransductiveGDA",

@@ -39,6 +39,7 @@ __all__ = [
     "NumpyOps",
     "ScatterStats",
     "TorchOps",
+    "class_sums",
     "covariance_form",
     "ledoit_wolf_shrinkage",
     "make_ops",
@@ -116,8 +117,12 @@ def solve_covariance(ops, scatter, form: CovarianceForm, means: np.ndarray) -> n
 
 
 def woodbury_stats(R: np.ndarray) -> tuple[ScatterStats, np.ndarray]:
-    """The :class:`ScatterStats` of S = R^T R, and the Gram K = R R^T (N, N), from R (N, d) float64."""
-    K = R @ R.T
+    """The :class:`ScatterStats` of S = R^T R, and the Gram K = R R^T (N, N) float64, from R (N, d).
+
+    R may be float32 (the in-memory fit: one float32 product, half the memory
+    traffic of float64) or float64; K and the statistics are float64.
+    """
+    K = np.asarray(R @ R.T, dtype=np.float64)
     diag = np.diag(K)
     return ScatterStats(len(R), R.shape[1], float(diag.sum()), float(np.sum(K * K)), float(diag @ diag)), K
 
@@ -126,10 +131,43 @@ def solve_woodbury(R: np.ndarray, K: np.ndarray, form: CovarianceForm, means: np
     """W = c mu (a R^T R + t I)^-1 in the N x N space (t > 0): (C, d) float64.
 
     (a R^T R + t I)^-1 mu^T = (mu^T - a R^T (t I + a K)^-1 R mu^T) / t, with K = R R^T.
+    The products with R (N, d) run in its dtype; the N x N solve in float64.
     """
     inner = form.t * np.eye(len(K)) + form.a * K
-    coeff = _solve_psd(inner, R @ means.T)  # (N, C)
-    return (form.c / form.t) * (means - form.a * (R.T @ coeff).T)
+    coeff = _solve_psd(inner, np.asarray(R @ means.T.astype(R.dtype), dtype=np.float64))  # (N, C)
+    correction = np.asarray(R.T @ coeff.astype(R.dtype), dtype=np.float64).T
+    return (form.c / form.t) * (means - form.a * correction)
+
+
+#: Up to this many rows, class sums use a dense one-hot product (few-shot support sets).
+DENSE_ROWS = 4096
+
+
+def class_sums(X: np.ndarray, codes: np.ndarray, n_classes: int, dtype=np.float32) -> np.ndarray:
+    """Per-class sums of the rows of X: one product of a one-hot matrix with X (no sort, no row gather).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32
+    codes : ndarray of shape (n,), int64
+        Class index of each row, in ``[0, n_classes)``.
+    n_classes : int
+    dtype : numpy dtype, default=float32
+        Precision of the sparse product used above :data:`DENSE_ROWS` rows (a
+        float64 one costs a float64 copy of X). Up to :data:`DENSE_ROWS` rows the
+        one-hot matrix is dense and the product float32 (at most 4,096 terms a sum).
+
+    Returns
+    -------
+    ndarray of shape (n_classes, d), float64
+    """
+    rows = np.arange(len(codes))
+    if len(codes) <= DENSE_ROWS:
+        onehot = np.zeros((n_classes, len(codes)), dtype=np.float32)
+        onehot[codes, rows] = 1.0
+        return np.asarray(onehot @ X, dtype=np.float64)
+    onehot = scipy.sparse.csr_matrix((np.ones(len(codes), dtype=dtype), (codes, rows)), shape=(n_classes, len(codes)))
+    return np.asarray(onehot @ X.astype(dtype, copy=False), dtype=np.float64)
 
 
 class NumpyOps:
@@ -144,11 +182,8 @@ class NumpyOps:
         return np.zeros(shape)
 
     def add_class_sums(self, sums: np.ndarray, X: np.ndarray, codes: np.ndarray) -> None:
-        """``sums[k] += sum of the rows of X with code k`` (one pass, no sort or row gather)."""
-        onehot = scipy.sparse.csr_matrix(
-            (np.ones(len(codes), dtype=np.float32), (codes, np.arange(len(codes)))), shape=(len(sums), len(codes))
-        )
-        sums += onehot @ X
+        """``sums[k] += sum of the rows of X with code k`` (:func:`class_sums`)."""
+        sums += class_sums(X, codes, len(sums))
 
     def add_scatter(self, scatter, X: np.ndarray, codes: np.ndarray, means32, root_w, fourth: bool) -> float:
         """``scatter += R^T R`` for the block's residuals; return sum ||r||^4 when ``fourth`` (else 0)."""

@@ -6,7 +6,7 @@ import numpy as np
 
 from clipcache.errors import InvalidFeaturesError
 
-__all__ = ["check_same_classes", "encode_validation"]
+__all__ = ["check_part_classes", "check_same_classes", "encode_validation"]
 
 
 def check_same_classes(base_classes: np.ndarray, support_classes: np.ndarray, what: str) -> None:
@@ -32,3 +32,13 @@ def encode_validation(classes: np.ndarray, y_val) -> np.ndarray:
             "y_val holds labels that the support set does not; validate on the same classes", param="y_val"
         )
     return idx.astype(np.int64)
+
+
+def check_part_classes(owner: str, part, classes: np.ndarray) -> None:
+    """Raise unless a fitted part's ``classes_`` are ``classes``, in the same order (its logit columns)."""
+    if not np.array_equal(np.asarray(part.classes_), classes):
+        raise InvalidFeaturesError(
+            f"{owner}: {type(part).__name__} has classes {np.asarray(part.classes_).tolist()} but the support set "
+            f"has {np.asarray(classes).tolist()}; give parts that learn their classes from y",
+            param="y",
+        )

@@ -23,17 +23,27 @@ Every estimator can be calibrated by temperature scaling (Guo et al. 2017,
 The classifiers whose hyper-parameters are searched on validation data (Tip-Adapter,
 logit-bias fusion, the logit ensemble) share one ``fit`` in
 :class:`ValidatedLogitClassifier`, which also calibrates on that validation data.
+
+Meta-estimators that fit other estimators on the same data
+(:class:`~clipcache.classifiers.SelectByValidation`,
+:class:`~clipcache.classifiers.ProductOfExperts`) check their input once, at
+their boundary, and fit their parts with :func:`fit_part`: an estimator whose
+``fit`` is :meth:`LogitClassifier.fit` (or that defines its own
+``_fit_checked``) is then fitted by ``_fit_checked`` on the checked arrays,
+without checking them again, and a part that appears twice (GDA alone and GDA
+inside a product) is fitted once per meta-fit (:class:`PartCache`).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from clipcache.calibration import fit_temperature
 from clipcache.classifiers import _backend
@@ -49,8 +59,11 @@ __all__ = [
     "InvalidFeaturesError",
     "InvalidParameterError",
     "LogitClassifier",
+    "PartCache",
     "ValidatedLogitClassifier",
+    "fit_part",
     "l2_normalize",
+    "part_logits",
     "softmax",
 ]
 
@@ -72,6 +85,12 @@ def _finite_message(exc: ValueError) -> str:
     if "NaN" in text or "inf" in text:
         return "features contain NaN or inf; drop or re-extract those rows before fitting or predicting"
     return text.rstrip(".")
+
+
+@cache
+def _param_names(cls: type) -> list[str]:
+    """scikit-learn's ``_get_param_names`` of a class, read from its ``__init__`` signature once."""
+    return BaseEstimator._get_param_names.__func__(cls)
 
 
 class LogitClassifier(ClassifierMixin, BaseEstimator):
@@ -101,6 +120,11 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
     center = None  # overridden by the ``center`` parameter
     _parameter_constraints: ClassVar[dict] = {}
 
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        # scikit-learn reads the __init__ signature on every get_params / clone; it never changes
+        return _param_names(cls)
+
     # -- fitting --------------------------------------------------------------------
 
     def fit(self, X, y):
@@ -119,11 +143,67 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         X, y = self._check_Xy(X, y)
+        classes, codes = self._encode(y)
+        return self._fit_checked(X, classes, codes)
+
+    def _fit_checked(self, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X_val=None, codes_val=None,
+                     cache=None):
+        """What ``fit`` does after its checks, on checked data (parameters already validated).
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, d), float32
+            Finite support features, before this estimator's own centring.
+        classes : ndarray of shape (C,)
+            The sorted distinct labels (at least 2).
+        codes : ndarray of shape (n,), int64
+            The column of ``classes`` of each row.
+        X_val, codes_val : ndarray of shape (m, d) float32 and (m,) int64, optional
+            Checked validation rows, for estimators that search or calibrate on them
+            (unused here).
+        cache : PartCache, optional
+            Parts fitted earlier on the same data (unused here).
+
+        Returns
+        -------
+        self
+        """
+        self.n_features_in_ = X.shape[1]
         X = self._fit_center(X)
-        self.classes_, codes = self._encode(y)
+        self.classes_ = classes
         self._fit(X, codes)
         self.temperature_ = 1.0
         return self
+
+    def _logits_checked(self, X: np.ndarray) -> np.ndarray:
+        """Logits (n, C) of checked float32 rows X (n, d), before this estimator's own centring."""
+        return self._logits(apply_center(X, getattr(self, "center_", None), self._center_blocks(X.shape[1])))
+
+    def _check_fit_input(self, X, y, X_val, y_val, purpose: str):
+        """The checks of a ``fit(X, y, X_val, y_val)``, done once at a meta-estimator's boundary.
+
+        Returns
+        -------
+        X : ndarray of shape (n, d), float32
+        classes : ndarray of shape (C,)
+        codes : ndarray of shape (n,), int64
+        X_val : ndarray of shape (m, d), float32, or None
+        codes_val : ndarray of shape (m,), int64, or None
+            The column of ``classes`` of each validation row.
+        """
+        self._check_validation_pair(X_val, y_val, purpose)
+        X, y = self._check_Xy(X, y)
+        classes, codes = self._encode(y)
+        if X_val is None:
+            return X, classes, codes, None, None
+        Xv = _float32_rows(X_val)
+        if Xv.shape[1] != X.shape[1]:
+            raise InvalidFeaturesError(
+                f"X_val has {Xv.shape[1]} features but X has {X.shape[1]}; validate on features of the same "
+                "feature set",
+                param="X_val",
+            )
+        return X, classes, codes, Xv, encode_validation(classes, y_val)
 
     def _fit(self, X: np.ndarray, codes: np.ndarray) -> None:  # pragma: no cover - abstract
         """Learn from X (n, d) float32 and codes (n,) int64, the column of ``classes_`` of each row."""
@@ -188,11 +268,26 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         _backend.check_device(self.device)
 
     def _check_Xy(self, X, y):
-        """Validate training data; return X (n, d) float32 and y (n,)."""
+        """Validate training data; return X (n, d) float32 and y (n,).
+
+        Plain arrays that need no conversion but to float32 (X float (n, d), n >= 2,
+        finite; y 1-D of n integer or string labels) are checked here directly, as
+        ``validate_data`` would pass them; anything else goes through ``validate_data``.
+        """
+        if (isinstance(X, np.ndarray) and isinstance(y, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f"
+                and X.shape[0] >= 2 and X.shape[1] >= 1 and y.shape == (X.shape[0],) and y.dtype.kind in "iuUS"):
+            X = X.astype(np.float32, copy=False)
+            if np.isfinite(X).all():
+                self.n_features_in_ = X.shape[1]
+                if hasattr(self, "feature_names_in_"):  # as validate_data does for data without column names
+                    del self.feature_names_in_
+                return X, y
         try:
             X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         except ValueError as exc:
             raise InvalidFeaturesError(_finite_message(exc)) from None
+        if y.dtype.kind in "iuUS":  # integer or string labels are classes: skip the costly type_of_target
+            return X, y
         try:
             check_classification_targets(y)
         except ValueError:
@@ -275,6 +370,110 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
+def _float32_rows(X) -> np.ndarray:
+    """X (m, d) as finite float32: a float ndarray is only converted; anything else goes through ``check_array``."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.shape[0] and X.shape[1]:
+        X = X.astype(np.float32, copy=False)
+        if not np.isfinite(X).all():
+            raise InvalidFeaturesError(_finite_message(ValueError("NaN")), param="X_val")
+        return X
+    try:
+        return check_array(X, dtype=np.float32)
+    except ValueError as exc:
+        raise InvalidFeaturesError(_finite_message(exc), param="X_val") from None
+
+
+def _takes_validation(estimator) -> bool:
+    """Whether ``estimator.fit`` takes ``(X, y, X_val, y_val)`` (it searches or calibrates on validation)."""
+    return bool(getattr(estimator, "_fit_takes_validation", False))
+
+
+def _fits_checked(estimator) -> bool:
+    """Whether ``estimator`` can be fitted by ``_fit_checked``: its ``fit`` is the base one, or it defines its own."""
+    cls = type(estimator)
+    return isinstance(estimator, LogitClassifier) and (
+        cls.fit is LogitClassifier.fit or cls._fit_checked is not LogitClassifier._fit_checked
+    )
+
+
+class PartCache:
+    """The parts that one meta-estimator fit has fitted, by class and parameters, with their validation logits.
+
+    Only parts whose parameters are all plain values (None, bool, int, float,
+    str) are kept; any other part is fitted anew each time.
+    """
+
+    def __init__(self):
+        self._parts: dict = {}
+
+    @staticmethod
+    def key(estimator):
+        params = estimator.get_params(deep=False)
+        if not all(v is None or isinstance(v, bool | int | float | str) for v in params.values()):
+            return None
+        return type(estimator), tuple(sorted(params.items()))
+
+    def get(self, key):
+        return None if key is None else self._parts.get(key)
+
+    def put(self, key, value) -> None:
+        if key is not None:
+            self._parts[key] = value
+
+
+def fit_part(estimator, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X_val=None, codes_val=None,
+             cache: PartCache | None = None):
+    """A fitted clone of ``estimator`` and its validation logits, from checked data.
+
+    Estimators that :func:`_fits_checked` are fitted by ``_fit_checked`` and
+    scored by ``_logits_checked``, with no second check of the arrays; others by
+    their public ``fit`` (with the validation data when they take it) and
+    ``logits``. With a ``cache``, a part with the same class and parameters is
+    fitted once.
+
+    Parameters
+    ----------
+    estimator : estimator with ``fit`` and ``logits``
+    X : ndarray of shape (n, d), float32
+    classes : ndarray of shape (C,)
+    codes : ndarray of shape (n,), int64
+    X_val, codes_val : ndarray of shape (m, d) float32 and (m,) int64, optional
+    cache : PartCache, optional
+
+    Returns
+    -------
+    fitted : estimator
+    val_logits : ndarray of shape (m, C), float32, or None without validation data
+    """
+    key = None if cache is None else cache.key(estimator)
+    found = None if cache is None else cache.get(key)
+    if found is not None:
+        return found
+    # clipcache estimators never change their parameters, so a new instance with the same
+    # values is a clone (sklearn's clone also deep-copies every parameter, nested lists included)
+    est = type(estimator)(**estimator.get_params(deep=False)) if isinstance(estimator, LogitClassifier) else clone(
+        estimator)
+    if _fits_checked(est):
+        est._validate_params()
+        est._fit_checked(X, classes, codes, X_val, codes_val, cache)
+        z = None if X_val is None else np.asarray(est._logits_checked(X_val), dtype=np.float32)
+    else:
+        y = classes[codes]
+        if X_val is not None and _takes_validation(est):
+            est.fit(X, y, X_val, classes[codes_val])
+        else:
+            est.fit(X, y)
+        z = None if X_val is None else np.asarray(est.logits(X_val), dtype=np.float32)
+    if cache is not None:
+        cache.put(key, (est, z))
+    return est, z
+
+
+def part_logits(estimator, X: np.ndarray) -> np.ndarray:
+    """A fitted part's logits (n, C) of checked float32 rows (checked again only for foreign estimators)."""
+    return estimator._logits_checked(X) if isinstance(estimator, LogitClassifier) else estimator.logits(X)
+
+
 class ValidatedLogitClassifier(LogitClassifier):
     """Base class of the classifiers whose hyper-parameters are chosen on validation data.
 
@@ -293,6 +492,7 @@ class ValidatedLogitClassifier(LogitClassifier):
 
     _search_axes: ClassVar[tuple[str, ...]] = ()
     _default_grids: ClassVar[dict[str, np.ndarray]] = {}
+    _fit_takes_validation = True
 
     def fit(self, X, y, X_val=None, y_val=None):
         """Fit on the support set; search the hyper-parameters on validation data if given.

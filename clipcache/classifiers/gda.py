@@ -291,10 +291,10 @@ class GDAClassifier(LogitClassifier):
         sums, counts, _ = _class_sums(gm.NumpyOps(), _blocks(X, codes))
         means = sums / counts[:, None]
         priors = self._priors(counts)
-        R = X.astype(np.float64) - means[codes]
+        R = X - means.astype(np.float32)[codes]  # float32: the products below are the fit's cost
         weights = _scatter_weights(self.precision, priors, counts)
         if weights is not None:
-            R *= np.sqrt(weights)[codes][:, None]
+            R *= np.sqrt(weights).astype(np.float32)[codes][:, None]
         stats, K = gm.woodbury_stats(R)
         if len(X) <= len(counts) or stats.trace <= 0:
             self._set_identity(means, priors)

@@ -32,6 +32,7 @@ from clipcache.classifiers.ensemble import LogitEnsemble
 from clipcache.classifiers.fusion import LogitBiasFusion
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.knn import KNNClassifier
+from clipcache.classifiers.product import ProductOfExperts
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 from clipcache.classifiers.selection import SelectByValidation
 from clipcache.classifiers.tip import TipAdapter
@@ -54,7 +55,7 @@ _REFIT = "give a file written by save_model (clipcache fit)"
 _CLASSES = {
     cls.__name__: cls
     for cls in (ZeroShotClassifier, ClassMeanClassifier, GDAClassifier, LogitEnsemble, TipAdapter,
-                LogitBiasFusion, KNNClassifier, TransductiveGDA, SelectByValidation)
+                LogitBiasFusion, KNNClassifier, TransductiveGDA, ProductOfExperts, SelectByValidation)
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
-import scipy.sparse
 
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
+from clipcache.classifiers._gda_math import class_sums
 from clipcache.classifiers._params import Device, Interval
 from clipcache.classifiers.base import LogitClassifier, l2_normalize
 
@@ -28,10 +28,7 @@ def class_means(X: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
     -------
     ndarray of shape (n_classes, d), float32 (accumulated in float64)
     """
-    onehot = scipy.sparse.csr_matrix(
-        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_classes, len(codes))
-    )
-    sums = onehot @ X.astype(np.float64)  # one sparse product: np.add.at is ~10x slower on few-shot sets
+    sums = class_sums(X, codes, n_classes, dtype=np.float64)
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 

@@ -259,8 +259,6 @@ def build_estimator(method: str, protocol: Protocol, store: FeatureStore, *, n_n
         return LogitBiasFusion(aux_dim=aux_dim, base=base(), aux=ClassMeanClassifier(), center=center)
     if method == "auto":
         candidates = default_candidates(base=base() if protocol.base == "zeroshot" else None)
-        if protocol.base == "zeroshot":
-            candidates.insert(0, ("zeroshot", base(), 0))
         return SelectByValidation(candidates=candidates, center=center)
     return KNNClassifier(n_neighbors=n_neighbors, center=center)
 

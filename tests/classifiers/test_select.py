@@ -2,16 +2,22 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
+from clipcache.calibration import fit_temperature
 from clipcache.classifiers import (
     ClassMeanClassifier,
     GDAClassifier,
     KNNClassifier,
+    LogitEnsemble,
+    ProductOfExperts,
     SelectByValidation,
     TipAdapter,
+    ZeroShotClassifier,
     load_model,
     save_model,
 )
+from clipcache.classifiers.base import PartCache, fit_part
 from clipcache.classifiers.selection import (
     choose_candidate,
     default_candidates,
@@ -71,13 +77,83 @@ def test_select_fits_every_candidate_and_predicts_with_the_chosen_one(blobs):
 
 def test_without_validation_data_the_first_candidate_is_used(blobs):
     select = SelectByValidation().fit(blobs["X"], blobs["y"])
-    assert select.best_name_ == "gda" and isinstance(select.best_estimator_, GDAClassifier)
+    assert select.best_name_ == "gda+ncm" and isinstance(select.best_estimator_, ProductOfExperts)
+    np.testing.assert_array_equal(select.best_estimator_.expert_temperatures_, [1.0, 1.0])
     assert select.validation_accuracy_.size == 0
 
 
-def test_default_candidates_are_ranked_by_what_they_search():
-    levels = {name: level for name, _, level in default_candidates()}
-    assert levels == {"gda": 0, "ncm": 0, "gda-ensemble": 1, "tip": 2}
+def test_default_candidates_put_the_product_first():
+    assert [(name, type(est).__name__, level) for name, est, level in default_candidates()] == [
+        ("gda+ncm", "ProductOfExperts", 0), ("gda", "GDAClassifier", 1), ("ncm", "ClassMeanClassifier", 1)]
+    base = ZeroShotClassifier()
+    with_text = default_candidates(base=base)
+    assert [(name, level) for name, _, level in with_text] == [
+        ("gda+ncm+zeroshot", 0), ("gda", 1), ("ncm", 1), ("zeroshot", 1), ("gda-ensemble", 2), ("tip", 3)]
+    assert with_text[0][1].experts[2] is base and with_text[4][1].base is base
+
+
+def test_the_product_stays_unless_an_expert_alone_beats_it_beyond_the_noise():
+    m = 40
+    product = np.zeros(m, dtype=bool)
+    product[:30] = True
+    alone = product.copy()
+    alone[30:33] = True  # +3 rows, 3 disagreements: gain 0.075 > se sqrt(3)/40 = 0.043
+    assert choose_candidate(np.array([product, alone]), [0, 1], 1.0)[0] == 1
+    alone = product.copy()
+    alone[30] = True  # +1 row: gain 0.025 = se 1/40
+    assert choose_candidate(np.array([product, alone]), [0, 1], 1.0)[0] == 0
+
+
+def _straightforward(candidates, X, y, Xv, yv, tolerance=1.0):
+    """The selection without shared work: clone, public fit and logits for every candidate."""
+    fitted, correct = [], []
+    for _, est, _ in candidates:
+        est = clone(est)
+        takes_val = isinstance(est, LogitEnsemble | TipAdapter | ProductOfExperts | SelectByValidation)
+        est = est.fit(X, y, Xv, yv) if takes_val else est.fit(X, y)
+        fitted.append(est)
+        correct.append(est.predict(Xv) == yv)
+    chosen = choose_candidate(np.array(correct), [level for _, _, level in candidates], tolerance)[0]
+    best = fitted[chosen]
+    return chosen, np.mean(correct, axis=1), best, fit_temperature(best.logits(Xv), np.searchsorted(best.classes_, yv))
+
+
+@pytest.mark.parametrize("which", ["default", "mixed"])
+def test_the_shared_fit_equals_the_straightforward_path(blobs, which):
+    candidates = default_candidates() if which == "default" else [
+        ("knn", KNNClassifier(n_neighbors=3), 0), ("gda", GDAClassifier(), 1),
+        ("tip", TipAdapter(), 1), ("poe", ProductOfExperts(experts=[GDAClassifier(), KNNClassifier()]), 2)]
+    X, y, Xv, yv = blobs["X"], blobs["y"], blobs["Xv"], blobs["yv"]
+    select = SelectByValidation(candidates=candidates, tolerance=0.0).fit(X, y, Xv, yv)
+    chosen, accuracy, best, temperature = _straightforward(candidates, X, y, Xv, yv, tolerance=0.0)
+    assert select.best_name_ == candidates[chosen][0]
+    np.testing.assert_allclose(select.validation_accuracy_, accuracy)
+    np.testing.assert_allclose(select.logits(blobs["Xt"]), best.logits(blobs["Xt"]), rtol=1e-6, atol=1e-6)
+    assert select.temperature_ == pytest.approx(temperature, rel=1e-6)
+
+
+def test_a_part_shared_by_two_candidates_is_fitted_once(blobs):
+    X = blobs["X"]
+    classes, codes = np.unique(blobs["y"], return_inverse=True)
+    cache = PartCache()
+    first, z1 = fit_part(GDAClassifier(), X, classes, codes, blobs["Xv"], codes, cache)
+    again, z2 = fit_part(GDAClassifier(), X, classes, codes, blobs["Xv"], codes, cache)
+    other, _ = fit_part(GDAClassifier(precision="ledoit-wolf"), X, classes, codes, blobs["Xv"], codes, cache)
+    assert again is first and z2 is z1 and other is not first
+    np.testing.assert_allclose(z1, GDAClassifier().fit(X, blobs["y"]).logits(blobs["Xv"]), rtol=1e-6, atol=1e-6)
+    center = fit_part(GDAClassifier(center=blobs["Xv"].mean(0)), X, classes, codes, cache=cache)[0]
+    assert cache.key(GDAClassifier(center=blobs["Xv"].mean(0))) is None and center is not first
+
+
+def test_bad_validation_features_are_refused_before_any_candidate_is_fitted(blobs):
+    with pytest.raises(ValueError, match="X_val has 3 features but X has 16"):
+        SelectByValidation().fit(blobs["X"], blobs["y"], blobs["Xv"][:, :3], blobs["yv"])
+    bad = blobs["Xv"].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SelectByValidation().fit(blobs["X"], blobs["y"], bad, blobs["yv"])
+    with pytest.raises(ValueError, match="each candidate must be"):
+        SelectByValidation(candidates=[("gda", "not an estimator", 0)]).fit(blobs["X"], blobs["y"])
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".npz"])

@@ -5,7 +5,7 @@ import pytest
 import scipy.special
 
 from clipcache.classifiers import GDAClassifier, TransductiveGDA
-from clipcache.classifiers.transductive import _EM, UNLABELLED, GramCache
+from clipcache.classifiers.transductive import _EM, UNLABELLED, GramCache, likelihood_guard
 
 
 def _clusters(seed=0, d=8, shots=2, n_unlabelled=60, shift=0.0):
@@ -98,7 +98,7 @@ def test_em_never_lowers_validation_accuracy_below_its_start():
         clf = TransductiveGDA(tolerance=0.0).fit(X, y, Xv, yv)
         chosen = list(clf.strength_grid_).index(clf.strength_)
         assert clf.search_accuracy_[chosen] >= clf.search_accuracy_[0]
-        assert clf.search_accuracy_[chosen] == clf.search_accuracy_.max()
+        assert clf.search_nll_[chosen] <= clf.search_nll_[0]
         inductive = GDAClassifier().fit(X[y != UNLABELLED], y[y != UNLABELLED])
         assert clf.search_accuracy_[0] == inductive.score(Xv, yv)
 
@@ -107,6 +107,35 @@ def test_the_guard_keeps_the_start_unless_the_gain_exceeds_the_noise():
     X, y, _, Xv, yv = _clusters(seed=4, shots=3, shift=2.5)
     strict = TransductiveGDA(tolerance=1e6).fit(X, y, Xv, yv)
     assert strict.strength_ == 0.0 and strict.n_iter_ == 1
+
+
+def _posterior(p_true, right):
+    """Two-class posteriors of four rows: p_true on the true class (0), the rest on class 1 unless ``right``."""
+    p = np.asarray(p_true, dtype=np.float64)
+    return np.stack([p, 1 - p], axis=1) if right else np.stack([1 - p, p], axis=1)
+
+
+def test_likelihood_guard_needs_an_nll_gain_beyond_its_paired_standard_error():
+    y = np.zeros(4, dtype=np.int64)
+    start = _posterior([0.6, 0.6, 0.6, 0.6], right=True)
+    steady = _posterior([0.7, 0.7, 0.7, 0.7], right=True)  # the same gain on every row: se 0
+    lucky = _posterior([0.99, 0.6, 0.6, 0.6], right=True)  # one row gains: mean 0.126, se 0.126
+    chosen, nll, accuracy = likelihood_guard([start, lucky, steady], y, 1.0)
+    assert chosen == 2
+    np.testing.assert_allclose(nll, [-np.log(0.6), -(np.log(0.99) + 3 * np.log(0.6)) / 4, -np.log(0.7)])
+    np.testing.assert_array_equal(accuracy, [1.0, 1.0, 1.0])
+    gain = np.log(0.99) - np.log(0.6)
+    assert likelihood_guard([start, lucky], y, 0.99)[0] == 1  # gain/4 > 0.99 * se = 0.99 * gain/4
+    assert likelihood_guard([start, lucky], y, 1.01)[0] == 0  # gain/4 < 1.01 * se
+    assert gain / 4 == pytest.approx(np.std([gain, 0, 0, 0], ddof=1) / 2)
+
+
+def test_likelihood_guard_never_trades_accuracy_for_likelihood():
+    y = np.zeros(4, dtype=np.int64)
+    start = _posterior([0.51, 0.51, 0.51, 0.51], right=True)
+    worse = np.vstack([_posterior([0.9, 0.9, 0.9], right=True), [[0.49, 0.51]]])  # NLL falls, one row now wrong
+    assert likelihood_guard([start, worse], y, 0.0)[0] == 0
+    assert likelihood_guard([start], y, 0.0)[0] == 0
 
 
 def test_a_cache_shares_the_unlabelled_gram_and_changes_nothing():

@@ -74,7 +74,7 @@ def test_each_run_reports_the_ece_before_and_after_calibration(store):
 
 def test_auto_reports_the_selected_candidate(store):
     report = run_evaluation(store, ["auto"], [4], [1, 2], feature_set="clip")
-    names = {"zeroshot", "gda", "ncm", "gda-ensemble", "tip"}
+    names = {"gda+ncm+zeroshot", "zeroshot", "gda", "ncm", "gda-ensemble", "tip"}
     assert all(r["hyperparameters"]["selected"] in names for r in report.runs)
 
 
