@@ -30,6 +30,7 @@ from clipcache.evaluation.protocol import (
     split_rows,
     zero_shot_classifier,
 )
+from clipcache.evaluation.results import EvaluationReport
 from clipcache.evaluation.sampling import ProtocolError, sample_few_shot
 from clipcache.feature_store import FeatureStore
 
@@ -61,8 +62,6 @@ def run_base_to_new(store_path: str | os.PathLike, methods, shots, seeds, option
     ProtocolError
         The store has no text embeddings (the new classes are scored zero-shot).
     """
-    from clipcache.evaluation.report import EvaluationReport
-
     report = EvaluationReport(metrics=BASE_TO_NEW_METRICS)
     with FeatureStore(store_path, "r") as store:
         protocol = resolve_protocol(store, methods, options)

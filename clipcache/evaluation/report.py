@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import numpy as np
 from clipcache._io import atomic_output
 from clipcache.classifiers.transductive import GramCache
 from clipcache.errors import InvalidParameterError
-from clipcache.evaluation.metrics import mean_ci
+from clipcache.evaluation.base_to_new import run_base_to_new
 from clipcache.evaluation.options import (
     METRICS,
     TRANSDUCTIVE_METHOD,
@@ -36,70 +34,13 @@ from clipcache.evaluation.protocol import (
     score,
     split_rows,
 )
+from clipcache.evaluation.results import EvaluationReport
 from clipcache.evaluation.sampling import VAL_SEED, sample_few_shot
 from clipcache.feature_store import FeatureStore
 
 __all__ = ["EvaluationReport", "run_evaluation", "format_table", "plot_accuracy", "METRICS"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvaluationReport:
-    """Every run of an evaluation and its summary.
-
-    Attributes
-    ----------
-    runs : list of dict
-        One per (method, shots, seed): the metrics and the chosen hyper-parameters.
-    supports : list of dict
-        One per (shots, seed): the support set drawn (ids, per-class counts).
-    config : dict
-        Store, splits, feature sets, base, centring, validation (carved or not).
-    metrics : tuple of str
-        The metrics every run holds (:data:`METRICS`, or the base-to-new ones).
-    predictions : dict
-        ``{(method, shots, seed): ndarray (t,) of predicted classes}`` when asked for; not in the JSON.
-    ood : dict
-        With ``ood_splits``: the OOD detectors' ``config``, ``runs`` and ``summary``
-        (:mod:`clipcache.evaluation.ood_report`, keys in docs/ood.md); empty otherwise.
-    """
-
-    runs: list = field(default_factory=list)
-    supports: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    metrics: tuple = METRICS
-    predictions: dict = field(default_factory=dict)
-    ood: dict = field(default_factory=dict)
-
-    def summary(self, metric: str = "top1") -> dict:
-        """``{method: {shots: (mean, ci95 half-width)}}`` over seeds, for one of ``self.metrics``."""
-        if metric not in self.metrics:
-            raise InvalidParameterError(f"metric={metric!r} is not one of {', '.join(self.metrics)}", param="metric")
-        out: dict = {}
-        for run in self.runs:
-            out.setdefault(run["method"], {}).setdefault(run["shots"], []).append(run[metric])
-        return {m: {k: mean_ci(v) for k, v in sorted(by.items())} for m, by in out.items()}
-
-    def to_dict(self) -> dict:
-        """``config``, ``summary`` (metric -> method -> shots -> mean and ci95), ``runs`` and ``supports``."""
-        summary = {
-            metric: {m: {str(k): {"mean": v[0], "ci95": v[1]} for k, v in by.items()} for m, by in self.summary(metric).items()}
-            for metric in self.metrics
-        }
-        out = {"config": self.config, "summary": summary, "runs": self.runs, "supports": self.supports}
-        if self.ood:
-            out["ood"] = self.ood
-        return out
-
-    def to_json(self) -> str:
-        """The report as a JSON document (what ``clipcache evaluate --json`` prints)."""
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-    def write_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_json` to ``path`` through :func:`clipcache._io.atomic_output`."""
-        with atomic_output(path) as tmp:
-            tmp.write_text(self.to_json() + "\n", encoding="utf-8")
 
 
 def run_evaluation(
@@ -156,8 +97,6 @@ def run_evaluation(
     if options.test_split is None:
         raise InvalidParameterError("run_evaluation needs a test split to score; give test_split", param="test_split")
     if options.base_to_new:
-        from clipcache.evaluation.base_to_new import run_base_to_new
-
         return run_base_to_new(store_path, methods, shots, seeds, options)
     report = EvaluationReport()
     with FeatureStore(store_path, "r") as store, _test_store(store_path, options) as test_store:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from clipcache.errors import ClipCacheError, InvalidParameterError
+from clipcache.retrieval.torch_flat import TorchFlatIndex
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ __all__ = [
     "DTYPES",
     "BackendChoice",
     "check_backend",
-    "check_torch_sizes",
     "choose_backend",
     "faiss_gpu_status",
     "flat_index",
@@ -131,20 +131,6 @@ def check_backend(backend: str = "auto", *, factory: str = "Flat", device=None, 
         )
     if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
         raise InvalidParameterError(f"device must be a name such as 'cpu' or 'cuda', not {device!r}", param="device")
-
-
-def check_torch_sizes(*, block_rows=None, query_rows=None, device_memory=None) -> None:
-    """Refuse torch-backend sizes that cannot work: rows must be positive integers, ``device_memory`` bytes >= 0.
-
-    Raises
-    ------
-    InvalidParameterError
-        With ``param`` naming the value at fault.
-    """
-    for name, value, least in (("block_rows", block_rows, 1), ("query_rows", query_rows, 1), ("device_memory", device_memory, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least):
-            what = "a positive integer" if least else "a number of bytes of 0 or more"
-            raise InvalidParameterError(f"{name} must be {what}, not {value!r}", param=name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -309,8 +295,6 @@ def flat_index(keys: np.ndarray, *, backend: str = "auto", device=None):
     choice = choose_backend(backend, device=device)
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     if choice.name == "torch":
-        from clipcache.retrieval.torch_flat import TorchFlatIndex
-
         index = TorchFlatIndex(keys.shape[1], "ip", device=choice.device)
         index.add(keys)
         return index, choice

@@ -67,10 +67,10 @@ from clipcache.feature_store import FeatureStore
 from clipcache.retrieval.backends import (
     BackendChoice,
     check_backend,
-    check_torch_sizes,
     choose_backend,
     is_flat,
 )
+from clipcache.retrieval.torch_flat import TorchFlatIndex, check_torch_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -762,8 +762,6 @@ def build_index(
         logger.warning("%s: split %r is not complete; the index will be stale once rows are added", store.path, split)
     choice = choose_backend(backend, factory=factory, device=device, dtype=dtype, gpu=gpu)
     if choice.name == "torch":
-        from clipcache.retrieval.torch_flat import TorchFlatIndex
-
         index = TorchFlatIndex(
             info.dim, metric, device=choice.device, dtype=choice.dtype, block_rows=block_rows, device_memory=device_memory
         )
@@ -979,8 +977,6 @@ def _index_from_store(store, meta: dict, rows: np.ndarray, choice: BackendChoice
     """A Flat index of ``choice``'s backend holding the store's vectors of ``rows`` (the store's fingerprint checked first)."""
     _check_fingerprint(store, meta)
     if choice.name == "torch":
-        from clipcache.retrieval.torch_flat import TorchFlatIndex
-
         index = TorchFlatIndex(
             int(meta["dim"]), meta["metric"], device=choice.device, dtype=choice.dtype, block_rows=block_rows,
             device_memory=device_memory,

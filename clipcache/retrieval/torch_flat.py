@@ -40,11 +40,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from clipcache.errors import InvalidParameterError, QueryError
-from clipcache.retrieval.backends import check_torch_sizes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "check_torch_sizes",
     "TorchFlatIndex",
     "default_block_rows",
     "default_query_rows",
@@ -59,6 +59,20 @@ _BLOCK_ROWS = {"cpu": 16384, "cuda": 262144}
 #: Share of the free device memory that resident vectors may take by default.
 _RESIDENT_SHARE = 0.75
 _OUT_DTYPE_MM: dict = {}
+
+
+def check_torch_sizes(*, block_rows=None, query_rows=None, device_memory=None) -> None:
+    """Refuse torch-backend sizes that cannot work: rows must be positive integers, ``device_memory`` bytes >= 0.
+
+    Raises
+    ------
+    InvalidParameterError
+        With ``param`` naming the value at fault.
+    """
+    for name, value, least in (("block_rows", block_rows, 1), ("query_rows", query_rows, 1), ("device_memory", device_memory, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least):
+            what = "a positive integer" if least else "a number of bytes of 0 or more"
+            raise InvalidParameterError(f"{name} must be {what}, not {value!r}", param=name)
 
 
 def default_block_rows(device) -> int:
