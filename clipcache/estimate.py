@@ -381,7 +381,7 @@ def _summary(rows: list, methods: list) -> dict:
         out[m] = {
             "n_splits": len(known),
             "r2": r2_linear_fit(est, truth) if enough else None,
-            "spearman": float(scipy.stats.spearmanr(est, truth).statistic) if enough else None,
+            "spearman": float(scipy.stats.spearmanr(est, truth)[0]) if enough else None,
             "mae": float(np.mean(np.abs(est - truth))) if len(known) else None,
         }
     return out

@@ -180,8 +180,7 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
     text = json.dumps(doc, sort_keys=True)
     with atomic_output(path, "the model file") as tmp:
         if suffix == ".npz":
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **{_META: np.array(text)}, **arrays)
+            _write_npz(tmp, {_META: np.array(text), **arrays})
         else:
             with h5py.File(tmp, "w") as h5:
                 h5.attrs[_META] = text
@@ -191,6 +190,15 @@ def save_model(estimator: BaseEstimator, path: str | os.PathLike, metadata: dict
                     else:
                         h5.create_dataset(key, data=arr)
     return path
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """What ``np.savez`` writes, with the zip file closed even when a write fails (numpy < 1.24 leaves it to
+    the garbage collector, which then prints an ignored exception on a full disk)."""
+    with open(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def _read_npz(path: Path) -> tuple[str, dict]:

@@ -1,8 +1,15 @@
+# ruff: noqa: E402 (the warnings filter comes before the imports it is for)
 """Feature extraction: backbones, datasets, prompts, the extraction loop and shard merging.
 
 Importing this package imports torch, open_clip and timm; the command line imports
 it only when an extraction command runs.
 """
+
+import warnings
+
+# Older timm releases (1.0.17, the minimum, among them) call torch.jit.interface when it is imported, which torch 2.x deprecates with a
+# FutureWarning that users can do nothing about; it would end up in every extract command's output.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
 
 from clipcache.extract.backbones import (
     Backbone,

@@ -217,7 +217,7 @@ def old_model(store, tmp_path):
     [
         (".h5", Fault("h5py.Group.create_dataset", call=2, action="enospc")),
         (".h5", Fault("os.replace", action="enospc")),
-        (".npz", Fault("numpy.savez", action="enospc")),
+        (".npz", Fault("numpy.lib.format.write_array", action="enospc")),
         (".npz", Fault("os.replace", action="enospc")),
     ],
     ids=["h5-dataset", "h5-rename", "npz-write", "npz-rename"],
