@@ -179,6 +179,18 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         """Logits (n, C) of checked float32 rows X (n, d), before this estimator's own centring."""
         return self._logits(apply_center(X, getattr(self, "center_", None), self._center_blocks(X.shape[1])))
 
+    def _fit_meta(self, X, y, X_val, y_val, purpose: str):
+        """``fit`` of a meta-estimator: check the input once, then fit by ``_fit_checked`` with one :class:`PartCache`."""
+        self._validate_params()
+        return self._fit_checked(*self._check_fit_input(X, y, X_val, y_val, purpose), cache=PartCache())
+
+    def _start_meta_fit(self, X: np.ndarray, classes: np.ndarray, X_val=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Set ``n_features_in_``, the centre (from X) and ``classes_``; return the centred X and X_val."""
+        self.n_features_in_ = X.shape[1]
+        X = self._fit_center(X)
+        self.classes_ = classes
+        return X, None if X_val is None else apply_center(X_val, self.center_, self._center_blocks(X.shape[1]))
+
     def _check_fit_input(self, X, y, X_val, y_val, purpose: str):
         """The checks of a ``fit(X, y, X_val, y_val)``, done once at a meta-estimator's boundary.
 

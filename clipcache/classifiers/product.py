@@ -23,12 +23,11 @@ from __future__ import annotations
 import numpy as np
 
 from clipcache.calibration import fit_temperature_checked
-from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._validation import check_part_classes
 from clipcache.classifiers.base import (
     InvalidParameterError,
     LogitClassifier,
-    PartCache,
     fit_part,
     part_logits,
 )
@@ -123,15 +122,10 @@ class ProductOfExperts(LogitClassifier):
         -------
         self
         """
-        self._validate_params()
-        checked = self._check_fit_input(X, y, X_val, y_val, "calibrate the experts")
-        return self._fit_checked(*checked, cache=PartCache())
+        return self._fit_meta(X, y, X_val, y_val, "calibrate the experts")
 
     def _fit_checked(self, X, classes, codes, X_val=None, codes_val=None, cache=None):
-        self.n_features_in_ = X.shape[1]
-        X = self._fit_center(X)
-        Xv = None if X_val is None else apply_center(X_val, self.center_, self._center_blocks(X.shape[1]))
-        self.classes_ = classes
+        X, Xv = self._start_meta_fit(X, classes, X_val)
         fitted = [fit_part(e, X, classes, codes, Xv, codes_val, cache) for e in self._experts()]
         self.experts_ = [est for est, _ in fitted]
         for est in self.experts_:

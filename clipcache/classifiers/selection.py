@@ -44,13 +44,12 @@ from numbers import Real
 import numpy as np
 
 from clipcache.calibration import fit_temperature_checked
-from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center
+from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Interval
 from clipcache.classifiers._validation import check_part_classes
 from clipcache.classifiers.base import (
     InvalidParameterError,
     LogitClassifier,
-    PartCache,
     _takes_validation,
     fit_part,
     part_logits,
@@ -243,16 +242,11 @@ class SelectByValidation(LogitClassifier):
         -------
         self
         """
-        self._validate_params()
-        checked = self._check_fit_input(X, y, X_val, y_val, "choose a candidate")
-        return self._fit_checked(*checked, cache=PartCache())
+        return self._fit_meta(X, y, X_val, y_val, "choose a candidate")
 
     def _fit_checked(self, X, classes, codes, X_val=None, codes_val=None, cache=None):
         candidates = self._candidates()
-        self.n_features_in_ = X.shape[1]
-        X = self._fit_center(X)
-        Xv = None if X_val is None else apply_center(X_val, self.center_, self._center_blocks(X.shape[1]))
-        self.classes_ = classes
+        X, Xv = self._start_meta_fit(X, classes, X_val)
         self.candidate_names_ = np.array([name for name, _, _ in candidates])
         self.temperature_ = 1.0
         if Xv is None:
