@@ -35,13 +35,13 @@ _DTYPES = ("float32", "float16", "bfloat16")
 _AUTO = "auto takes faiss-gpu when it passes a probe search, then torch on CUDA (Flat indexes), then faiss on the CPU"
 
 
-def _backend_options(what: str, *, auto: str = _AUTO, dtype: bool = True):
-    """--backend, --device and (``dtype``) --dtype; the help says who ``what`` and what ``auto`` means."""
+def _backend_options(what: str, *, auto: str = _AUTO, faiss_cuda: str = "cuda means faiss-gpu", dtype: bool = True):
+    """--backend, --device and (``dtype``) --dtype; the help says who ``what``, what ``auto`` and faiss on cuda mean."""
     options = [
         click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
                      help=f"Who {what}: {auto}; torch searches Flat indexes only."),
         click.option("--device", help="Torch device of the torch backend (cpu, cuda, cuda:N; default cuda when "
-                                      "torch sees a GPU); with faiss, cuda means faiss-gpu; with auto, cpu keeps to the CPU."),
+                                      f"torch sees a GPU); with faiss, {faiss_cuda}; with auto, cpu keeps to the CPU."),
     ]
     if dtype:
         options.append(click.option(
@@ -193,7 +193,8 @@ def search(store, ids, images, texts, vectors, k, split, feature_set, index_file
 @deprecated_alias("--shared", "exclusive", value=False, instead="--no-exclusive")
 @click.option("--use-index", is_flag=True, help="Search the pool's saved index instead of an exact scan.")
 @_backend_options("scans the pool, or loads --use-index's index",
-                  auto="for the scan, auto takes torch on CUDA, else faiss on the CPU; for an index, as in search")
+                  auto="for the scan, auto takes torch on CUDA, else faiss on the CPU; for an index, as in search",
+                  faiss_cuda="cuda means faiss-gpu for --use-index's index (the scan runs faiss on the CPU)")
 @json_option("Print the summary as JSON.")
 def support(store, pool, k, to_split, feature_set, text, exclusive, use_index, backend, device, dtype, as_json) -> None:
     """Retrieve the K pool images nearest to each class's text embedding and write them as a new split."""
