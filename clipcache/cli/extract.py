@@ -58,6 +58,33 @@ def _check_flags(model, pretrained, aux, resume, overwrite, templates) -> None:
         raise click.UsageError("--templates needs a text tower; add an open_clip --model")
 
 
+#: The extract flags whose value, with --add-splits, comes from the store's recorded config unless given.
+_RECORDED_FLAGS = ("model", "pretrained", "aux", "dtype", "normalize", "image_size", "augment_views", "seed")
+
+
+def _recorded_settings(store: str, given: dict) -> dict:
+    """With --add-splits: the backbones and settings of STORE's own extraction, for each flag not given on the command line."""
+    from clipcache.extract.loop import recorded_config
+
+    if not os.path.isfile(store):
+        raise click.UsageError(f"{store}: no such store; --add-splits adds splits to an existing store")
+    recorded = recorded_config(store)
+    if recorded is None:
+        missing = [f"--{name.replace('_', '-')}" for name in ("model", "aux") if not given[name]]
+        if len(missing) == 2:
+            raise click.UsageError(f"{store}: records no extraction settings; give its backbones with --model and/or --aux")
+        return {}
+    ctx = click.get_current_context()
+    settings = {
+        name: getattr(recorded, name)
+        for name in _RECORDED_FLAGS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
+    }
+    if not recorded.model:  # weights of no CLIP model (the library's default "none")
+        settings.pop("pretrained", None)
+    return settings
+
+
 def _amp_request(amp: tuple[str, ...]) -> tuple[str, ...] | None:
     """The ``--amp`` values for ``RunOptions.amp`` (None: every backbone's default); the old value none is deprecated."""
     values = [part.rpartition("=")[2].strip().lower() for spec in amp for part in spec.split(",")]
@@ -114,6 +141,10 @@ def _print_report(report) -> None:
 @click.option("--shard", help="Extract shard i/n of every split into STORE (merge shards with clipcache merge).")
 @click.option("--templates", help="Also embed class prompts: imagenet80, simple or FILE.json.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same STORE.")
+@click.option("--add-splits", is_flag=True,
+              help="Add the splits of SOURCE (e.g. the copies `clipcache corrupt` writes) to the existing STORE, encoded "
+                   "as its own splits were: backbones and settings default to the store's, and any given must match "
+                   "them. Run it again to finish an interrupted add.")
 @click.option("--overwrite", is_flag=True,
               help="Replace STORE if it exists; the new store is written beside it and replaces it only when complete.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
@@ -121,19 +152,29 @@ def _print_report(report) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
 def extract_command(source, store, model, pretrained, aux, classes, splits, max_per_class, val_per_class,
                     batch_size, workers, device, amp, dtype, normalize, image_size, augment_views, seed, shard,
-                    templates, resume, overwrite, strict, threads, progress):
+                    templates, resume, add_splits, overwrite, strict, threads, progress):
     """Encode the images of SOURCE into the feature store STORE.
 
     SOURCE is an ImageFolder tree (one folder per class, optionally inside
     train/val/test folders), a CSV/TSV manifest with columns path,label[,split],
     or a folder of idx files (MNIST, Fashion-MNIST). Every input is checked
     before any work. A run stopped by a kill, an interrupt or a full disk keeps
-    its committed batches: run it again with --resume.
+    its committed batches: run it again with --resume. --add-splits adds the
+    splits of SOURCE to an existing STORE instead.
     """
     from clipcache.extract.datasets import read_class_names
     from clipcache.extract.loop import ExtractConfig, RunOptions, extract
     from clipcache.extract.plan import parse_shard, shard_from_env, shard_path
 
+    if add_splits:
+        if resume or overwrite:
+            raise click.UsageError("--add-splits continues an interrupted add by itself; drop --resume and --overwrite")
+        recorded = _recorded_settings(store, {"model": model, "aux": aux})
+        model, pretrained, aux = (recorded.pop(k, v) for k, v in (("model", model), ("pretrained", pretrained), ("aux", aux)))
+        dtype, normalize, image_size, augment_views, seed = (
+            recorded.get(k, v) for k, v in (("dtype", dtype), ("normalize", normalize), ("image_size", image_size),
+                                            ("augment_views", augment_views), ("seed", seed))
+        )
     _check_flags(model, pretrained, aux, resume, overwrite, templates)
     check_output(store, _input_files(source, classes, pretrained, aux, templates), param="store")
     env_shard = shard_from_env()
@@ -167,7 +208,7 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
     options = RunOptions(
         workers=workers, device=_resolve_device(device, local_rank), amp=_amp_request(amp), strict=strict, progress=progress
     )
-    report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates)
+    report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates, add_splits=add_splits)
     _print_report(report)
 
 

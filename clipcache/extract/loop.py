@@ -65,9 +65,14 @@ if TYPE_CHECKING:
     from clipcache.extract.backbones import Backbone
     from clipcache.extract.plan import SplitPlan
 
-__all__ = ["ExtractConfig", "ExtractReport", "RunOptions", "extract"]
+__all__ = ["ADD_SPLITS_FREE", "ExtractConfig", "ExtractReport", "RunOptions", "extract", "recorded_config"]
 
 logger = logging.getLogger(__name__)
+
+#: The :class:`ExtractConfig` fields that splits added to a store (``extract(..., add_splits=True)``) may set
+#: apart from the store's own extraction: which images, and how they are batched. The others decide the
+#: stored values and must be the store's.
+ADD_SPLITS_FREE = ("source", "classes", "splits", "max_per_class", "val_per_class", "batch_size", "shard")
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -124,6 +129,16 @@ class ExtractConfig:
     normalize: bool = True
     image_size: int | None = None
     shard: tuple[int, int] = (0, 1)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExtractConfig:
+        """The config :meth:`to_json` recorded (lists back to tuples; keys this release does not know are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("aux", "classes", "splits", "shard"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
     def to_json(self) -> dict:
         """Return the config as JSON-able values (recorded in the store's metadata)."""
@@ -267,9 +282,49 @@ def _check_store_path(path: str, *, resume: bool, overwrite: bool) -> None:
         raise StoreError(f"{path}: cannot open the store for writing ({os.strerror(errno.ENOENT)})", param="path")
 
 
-def _open_store(path: str, config: ExtractConfig, *, resume: bool, fresh: bool) -> FeatureStore:
+def recorded_config(path: str | os.PathLike) -> ExtractConfig | None:
+    """The :class:`ExtractConfig` that extracted the store at ``path``, or None when it records none."""
+    with FeatureStore(path, "r") as store:
+        recorded = store.metadata.get(schema.METADATA_EXTRACT)
+    return None if recorded is None else ExtractConfig.from_json(recorded)
+
+
+def _check_add_splits(path: str, config: ExtractConfig) -> tuple[str, ...]:
+    """Refuse splits that cannot join the store at ``path``; return the store's classes (the added splits' label order)."""
+    if not _existing(path):
+        raise StoreError(f"{path}: there is no store to add splits to; extract the store first", param="path")
+    with FeatureStore(path, "r") as store:
+        recorded = store.metadata.get(schema.METADATA_EXTRACT)
+        shard = store.metadata.get(schema.METADATA_SHARD) or {}
+        classes = tuple(store.classes)
+    if shard.get("count", 1) != 1:
+        raise StoreMismatchError(
+            f"{path}: is shard {shard.get('index')} of {shard['count']}; add splits to the merged store", param="path"
+        )
+    if tuple(config.shard) != (0, 1):
+        raise InvalidParameterError(f"{path}: splits are added whole; leave shard at (0, 1)", param="shard")
+    if recorded is not None:
+        now = config.to_json()
+        diff = sorted(k for k in now if k not in ADD_SPLITS_FREE and recorded.get(k) != now[k])
+        if not now["model"] and not recorded.get("model") and "pretrained" in diff:
+            diff.remove("pretrained")  # the weights of no CLIP model
+        if diff:
+            raise StoreMismatchError(
+                f"{path}: was extracted with different {', '.join(diff)}; add splits with the settings the store "
+                "was extracted with (recorded_config gives them)",
+                param=diff[0],
+            )
+    if config.classes is not None and tuple(config.classes) != classes:
+        raise StoreMismatchError(
+            f"{path}: holds the classes {', '.join(classes)}; added splits must use the same classes in the same order",
+            param="classes",
+        )
+    return classes
+
+
+def _open_store(path: str, config: ExtractConfig, *, resume: bool, fresh: bool, add_splits: bool = False) -> FeatureStore:
     exists = _existing(path)
-    store = FeatureStore(path, "w" if fresh else ("a" if resume else "x"))
+    store = FeatureStore(path, "w" if fresh else ("a" if resume or add_splits else "x"))
     if resume and exists:
         recorded = store.metadata.get(schema.METADATA_EXTRACT)
         if recorded is not None and recorded != config.to_json():
@@ -333,6 +388,42 @@ def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbone
             "items": {p.name: [p.start, p.stop, p.n_items] for p in plans},
         },
     )
+
+
+def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones, plans) -> None:
+    """Check that the store can take ``plans``' splits, record them, and create them (``extract(..., add_splits=True)``).
+
+    A split of the same name is continued only when an earlier add with the same
+    config recorded it (an interrupted add); any other is refused. The record goes
+    into the metadata before the splits are made, so that a kill in between leaves
+    nothing the next run cannot recognise.
+    """
+    added = dict(store.metadata.get(schema.METADATA_ADDED_SPLITS) or {})
+    now = config.to_json()
+    for plan in plans:
+        if plan.name in store.splits and added.get(plan.name) != now:
+            raise StoreMismatchError(
+                f"{store.path}: already holds a split {plan.name!r}; add the new images under other split names, "
+                "or drop that split first (drop_split)",
+                param="splits",
+            )
+    for backbone in backbones:
+        existing = store.feature_sets.get(backbone.name)
+        if existing is None:
+            raise StoreMismatchError(
+                f"{store.path}: has no feature set {backbone.name!r}; added splits are encoded by the store's own "
+                f"backbones ({', '.join(store.feature_sets) or 'none'})",
+                param="aux",
+            )
+        prov = _feature_set_provenance(store, backbone)
+        prov[schema.PRECISION] = backbone.applied_precision
+        store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
+    store.set_metadata(schema.METADATA_ADDED_SPLITS, {**added, **{plan.name: now for plan in plans}})
+    shard = dict(store.metadata.get(schema.METADATA_SHARD) or {"index": 0, "count": 1, "items": {}})
+    shard["items"] = {**shard.get("items", {}), **{p.name: [p.start, p.stop, p.n_items] for p in plans}}
+    store.set_metadata(schema.METADATA_SHARD, shard)
+    for plan in plans:
+        store.create_split(plan.name, feature_sets=[b.name for b in backbones])
 
 
 def _feature_set_provenance(store: FeatureStore, backbone: Backbone) -> dict:
@@ -456,6 +547,7 @@ def extract(
     overwrite: bool = False,
     templates: str | None = None,
     backbones: Sequence[Backbone] | None = None,
+    add_splits: bool = False,
 ) -> ExtractReport:
     """Extract features of a dataset into a feature store.
 
@@ -475,6 +567,16 @@ def extract(
         Also embed class prompts with the CLIP text tower (see :func:`clipcache.extract.prompts.load_prompts`).
     backbones : sequence of Backbone, optional
         Prebuilt backbones (they must match ``config``); built from it by default.
+    add_splits : bool
+        Add the splits of ``config.source`` to the existing store at ``path``
+        (for example the corrupted copies of :func:`clipcache.corrupt.corrupt_folder`),
+        encoded as the store's own splits were: every field of ``config`` outside
+        :data:`ADD_SPLITS_FREE` must equal the store's recorded config
+        (:func:`recorded_config`), the backbones must be the store's feature sets in
+        their recorded precision, and labels follow the store's classes. A split
+        name the store already holds is refused, unless an earlier add with the
+        same config recorded it: an interrupted add continues when run again.
+        The added splits' configs are recorded in the metadata key ``added_splits``.
 
     Returns
     -------
@@ -492,8 +594,21 @@ def extract(
         raise InvalidParameterError(f"{path}: resume and overwrite contradict each other; pass one of them", param="resume")
     if templates and backbones is None and not config.model:
         raise InvalidParameterError("templates need a text tower; extract with an open_clip model as well", param="templates")
-    _check_store_path(path, resume=resume, overwrite=overwrite)
-    dataset = open_dataset(config.source, classes=config.classes)
+    classes = config.classes
+    if add_splits:
+        if resume or overwrite:
+            raise InvalidParameterError(
+                f"{path}: add_splits continues an interrupted add by itself; pass neither resume nor overwrite with it",
+                param="add_splits",
+            )
+        if templates:
+            raise InvalidParameterError(
+                "add_splits adds image splits only; embed prompts with clipcache.extract.embed_prompts", param="templates"
+            )
+        classes = _check_add_splits(path, config)
+    else:
+        _check_store_path(path, resume=resume, overwrite=overwrite)
+    dataset = open_dataset(config.source, classes=classes)
     selected = select_samples(
         dataset, splits=list(config.splits or []) or None, max_per_class=config.max_per_class, val_per_class=config.val_per_class
     )
@@ -509,9 +624,12 @@ def extract(
     report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
 
     def run(target: str, fresh: bool) -> None:
-        with _open_store(target, config, resume=resume, fresh=fresh) as store:
+        with _open_store(target, config, resume=resume, fresh=fresh, add_splits=add_splits) as store:
             report.precisions = _set_precisions(store, backbones, requested, torch.device(options.device))
-            _prepare_store(store, config, dataset.classes, backbones, plans)
+            if add_splits:
+                _prepare_added_splits(store, config, backbones, plans)
+            else:
+                _prepare_store(store, config, dataset.classes, backbones, plans)
             began = time.perf_counter()
             for plan in plans:
                 _run_split(store, plan, backbones, config, options, report)

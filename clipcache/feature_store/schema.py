@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FULL_PRECISION",
     "IDENTITY_KEYS",
+    "METADATA_ADDED_SPLITS",
     "METADATA_EXTRACT",
     "METADATA_SHARD",
     "METADATA_SUPPORT_SETS",
@@ -59,6 +60,8 @@ STRING_COLUMN = "string-column"
 # Keys of the store's JSON metadata that modules share; docs/file-format.md gives each one's shape.
 #: The extraction configuration (``ExtractConfig.to_json()``), checked on resume and merge.
 METADATA_EXTRACT = "extract"
+#: Metadata key: {split: the ExtractConfig JSON} of the splits added to a store after its extraction.
+METADATA_ADDED_SPLITS = "added_splits"
 #: Which shard of which items a store holds: ``{"index", "count", "items": {split: [start, stop, total]}}``.
 METADATA_SHARD = "shard"
 #: How each retrieved support split was made, by split name.
