@@ -1,6 +1,6 @@
 """The torch backend on a CUDA GPU, against faiss Flat on the CPU. Skipped without CUDA.
 
-Run them on a lent GPU machine (docs/gpu.md): ``python -m pytest -q -p no:cacheprovider tests/gpu``.
+Run them on a CUDA machine: ``python -m pytest -q -p no:cacheprovider tests/gpu``.
 """
 
 from __future__ import annotations
