@@ -75,6 +75,74 @@ def corrupted(source: Path, cache: Path, per_class: int) -> Path:
     return out
 
 
+#: Validation shifts: the AugMix operations (Hendrycks et al., ICLR 2020, google-research/augmix
+#: ``augmentations.py``), chosen by their authors to be disjoint from the CIFAR-10-C corruptions, with
+#: AugMix's parameterisation at levels 3, 6 and 9 of 10 (autocontrast and equalize have no level).
+#: They are applied to clean *validation* images; their labels decide the estimation benchmark's
+#: choices, so that no corrupted test image, nor its label, takes part in a choice.
+PROXY_OPS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "shear_x", "shear_y", "translate_x",
+             "translate_y")
+PROXY_LEVELS = (3, 6, 9)
+
+
+def _augmix_op(image, op: str, level: int, rng: np.random.Generator):
+    """One AugMix operation on a PIL image at ``level`` (0-10), random signs drawn from ``rng``."""
+    from PIL import Image, ImageOps
+
+    size = image.size[0]
+    sign = 1 if rng.random() < 0.5 else -1
+    if op == "autocontrast":
+        return ImageOps.autocontrast(image)
+    if op == "equalize":
+        return ImageOps.equalize(image)
+    if op == "posterize":
+        return ImageOps.posterize(image, 4 - int(level * 4 / 10))
+    if op == "solarize":
+        return ImageOps.solarize(image, 256 - int(level * 256 / 10))
+    if op == "rotate":
+        return image.rotate(sign * int(level * 30 / 10), resample=Image.BILINEAR)
+    if op.startswith("shear"):
+        shear = sign * level * 0.3 / 10
+        matrix = (1, shear, 0, 0, 1, 0) if op == "shear_x" else (1, 0, 0, shear, 1, 0)
+        return image.transform(image.size, Image.AFFINE, matrix, resample=Image.BILINEAR)
+    shift = sign * int(level * (size / 3) / 10)
+    matrix = (1, 0, shift, 0, 1, 0) if op == "translate_x" else (1, 0, 0, 0, 1, shift)
+    return image.transform(image.size, Image.AFFINE, matrix, resample=Image.BILINEAR)
+
+
+def proxy_shifts(cifar: Path, cache: Path, per_class: int) -> Path:
+    """Write (once) the validation shifts of the first ``per_class`` full-size val images of each class.
+
+    The images are the first of the val split of ``benchmarks/ood.py``'s full-size stores (the last 500
+    training images of each class); one folder ``val-<op>-<level>`` per operation and level, PNG, and
+    an ``images.csv`` manifest. Seeded per image (:func:`clipcache.corrupt.image_rng`, seed 0).
+    """
+    from PIL import Image
+
+    from clipcache.corrupt import image_rng
+    from ood import FULL_VAL_PER_CLASS
+
+    out = cache / f"cifar10-val-shifts-{per_class}"
+    manifest = out / "images.csv"
+    if manifest.exists():
+        return out
+    rows = []
+    for class_dir in sorted(p for p in (cifar / "train").iterdir() if p.is_dir()):
+        images = sorted(class_dir.iterdir())[-FULL_VAL_PER_CLASS:][:per_class]
+        for op in PROXY_OPS:
+            for level in (PROXY_LEVELS if op not in ("autocontrast", "equalize") else (0,)):
+                split = f"val-{op}-{level}"
+                (out / split / class_dir.name).mkdir(parents=True, exist_ok=True)
+                for path in images:
+                    rng = image_rng(0, op, level, f"{class_dir.name}/{path.name}")
+                    name = f"{split}/{class_dir.name}/{path.stem}.png"
+                    with Image.open(path) as image:
+                        _augmix_op(image.convert("RGB"), op, level, rng).save(out / name)
+                    rows.append(f"{name},{class_dir.name},{split}")
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return out
+
+
 def r2_fit(estimate: np.ndarray, truth: np.ndarray) -> float:
     from clipcache.estimate import r2_linear_fit
 

@@ -120,6 +120,47 @@ def extract_store(path: Path, source, *, max_per_class, val_per_class: int = 0, 
     return path
 
 
+#: The full-size CIFAR-10 stores at the backbone's native 224 px: OpenOOD's setting (detectors fitted on the
+#: whole training set, scored on the whole test set), with 500 training images per class held out as val.
+FULL_TRAIN_CHUNKS = 5
+FULL_VAL_PER_CLASS = 500
+
+
+def full_manifests(cifar: Path, cache: Path) -> dict[str, Path]:
+    """CSV manifests of the full-size stores: ``eval`` (val and test) and ``train-0`` ... ``train-4``.
+
+    Per class, in file-name order: val is the last ``FULL_VAL_PER_CLASS`` training images, train the
+    others cut into ``FULL_TRAIN_CHUNKS`` equal chunks (one store each, so that an interrupted
+    extraction keeps every finished chunk), test every test image.
+    """
+    rows: dict[str, list[str]] = {"eval": []} | {f"train-{k}": [] for k in range(FULL_TRAIN_CHUNKS)}
+    for class_dir in sorted(p for p in (cifar / "train").iterdir() if p.is_dir()):
+        images = sorted(class_dir.iterdir())
+        train, val = images[:-FULL_VAL_PER_CLASS], images[-FULL_VAL_PER_CLASS:]
+        rows["eval"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},val" for p in val]
+        for k, chunk in enumerate(np.array_split(np.array(train, dtype=object), FULL_TRAIN_CHUNKS)):
+            rows[f"train-{k}"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},train" for p in chunk]
+    for class_dir in sorted(p for p in (cifar / "test").iterdir() if p.is_dir()):
+        rows["eval"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},test" for p in sorted(class_dir.iterdir())]
+    paths = {}
+    for name, lines in rows.items():
+        path = cache / f"cifar10-full-{name}.csv"
+        if not path.exists():
+            path.write_text("path,label,split\n" + "\n".join(lines) + "\n")
+        paths[name] = path
+    return paths
+
+
+def full_stores(cache: Path, names=None) -> dict[str, Path]:
+    """Extract (or finish) the full-size stores named in ``names`` (all by default); {name: store path}."""
+    manifests = full_manifests(cifar_folder(cache), cache)
+    out = {}
+    for name, manifest in manifests.items():
+        if names is None or name in names:
+            out[name] = extract_store(cache / f"cifar10-full-{name}.h5", manifest, max_per_class=None)
+    return out
+
+
 def start(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     """Parse the arguments shared by the shift benchmarks, lower the priority, make the cache folder."""
     parser.add_argument("--cache", type=Path, default=default_cache(), help="Folder for the images and stores.")
