@@ -29,6 +29,12 @@ hyper-parameters, with and without ``center``) is scored on a leave-one-class-ou
 from the train and val images of the fitted classes (:func:`proxy_folds`); the candidate with
 the best mean proxy AUROC is refitted on the whole train split and its test AUROC is the
 verdict. The OOD test images are never used for a choice.
+
+``--full`` runs the larger setting of the goals' verdicts (docs/benchmarks.md): at 224 px, fit on
+900 CIFAR-10 train images per class (``cifar10-full-train-0``, the first fifth of the training set
+less val), val the last 500 training images per class, in = the whole CIFAR-10 test set (10,000),
+far OOD = the same Fashion-MNIST test images; the search uses ``FULL_GRID`` and
+``FULL_PROXY_FIT_PER_CLASS`` fitted rows per class in each proxy fold. Near is searched first.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ ROWS = [
     ("vim (D=512, default)", {"method": "vim"}),
     ("vim (D=256)", {"method": "vim", "dim": 256}),
     ("vim (D=256, center)", {"method": "vim", "dim": 256, "center": True}),
-    ("knn (default k: 1 here)", {"method": "knn"}),
+    ("knn (default k = knn_default_k(n))", {"method": "knn"}),
     ("knn (k=10)", {"method": "knn", "k": 10}),
     ("knn (k=50, OpenOOD)", {"method": "knn", "k": 50}),
     ("fdbd", {"method": "fdbd"}),
