@@ -208,12 +208,14 @@ def candidates():
     }
 
 
+def store_sets(path: Path) -> list:
+    """Every split of the store at ``path`` as [(split, X, y)]."""
+    with FeatureStore(path) as store:
+        return [(split, *store.to_numpy(split, FEATURE_SET)) for split in store.splits]
+
+
 def load_sets(clean: Path, shifted: Path) -> list:
-    sets = [("test (clean)", *load(clean, "test"))]
-    with FeatureStore(shifted) as store:
-        for split in store.splits:
-            sets.append((split, *store.to_numpy(split, FEATURE_SET)))
-    return sets
+    return [("test (clean)", *load(clean, "test")), *store_sets(shifted)]
 
 
 def choose_classifier(X, y, Xv, yv) -> tuple[str, object]:
@@ -242,11 +244,7 @@ def mano_rows(clf, sets, Xv, yv, temperature: float) -> dict:
 
 def proxy_sets(clean: Path, proxy: Path) -> list:
     """The validation proxy sets [(name, X, y)]: the clean val split and every AugMix shift of val images."""
-    sets = [("val (clean)", *load(clean, "val"))]
-    with FeatureStore(proxy) as store:
-        for split in store.splits:
-            sets.append((split, *store.to_numpy(split, FEATURE_SET)))
-    return sets
+    return [("val (clean)", *load(clean, "val")), *store_sets(proxy)]
 
 
 def evaluate(clean: Path, shifted: Path, proxy: Path) -> tuple[dict, list, dict]:
