@@ -29,6 +29,12 @@ hyper-parameters, with and without ``center``) is scored on a leave-one-class-ou
 from the train and val images of the fitted classes (:func:`proxy_folds`); the candidate with
 the best mean proxy AUROC is refitted on the whole train split and its test AUROC is the
 verdict. The OOD test images are never used for a choice.
+
+``--full`` runs the larger setting of the goals' verdicts (docs/benchmarks.md): at 224 px, fit on
+900 CIFAR-10 train images per class (``cifar10-full-train-0``, the first fifth of the training set
+less val), val the last 500 training images per class, in = the whole CIFAR-10 test set (10,000),
+far OOD = the same Fashion-MNIST test images; the search uses ``FULL_GRID`` and
+``FULL_PROXY_FIT_PER_CLASS`` fitted rows per class in each proxy fold. Near is searched first.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ ROWS = [
     ("vim (D=512, default)", {"method": "vim"}),
     ("vim (D=256)", {"method": "vim", "dim": 256}),
     ("vim (D=256, center)", {"method": "vim", "dim": 256, "center": True}),
-    ("knn (default k: 1 here)", {"method": "knn"}),
+    ("knn (default k = knn_default_k(n))", {"method": "knn"}),
     ("knn (k=10)", {"method": "knn", "k": 10}),
     ("knn (k=50, OpenOOD)", {"method": "knn", "k": 50}),
     ("fdbd", {"method": "fdbd"}),
@@ -118,6 +124,47 @@ def extract_store(path: Path, source, *, max_per_class, val_per_class: int = 0, 
     if report.encoded:
         print(f"extracted {report.encoded} images into {path} in {time.perf_counter() - began:.0f} s", flush=True)
     return path
+
+
+#: The full-size CIFAR-10 stores at the backbone's native 224 px: OpenOOD's setting (detectors fitted on the
+#: whole training set, scored on the whole test set), with 500 training images per class held out as val.
+FULL_TRAIN_CHUNKS = 5
+FULL_VAL_PER_CLASS = 500
+
+
+def full_manifests(cifar: Path, cache: Path) -> dict[str, Path]:
+    """CSV manifests of the full-size stores: ``eval`` (val and test) and ``train-0`` ... ``train-4``.
+
+    Per class, in file-name order: val is the last ``FULL_VAL_PER_CLASS`` training images, train the
+    others cut into ``FULL_TRAIN_CHUNKS`` equal chunks (one store each, so that an interrupted
+    extraction keeps every finished chunk), test every test image.
+    """
+    rows: dict[str, list[str]] = {"eval": []} | {f"train-{k}": [] for k in range(FULL_TRAIN_CHUNKS)}
+    for class_dir in sorted(p for p in (cifar / "train").iterdir() if p.is_dir()):
+        images = sorted(class_dir.iterdir())
+        train, val = images[:-FULL_VAL_PER_CLASS], images[-FULL_VAL_PER_CLASS:]
+        rows["eval"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},val" for p in val]
+        for k, chunk in enumerate(np.array_split(np.array(train, dtype=object), FULL_TRAIN_CHUNKS)):
+            rows[f"train-{k}"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},train" for p in chunk]
+    for class_dir in sorted(p for p in (cifar / "test").iterdir() if p.is_dir()):
+        rows["eval"] += [f"{p.relative_to(cache).as_posix()},{class_dir.name},test" for p in sorted(class_dir.iterdir())]
+    paths = {}
+    for name, lines in rows.items():
+        path = cache / f"cifar10-full-{name}.csv"
+        if not path.exists():
+            path.write_text("path,label,split\n" + "\n".join(lines) + "\n")
+        paths[name] = path
+    return paths
+
+
+def full_stores(cache: Path, names=None) -> dict[str, Path]:
+    """Extract (or finish) the full-size stores named in ``names`` (all by default); {name: store path}."""
+    manifests = full_manifests(cifar_folder(cache), cache)
+    out = {}
+    for name, manifest in manifests.items():
+        if names is None or name in names:
+            out[name] = extract_store(cache / f"cifar10-full-{name}.h5", manifest, max_per_class=None)
+    return out
 
 
 def start(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
@@ -197,16 +244,21 @@ GRID = [
     )
 ]
 PROXY_FIT_PER_CLASS = 80
+#: The full setting's search: GRID plus OpenOOD's k = 50 for knn (its default k for 50,000 rows; with 9,000 fitted
+#: rows, ``knn_default_k`` gives 9, inside GRID's range), and 400 fitted rows per class in each proxy fold (of 900:
+#: as in the small setting, the fitted classes' covariance has full rank, and the CPU time of the search halves).
+FULL_GRID = GRID + [("knn", {"k": 50, **({"center": True} if center else {})}) for center in (False, True)]
+FULL_PROXY_FIT_PER_CLASS = 400
 
 
 def label(method: str, options: dict) -> str:
     return method + "".join(f" {k}={v}" for k, v in options.items())
 
 
-def proxy_folds(X, y, Xv, yv, seed: int = 0) -> list:
+def proxy_folds(X, y, Xv, yv, seed: int = 0, fit_per_class: int = PROXY_FIT_PER_CLASS) -> list:
     """Leave-one-class-out folds built from the train and val splits of the fitted classes only.
 
-    Each class c in turn plays OOD: the detectors are fitted on ``PROXY_FIT_PER_CLASS`` train rows of
+    Each class c in turn plays OOD: the detectors are fitted on ``fit_per_class`` train rows of
     every other class (seeded), their threshold and temperature use the val rows of those classes, the
     in-distribution proxy is the remaining train rows of those classes, and the OOD proxy is every
     train and val row of class c. No test image and no OOD test set is read.
@@ -215,7 +267,7 @@ def proxy_folds(X, y, Xv, yv, seed: int = 0) -> list:
     fit = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
-        fit[rng.choice(rows, min(PROXY_FIT_PER_CLASS, len(rows) - 1), replace=False)] = True
+        fit[rng.choice(rows, min(fit_per_class, len(rows) - 1), replace=False)] = True
     folds = []
     for c in np.unique(y):
         other, other_val = y != c, yv != c
@@ -224,13 +276,13 @@ def proxy_folds(X, y, Xv, yv, seed: int = 0) -> list:
     return folds
 
 
-def select_on_validation(X, y, Xv, yv) -> tuple[str, dict, dict]:
-    """The GRID candidate with the best mean AUROC on the leave-one-class-out proxy: (method, options, table)."""
+def select_on_validation(X, y, Xv, yv, grid=None, fit_per_class: int = PROXY_FIT_PER_CLASS) -> tuple[str, dict, dict]:
+    """The ``grid`` candidate with the best mean AUROC on the leave-one-class-out proxy: (method, options, table)."""
     from clipcache.ood import OODDetector, auroc
 
-    folds = proxy_folds(X, y, Xv, yv)
+    folds = proxy_folds(X, y, Xv, yv, fit_per_class=fit_per_class)
     table = {}
-    for method, options in GRID:
+    for method, options in grid or GRID:
         aucs = []
         for Xf, yf, Xfv, yfv, Xi, Xo in folds:
             det = OODDetector(method, **options).fit(Xf, yf, X_val=Xfv, y_val=yfv)
@@ -240,14 +292,14 @@ def select_on_validation(X, y, Xv, yv) -> tuple[str, dict, dict]:
     return table[best][1], table[best][2], table
 
 
-def selected(data: dict) -> dict:
+def selected(data: dict, grid=None, fit_per_class: int = PROXY_FIT_PER_CLASS) -> dict:
     """Per setting: the validation choice, its proxy table, and its test metrics."""
     from clipcache.ood import OODDetector, aupr_in, auroc, fpr_at_95_tpr
 
     out = {}
     for name, (X, y, Xv, yv, Xi, Xo) in data.items():
         began = time.perf_counter()
-        method, options, table = select_on_validation(X, y, Xv, yv)
+        method, options, table = select_on_validation(X, y, Xv, yv, grid, fit_per_class)
         det = OODDetector(method, **options).fit(X, y, X_val=Xv, y_val=yv)
         s_in, s_out = det.score_samples(Xi), det.score_samples(Xo)
         out[name] = {
@@ -258,11 +310,11 @@ def selected(data: dict) -> dict:
     return out
 
 
-def proxy_table(chosen: dict) -> str:
+def proxy_table(chosen: dict, grid=None) -> str:
     settings_ = list(chosen)
     lines = ["| candidate | " + " | ".join(f"{s}: proxy AUROC ({chosen[s]['folds']} folds)" for s in settings_) + " |",
              "|" + "---|" * (len(settings_) + 1)]
-    for method, options in GRID:
+    for method, options in grid or GRID:
         key = label(method, options)
         lines.append(f"| {key} | " + " | ".join(f"{chosen[s]['table'][key][0]:.4f}" for s in settings_) + " |")
     return "\n".join(lines)
@@ -289,10 +341,58 @@ def goals(results: dict, chosen: dict) -> str:
     return "\n".join(out)
 
 
+def full_settings(cache: Path) -> dict:
+    """The full setting as arrays, near first: {name: (X_fit, y_fit, X_val, y_val, X_in, X_out)}.
+
+    Fit: ``cifar10-full-train-0`` (900 train images per class), val: the 500 held-out train images per
+    class, in: the whole CIFAR-10 test set (10,000), far OOD: Fashion-MNIST test (``ood-fmnist.h5``), all at 224 px.
+    """
+    stores = full_stores(cache, ["eval", "train-0"])
+    fmnist = extract_store(cache / "ood-fmnist.h5", DATA / "fashion-mnist", max_per_class={"test": 100}, splits=["test"])
+    X, y = load(stores["train-0"], "train")
+    Xv, yv = load(stores["eval"], "val")
+    Xt, yt = load(stores["eval"], "test")
+    Xf, _ = load(fmnist, "test")
+    near_fit, near_val, near_in = y < 6, yv < 6, yt < 6
+    return {
+        "near": (X[near_fit], y[near_fit], Xv[near_val], yv[near_val], Xt[near_in], Xt[~near_in]),
+        "far": (X, y, Xv, yv, Xt, Xf),
+    }
+
+
+def main_full(args) -> None:
+    """The full setting: the validation choice per setting first (near, then far), then the descriptive table."""
+    import json
+
+    data = full_settings(args.cache)
+    if args.extract_only:
+        return
+    print(f"machine: {machine()}")
+    print(f"features: {FEATURE_SET} at 224 px; fit 900 train images per class (cifar10-full-train-0), val 500 per class, "
+          "test 1,000 per class; Fashion-MNIST test 100 per class", flush=True)
+    chosen = {}
+    for name in ("near", "far"):
+        chosen.update(selected({name: data[name]}, FULL_GRID, FULL_PROXY_FIT_PER_CLASS))
+        c = chosen[name]
+        print(f"{name}: chosen on validation {c['label']} (proxy search {c['seconds']:.0f} s): AUROC {c['auroc']:.4f} / "
+              f"AUPR-in {c['aupr_in']:.4f} / FPR@95 {c['fpr95']:.4f}", flush=True)
+    print(proxy_table({s: chosen[s] for s in ("far", "near")}, FULL_GRID), flush=True)
+    results = run({s: data[s] for s in ("far", "near")})
+    (args.cache / "ood-full-results.json").write_text(json.dumps({"results": results, "chosen": chosen}, default=str))
+    print(table(results))
+    print(goals(results, chosen))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, help="Input size of EfficientNet-lite0 (its default, 224, otherwise).")
+    parser.add_argument("--full", action="store_true",
+                        help="The full setting: fit on 900 train images per class, val 500, the whole test set, 224 px.")
     args = start(parser, argv)
+    if args.full:
+        if args.image_size:
+            parser.error("--full uses the backbone's default 224 px; drop --image-size")
+        return main_full(args)
     tag = f"-{args.image_size}" if args.image_size else ""
     cifar = extract_store(args.cache / f"ood-cifar10{tag}.h5", cifar_folder(args.cache),
                           max_per_class={"train": PER_CLASS["train"], "test": PER_CLASS["test"]},
