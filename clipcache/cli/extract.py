@@ -133,6 +133,11 @@ def _print_report(report) -> None:
               help="Autocast precision on cuda: fp32, bf16 or fp16 for every backbone, or FEATURE_SET=PRECISION for one "
                    "(clip=bf16); repeatable or comma-separated. Default per backbone: bf16 for open_clip ViTs, fp32 for "
                    "the others. Other devices compute fp32.")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where JPEGs are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; other "
+                   "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu). Recorded per "
+                   "feature set; a resume must use the same path.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the image towers (off by default).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise stored features.")
 @click.option("--image-size", type=int, help="Input size of auxiliary backbones (their default otherwise).")
@@ -151,7 +156,7 @@ def _print_report(report) -> None:
 @click.option("--threads", type=int, help="torch CPU threads (torch.set_num_threads).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar; on by default when stderr is a terminal.")
 def extract_command(source, store, model, pretrained, aux, classes, splits, max_per_class, val_per_class,
-                    batch_size, workers, device, amp, dtype, normalize, image_size, augment_views, seed, shard,
+                    batch_size, workers, device, amp, decode, compile_, dtype, normalize, image_size, augment_views, seed, shard,
                     templates, resume, add_splits, overwrite, strict, threads, progress):
     """Encode the images of SOURCE into the feature store STORE.
 
@@ -206,7 +211,8 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
         shard=shard_pair,
     )
     options = RunOptions(
-        workers=workers, device=_resolve_device(device, local_rank), amp=_amp_request(amp), strict=strict, progress=progress
+        workers=workers, device=_resolve_device(device, local_rank), amp=_amp_request(amp), strict=strict, progress=progress,
+        decode=decode, compile=compile_,
     )
     report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates, add_splits=add_splits)
     _print_report(report)

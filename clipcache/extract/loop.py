@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import logging
 import os
 import sys
@@ -41,6 +42,8 @@ from clipcache.errors import (
 )
 from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse_aux_spec
 from clipcache.extract.datasets import open_dataset
+from clipcache.extract.decode import EncodedImage, decode_batch, device_decodable, resolve_decode
+from clipcache.extract.images import load_image
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
 from clipcache.extract.precision import (
     applies_on,
@@ -174,6 +177,19 @@ class RunOptions:
         Make an unreadable image fatal instead of skipping it.
     progress : bool or None
         Show a progress bar; None shows it when stderr is a terminal.
+    decode : {"auto", "cpu", "gpu"}
+        Where JPEGs are decoded and resized (see :mod:`clipcache.extract.decode`):
+        ``"cpu"`` in the workers with PIL; ``"gpu"`` on the device with nvJPEG
+        and a tensor resize, the workers only reading the files' bytes (images
+        nvJPEG does not take fall back to the CPU path one at a time); ``"auto"``
+        is ``"gpu"`` on a CUDA device where torchvision decodes there, and
+        ``"cpu"`` otherwise. The two paths' pixels differ slightly, so the path
+        is recorded in each feature set's provenance and a run that would mix
+        the two in one feature set is refused.
+    compile : bool
+        ``torch.compile`` each backbone's image tower. A partial last batch is
+        padded to the batch size, so that it does not trigger a recompile. The
+        compiled kernels may round differently from eager ones (last bits).
     """
 
     workers: int = 0
@@ -181,6 +197,8 @@ class RunOptions:
     amp: str | Mapping[str, str] | Sequence[str] | None = None
     strict: bool = False
     progress: bool | None = None
+    decode: str = "auto"
+    compile: bool = False
 
 
 @dataclasses.dataclass
@@ -222,14 +240,21 @@ class ExtractReport:
 
 
 class _ItemDataset(TorchDataset):
-    """Decode and preprocess items of one split plan for every distinct preprocessing."""
+    """Decode and preprocess items of one split plan for every distinct preprocessing.
 
-    def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int):
+    With ``decode="gpu"``, an image file that :func:`device_decodable` accepts is
+    only read: its item carries an :class:`EncodedImage` instead of tensors, for
+    :func:`decode_batch` to decode on the device. Other items are decoded here,
+    on the CPU path, from the bytes already read.
+    """
+
+    def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int, decode: str = "cpu"):
         self.plan = plan
         self.preprocesses = list(preprocesses)
         self.transforms = [eval_transform_uint8(pp) for pp in self.preprocesses]
         self.augment = augment
         self.seed = seed
+        self.root = getattr(plan.source, "root", None) if decode == "gpu" and not augment else None
 
     def __len__(self) -> int:
         return self.plan.n_items
@@ -237,7 +262,14 @@ class _ItemDataset(TorchDataset):
     def __getitem__(self, item: int):
         sample = self.plan.sample_of(item)
         try:
-            image = self.plan.source.load(sample)
+            if self.root is None:
+                image = self.plan.source.load(sample)
+            else:
+                with open(os.path.join(self.root, self.plan.source.keys[sample]), "rb") as f:
+                    data = f.read()
+                if device_decodable(data):
+                    return item, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8)), ""
+                image = load_image(io.BytesIO(data))
             tensors = self._tensors(image, item, sample)
             error = ""
         except _DECODE_ERRORS as exc:
@@ -256,6 +288,8 @@ class _ItemDataset(TorchDataset):
 
 def _collate(batch):
     items = torch.tensor([b[0] for b in batch], dtype=torch.int64)
+    if any(isinstance(b[1], EncodedImage) for b in batch):  # the decode="gpu" path: decode_batch stacks them
+        return items, [b[1] for b in batch], [b[2] for b in batch]
     tensors = [torch.stack([b[1][k] for b in batch]) for k in range(len(batch[0][1]))]
     errors = [b[2] for b in batch]
     return items, tensors, errors
@@ -368,10 +402,10 @@ def _precision_mismatch(path, name: str, provenance: dict, now: str, device: tor
     )
 
 
-def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans) -> None:
+def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans, decode: str = "cpu") -> None:
     store.set_classes(list(classes))
     for backbone in backbones:
-        prov = _feature_set_provenance(store, backbone)
+        prov = _feature_set_provenance(store, backbone, decode)
         prov["dataset"] = os.path.abspath(config.source)
         prov[schema.PRECISION] = backbone.applied_precision
         if config.augment_views:
@@ -390,7 +424,7 @@ def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbone
     )
 
 
-def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones, plans) -> None:
+def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones, plans, decode: str = "cpu") -> None:
     """Check that the store can take ``plans``' splits, record them, and create them (``extract(..., add_splits=True)``).
 
     A split of the same name is continued only when an earlier add with the same
@@ -415,7 +449,7 @@ def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones,
                 f"backbones ({', '.join(store.feature_sets) or 'none'})",
                 param="aux",
             )
-        prov = _feature_set_provenance(store, backbone)
+        prov = _feature_set_provenance(store, backbone, decode)
         prov[schema.PRECISION] = backbone.applied_precision
         store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
     store.set_metadata(schema.METADATA_ADDED_SPLITS, {**added, **{plan.name: now for plan in plans}})
@@ -426,17 +460,27 @@ def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones,
         store.create_split(plan.name, feature_sets=[b.name for b in backbones])
 
 
-def _feature_set_provenance(store: FeatureStore, backbone: Backbone) -> dict:
-    """The backbone's provenance, keeping the stored ``preprocess`` dict when it describes the same preprocessing.
+def _feature_set_provenance(store: FeatureStore, backbone: Backbone, decode: str = "cpu") -> dict:
+    """The backbone's provenance with the ``decode`` path, keeping the stored ``preprocess`` dict when it describes the same preprocessing.
 
     Stores written before ``resize_mode`` and ``fill_color`` were recorded hold a
     ``preprocess`` dict without them; such a dict reads back with the defaults
     (:meth:`Preprocess.from_dict`), and when that equals the backbone's
     preprocessing the run resumes into it. Any real difference is left for
-    ``add_feature_set`` to refuse.
+    ``add_feature_set`` to refuse, except another decode path, refused here
+    with its own message (a store without the key was decoded on the CPU).
     """
     prov = backbone.provenance()
+    prov[schema.DECODE] = decode
     existing = store.feature_sets.get(backbone.name)
+    if existing is not None and schema.decode_of(existing.provenance) != decode:
+        was = schema.decode_of(existing.provenance)
+        raise StoreMismatchError(
+            f"{store.path}: feature set {backbone.name!r} was made from images decoded on the {was} path, but this run "
+            f"decodes on the {decode} path; the two paths' features are never mixed under one name, so run with "
+            f"decode {was!r}, or extract into a new store",
+            param="decode",
+        )
     recorded = existing.provenance.get("preprocess") if existing is not None else None
     if recorded and recorded != prov["preprocess"] and Preprocess.from_dict(recorded) == backbone.preprocess:
         prov["preprocess"] = recorded
@@ -475,6 +519,27 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device) -> dict[str, n
     return out
 
 
+def _compile_image_tower(backbone: Backbone) -> None:
+    """``torch.compile`` the image tower of ``backbone`` (``RunOptions.compile``), for one static batch shape.
+
+    A batch smaller than the largest seen so far (the last of a split) is padded
+    with copies of its first row to that size, and its rows cut back out, so it
+    reuses the compiled graph instead of compiling a dynamic one.
+    """
+    compiled = torch.compile(backbone.encode_image, dynamic=False)
+    largest = [0]
+
+    def encode_image(batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        if n >= largest[0]:
+            largest[0] = n
+            return compiled(batch)
+        pad = batch[:1].expand(largest[0] - n, *batch.shape[1:])
+        return compiled(torch.cat([batch, pad]))[:n]
+
+    backbone.encode_image = encode_image
+
+
 def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport) -> None:
     if store.is_complete(plan.name):
         logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
@@ -482,7 +547,7 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     start = _resume_item(store, plan, config.batch_size)
     preprocesses = list(dict.fromkeys(b.preprocess for b in backbones))
     groups = [preprocesses.index(b.preprocess) for b in backbones]
-    dataset = _ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed)
+    dataset = _ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed, decode=options.decode)
     device = torch.device(options.device)
     loader = DataLoader(
         dataset,
@@ -495,6 +560,8 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     bar = _progress_bar(plan, start, options)
     try:
         for items, tensors, errors in loader:
+            if isinstance(tensors, list) and tensors and not isinstance(tensors[0], torch.Tensor):  # decode="gpu"
+                tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
             _commit_batch(store, plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
             report.encoded += len(items)
             bar.update(len(items))
@@ -620,6 +687,10 @@ def extract(
     for backbone in backbones:
         backbone.normalize = config.normalize
         backbone.to(options.device)
+        if options.compile:
+            _compile_image_tower(backbone)
+    decode = resolve_decode(options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0)
+    options = dataclasses.replace(options, decode=decode)
     text_backbone = _text_backbone(backbones) if templates else None
     report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
 
@@ -627,9 +698,9 @@ def extract(
         with _open_store(target, config, resume=resume, fresh=fresh, add_splits=add_splits) as store:
             report.precisions = _set_precisions(store, backbones, requested, torch.device(options.device))
             if add_splits:
-                _prepare_added_splits(store, config, backbones, plans)
+                _prepare_added_splits(store, config, backbones, plans, options.decode)
             else:
-                _prepare_store(store, config, dataset.classes, backbones, plans)
+                _prepare_store(store, config, dataset.classes, backbones, plans, options.decode)
             began = time.perf_counter()
             for plan in plans:
                 _run_split(store, plan, backbones, config, options, report)
@@ -690,6 +761,7 @@ def _check_config(config: ExtractConfig, options: RunOptions) -> dict[str, str]:
     requested = parse_amp(options.amp)
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidParameterError(f"device {options.device!r} was asked for but no CUDA GPU is visible; use cpu", param="device")
+    resolve_decode(options.decode, options.device, [], augment=config.augment_views > 0)  # refuse "gpu" where it cannot run
     if options.workers < 0:
         raise InvalidParameterError(f"workers {options.workers} must be 0 or more", param="workers")
     return requested

@@ -21,6 +21,9 @@ __all__ = [
     "FEATURE_SET",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "CPU_DECODE",
+    "DECODE",
+    "DECODES",
     "FULL_PRECISION",
     "IDENTITY_KEYS",
     "METADATA_ADDED_SPLITS",
@@ -44,6 +47,7 @@ __all__ = [
     "dump_json",
     "identity",
     "model_identity",
+    "decode_of",
     "precision_of",
 ]
 
@@ -87,6 +91,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: the key existed did not record it; their default was fp32, which is what such
 #: a feature set is read as.
 FULL_PRECISION = "fp32"
+
+#: Provenance key of the decode path that made a feature set's model inputs (one
+#: of DECODES): PIL on the CPU, or nvJPEG plus a tensor resize on the GPU (see
+#: clipcache.extract.decode). The two give close but unequal pixels, so, like the
+#: precision, it is part of a feature set's identity within a store.
+DECODE = "decode"
+#: The decode paths a feature set's inputs can come from.
+DECODES = ("cpu", "gpu")
+#: The decode path of a feature set whose provenance records none: releases before
+#: the key existed decoded on the CPU.
+CPU_DECODE = "cpu"
 
 # Chunk sizes are a writer's choice, not part of the format; readers take any.
 #: Target size of one HDF5 chunk of a feature dataset.
@@ -136,17 +151,26 @@ def precision_of(provenance: dict) -> str:
     return str(provenance.get(PRECISION) or FULL_PRECISION)
 
 
+def decode_of(provenance: dict) -> str:
+    """The decode path a feature set's inputs came from: its provenance's ``decode``, or CPU_DECODE when none is recorded."""
+    return str(provenance.get(DECODE) or CPU_DECODE)
+
+
 def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
     """The part of a feature set's description that must match for rows to be mixed in one store.
 
     The model identity, the on-disk dtype, the normalisation and, when it is not
-    FULL_PRECISION, the precision. Leaving fp32 out keeps the identity (and
-    ``FeatureStore.fingerprint``) of a feature set written before the precision
-    was recorded exactly what it was, and equal to that of a new fp32 one.
+    FULL_PRECISION, the precision; when it is not CPU_DECODE, the decode path.
+    Leaving fp32 and cpu out keeps the identity (and ``FeatureStore.fingerprint``)
+    of a feature set written before the precision or decode path was recorded
+    exactly what it was, and equal to that of a new fp32, CPU-decoded one.
     """
     ident = model_identity(provenance, dim)
     ident.update(dtype=str(dtype), normalized=bool(normalized))
     precision = precision_of(provenance)
     if precision != FULL_PRECISION:
         ident[PRECISION] = precision
+    decode = decode_of(provenance)
+    if decode != CPU_DECODE:
+        ident[DECODE] = decode
     return ident

@@ -1,0 +1,303 @@
+"""Decoding a batch of JPEG files on the device (``RunOptions.decode``).
+
+Two decode paths turn an image file into the uint8 model input of a
+:class:`~clipcache.extract.transforms.Preprocess`:
+
+* ``cpu``: the DataLoader workers decode with PIL and resize with PIL
+  (:func:`~clipcache.extract.transforms.eval_transform_uint8`);
+* ``gpu``: the workers only read the file's bytes; the main process decodes the
+  whole batch with nvJPEG (``torchvision.io.decode_jpeg(list, device=...)``),
+  resizes each image with antialiasing and cuts the window of
+  :func:`~clipcache.extract.transforms.plan_geometry` on the device.
+
+On the ``gpu`` path, a file that nvJPEG is not given (:func:`device_decodable`
+says no: PNG and other formats, grayscale, CMYK/YCCK, arithmetic-coded,
+lossless, 12-bit or truncated JPEGs) is decoded by the worker on the CPU path,
+and a file nvJPEG fails on is decoded on the CPU path by the main process, one
+at a time. A file neither path reads carries the CPU path's error and is
+recorded as skipped, as on the ``cpu`` path.
+
+The path is recorded in each feature set's provenance (``schema.DECODE``): the
+two paths give close but not equal pixels, so features from the two are never
+mixed under one name (see ``docs/extraction.md``, "Decoding on the GPU").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from clipcache.errors import InvalidParameterError
+from clipcache.extract.images import load_image
+from clipcache.extract.transforms import crop_or_pad, eval_transform_uint8, plan_geometry
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from clipcache.extract.transforms import Preprocess
+
+__all__ = [
+    "DECODE_CHOICES",
+    "DEVICE_INTERPOLATIONS",
+    "EncodedImage",
+    "decode_batch",
+    "device_decodable",
+    "resolve_decode",
+    "tensor_preprocess",
+]
+
+logger = logging.getLogger(__name__)
+
+DECODE_CHOICES = ("auto", "cpu", "gpu")
+"""Values of ``RunOptions.decode``; ``auto`` resolves to ``gpu`` or ``cpu`` (:func:`resolve_decode`)."""
+
+DEVICE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+"""The :data:`~clipcache.extract.transforms.INTERPOLATIONS` that torch can apply to tensors (with antialiasing)."""
+
+#: Tests set this to run the byte path (``decode="gpu"``) with torchvision's CPU
+#: JPEG decoder on a cpu device; the public ``gpu`` choice needs CUDA.
+_TENSOR_PATH_ON_CPU = False
+
+_SOF_DEVICE = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive Huffman
+_SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImage:
+    """The bytes of one JPEG file that a worker passes on for decoding on the device.
+
+    Attributes
+    ----------
+    data : torch.Tensor, uint8, shape (n_bytes,)
+    """
+
+    data: torch.Tensor
+
+
+def _torchvision_decodes_on(device: torch.device) -> bool:
+    """Whether ``torchvision.io.decode_jpeg`` takes a list of JPEGs on ``device``."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and _TENSOR_PATH_ON_CPU
+
+
+def resolve_decode(decode: str, device: str | torch.device, preprocesses: Sequence[Preprocess], *, augment: bool) -> str:
+    """The decode path a run takes: ``"cpu"`` or ``"gpu"``.
+
+    Parameters
+    ----------
+    decode : {"auto", "cpu", "gpu"}
+    device : str or torch.device
+        The run's device.
+    preprocesses : sequence of Preprocess
+        The backbones' preprocessing.
+    augment : bool
+        Whether the run stores augmented views (those are made on the CPU path).
+
+    Returns
+    -------
+    str
+        ``auto`` is ``gpu`` when the device is CUDA, torchvision decodes there, no
+        views are augmented and every interpolation is one of
+        :data:`DEVICE_INTERPOLATIONS`; otherwise ``cpu``.
+
+    Raises
+    ------
+    InvalidParameterError
+        On an unknown value, or ``gpu`` where it cannot run.
+    """
+    if decode not in DECODE_CHOICES:
+        raise InvalidParameterError(f"decode {decode!r} is not one of {', '.join(DECODE_CHOICES)}", param="decode")
+    if decode == "cpu":
+        return "cpu"
+    device = torch.device(device)
+    blockers = []
+    if not _torchvision_decodes_on(device):
+        blockers.append(f"the device is {device}, not a visible CUDA GPU")
+    if augment:
+        blockers.append("augmented views are made on the CPU")
+    bad = sorted({pp.interpolation for pp in preprocesses if pp.interpolation not in DEVICE_INTERPOLATIONS})
+    if bad:
+        blockers.append(f"torch cannot resize tensors with {', '.join(bad)} interpolation")
+    if not blockers:
+        return "gpu"
+    if decode == "gpu":
+        raise InvalidParameterError(f"decode 'gpu' cannot run because {'; '.join(blockers)}; use decode 'cpu'", param="decode")
+    return "cpu"
+
+
+# --------------------------------------------------------------------------- which files the device takes
+
+
+def device_decodable(data: bytes) -> bool:
+    """Whether a file's bytes are a JPEG that the device decoder is given.
+
+    Reads the markers up to the frame header: a complete (ending in EOI), 8-bit,
+    3-component, Huffman-coded (baseline, extended or progressive) JPEG whose
+    Adobe marker, if any, does not say RGB. Everything else (other formats,
+    grayscale, CMYK/YCCK, arithmetic or lossless coding, truncated files) goes
+    to the CPU path.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+
+    Returns
+    -------
+    bool
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data.rstrip(b"\x00\r\n\t ")[-2:] != b"\xff\xd9":
+        return False
+    pos = 2
+    adobe_rgb = False
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if length < 2 or pos + 2 + length > n:
+            return False
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
+            adobe_rgb = segment[11] == 0
+        if marker in _SOF_OTHER:
+            return False
+        if marker in _SOF_DEVICE:
+            if len(segment) < 6:
+                return False
+            precision, components = segment[0], segment[5]
+            return precision == 8 and components == 3 and not adobe_rgb
+        if marker == 0xDA:  # scan before any frame header
+            return False
+        pos += 2 + length
+    return False
+
+
+# --------------------------------------------------------------------------- the batch on the device
+
+
+def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """Resize and crop/pad one decoded image on its device, as the CPU path does with PIL.
+
+    Parameters
+    ----------
+    image : torch.Tensor, uint8, shape (3, H, W) or (b, 3, H, W)
+        Images of one size, on any device.
+    pp : Preprocess
+        Its ``interpolation`` must be one of :data:`DEVICE_INTERPOLATIONS`.
+
+    Returns
+    -------
+    torch.Tensor, uint8, shape (..., 3, S, S), same device
+        The geometry of :func:`~clipcache.extract.transforms.plan_geometry`;
+        resampled with antialiasing (bilinear, bicubic) by torchvision's tensor
+        ``resize``, so within a few grey levels of PIL's result, not equal to it.
+    """
+    from torchvision.transforms.v2 import functional as F2
+
+    from clipcache.extract.transforms import INTERPOLATIONS
+
+    height, width = image.shape[-2:]
+    geometry = plan_geometry(pp, int(width), int(height))
+    if tuple(geometry.resize_hw) != (height, width):
+        image = F2.resize(image, list(geometry.resize_hw), interpolation=INTERPOLATIONS[pp.interpolation], antialias=True)
+    return crop_or_pad(image, geometry.top, geometry.left, geometry.size, geometry.fill).contiguous()
+
+
+def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode JPEG byte tensors on ``device``: as one batch, then one at a time if the batch fails; None where one fails."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not datas:
+        return []
+    try:
+        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out: list[torch.Tensor | None] = []
+    for data in datas:
+        try:
+            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError as exc:
+            logger.info("the device decoder failed on an image (%s); decoding it on the CPU", exc)
+            out.append(None)
+    return out
+
+
+def decode_batch(
+    payloads: Sequence,
+    errors: Sequence[str],
+    preprocesses: Sequence[Preprocess],
+    device: str | torch.device,
+    decode_errors: tuple[type[BaseException], ...],
+) -> tuple[list[torch.Tensor], list[str]]:
+    """Turn a batch of the ``gpu`` path into uint8 model inputs on ``device``.
+
+    Parameters
+    ----------
+    payloads : sequence, length b
+        Per item: an :class:`EncodedImage` (bytes for the device decoder), or the
+        list of uint8 tensors (3, S_k, S_k) a worker made on the CPU path (one
+        per preprocessing; zeros when ``errors`` has the item's reason).
+    errors : sequence of str, length b
+        The workers' reasons ("" when the item was read).
+    preprocesses : sequence of Preprocess, length k
+    device : str or torch.device
+    decode_errors : tuple of exception types
+        What a failed CPU decode raises (recorded, not raised).
+
+    Returns
+    -------
+    tensors : list of torch.Tensor, uint8, shape (b, 3, S_k, S_k), on ``device``
+        One per preprocessing; rows of failed items are zeros.
+    errors : list of str, length b
+        ``errors`` plus the reasons of images that neither the device nor the CPU read.
+    """
+    device = torch.device(device)
+    errors = list(errors)
+    b = len(payloads)
+    outs = [torch.zeros((b, 3, pp.image_size, pp.image_size), dtype=torch.uint8, device=device) for pp in preprocesses]
+    encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedImage)]
+    decoded = _decode_many([payloads[i].data for i in encoded], device)
+    by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+    for i, image in zip(encoded, decoded, strict=True):
+        if image is None:
+            _cpu_fallback(i, payloads[i].data, preprocesses, outs, errors, decode_errors)
+        else:
+            by_size.setdefault(tuple(image.shape[-2:]), []).append((i, image))
+    for members in by_size.values():  # one resize per image size: photo sets share a few sizes
+        rows = torch.tensor([i for i, _ in members], device=device)
+        stacked = torch.stack([image for _, image in members])
+        for out, pp in zip(outs, preprocesses, strict=True):
+            out[rows] = tensor_preprocess(stacked, pp)
+    for i, payload in enumerate(payloads):
+        if not isinstance(payload, EncodedImage) and not errors[i]:
+            for out, tensor in zip(outs, payload, strict=True):
+                out[i].copy_(tensor, non_blocking=True)
+    return outs, errors
+
+
+def _cpu_fallback(i, data: torch.Tensor, preprocesses, outs, errors, decode_errors) -> None:
+    """Decode item ``i``'s bytes with PIL on the CPU path into row ``i`` of ``outs``, or record why it cannot be read."""
+    try:
+        image = load_image(io.BytesIO(data.numpy().tobytes()))
+        for out, pp in zip(outs, preprocesses, strict=True):
+            out[i].copy_(eval_transform_uint8(pp)(image))
+    except decode_errors as exc:
+        errors[i] = f"{type(exc).__name__}: {exc}".strip()
