@@ -25,8 +25,8 @@ mixed under one name (see ``docs/extraction.md``, "Decoding on the GPU").
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -73,9 +73,12 @@ class EncodedImage:
     Attributes
     ----------
     data : torch.Tensor, uint8, shape (n_bytes,)
+    path : str
+        The file, which the CPU path reopens if the device decoder fails on it.
     """
 
     data: torch.Tensor
+    path: str
 
 
 def _torchvision_decodes_on(device: torch.device) -> bool:
@@ -226,18 +229,20 @@ def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.
 
     if not datas:
         return []
-    try:
-        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        pass
-    out: list[torch.Tensor | None] = []
-    for data in datas:
+    with warnings.catch_warnings():  # torchvision >= 0.29 points to torchcodec, which has no batched nvJPEG call
+        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
         try:
-            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError as exc:
-            logger.info("the device decoder failed on an image (%s); decoding it on the CPU", exc)
-            out.append(None)
-    return out
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as exc:
+                logger.info("the device decoder failed on an image (%s); decoding it on the CPU", exc)
+                out.append(None)
+        return out
 
 
 def decode_batch(
@@ -278,7 +283,7 @@ def decode_batch(
     by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
     for i, image in zip(encoded, decoded, strict=True):
         if image is None:
-            _cpu_fallback(i, payloads[i].data, preprocesses, outs, errors, decode_errors)
+            _cpu_fallback(i, payloads[i].path, preprocesses, outs, errors, decode_errors)
         else:
             by_size.setdefault(tuple(image.shape[-2:]), []).append((i, image))
     for members in by_size.values():  # one resize per image size: photo sets share a few sizes
@@ -293,10 +298,10 @@ def decode_batch(
     return outs, errors
 
 
-def _cpu_fallback(i, data: torch.Tensor, preprocesses, outs, errors, decode_errors) -> None:
-    """Decode item ``i``'s bytes with PIL on the CPU path into row ``i`` of ``outs``, or record why it cannot be read."""
+def _cpu_fallback(i, path: str, preprocesses, outs, errors, decode_errors) -> None:
+    """Decode item ``i``'s file with PIL on the CPU path into row ``i`` of ``outs``, or record why it cannot be read."""
     try:
-        image = load_image(io.BytesIO(data.numpy().tobytes()))
+        image = load_image(path)
         for out, pp in zip(outs, preprocesses, strict=True):
             out[i].copy_(eval_transform_uint8(pp)(image))
     except decode_errors as exc:

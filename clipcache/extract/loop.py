@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import io
 import logging
 import os
 import sys
@@ -43,7 +42,6 @@ from clipcache.errors import (
 from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse_aux_spec
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.decode import EncodedImage, decode_batch, device_decodable, resolve_decode
-from clipcache.extract.images import load_image
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
 from clipcache.extract.precision import (
     applies_on,
@@ -262,14 +260,13 @@ class _ItemDataset(TorchDataset):
     def __getitem__(self, item: int):
         sample = self.plan.sample_of(item)
         try:
-            if self.root is None:
-                image = self.plan.source.load(sample)
-            else:
-                with open(os.path.join(self.root, self.plan.source.keys[sample]), "rb") as f:
+            if self.root is not None:
+                path = os.path.join(self.root, self.plan.source.keys[sample])
+                with open(path, "rb") as f:
                     data = f.read()
                 if device_decodable(data):
-                    return item, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8)), ""
-                image = load_image(io.BytesIO(data))
+                    return item, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), path), ""
+            image = self.plan.source.load(sample)  # the CPU path (its reasons name the file)
             tensors = self._tensors(image, item, sample)
             error = ""
         except _DECODE_ERRORS as exc:

@@ -1,0 +1,383 @@
+"""The byte-decode path (``RunOptions.decode``), run on the CPU.
+
+torchvision's ``decode_jpeg`` also decodes on the CPU, so these tests run the
+``gpu`` path's code (workers read bytes, the main process decodes the batch
+with ``decode_jpeg`` and resizes tensors) on a cpu device through the internal
+switch ``decode._TENSOR_PATH_ON_CPU``. nvJPEG itself is tested in
+tests/extract/test_decode_gpu.py, on a CUDA machine only.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from clipcache import FeatureStore
+from clipcache.cli.main import cli
+from clipcache.errors import DatasetError, InvalidParameterError, StoreMismatchError
+from clipcache.extract import decode as decode_module
+from clipcache.extract.datasets import open_dataset
+from clipcache.extract.decode import (
+    EncodedImage,
+    decode_batch,
+    device_decodable,
+    resolve_decode,
+    tensor_preprocess,
+)
+from clipcache.extract.demo import draw_shape
+from clipcache.extract.images import load_image
+from clipcache.extract.loop import _DECODE_ERRORS, ExtractConfig, RunOptions, _ItemDataset, extract
+from clipcache.extract.plan import build_plans, select_samples
+from clipcache.extract.transforms import Preprocess, eval_transform_uint8
+from clipcache.feature_store import schema
+from tests.extract.helpers import interrupt_append, snapshot
+
+#: torchvision >= 0.29 deprecates its decoders (in favour of torchcodec); the tests call decode_jpeg directly.
+NO_TV_DEPRECATION = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+QUIET = RunOptions(progress=False, decode="cpu")
+TENSOR = RunOptions(progress=False, decode="gpu")  # with the switch on: the byte path on the cpu device
+PP = Preprocess(64, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
+
+
+@pytest.fixture
+def tensor_path_on_cpu(monkeypatch):
+    monkeypatch.setattr(decode_module, "_TENSOR_PATH_ON_CPU", True)
+
+
+def _jpeg(image: Image.Image, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, **kw)
+    return buffer.getvalue()
+
+
+def _shape(i: int, size: int = 40) -> Image.Image:
+    return draw_shape(("circle", "square")[i % 2], np.random.default_rng(i), size=size)
+
+
+def _corrupt_scan(data: bytes) -> bytes:
+    """A JPEG with a complete header and EOI whose scan holds a bogus marker: neither decoder reads it."""
+    out = bytearray(data)
+    mid = len(out) // 2
+    for k in range(mid, mid + 200):
+        out[k] = 0xFF if k % 7 == 0 else out[k] ^ 0x5A
+    out[mid : mid + 2] = b"\xff\xc4"
+    return bytes(out)
+
+
+FILES = {  # name -> bytes maker; the decoder each one takes, and whether it is read at all
+    "rgb.jpg": lambda: _jpeg(_shape(1)),
+    "progressive.jpg": lambda: _jpeg(_shape(2), progressive=True),
+    "gray.jpg": lambda: _jpeg(_shape(3).convert("L")),
+    "cmyk.jpg": lambda: _jpeg(_shape(4).convert("CMYK")),
+    "image.png": lambda: _png(_shape(5)),
+    "truncated.jpg": lambda: _jpeg(_shape(6))[:400],
+    "corrupt.jpg": lambda: _corrupt_scan(_jpeg(_shape(7, size=64))),
+    "garbage.jpg": lambda: b"not an image at all",
+}
+DEVICE = {"rgb.jpg", "progressive.jpg", "corrupt.jpg"}  # what device_decodable passes on as bytes
+UNREADABLE = {"truncated.jpg", "corrupt.jpg", "garbage.jpg"}
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """``test/a`` holds one file of each kind in FILES; ``test/b`` holds 5 plain RGB JPEGs of other sizes."""
+    root = tmp_path / "mixed"
+    (root / "test" / "a").mkdir(parents=True)
+    (root / "test" / "b").mkdir(parents=True)
+    for name, make in FILES.items():
+        (root / "test" / "a" / name).write_bytes(make())
+    for i in range(5):
+        (root / "test" / "b" / f"{i}.jpg").write_bytes(_jpeg(_shape(10 + i, size=30 + 7 * i)))
+    return root
+
+
+def _config(folder, **kw) -> ExtractConfig:
+    base = dict(source=str(folder), model="clipcache-tiny-vit", pretrained="none", aux=("efficientnet-lite0",),
+                image_size=64, batch_size=4)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+# --------------------------------------------------------------------------- which path each file takes
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_device_decodable_takes_only_complete_colour_huffman_jpegs(name):
+    assert device_decodable(FILES[name]()) is (name in DEVICE)
+
+
+def test_adobe_rgb_and_arithmetic_jpegs_go_to_the_cpu():
+    data = _jpeg(_shape(1))
+    adobe_rgb = data[:2] + b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00" + data[2:]
+    adobe_ycc = data[:2] + b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x01" + data[2:]
+    arithmetic = data.replace(b"\xff\xc0", b"\xff\xc9", 1)
+    assert (device_decodable(adobe_rgb), device_decodable(adobe_ycc), device_decodable(arithmetic)) == (False, True, False)
+
+
+def test_workers_only_read_the_bytes_of_device_jpegs(mixed_folder):
+    (plan,) = build_plans(select_samples(open_dataset(str(mixed_folder))), views=1, batch_size=4, shard=(0, 1))
+    dataset = _ItemDataset(plan, [PP], augment=False, seed=0, decode="gpu")
+    kinds = {}
+    for item in range(plan.n_items):
+        _, payload, error = dataset[item]
+        key = plan.source.keys[plan.sample_of(item)].split("/")[-1]
+        kinds[key] = "bytes" if isinstance(payload, EncodedImage) else ("error" if error else "cpu")
+        if isinstance(payload, EncodedImage):
+            assert payload.data.numpy().tobytes() == (mixed_folder / plan.source.keys[plan.sample_of(item)]).read_bytes()
+    assert kinds == {
+        "rgb.jpg": "bytes", "progressive.jpg": "bytes", "corrupt.jpg": "bytes",
+        "gray.jpg": "cpu", "cmyk.jpg": "cpu", "image.png": "cpu",
+        "truncated.jpg": "error", "garbage.jpg": "error",
+        **{f"{i}.jpg": "bytes" for i in range(5)},
+    }
+
+
+# --------------------------------------------------------------------------- the batch step
+
+
+def _payload(data: bytes, tmp_path):
+    path = tmp_path / f"{len(list(tmp_path.iterdir()))}.jpg"
+    path.write_bytes(data)
+    return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(path))
+
+
+@NO_TV_DEPRECATION
+def test_decode_batch_resizes_like_pil_and_falls_back_one_at_a_time(monkeypatch, tmp_path):
+    import torchvision.io
+
+    datas = [_jpeg(_shape(i, size=30 + 5 * i)) for i in range(4)]
+    real, calls = torchvision.io.decode_jpeg, []
+
+    def flaky(data, **kw):  # the batch call fails, and so does image 2 alone: it must go to PIL
+        calls.append(len(data) if isinstance(data, list) else "one")
+        if isinstance(data, list) or data.numel() == len(datas[2]):
+            raise RuntimeError("simulated device decoder failure")
+        return real(data, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", flaky)
+    cpu_rows = [eval_transform_uint8(PP)(load_image(io.BytesIO(d))) for d in datas]
+    (out,), errors = decode_batch([_payload(d, tmp_path) for d in datas], [""] * 4, [PP], "cpu", _DECODE_ERRORS)
+    assert calls == [4, "one", "one", "one", "one"]
+    assert errors == [""] * 4
+    assert torch.equal(out[2], cpu_rows[2])  # the fallback is the CPU path itself
+    for i in (0, 1, 3):
+        tensor_row = tensor_preprocess(real(_payload(datas[i], tmp_path).data, mode=torchvision.io.ImageReadMode.RGB), PP)
+        assert torch.equal(out[i], tensor_row)
+        assert int((out[i].int() - cpu_rows[i].int()).abs().max()) <= 2
+
+
+def test_decode_batch_keeps_worker_rows_and_records_what_nothing_reads(tmp_path):
+    data = _jpeg(_shape(1))
+    worker_row = eval_transform_uint8(PP)(_shape(5))
+    payloads = [_payload(data, tmp_path), [worker_row], _payload(_corrupt_scan(_jpeg(_shape(7, size=64))), tmp_path), [torch.zeros_like(worker_row)]]
+    (out,), errors = decode_batch(payloads, ["", "", "", "OSError: worker failed"], [PP], "cpu", _DECODE_ERRORS)
+    assert torch.equal(out[1], worker_row)
+    assert errors[0] == errors[1] == "" and errors[3] == "OSError: worker failed"
+    assert errors[2].startswith("OSError: broken data stream")
+    assert int(out[2].abs().sum()) == 0 and int(out[3].abs().sum()) == 0
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def test_tensor_path_matches_cpu_path_and_skips_the_same_files(mixed_folder, tmp_path, tensor_path_on_cpu):
+    extract(tmp_path / "cpu.h5", _config(mixed_folder), QUIET)
+    extract(tmp_path / "tensor.h5", _config(mixed_folder), TENSOR)
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "tensor.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test"))
+        assert a.skipped("test") == b.skipped("test")
+        assert {sid.split("/")[-1] for sid, _, _ in b.skipped("test")} == UNREADABLE
+        for name in ("clip", "efficientnet-lite0"):
+            assert schema.decode_of(a.feature_sets[name].provenance) == "cpu"
+            assert b.feature_sets[name].provenance[schema.DECODE] == "gpu"
+            fa, fb = a.features("test", name), b.features("test", name)
+            for row, sid in enumerate(a.ids("test")):
+                if sid.split("/")[-1] in ("gray.jpg", "cmyk.jpg", "image.png"):  # CPU fallback: the same bytes
+                    assert fa[row].tobytes() == fb[row].tobytes()
+            cosine = (fa * fb).sum(1)  # both L2-normalised
+            assert cosine.min() > 0.999
+
+
+def test_strict_makes_a_file_neither_path_reads_fatal(mixed_folder, tmp_path, tensor_path_on_cpu):
+    for name in ("truncated.jpg", "garbage.jpg"):
+        (mixed_folder / "test" / "a" / name).unlink()
+    with pytest.raises(DatasetError, match="corrupt.jpg: cannot be read"):
+        extract(tmp_path / "s.h5", _config(mixed_folder), RunOptions(progress=False, decode="gpu", strict=True))
+
+
+def test_decode_cpu_equals_the_default_on_cpu(image_folder, tmp_path):
+    extract(tmp_path / "default.h5", _config(image_folder), RunOptions(progress=False))
+    extract(tmp_path / "cpu.h5", _config(image_folder), QUIET)
+    assert snapshot(tmp_path / "default.h5") == snapshot(tmp_path / "cpu.h5")
+    with FeatureStore(tmp_path / "default.h5") as store:
+        assert {store.feature_sets[n].provenance[schema.DECODE] for n in store.feature_sets} == {"cpu"}
+
+
+# --------------------------------------------------------------------------- choosing the path
+
+
+def test_resolve_decode_on_cpu():
+    assert resolve_decode("auto", "cpu", [PP], augment=False) == "cpu"
+    assert resolve_decode("cpu", "cpu", [PP], augment=False) == "cpu"
+    with pytest.raises(InvalidParameterError, match="not a visible CUDA GPU") as err:
+        resolve_decode("gpu", "cpu", [PP], augment=False)
+    assert err.value.param == "decode" and "\n" not in str(err.value) and not str(err.value).endswith(".")
+    with pytest.raises(InvalidParameterError, match="'nvjpeg' is not one of auto, cpu, gpu"):
+        resolve_decode("nvjpeg", "cpu", [PP], augment=False)
+
+
+def test_resolve_decode_where_the_tensor_path_cannot_run(tensor_path_on_cpu):
+    box = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3, "box")
+    assert resolve_decode("auto", "cpu", [PP], augment=False) == "gpu"
+    assert resolve_decode("auto", "cpu", [PP, box], augment=False) == "cpu"
+    assert resolve_decode("auto", "cpu", [PP], augment=True) == "cpu"
+    with pytest.raises(InvalidParameterError, match="box interpolation"):
+        resolve_decode("gpu", "cpu", [box], augment=False)
+    with pytest.raises(InvalidParameterError, match="augmented views"):
+        resolve_decode("gpu", "cpu", [PP], augment=True)
+
+
+def test_decode_gpu_without_cuda_is_refused_before_any_work(image_folder, tmp_path):
+    with pytest.raises(InvalidParameterError) as err:
+        extract(tmp_path / "s.h5", _config(image_folder), RunOptions(progress=False, decode="gpu"))
+    assert err.value.param == "decode"
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_cli_decode_gpu_without_cuda_is_a_one_line_error(image_folder, tmp_path):
+    result = CliRunner().invoke(cli, ["extract", str(image_folder), str(tmp_path / "s.h5"), "--aux", "efficientnet-lite0",
+                                      "--device", "cpu", "--decode", "gpu"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "decode 'gpu' cannot run" in lines[0] and "--decode" in lines[0]
+
+
+# --------------------------------------------------------------------------- provenance and identity
+
+
+def test_schema_reads_a_missing_decode_as_cpu_and_keeps_old_identities():
+    prov = {"backbone": "timm", "model": "m", "preprocess": PP.to_dict()}
+    assert schema.decode_of(prov) == "cpu"
+    old = schema.identity(prov, 8, "float32", True)
+    assert schema.identity({**prov, schema.DECODE: "cpu"}, 8, "float32", True) == old
+    assert schema.identity({**prov, schema.DECODE: "gpu"}, 8, "float32", True) == {**old, schema.DECODE: "gpu"}
+
+
+@pytest.mark.parametrize(("first", "then"), [("cpu", "gpu"), ("gpu", "cpu")])
+def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, monkeypatch, tensor_path_on_cpu, first, then):
+    folder = tmp_path / "jpegs"
+    for png in image_folder.rglob("*.png"):  # JPEGs, so that the tensor path decodes them
+        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    path = tmp_path / "s.h5"
+    interrupt_append(monkeypatch, at=2)
+    with pytest.raises(KeyboardInterrupt):
+        extract(path, _config(folder), RunOptions(progress=False, decode=first))
+    monkeypatch.undo()
+    monkeypatch.setattr(decode_module, "_TENSOR_PATH_ON_CPU", True)
+    with pytest.raises(StoreMismatchError, match=f"decoded on the {first} path, but this run decodes on the {then} path") as err:
+        extract(path, _config(folder), RunOptions(progress=False, decode=then), resume=True)
+    assert err.value.param == "decode"
+    extract(path, _config(folder), RunOptions(progress=False, decode=first), resume=True)  # the recorded path resumes
+    with FeatureStore(path) as store:
+        assert store.is_complete("train") and store.is_complete("test")
+
+
+def test_feature_sets_of_two_decode_paths_do_not_mix_in_a_store(tmp_path):
+    prov = {"backbone": "timm", "model": "m", "preprocess": PP.to_dict()}
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.add_feature_set("f", 8, provenance=prov)  # no key: an older store's cpu features
+        with pytest.raises(StoreMismatchError, match="decode"):
+            store.add_feature_set("f", 8, provenance={**prov, schema.DECODE: "gpu"})
+        store.add_feature_set("f", 8, provenance={**prov, schema.DECODE: "cpu"})
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def test_compile_pads_partial_batches_to_one_static_shape(image_folder, tmp_path, monkeypatch):
+    shapes = []
+
+    def fake_compile(fn, **kw):  # the eager function, recording the shapes the compiled graph would see
+        assert kw == {"dynamic": False}
+
+        def run(batch):
+            shapes.append(tuple(batch.shape))
+            return fn(batch)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    config = _config(image_folder, batch_size=5, splits=("train",))  # 12 images: batches of 5, 5, 2
+    extract(tmp_path / "eager.h5", config, QUIET)
+    extract(tmp_path / "compiled.h5", config, RunOptions(progress=False, decode="cpu", compile=True))
+    assert len(shapes) == 6 and {s[0] for s in shapes} == {5}  # 3 batches x 2 backbones, the last one padded
+    with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
+        for name in a.feature_sets:
+            np.testing.assert_allclose(a.features("train", name), b.features("train", name), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the shared CIFAR-10 JPEGs
+
+CIFAR_PER_CLASS = 30
+#: Measured on the CPU (torchvision's libjpeg-turbo decode + tensor resize against PIL), 300 CIFAR-10 test JPEGs.
+MAX_PIXEL_DIFFERENCE = 2
+
+
+@pytest.fixture
+def cifar_jpegs(shared_data, tmp_path):
+    """The first CIFAR_PER_CLASS test JPEGs of each CIFAR-10 class, from the shared tarball."""
+    with tarfile.open(shared_data / "cifar10-jpg.tar.gz") as tar:
+        members = [m for m in tar if m.name.startswith("cifar10-jpg/test/") and m.name.endswith(".jpg")
+                   and int(m.name[-8:-4]) < CIFAR_PER_CLASS]
+        tar.extractall(tmp_path, members=members, filter="data")
+    assert len(members) == 10 * CIFAR_PER_CLASS
+    return tmp_path / "cifar10-jpg"
+
+
+@pytest.mark.data
+@NO_TV_DEPRECATION
+@pytest.mark.parametrize(
+    "pp",
+    [
+        Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bicubic"),  # open_clip ViT
+        Preprocess(224, 256, (0.5,) * 3, (0.5,) * 3, "bicubic"),  # timm crop 0.875
+        Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bilinear", "longest", 0),
+    ],
+    ids=["clip", "timm", "longest-bilinear"],
+)
+def test_tensor_path_pixels_are_within_two_levels_of_pil_on_cifar(cifar_jpegs, pp):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    largest = 0
+    for path in sorted(cifar_jpegs.rglob("*.jpg")):
+        pil = eval_transform_uint8(pp)(load_image(path))
+        tensor = tensor_preprocess(decode_jpeg(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8),
+                                               mode=ImageReadMode.RGB), pp)
+        largest = max(largest, int((pil.int() - tensor.int()).abs().max()))
+    assert largest <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.data
+def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu):
+    config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=50)
+    extract(tmp_path / "cpu.h5", config, QUIET)
+    extract(tmp_path / "tensor.h5", config, TENSOR)
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "tensor.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 10 * CIFAR_PER_CLASS
+        cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
+    print(f"cosine min {cosine.min():.7f} mean {cosine.mean():.7f}")
+    assert cosine.min() > 0.9999
