@@ -1,0 +1,86 @@
+"""Decoding with nvJPEG on a CUDA GPU (``RunOptions.decode="gpu"``); skipped without CUDA.
+
+The bounds below have not been checked on a GPU yet (no GPU was lent when they
+were written): nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so
+its pixels may differ more than the CPU tensor path's (at most 2 grey levels
+from PIL, see tests/extract/test_decode.py). The first run on a GPU prints the
+measured figures (``pytest -s``); set the bounds and docs/extraction.md from
+them. Run with ``python -m pytest tests/extract/test_decode_gpu.py -s`` on a
+CUDA machine (``-m data`` selects the CIFAR-10 ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipcache import FeatureStore
+from clipcache.extract.decode import resolve_decode, tensor_preprocess
+from clipcache.extract.images import load_image
+from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+from clipcache.extract.transforms import Preprocess, eval_transform_uint8
+from clipcache.feature_store import schema
+from tests.extract import test_decode
+from tests.extract.test_decode import CIFAR_PER_CLASS, NO_TV_DEPRECATION, UNREADABLE, _config
+
+mixed_folder, cifar_jpegs = test_decode.mixed_folder, test_decode.cifar_jpegs  # the CPU tests' fixtures
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+#: Not yet measured on a GPU: the largest grey-level difference from PIL, and the smallest feature cosine, allowed.
+NVJPEG_MAX_PIXEL_DIFFERENCE = 16
+NVJPEG_MIN_COSINE = 0.999
+
+
+def test_auto_decodes_on_the_gpu_and_records_it(mixed_folder, tmp_path):
+    assert resolve_decode("auto", "cuda", [Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3)], augment=False) == "gpu"
+    extract(tmp_path / "gpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda"))
+    extract(tmp_path / "cpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda", decode="cpu"))
+    with FeatureStore(tmp_path / "gpu.h5") as g, FeatureStore(tmp_path / "cpu.h5") as c:
+        assert {g.feature_sets[n].provenance[schema.DECODE] for n in g.feature_sets} == {"gpu"}
+        assert list(g.ids("test")) == list(c.ids("test"))
+        assert {sid.split("/")[-1] for sid, _, _ in g.skipped("test")} == UNREADABLE
+        for name in g.feature_sets:
+            cosine = (g.features("test", name) * c.features("test", name)).sum(1)
+            print(f"{name}: mixed folder, gpu against cpu decode on cuda, cosine min {cosine.min():.6f}")
+            assert cosine.min() > NVJPEG_MIN_COSINE
+
+
+@pytest.mark.data
+@NO_TV_DEPRECATION
+def test_nvjpeg_pixels_against_pil_on_cifar(cifar_jpegs):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pp = Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    paths = sorted(cifar_jpegs.rglob("*.jpg"))
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device="cuda")
+    diffs = []
+    for path, image in zip(paths, decoded, strict=True):
+        pil = eval_transform_uint8(pp)(load_image(path))
+        diffs.append(int((tensor_preprocess(image, pp).cpu().int() - pil.int()).abs().max()))
+    print(f"nvJPEG + GPU resize against PIL, {len(paths)} CIFAR-10 JPEGs: max pixel difference {max(diffs)}, "
+          f"median per image {int(np.median(diffs))}")
+    assert max(diffs) <= NVJPEG_MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.data
+def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
+    config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=100)
+    extract(tmp_path / "cpu.h5", config, RunOptions(progress=False, device="cuda", decode="cpu", amp="fp32"))
+    extract(tmp_path / "gpu.h5", config, RunOptions(progress=False, device="cuda", decode="gpu", amp="fp32"))
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "gpu.h5") as b:
+        assert a.n_rows("test") == 10 * CIFAR_PER_CLASS
+        cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
+    print(f"efficientnet-lite0 fp32, nvJPEG against PIL decode: cosine min {cosine.min():.6f} mean {cosine.mean():.6f}")
+    assert cosine.min() > NVJPEG_MIN_COSINE
+
+
+def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):
+    config = _config(mixed_folder, aux=(), batch_size=4)
+    extract(tmp_path / "eager.h5", config, RunOptions(progress=False, device="cuda", amp="fp32"))
+    extract(tmp_path / "compiled.h5", config, RunOptions(progress=False, device="cuda", amp="fp32", compile=True))
+    with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
+        cosine = (a.features("test", "clip") * b.features("test", "clip")).sum(1)
+    print(f"compiled against eager, fp32: cosine min {cosine.min():.7f}")
+    assert cosine.min() > 0.9999
