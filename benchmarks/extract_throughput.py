@@ -10,7 +10,10 @@ size, device and precision:
   inference, HDF5 appends), timed over its encoding loop.
 
 The ratio end-to-end / forward-only is the share of the model's speed that the
-pipeline delivers. The two are measured alternately, ``--repeats`` times each, and
+pipeline delivers. The forward-only rate is given eager and, unless
+``--no-compiled``, with the image towers compiled as ``--compile`` compiles them
+(``torch.compile``, static batch shape). End-to-end is measured for each decode
+path of ``--decode`` (default: ``cpu`` and, on a CUDA device, ``gpu``: nvJPEG). The two are measured alternately, ``--repeats`` times each, and
 the best run of each is compared (as ``timeit`` does), since other processes on
 a shared machine only ever slow a run down; the ratio of medians is printed too. Goals: >= 0.85 on CPU (EfficientNet-lite0, CIFAR-10 test
 JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
@@ -20,7 +23,12 @@ JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
         --aux '' --workers 16 --batch-size 256 --amp bf16 --per-class 1000
 
 Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz``
-(unpacked once into ``/tmp/cifar10-jpg``), or from ``--source``.
+(unpacked once into ``/tmp/cifar10-jpg``), or from ``--source``. ``--jpeg-size WxH``
+makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
+saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``::
+
+    python benchmarks/extract_throughput.py --device cuda --model ViT-B-16 --pretrained none --aux '' \
+        --workers 16 --batch-size 256 --amp bf16 --per-class 1000 --jpeg-size 500x375
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from clipcache._io import atomic_output
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
-from clipcache.extract.loop import ExtractConfig, RunOptions, extract
+from clipcache.extract.loop import ExtractConfig, RunOptions, _compile_image_tower, extract
 from clipcache.extract.plan import select_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +65,45 @@ def cifar_test_folder(cache: Path) -> Path:
             members = [m for m in tar if m.name.startswith("cifar10-jpg/test/")]
             tar.extractall(cache, members=members, filter="data")
     return folder
+
+
+def photo_folder(cifar: Path, cache: Path, size: tuple[int, int], per_class: int) -> Path:
+    """Re-encode the first ``per_class`` CIFAR-10 test JPEGs of each class as ``size`` (W, H) quality-90 JPEGs in ``cache``."""
+    width, height = size
+    folder = cache / f"cifar10-jpg-{width}x{height}" / "test"
+    for class_dir in sorted(p for p in cifar.iterdir() if p.is_dir()):
+        out = folder / class_dir.name
+        out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(class_dir.glob("*.jpg"))[:per_class]:
+            target = out / path.name
+            if target.exists():
+                continue
+            with Image.open(path) as image, atomic_output(target) as tmp:
+                image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(tmp, "JPEG", quality=90)
+    return folder
+
+
+def _jpeg_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 500x375") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return size
+
+
+def compiled_forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
+    """Images/s of the forward pass with the image towers compiled as ``RunOptions(compile=True)`` compiles them."""
+    for backbone in backbones:
+        _compile_image_tower(backbone)
+    try:
+        forward_only(backbones, dataset, samples[:batch_size], batch_size, device, amp, 1)  # compile, untimed
+        return forward_only(backbones, dataset, samples, batch_size, device, amp, repeats)
+    finally:
+        for backbone in backbones:
+            del backbone.encode_image  # back to the class's eager method
 
 
 def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
@@ -97,6 +146,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", help="ImageFolder of JPEGs (default: CIFAR-10 test from the shared tarball)")
     parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
+    parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH",
+                        help="re-encode the CIFAR-10 images as WxH quality-90 JPEGs (in --cache) and use those")
+    parser.add_argument("--decode", help="comma-separated decode paths to measure end to end "
+                        "(default: cpu, and gpu on a CUDA device)")
+    parser.add_argument("--compile", action="store_true", help="also compile the towers in the end-to-end runs")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled forward-only measurement")
     parser.add_argument("--per-class", type=int, default=40, help="images per class (default 40: 400 images)")
     parser.add_argument("--model", help="open_clip model, e.g. ViT-B-32")
     parser.add_argument("--pretrained", default="none")
@@ -112,30 +167,44 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     source = Path(args.source) if args.source else cifar_test_folder(Path(args.cache))
+    if args.jpeg_size:
+        source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
+    decodes = args.decode.split(",") if args.decode else ["cpu"] + (["gpu"] if args.device.startswith("cuda") else [])
     aux = tuple(a for a in args.aux.split(",") if a)
     config = ExtractConfig(
         source=str(source), model=args.model, pretrained=args.pretrained, aux=aux,
         max_per_class=args.per_class, batch_size=args.batch_size,
     )
-    options = RunOptions(workers=args.workers, device=args.device, amp=args.amp, progress=False)
+    options = {d: RunOptions(workers=args.workers, device=args.device, amp=args.amp, progress=False, decode=d,
+                             compile=args.compile) for d in decodes}
     backbones = [b.to(args.device) for b in build_backbones(args.model, args.pretrained, aux)]
     dataset = open_dataset(source)
     (split, samples), = select_samples(dataset, max_per_class=args.per_class).values()
 
     # Warm up both paths (allocator, oneDNN/cuDNN kernel choice) before timing.
     forward_only(backbones, split, samples[: args.batch_size], args.batch_size, args.device, args.amp, 1)
-    fwd, e2e = [], []
+    fwd, e2e = [], {d: [] for d in decodes}
     for _ in range(args.repeats):  # alternate, so that load from other processes hits both alike
         fwd += forward_only(backbones, split, samples, args.batch_size, args.device, args.amp, 1)
-        e2e += end_to_end(config, options, backbones, 1)
-    f, e = max(fwd), max(e2e)
+        for d in decodes:
+            e2e[d] += end_to_end(config, options[d], backbones, 1)
+    compiled = [] if args.no_compiled else compiled_forward_only(
+        backbones, split, samples, args.batch_size, args.device, args.amp, args.repeats)
+    f, c = max(fwd), max(compiled, default=float("nan"))
     names = ", ".join(b.name for b in backbones)
     print(f"images: {len(samples)} from {source}; backbones: {names}; device {args.device}, "
-          f"batch {args.batch_size}, workers {args.workers}, amp {args.amp}, torch threads {torch.get_num_threads()}")
-    print(f"forward-only : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
-    print(f"clipcache    : {e:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in e2e)})")
-    print(f"ratio        : {e / f:8.3f}  (clipcache extract / forward-only, best runs)")
-    print(f"ratio median : {statistics.median(e2e) / statistics.median(fwd):8.3f}  (medians; noisy on a shared machine)")
+          f"batch {args.batch_size}, workers {args.workers}, amp {args.amp}, torch threads {torch.get_num_threads()}"
+          f"{', end-to-end compiled' if args.compile else ''}")
+    print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
+    print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")
+    print(f"{'decode':>6} | {'fwd eager':>10} | {'fwd compiled':>12} | {'end-to-end':>10} | {'ratio':>6} | "
+          f"{'ratio median':>12} | end-to-end runs")
+    for d in decodes:
+        e = max(e2e[d])
+        median = statistics.median(e2e[d]) / statistics.median(fwd)
+        print(f"{d:>6} | {f:10.1f} | {c:12.1f} | {e:10.1f} | {e / f:6.3f} | {median:12.3f} | "
+              f"{', '.join(f'{r:.1f}' for r in e2e[d])}")
+    print("ratio: best end-to-end / best eager forward-only; ratio median: the same of medians (noisy on a shared machine)")
 
 
 if __name__ == "__main__":
