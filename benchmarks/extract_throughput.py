@@ -102,8 +102,13 @@ def compiled_forward_only(backbones, dataset, samples, batch_size: int, device: 
         forward_only(backbones, dataset, samples[:batch_size], batch_size, device, amp, 1)  # compile, untimed
         return forward_only(backbones, dataset, samples, batch_size, device, amp, repeats)
     finally:
-        for backbone in backbones:
-            del backbone.encode_image  # back to the class's eager method
+        _uncompile(backbones)
+
+
+def _uncompile(backbones) -> None:
+    """Undo ``_compile_image_tower``: back to each class's eager ``encode_image``."""
+    for backbone in backbones:
+        backbone.__dict__.pop("encode_image", None)
 
 
 def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
@@ -139,6 +144,7 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
         for r in range(repeats):
             report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
             rates.append(report.images_per_second)
+            _uncompile(backbones)  # options.compile compiled them in place; the forward-only runs are eager
     return rates
 
 

@@ -521,8 +521,11 @@ def _compile_image_tower(backbone: Backbone) -> None:
 
     A batch smaller than the largest seen so far (the last of a split) is padded
     with copies of its first row to that size, and its rows cut back out, so it
-    reuses the compiled graph instead of compiling a dynamic one.
+    reuses the compiled graph instead of compiling a dynamic one. The backbone
+    is changed in place; compiling it again does nothing.
     """
+    if getattr(backbone.encode_image, "compiled_by_clipcache", False):
+        return
     compiled = torch.compile(backbone.encode_image, dynamic=False)
     largest = [0]
 
@@ -534,6 +537,7 @@ def _compile_image_tower(backbone: Backbone) -> None:
         pad = batch[:1].expand(largest[0] - n, *batch.shape[1:])
         return compiled(torch.cat([batch, pad]))[:n]
 
+    encode_image.compiled_by_clipcache = True
     backbone.encode_image = encode_image
 
 

@@ -22,6 +22,7 @@ from clipcache import FeatureStore
 from clipcache.cli.main import cli
 from clipcache.errors import DatasetError, InvalidParameterError, StoreMismatchError
 from clipcache.extract import decode as decode_module
+from clipcache.extract.backbones import build_timm
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.decode import (
     EncodedImage,
@@ -32,7 +33,14 @@ from clipcache.extract.decode import (
 )
 from clipcache.extract.demo import draw_shape
 from clipcache.extract.images import load_image
-from clipcache.extract.loop import _DECODE_ERRORS, ExtractConfig, RunOptions, _ItemDataset, extract
+from clipcache.extract.loop import (
+    _DECODE_ERRORS,
+    ExtractConfig,
+    RunOptions,
+    _compile_image_tower,
+    _ItemDataset,
+    extract,
+)
 from clipcache.extract.plan import build_plans, select_samples
 from clipcache.extract.transforms import Preprocess, eval_transform_uint8
 from clipcache.feature_store import schema
@@ -325,6 +333,11 @@ def test_compile_pads_partial_batches_to_one_static_shape(image_folder, tmp_path
     extract(tmp_path / "eager.h5", config, QUIET)
     extract(tmp_path / "compiled.h5", config, RunOptions(progress=False, decode="cpu", compile=True))
     assert len(shapes) == 6 and {s[0] for s in shapes} == {5}  # 3 batches x 2 backbones, the last one padded
+    backbone = build_timm("efficientnet-lite0", image_size=64)
+    _compile_image_tower(backbone)
+    once = backbone.encode_image
+    _compile_image_tower(backbone)
+    assert backbone.encode_image is once  # compiling twice does not wrap the compiled tower again
     with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
         for name in a.feature_sets:
             np.testing.assert_allclose(a.features("train", name), b.features("train", name), atol=1e-5)
