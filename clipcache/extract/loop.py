@@ -153,10 +153,11 @@ class ExtractConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    """How a run executes; none of these change the stored values on CPU.
+    """How a run executes; on CPU none of these change the stored values but ``compile`` (in the last bits).
 
-    On a cuda device ``amp`` does: the precision it resolves to for each backbone
-    is recorded in the feature set's provenance and checked on resume.
+    On a cuda device ``amp`` and ``decode`` do: the precision each backbone
+    computes in and the decode path are recorded in the feature set's provenance
+    and checked on resume.
 
     Attributes
     ----------
@@ -243,7 +244,7 @@ class _ItemDataset(TorchDataset):
     With ``decode="gpu"``, an image file that :func:`device_decodable` accepts is
     only read: its item carries an :class:`EncodedImage` instead of tensors, for
     :func:`decode_batch` to decode on the device. Other items are decoded here,
-    on the CPU path, from the bytes already read.
+    on the CPU path (``plan.source.load``, which reads the file again).
     """
 
     def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int, decode: str = "cpu"):
@@ -685,13 +686,13 @@ def extract(
     check_amp_names(requested, _feature_set_names(config) if backbones is None else [b.name for b in backbones])
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
+    decode = resolve_decode(options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0)
+    options = dataclasses.replace(options, decode=decode)
     for backbone in backbones:
         backbone.normalize = config.normalize
         backbone.to(options.device)
         if options.compile:
             _compile_image_tower(backbone)
-    decode = resolve_decode(options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0)
-    options = dataclasses.replace(options, decode=decode)
     text_backbone = _text_backbone(backbones) if templates else None
     report = ExtractReport(path=path, feature_sets=[b.name for b in backbones])
 
