@@ -1,7 +1,8 @@
 """Extraction on a CUDA GPU against CPU fp32, in every precision (skipped without CUDA).
 
 The images are those of issue 15: the first 20 train and 30 test images of each
-class of the shared CIFAR-10 JPEGs (500 images). The backbones are ViT-B-32
+class of the shared CIFAR-10 JPEGs (500 images), decoded on the CPU in both runs
+(the nvJPEG path has its own tests in test_decode_gpu.py). The backbones are ViT-B-32
 with random weights (the ``clip`` feature set) and the ImageNet-pretrained
 EfficientNet-lite0. Each GPU store must hold the same ids, paths and labels as
 the CPU fp32 store, and its features must lie within the cosine tolerances of
@@ -90,7 +91,7 @@ def _cosines(gpu_path, cpu_path, feature_set: str) -> np.ndarray:
 )
 def test_cuda_features_match_cpu_fp32(cifar, cpu_store, tmp_path, amp, expected):
     gpu_path = tmp_path / "gpu.h5"
-    report = extract(gpu_path, _config(cifar), RunOptions(device="cuda", amp=amp, workers=4, progress=False))
+    report = extract(gpu_path, _config(cifar), RunOptions(device="cuda", amp=amp, decode="cpu", workers=4, progress=False))
     assert report.precisions == expected
     with FeatureStore(gpu_path) as store:
         assert {name: schema.precision_of(i.provenance) for name, i in store.feature_sets.items()} == expected
