@@ -686,7 +686,10 @@ def extract(
     check_amp_names(requested, _feature_set_names(config) if backbones is None else [b.name for b in backbones])
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
-    decode = resolve_decode(options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0)
+    requested_decode = _recorded_decode(path, backbones) if options.decode == "auto" and (resume or add_splits) else None
+    decode = resolve_decode(
+        requested_decode or options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0
+    )
     options = dataclasses.replace(options, decode=decode)
     for backbone in backbones:
         backbone.normalize = config.normalize
@@ -727,6 +730,15 @@ def extract(
             f"{exc}; fix the cause (free some space if the disk is full), then resume the extraction", param="resume"
         ) from None
     return report
+
+
+def _recorded_decode(path: str, backbones: Sequence[Backbone]) -> str | None:
+    """With decode "auto", a resume or an add follows the decode path the store's feature sets record, when they agree."""
+    if not _existing(path):
+        return None
+    with FeatureStore(path, "r") as store:
+        recorded = {schema.decode_of(store.feature_sets[b.name].provenance) for b in backbones if b.name in store.feature_sets}
+    return recorded.pop() if len(recorded) == 1 else None
 
 
 def _text_backbone(backbones: Sequence[Backbone]) -> Backbone:

@@ -394,3 +394,24 @@ def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu
         cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
     print(f"cosine min {cosine.min():.7f} mean {cosine.mean():.7f}")
     assert cosine.min() > 0.9999
+
+
+def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, monkeypatch, tensor_path_on_cpu):
+    """Where auto would take the tensor path, a store recorded on the CPU path resumes (and takes splits) on it."""
+    folder = tmp_path / "jpegs"
+    for png in image_folder.rglob("*.png"):
+        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    whole, path = tmp_path / "whole.h5", tmp_path / "s.h5"
+    extract(whole, _config(folder), RunOptions(progress=False, decode="cpu"))
+    interrupt_append(monkeypatch, at=2)
+    with pytest.raises(KeyboardInterrupt):
+        extract(path, _config(folder), RunOptions(progress=False, decode="cpu"))
+    monkeypatch.undo()
+    monkeypatch.setattr(decode_module, "_TENSOR_PATH_ON_CPU", True)
+    assert decode_module.resolve_decode("auto", "cpu", [], augment=False) == "gpu"  # what a fresh run would take
+    extract(path, _config(folder), RunOptions(progress=False), resume=True)
+    assert snapshot(path) == snapshot(whole)
+    with FeatureStore(path) as store:
+        assert {schema.decode_of(info.provenance) for info in store.feature_sets.values()} == {"cpu"}
