@@ -176,19 +176,7 @@ def test_image_folder_keys_are_the_paths_relative_to_the_root(tmp_path, monkeypa
         assert ds.splits["test"].keys == ["test/dog/e.png"]
 
 
-def test_a_file_under_two_classes_is_refused_with_both_keys(tmp_path):
-    _touch(tmp_path / "cat" / "a.png")
-    (tmp_path / "dog").mkdir()
-    os.link(tmp_path / "cat" / "a.png", tmp_path / "dog" / "b.png")
-    with pytest.raises(DatasetError) as info:
-        open_dataset(tmp_path)
-    assert str(info.value) == (
-        f"{tmp_path}: cat/a.png (class 'cat') and dog/b.png (class 'dog') are the same file; "
-        "remove the link so that each image has one class"
-    )
-
-
-def test_a_file_twice_in_one_class_is_listed_once(tmp_path, caplog):
+def test_a_file_twice_in_one_class_is_logged_with_both_paths(tmp_path, caplog):
     _touch(tmp_path / "cat" / "a.png")
     os.link(tmp_path / "cat" / "a.png", tmp_path / "cat" / "b.png")
     with caplog.at_level(logging.WARNING, logger="clipcache.extract.datasets"):

@@ -163,38 +163,28 @@ def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path, mid_wr
     assert snapshot(killed) == snapshot(tmp_path / "full.h5")
 
 
-_KILL_QUEUED_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys, threading, torch, h5py
-    torch.set_num_threads({threads})
-    from clipcache.feature_store import FeatureStore
-    from clipcache.extract.writer import StoreWriter
-    from clipcache.extract.loop import ExtractConfig, RunOptions, extract
-    real_append, real_flush, real_submit = FeatureStore.append, h5py.File.flush, StoreWriter.submit
-    appends, submitted, changed, dying = [0], [0], threading.Condition(), [False]
-    def submit(self, *args, **kwargs):
-        real_submit(self, *args, **kwargs)
-        with changed:
-            submitted[0] += 1
-            changed.notify_all()
-    def append(self, *args, **kwargs):  # the writer thread
-        appends[0] += 1
-        if appends[0] == {kill_at}:
-            with changed:  # hold this write until the loop has queued as many later batches as the queue takes
-                if not changed.wait_for(lambda: submitted[0] >= {kill_at} + {depth}, timeout=60):
-                    sys.exit(3)  # the queue never filled
-            if {mid_write}:
-                dying[0] = True  # die at the first flush: rows written, not yet committed
-            else:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return real_append(self, *args, **kwargs)
-    def flush(self):
-        if dying[0]:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_flush(self)
-    StoreWriter.submit, FeatureStore.append, h5py.File.flush = submit, append, flush
-    extract({path!r}, ExtractConfig(**{config!r}), RunOptions(progress=False))
-    """
+#: _KILL_SCRIPT, with its killing append held until the loop has queued ``depth`` later batches to the writer.
+_KILL_QUEUED_SCRIPT = _KILL_SCRIPT.replace(
+    "\nextract(",
+    textwrap.dedent(
+        """
+        import sys, threading
+        from clipcache.extract.writer import StoreWriter
+        real_submit, killing_append, submitted, changed = StoreWriter.submit, FeatureStore.append, [0], threading.Condition()
+        def submit(self, *args, **kwargs):
+            real_submit(self, *args, **kwargs)
+            with changed:
+                submitted[0] += 1
+                changed.notify_all()
+        def held_append(self, *args, **kwargs):  # the writer thread
+            if calls[0] + 1 == {kill_at}:
+                with changed:
+                    if not changed.wait_for(lambda: submitted[0] >= {kill_at} + {depth}, timeout=60):
+                        sys.exit(3)  # the queue never filled
+            return killing_append(self, *args, **kwargs)
+        StoreWriter.submit, FeatureStore.append = submit, held_append
+        extract(""",
+    ),
 )
 
 

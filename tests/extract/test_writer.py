@@ -12,8 +12,8 @@ from clipcache.extract.writer import StoreWriter, writing
 WAIT = 10  # seconds; only reached when the writer is broken
 
 
-def _blocked_writer(depth: int):
-    """A writer whose thread is held inside its first call until the returned event is set, with ``depth`` calls queued."""
+def _held_call():
+    """A call that, once started, waits for ``release`` and then appends "first" to ``done``."""
     started, release, done = threading.Event(), threading.Event(), []
 
     def first():
@@ -21,6 +21,12 @@ def _blocked_writer(depth: int):
         release.wait(WAIT)
         done.append("first")
 
+    return first, started, release, done
+
+
+def _blocked_writer(depth: int):
+    """A writer whose thread is held inside its first call until the returned event is set, with ``depth`` calls queued."""
+    first, started, release, done = _held_call()
     writer = StoreWriter(depth).start()
     writer.submit(first)
     assert started.wait(WAIT)
@@ -97,12 +103,7 @@ def test_a_failed_call_is_raised_in_the_submitting_thread_and_nothing_after_it_r
 
 
 def test_a_full_queue_behind_a_failed_call_does_not_hang_the_submitter():
-    started, release, done = threading.Event(), threading.Event(), []
-
-    def first():
-        started.set()
-        release.wait(WAIT)
-        done.append("first")
+    first, started, release, done = _held_call()
 
     def fail():
         raise RuntimeError("boom")
@@ -162,13 +163,7 @@ def test_keyboard_interrupt_finishes_the_call_in_progress_and_drops_the_queue():
 
 
 def test_writing_drops_the_queue_on_keyboard_interrupt():
-    started, release, done = threading.Event(), threading.Event(), []
-
-    def first():
-        started.set()
-        release.wait(WAIT)
-        done.append("first")
-
+    first, started, release, done = _held_call()
     timer = threading.Timer(0.2, release.set)
     timer.start()
     try:
