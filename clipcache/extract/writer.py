@@ -11,8 +11,8 @@ from two threads at once); the loop makes its other store calls before
 :meth:`StoreWriter.start` or after the writer is closed.
 
 - The queue is bounded (``depth`` calls): a loop that encodes faster than the
-  disk writes waits in :meth:`StoreWriter.submit`, holding at most ``depth``
-  encoded batches in memory.
+  disk writes waits in :meth:`StoreWriter.submit`; at most ``depth`` encoded
+  batches wait, besides the one being written.
 - A failed call (a full disk, say) stops the writer: nothing handed over after
   it is run, and its exception is raised again, the same object, in the
   thread that submits or closes next.
@@ -30,6 +30,8 @@ import logging
 import queue
 import threading
 from typing import TYPE_CHECKING
+
+from clipcache.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -67,7 +69,7 @@ class StoreWriter:
 
     def __init__(self, depth: int = DEFAULT_DEPTH, *, name: str = "clipcache-writer"):
         if depth < 1:
-            raise ValueError(f"depth {depth} must be at least 1")
+            raise InvalidParameterError(f"depth {depth} must be at least 1", param="depth")
         self.depth = depth
         self._queue: queue.Queue = queue.Queue()  # unbounded: the slots bound it, and the stop mark never waits
         self._slots = threading.Semaphore(depth)  # free places in the queue

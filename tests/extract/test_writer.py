@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from clipcache.errors import StoreWriteError
+from clipcache.errors import InvalidParameterError, StoreWriteError
 from clipcache.extract.writer import StoreWriter, writing
 
 WAIT = 10  # seconds; only reached when the writer is broken
@@ -197,5 +197,6 @@ def test_submit_outside_start_and_close_is_refused():
 
 
 def test_depth_must_be_positive():
-    with pytest.raises(ValueError, match="depth 0 must be at least 1"):
+    with pytest.raises(InvalidParameterError, match="^depth 0 must be at least 1$") as info:
         StoreWriter(0)
+    assert info.value.param == "depth"
