@@ -232,8 +232,15 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_images(folder: Path) -> list[Path]:
-    """The image files under ``folder``, in walk order, following links to folders but never round a cycle."""
+def _list_images(folder: Path, root: Path) -> list[str]:
+    """The image files under ``folder``, in walk order, following links to folders but never round a cycle.
+
+    Returns
+    -------
+    list of str
+        Each file's path relative to ``root``, with ``/`` separators (the key
+        ``Path.relative_to(root).as_posix()`` gives), made once per folder, not per file.
+    """
     found = []
     visited = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -249,29 +256,34 @@ def _list_images(folder: Path) -> list[Path]:
                 visited.add(target)
                 kept.append(name)
         dirnames[:] = kept
-        for name in sorted(filenames):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
+        prefix = _key_prefix(Path(dirpath), root)
+        found.extend(prefix + name for name in sorted(filenames) if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
     return found
 
 
-def _unique_files(root: Path, listing: dict[str, list[Path]]) -> dict[str, list[Path]]:
-    """``listing`` (class -> files) with every file once: a repeat within a class is dropped, across classes refused."""
-    owner: dict[tuple[int, int], tuple[str, Path]] = {}
-    unique: dict[str, list[Path]] = {}
-    for class_name, files in listing.items():
+def _key_prefix(folder: Path, root: Path) -> str:
+    """What the key of a file in ``folder`` starts with: its path relative to ``root`` and a ``/`` (nothing for ``root``)."""
+    relative = folder.relative_to(root).as_posix()
+    return "" if relative == "." else relative + "/"
+
+
+def _unique_files(root: Path, listing: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``listing`` (class -> keys) with every file once: a repeat within a class is dropped, across classes refused."""
+    owner: dict[tuple[int, int], tuple[str, str]] = {}
+    unique: dict[str, list[str]] = {}
+    top = os.fspath(root)
+    for class_name, keys in listing.items():
         kept = unique.setdefault(class_name, [])
-        for file in files:
-            st = file.stat()
-            first = owner.setdefault((st.st_dev, st.st_ino), (class_name, file))
-            if first[1] == file:
-                kept.append(file)
+        for key in keys:
+            st = os.stat(os.path.join(top, key))
+            first = owner.setdefault((st.st_dev, st.st_ino), (class_name, key))
+            if first[1] == key:
+                kept.append(key)
             elif first[0] == class_name:
-                logger.warning("%s: skipped, the same file as %s", file, first[1])
+                logger.warning("%s: skipped, the same file as %s", root / key, root / first[1])
             else:
                 raise DatasetError(
-                    f"{root}: {first[1].relative_to(root).as_posix()} (class {first[0]!r}) and "
-                    f"{file.relative_to(root).as_posix()} (class {class_name!r}) are the same file; "
+                    f"{root}: {first[1]} (class {first[0]!r}) and {key} (class {class_name!r}) are the same file; "
                     "remove the link so that each image has one class"
                 )
     return unique
@@ -288,7 +300,7 @@ def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
         )
     split_roots = {d.name: d for d in split_like} if split_like else {default_split: root}
 
-    per_split = {name: _unique_files(root, {d.name: _list_images(d) for d in _visible_dirs(folder)})
+    per_split = {name: _unique_files(root, {d.name: _list_images(d, root) for d in _visible_dirs(folder)})
                  for name, folder in split_roots.items()}
     found_classes = sorted({c for listing in per_split.values() for c, files in listing.items()
                             if files})
@@ -302,9 +314,9 @@ def _open_image_folder(root: Path, classes, default_split: str) -> ImageDataset:
     for split_name, listing in per_split.items():
         keys, labels = [], []
         for label, class_name in enumerate(names):
-            for file in listing.get(class_name, ()):
-                keys.append(file.relative_to(root).as_posix())
-                labels.append(label)
+            files = listing.get(class_name, ())
+            keys.extend(files)
+            labels.extend([label] * len(files))
         if keys:
             dataset.splits[split_name] = FileSplit(split_name, root, keys, np.array(labels))
     return dataset

@@ -58,6 +58,7 @@ from clipcache.extract.transforms import (
     normalize_batch,
     view_params,
 )
+from clipcache.extract.writer import writing
 from clipcache.feature_store import FeatureStore, replace_store, schema
 
 if TYPE_CHECKING:
@@ -492,7 +493,7 @@ def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
         return plan.start
     last_id = str(store.ids(plan.name, rows=slice(n - 1, n))[0])
     last_view = int(store.views(plan.name, rows=slice(n - 1, n))[0])
-    position = {key: i for i, key in enumerate(plan.source.keys[s] for s in plan.samples)}
+    position = {key: i for i, key in enumerate(plan.sample_keys.tolist())}
     if last_id not in position:
         raise StoreMismatchError(f"{store.path}: row id {last_id!r} is not in the dataset; resume with the same source", param="source")
     item = position[last_id] * plan.views + (last_view if plan.views > 1 else 0)
@@ -543,6 +544,13 @@ def _compile_image_tower(backbone: Backbone) -> None:
 
 
 def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport) -> None:
+    """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
+
+    Each batch's store calls go to a :class:`~clipcache.extract.writer.StoreWriter`
+    thread, so the next batch is decoded and encoded while this one is written. The
+    store is touched only by the writer between its start and its close: before,
+    to find where to resume, and after, to mark the split complete.
+    """
     if store.is_complete(plan.name):
         logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
         return
@@ -561,38 +569,61 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
     try:
-        for items, tensors, errors in loader:
-            if isinstance(tensors, list) and tensors and not isinstance(tensors[0], torch.Tensor):  # decode="gpu"
-                tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
-            _commit_batch(store, plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
-            report.encoded += len(items)
-            bar.update(len(items))
+        with writing() as writer:
+            for items, tensors, errors in loader:
+                if isinstance(tensors, list) and tensors and not isinstance(tensors[0], torch.Tensor):  # decode="gpu"
+                    tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
+                _commit_batch(writer, store, plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+                report.encoded += len(items)
+                bar.update(len(items))
     finally:
         bar.close()
     store.mark_complete(plan.name)
 
 
-def _commit_batch(store, plan, backbones, grouping, items, tensors, errors, recorded, device, options) -> None:
-    ok = np.array([not e for e in errors], dtype=bool)
-    bad = [(int(i), e) for i, e in zip(items.tolist(), errors, strict=True) if e]
-    if bad and options.strict:
-        item, reason = bad[0]
-        raise DatasetError(f"{plan.key(item)}: cannot be read ({reason}); fix or remove it, or set strict=False to skip it", param="strict")
-    new_bad = [(i, e) for i, e in bad if plan.key(i) not in recorded]
-    if new_bad:
-        keys = [plan.key(i) for i, _ in new_bad]
-        store.record_skipped(plan.name, ids=keys, paths=keys, reasons=[e for _, e in new_bad])
-        recorded.update(keys)
-        for key, (_, reason) in zip(keys, new_bad, strict=True):
+def _commit_batch(writer, store, plan, backbones, grouping, items, tensors, errors, recorded, device, options) -> None:
+    """Check one decoded batch, encode its readable items, and hand its store calls to ``writer``."""
+    items = items.numpy()
+    ok = np.fromiter((not e for e in errors), dtype=bool, count=len(errors))
+    skipped = None
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        keys = plan.keys_of(items[bad]).tolist()
+        if options.strict:
+            raise DatasetError(f"{keys[0]}: cannot be read ({errors[bad[0]]}); fix or remove it, or set strict=False to skip it", param="strict")
+        new = [(key, errors[j]) for key, j in zip(keys, bad.tolist(), strict=True) if key not in recorded]
+        if new:
+            skipped = ([key for key, _ in new], [reason for _, reason in new])
+            recorded.update(skipped[0])
+    rows = None
+    if ok.any():
+        good = items[ok]
+        features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device)
+        keys = plan.keys_of(good).tolist()
+        rows = {"ids": keys, "paths": keys, "labels": plan.labels_of(good), "features": features, "views": plan.views_of(good)}
+    if skipped is not None or rows is not None:
+        writer.submit(_write_batch, store, plan.name, skipped, rows)
+
+
+def _write_batch(store: FeatureStore, split: str, skipped: tuple[list, list] | None, rows: dict | None) -> None:
+    """The store calls of one batch, run by the writer thread: record its newly skipped samples, then append its rows.
+
+    Parameters
+    ----------
+    store : FeatureStore
+    split : str
+    skipped : (list of str, list of str) or None
+        Keys and reasons of the samples skipped for the first time.
+    rows : dict or None
+        The arguments of :meth:`FeatureStore.append` (ids, paths, labels, features, views); None when no item was read.
+    """
+    if skipped is not None:
+        keys, reasons = skipped
+        store.record_skipped(split, ids=keys, paths=keys, reasons=reasons)
+        for key, reason in zip(keys, reasons, strict=True):
             logger.warning("skipped %s: %s", key, reason)
-    if not ok.any():
-        return
-    good = items.numpy()[ok]
-    features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device)
-    keys = [plan.key(int(i)) for i in good]
-    labels = plan.source.labels[[plan.sample_of(int(i)) for i in good]]
-    views = (good % plan.views).astype(np.int16)
-    store.append(plan.name, ids=keys, paths=keys, labels=labels, features=features, views=views)
+    if rows is not None:
+        store.append(split, **rows)
 
 
 def _progress_bar(plan: SplitPlan, start: int, options: RunOptions):

@@ -10,6 +10,7 @@ sharded run and an uninterrupted run encode exactly the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,30 @@ class SplitPlan:
     def key(self, item: int) -> str:
         """The id (and path) of the sample of ``item``."""
         return self.source.keys[self.sample_of(item)]
+
+    @functools.cached_property
+    def sample_keys(self) -> np.ndarray:
+        """numpy.ndarray of object (str), shape (S,): the id (and path) of each selected sample, computed once."""
+        keys = np.empty(len(self.source.keys), dtype=object)
+        keys[:] = self.source.keys
+        return keys[self.samples]
+
+    @functools.cached_property
+    def sample_labels(self) -> np.ndarray:
+        """numpy.ndarray of int64, shape (S,): the label of each selected sample, computed once."""
+        return np.asarray(self.source.labels, dtype=np.int64)[self.samples]
+
+    def keys_of(self, items: np.ndarray) -> np.ndarray:
+        """The ids of the samples of ``items`` (numpy.ndarray of int, shape (b,)); object array of str, shape (b,)."""
+        return self.sample_keys[np.asarray(items, dtype=np.int64) // self.views]
+
+    def labels_of(self, items: np.ndarray) -> np.ndarray:
+        """The labels of the samples of ``items`` (numpy.ndarray of int, shape (b,)); int64, shape (b,)."""
+        return self.sample_labels[np.asarray(items, dtype=np.int64) // self.views]
+
+    def views_of(self, items: np.ndarray) -> np.ndarray:
+        """The view index of each of ``items`` (numpy.ndarray of int, shape (b,)); int16, shape (b,)."""
+        return (np.asarray(items, dtype=np.int64) % self.views).astype(np.int16)
 
 
 def first_per_class(labels: np.ndarray, start: int, stop: int | None) -> np.ndarray:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 import struct
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 from clipcache.errors import DatasetError, InvalidParameterError
 from clipcache.extract.datasets import open_dataset, read_idx
 from clipcache.extract.images import load_image, to_rgb
-from clipcache.extract.plan import first_per_class, select_samples
+from clipcache.extract.plan import build_plans, first_per_class, select_samples
 
 
 def test_image_folder_with_split_folders(image_folder):
@@ -151,3 +153,47 @@ def test_val_without_train_limit_is_rejected(image_folder):
     with pytest.raises(InvalidParameterError, match="max_per_class") as info:
         select_samples(open_dataset(image_folder), val_per_class=2)
     assert info.value.param == "max_per_class"
+
+
+def _touch(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"listing never decodes")
+
+
+def test_image_folder_keys_are_the_paths_relative_to_the_root(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for key in ("train/cat/b.png", "train/cat/a.PNG", "train/cat/sub/deeper/c.jpg", "train/dog/d.png", "test/dog/e.png"):
+        _touch(root / key)
+    _touch(tmp_path / "elsewhere" / "f.png")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    os.symlink(tmp_path / "elsewhere", root / "train" / "dog" / "linked")
+    expected = ["train/cat/a.PNG", "train/cat/b.png", "train/cat/sub/deeper/c.jpg", "train/dog/d.png", "train/dog/linked/f.png"]
+    monkeypatch.chdir(tmp_path)
+    for given in (root, "data", "./data/", "data/../data"):
+        ds = open_dataset(given)
+        assert ds.splits["train"].keys == expected, given
+        assert ds.splits["train"].labels.tolist() == [0, 0, 0, 1, 1]
+        assert ds.splits["test"].keys == ["test/dog/e.png"]
+
+
+def test_a_file_twice_in_one_class_is_logged_with_both_paths(tmp_path, caplog):
+    _touch(tmp_path / "cat" / "a.png")
+    os.link(tmp_path / "cat" / "a.png", tmp_path / "cat" / "b.png")
+    with caplog.at_level(logging.WARNING, logger="clipcache.extract.datasets"):
+        ds = open_dataset(tmp_path)
+    assert ds.splits["train"].keys == ["cat/a.png"]
+    assert caplog.messages == [f"{tmp_path / 'cat' / 'b.png'}: skipped, the same file as {tmp_path / 'cat' / 'a.png'}"]
+
+
+def test_plan_keys_labels_and_views_equal_the_per_item_lookup(image_folder):
+    ds = open_dataset(image_folder)
+    plans = build_plans(select_samples(ds, max_per_class={"train": 4}), views=3, batch_size=5, shard=(1, 2))
+    for plan in plans:
+        items = np.arange(plan.start, plan.stop)
+        samples = [int(plan.samples[i // 3]) for i in items]
+        assert plan.keys_of(items).tolist() == [plan.key(int(i)) for i in items] == [plan.source.keys[s] for s in samples]
+        assert plan.labels_of(items).tolist() == [int(plan.source.labels[s]) for s in samples]
+        assert plan.labels_of(items).dtype == np.int64
+        assert plan.views_of(items).tolist() == [int(i) % 3 for i in items]
+        assert plan.views_of(items).dtype == np.int16
+    assert [len(p.sample_keys) for p in plans] == [8, 6]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.merge import merge_stores
 from clipcache.extract.plan import shard_range
 from clipcache.extract.transforms import augmented_view, view_params
+from clipcache.extract.writer import DEFAULT_DEPTH, StoreWriter
 from tests.extract.helpers import interrupt_append, snapshot
 
 QUIET = RunOptions(progress=False)
@@ -161,6 +163,53 @@ def test_sigkilled_run_resumes_to_identical_store(image_folder, tmp_path, mid_wr
     assert snapshot(killed) == snapshot(tmp_path / "full.h5")
 
 
+#: _KILL_SCRIPT, with its killing append held until the loop has queued ``depth`` later batches to the writer.
+_KILL_QUEUED_SCRIPT = _KILL_SCRIPT.replace(
+    "\nextract(",
+    textwrap.dedent(
+        """
+        import sys, threading
+        from clipcache.extract.writer import StoreWriter
+        real_submit, killing_append, submitted, changed = StoreWriter.submit, FeatureStore.append, [0], threading.Condition()
+        def submit(self, *args, **kwargs):
+            real_submit(self, *args, **kwargs)
+            with changed:
+                submitted[0] += 1
+                changed.notify_all()
+        def held_append(self, *args, **kwargs):  # the writer thread
+            if calls[0] + 1 == {kill_at}:
+                with changed:
+                    if not changed.wait_for(lambda: submitted[0] >= {kill_at} + {depth}, timeout=60):
+                        sys.exit(3)  # the queue never filled
+            return killing_append(self, *args, **kwargs)
+        StoreWriter.submit, FeatureStore.append = submit, held_append
+        extract(""",
+    ),
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mid_write", [False, True], ids=["before-the-write", "mid-write"])
+def test_sigkill_with_writes_queued_resumes_to_identical_store(image_folder, tmp_path, mid_write):
+    """Killed while the writer holds batch 3 of train and batches 4 and 5 wait in its queue: the store reads as of batch 2."""
+    _corrupt(image_folder)
+    config = _config(image_folder, batch_size=2)  # train: 6 batches
+    extract(tmp_path / "full.h5", config, QUIET)
+    killed = tmp_path / "killed.h5"
+    kwargs = {k: getattr(config, k) for k in ("source", "model", "pretrained", "aux", "image_size", "batch_size")}
+    script = _KILL_QUEUED_SCRIPT.format(
+        threads=torch.get_num_threads(), kill_at=3, depth=DEFAULT_DEPTH, mid_write=mid_write, path=str(killed), config=kwargs
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with FeatureStore(killed, "a") as fs:
+        assert fs.n_rows("train") == 3  # two committed batches of 2, less one skipped image
+        assert [s[0] for s in fs.skipped("train")] == ["train/circle/002.png"]
+        assert not fs.is_complete("train") and fs.n_rows("test") == 0
+    extract(killed, config, QUIET, resume=True)
+    assert snapshot(killed) == snapshot(tmp_path / "full.h5")
+
+
 def test_resume_of_complete_store_encodes_nothing(image_folder, tmp_path):
     extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET)
     report = extract(tmp_path / "s.h5", _config(image_folder, splits=("test",)), QUIET, resume=True)
@@ -255,3 +304,65 @@ def test_interrupted_run_with_views_resumes_to_identical_store(image_folder, tmp
         assert fs.n_rows("train") == 10 and fs.views("train")[-1] == 0  # the cut falls between views of one image
     extract(tmp_path / "cut.h5", config, QUIET, resume=True)
     assert snapshot(tmp_path / "cut.h5") == snapshot(tmp_path / "full.h5")
+
+
+def test_only_the_writer_thread_touches_the_store_while_it_runs(image_folder, tmp_path, monkeypatch):
+    _corrupt(image_folder)
+    calls, running = [], [False]
+    for name, member in vars(FeatureStore).items():
+        if name.startswith("__") or not (callable(member) or isinstance(member, property)):
+            continue
+
+        def spy(real, name=name):
+            def wrapper(*args, **kwargs):
+                calls.append((name, threading.current_thread().name, running[0]))
+                return real(*args, **kwargs)
+
+            return wrapper
+
+        monkeypatch.setattr(FeatureStore, name, property(spy(member.fget)) if isinstance(member, property) else spy(member))
+    real_start, real_close = StoreWriter.start, StoreWriter.close
+
+    def start(self):
+        running[0] = True
+        return real_start(self)
+
+    def close(self, **kwargs):
+        try:
+            real_close(self, **kwargs)
+        finally:
+            running[0] = False
+
+    monkeypatch.setattr(StoreWriter, "start", start)
+    monkeypatch.setattr(StoreWriter, "close", close)
+    extract(tmp_path / "s.h5", _config(image_folder, aux=()), QUIET)
+    while_running = {(name, thread) for name, thread, now in calls if now}
+    assert {thread for _, thread in while_running} == {"clipcache-writer"}
+    assert {"append", "record_skipped"} <= {name for name, _ in while_running}
+    assert [(name, thread) for name, thread, now in calls if name == "mark_complete"] == [("mark_complete", "MainThread")] * 2
+
+
+def test_a_failed_write_stops_the_loop_at_the_next_batch(image_folder, tmp_path, monkeypatch):
+    """The loop learns of the writer's failure at its next hand-over and encodes no further batch."""
+    encoded = []
+
+    def append(self, split, **kwargs):
+        raise StoreError(f"{self.path}: refused on purpose")
+
+    from clipcache.extract import loop
+
+    real_encode = loop._encode
+
+    def encode(*args):
+        encoded.append(1)
+        return real_encode(*args)
+
+    monkeypatch.setattr(FeatureStore, "append", append)
+    monkeypatch.setattr(loop, "_encode", encode)
+    with pytest.raises(StoreError, match="refused on purpose"):
+        extract(tmp_path / "s.h5", _config(image_folder, splits=("train",), aux=(), batch_size=1), QUIET)
+    # of 12 batches: the one written, the queued ones, and the one whose hand-over met the failure
+    assert len(encoded) <= 2 + DEFAULT_DEPTH
+    monkeypatch.undo()
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        assert fs.n_rows("train") == 0 and not fs.is_complete("train")
