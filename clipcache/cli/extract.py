@@ -135,8 +135,9 @@ def _print_report(report) -> None:
                    "the others. Other devices compute fp32.")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; other "
-                   "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu). Recorded per "
-                   "feature set; a resume must use the same path.")
+                   "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu; on --resume or "
+                   "--add-splits, the path the store records). Recorded per feature set; features of the two paths "
+                   "are never mixed.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image towers (off by default).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise stored features.")
