@@ -108,15 +108,21 @@ def test_streaming_fit_equals_in_memory_fit():
     assert len(calls) == 6  # two passes per fit
 
 
+def _store_of(path, X, y) -> FeatureStore:
+    """A store, open for writing, whose complete split ``train`` holds X (feature set ``f``) with labels y in 0 .. 3."""
+    store = FeatureStore(path, "w")
+    store.set_classes(["a", "b", "c", "d"])
+    store.add_feature_set("f", X.shape[1], normalized=False, provenance={"model": "m"})
+    store.create_split("train", ["f"])
+    ids = [str(i) for i in range(len(y))]
+    store.append("train", ids=ids, paths=ids, labels=y, features={"f": X})
+    store.mark_complete("train")
+    return store
+
+
 def test_fit_store_streams_rows_of_a_split(tmp_path):
     X, y = _imbalanced(5)
-    with FeatureStore(tmp_path / "s.h5", "w") as store:
-        store.set_classes(["a", "b", "c", "d"])
-        store.add_feature_set("f", X.shape[1], normalized=False, provenance={"model": "m"})
-        store.create_split("train", ["f"])
-        ids = [str(i) for i in range(len(y))]
-        store.append("train", ids=ids, paths=ids, labels=y, features={"f": X})
-        store.mark_complete("train")
+    with _store_of(tmp_path / "s.h5", X, y) as store:
         rows = np.arange(0, len(y), 2)
         streamed = GDAClassifier().fit_store(store, "train", "f", rows=rows, chunk_rows=5)
     direct = GDAClassifier().fit(X[rows], y[rows])
@@ -285,13 +291,7 @@ def _cuda_available() -> bool:
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 def test_gpu_fit_store_equals_the_cpu_fit(tmp_path):
     X, y = _imbalanced(12, d=64)
-    with FeatureStore(tmp_path / "s.h5", "w") as store:
-        store.set_classes(["a", "b", "c", "d"])
-        store.add_feature_set("f", X.shape[1], normalized=False, provenance={"model": "m"})
-        store.create_split("train", ["f"])
-        ids = [str(i) for i in range(len(y))]
-        store.append("train", ids=ids, paths=ids, labels=y, features={"f": X})
-        store.mark_complete("train")
+    with _store_of(tmp_path / "s.h5", X, y) as store:
         gpu = GDAClassifier(device="cuda").fit_store(store, "train", "f", chunk_rows=16)
     cpu = GDAClassifier(solver="covariance").fit(X, y)
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-4 * np.abs(cpu.coef_).max())

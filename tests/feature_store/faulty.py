@@ -20,6 +20,7 @@ import pytest
 
 from clipcache import FeatureStore
 from tests.conftest import unit_rows
+from tests.faults import run_cli
 
 D, N_CLASSES, K = 16, 4, 5
 PROVENANCE = {"backbone": "open_clip", "model": "synthetic", "pretrained": "none"}
@@ -44,6 +45,21 @@ def write_pool_store(path: Path, seed: int = 0) -> None:
         text = centres[index] + 0.1 * rng.normal(size=(2 * N_CLASSES, D)).astype(np.float32)
         text /= np.linalg.norm(text, axis=1, keepdims=True)
         store.write_text("prompts", text, index, [f"a photo of class{c}" for c in index], provenance=PROVENANCE)
+
+
+def support_args(path) -> list:
+    """The ``clipcache support`` arguments that copy K rows per class of a pool store's ``pool`` into split ``sup``."""
+    return ["support", path, "--pool", "pool", "-k", K, "--to-split", "sup"]
+
+
+def pool_states(folder: Path) -> tuple[Path, dict, dict]:
+    """A pool store in ``folder``, its state, and the state of the same store after an uninterrupted ``support`` run."""
+    template, done = folder / "pool.h5", folder / "done.h5"
+    write_pool_store(template)
+    shutil.copyfile(template, done)
+    result = run_cli(support_args(done))
+    assert result.returncode == 0, result.stderr
+    return template, state_of(template), state_of(done)
 
 
 def state_of(path: Path) -> dict:

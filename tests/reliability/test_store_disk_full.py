@@ -22,7 +22,15 @@ from clipcache import FeatureStore
 from clipcache.errors import StoreWriteError
 from clipcache.feature_store import _hdf5
 from tests.faults import ROOT, Fault, run_cli
-from tests.feature_store.faulty import N_CLASSES, K, resize_tmpfs, state_of, tmpfs, write_pool_store
+from tests.feature_store.faulty import (
+    N_CLASSES,
+    pool_states,
+    resize_tmpfs,
+    state_of,
+    support_args,
+    tmpfs,
+    write_pool_store,
+)
 
 WRITE_ROWS = "clipcache.feature_store.elements.split._write_rows"
 NO_SPACE = os.strerror(errno.ENOSPC)
@@ -30,17 +38,8 @@ NO_SPACE = os.strerror(errno.ENOSPC)
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    """A pool store and the state of the same store after an uninterrupted ``support`` run."""
-    folder = tmp_path_factory.mktemp("pool")
-    template, done = folder / "pool.h5", folder / "done.h5"
-    write_pool_store(template)
-    shutil.copyfile(template, done)
-    assert run_cli(_support_args(done)).returncode == 0
-    return template, state_of(template), state_of(done)
-
-
-def _support_args(path) -> list:
-    return ["support", path, "--pool", "pool", "-k", K, "--to-split", "sup"]
+    """A pool store, its state, and the state of the same store after an uninterrupted ``support`` run."""
+    return pool_states(tmp_path_factory.mktemp("pool"))
 
 
 def _one_line_error(result, path) -> str:
@@ -60,7 +59,7 @@ def _run_support_again(path, pool) -> None:
     if "sup" in state_of(path)["splits"]:
         assert f"clipcache drop-split {path} sup" in run_cli(["info", path]).stdout
         assert run_cli(["drop-split", path, "sup"]).returncode == 0
-    again = run_cli(_support_args(path))
+    again = run_cli(support_args(path))
     assert again.returncode == 0, again.stderr
     assert state_of(path) == pool[2]
 
@@ -77,7 +76,7 @@ def _run_support_again(path, pool) -> None:
 def test_support_meeting_a_full_disk(tmp_path, pool, fault, sup_left):
     path = tmp_path / "s.h5"
     shutil.copyfile(pool[0], path)
-    line = _one_line_error(run_cli(_support_args(path), fault), path)
+    line = _one_line_error(run_cli(support_args(path), fault), path)
     assert "what was committed before is kept" in line
     after = state_of(path)  # readable, and nothing committed was lost
     assert _without_sup(after) == pool[1]
@@ -194,7 +193,7 @@ def test_support_on_a_full_tmpfs(tmp_path, pool, preflight):
     with tmpfs(tmp_path / "tiny", f"{os.path.getsize(pool[0]) // 1024 + 1024}k") as folder:
         path = folder / "s.h5"
         shutil.copyfile(pool[0], path)
-        result = (run_cli if preflight else run_without_preflight)(_support_args(path))
+        result = (run_cli if preflight else run_without_preflight)(support_args(path))
         _one_line_error(result, path)  # exit status 1: no segmentation fault, no traceback
         after = state_of(path)
         assert _without_sup(after) == pool[1]

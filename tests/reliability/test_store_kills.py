@@ -18,7 +18,14 @@ import pytest
 from clipcache import FeatureStore, StoreLockedError
 from clipcache.feature_store import _hdf5
 from tests.faults import Fault, run_cli
-from tests.feature_store.faulty import N_CLASSES, K, read_only, sha256, state_of, write_pool_store
+from tests.feature_store.faulty import (
+    N_CLASSES,
+    pool_states,
+    read_only,
+    sha256,
+    state_of,
+    support_args,
+)
 
 STORE = "clipcache.feature_store.store.FeatureStore"
 SPLIT = "clipcache.feature_store.elements.split.Split"
@@ -26,18 +33,12 @@ SPLIT = "clipcache.feature_store.elements.split.Split"
 
 @pytest.fixture(scope="module")
 def pool_template(tmp_path_factory):
-    """A pool store, and the state of the same store after an uninterrupted ``support`` run."""
-    folder = tmp_path_factory.mktemp("pool")
-    template, done = folder / "pool.h5", folder / "done.h5"
-    write_pool_store(template)
-    shutil.copyfile(template, done)
-    result = run_cli(["support", done, "--pool", "pool", "-k", K, "--to-split", "sup"])
-    assert result.returncode == 0, result.stderr
-    return template, state_of(template), state_of(done)
+    """A pool store, its state, and the state of the same store after an uninterrupted ``support`` run."""
+    return pool_states(tmp_path_factory.mktemp("pool"))
 
 
 def _support(path, fault=None):
-    return run_cli(["support", path, "--pool", "pool", "-k", K, "--to-split", "sup"], fault)
+    return run_cli(support_args(path), fault)
 
 
 def _check_readers(path, want: dict) -> dict:
