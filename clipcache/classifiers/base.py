@@ -24,14 +24,16 @@ The classifiers whose hyper-parameters are searched on validation data (Tip-Adap
 logit-bias fusion, the logit ensemble) share one ``fit`` in
 :class:`ValidatedLogitClassifier`, which also calibrates on that validation data.
 
-Meta-estimators that fit other estimators on the same data
+Estimators that fit other estimators on the same data
 (:class:`~clipcache.classifiers.SelectByValidation`,
-:class:`~clipcache.classifiers.ProductOfExperts`) check their input once, at
-their boundary, and fit their parts with :func:`fit_part`: an estimator whose
+:class:`~clipcache.classifiers.ProductOfExperts` and the
+:class:`ValidatedLogitClassifier`\ s) check their input once, at their
+boundary, and fit their parts with :func:`fit_part`: an estimator whose
 ``fit`` is :meth:`LogitClassifier.fit` (or that defines its own
 ``_fit_checked``) is then fitted by ``_fit_checked`` on the checked arrays,
-without checking them again, and a part that appears twice (GDA alone and GDA
-inside a product) is fitted once per meta-fit (:class:`PartCache`).
+without checking them again, and a part that appears twice (GDA alone, GDA
+inside a product and GDA inside a logit ensemble) is fitted once per fit of
+the outermost estimator (:class:`PartCache`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from clipcache.classifiers import _backend
 from clipcache.classifiers._centering import apply_center, check_center_vector, mean_of_rows
 from clipcache.classifiers._params import validate_parameters
 from clipcache.classifiers._search import grid_argmax
-from clipcache.classifiers._validation import encode_validation
+from clipcache.classifiers._validation import check_same_classes, encode_validation
 from clipcache.errors import InvalidFeaturesError, InvalidParameterError, NotFittedError
 from clipcache.ops import l2_normalize
 
@@ -419,11 +421,12 @@ class PartCache:
         self._parts: dict = {}
 
     @staticmethod
-    def key(estimator):
+    def key(estimator, validated: bool):
+        """The key of ``estimator`` fitted with (``validated``) or without validation data; None if not cacheable."""
         params = estimator.get_params(deep=False)
         if not all(v is None or isinstance(v, bool | int | float | str) for v in params.values()):
             return None
-        return type(estimator), tuple(sorted(params.items()))
+        return type(estimator), tuple(sorted(params.items())), validated
 
     def get(self, key):
         return None if key is None else self._parts.get(key)
@@ -457,25 +460,31 @@ def fit_part(estimator, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X
     fitted : estimator
     val_logits : ndarray of shape (m, C), float32, or None without validation data
     """
-    key = None if cache is None else cache.key(estimator)
+    key = None if cache is None else cache.key(estimator, X_val is not None and _takes_validation(estimator))
     found = None if cache is None else cache.get(key)
     if found is not None:
-        return found
+        est, z = found
+        if X_val is None:
+            return est, None
+        if z is None:  # fitted earlier without validation data, which this part does not read
+            z = np.asarray(part_logits(est, X_val), dtype=np.float32)
+            cache.put(key, (est, z))
+        return est, z
     # clipcache estimators never change their parameters, so a new instance with the same
     # values is a clone (sklearn's clone also deep-copies every parameter, nested lists included)
     est = type(estimator)(**estimator.get_params(deep=False)) if isinstance(estimator, LogitClassifier) else clone(
         estimator)
     if _fits_checked(est):
         est._validate_params()
-        est._fit_checked(X, classes, codes, X_val, codes_val, cache)
-        z = None if X_val is None else np.asarray(est._logits_checked(X_val), dtype=np.float32)
+        # a part that centres the data itself hands its own parts other rows than the cached ones were fitted on
+        est._fit_checked(X, classes, codes, X_val, codes_val, cache if est.center is None else PartCache())
     else:
         y = classes[codes]
         if X_val is not None and _takes_validation(est):
             est.fit(X, y, X_val, classes[codes_val])
         else:
             est.fit(X, y)
-        z = None if X_val is None else np.asarray(est.logits(X_val), dtype=np.float32)
+    z = None if X_val is None else np.asarray(part_logits(est, X_val), dtype=np.float32)
     if cache is not None:
         cache.put(key, (est, z))
     return est, z
@@ -524,24 +533,22 @@ class ValidatedLogitClassifier(LogitClassifier):
         -------
         self
         """
-        self._validate_params()
-        self._check_validation_pair(X_val, y_val, f"search {' and '.join(self._search_axes)}")
-        X, y = self._check_Xy(X, y)
-        X = self._fit_center(X)
-        self._fit_parts(X, y)
+        return self._fit_meta(X, y, X_val, y_val, f"search {' and '.join(self._search_axes)}")
+
+    def _fit_checked(self, X, classes, codes, X_val=None, codes_val=None, cache=None):
+        X, Xv = self._start_meta_fit(X, classes, X_val)
+        self._fit_parts(X, codes, cache)
         for name in self._search_axes:
             setattr(self, f"{name}_", float(getattr(self, name)))
         self.search_accuracy_ = np.zeros((0,) * len(self._search_axes))
         self.temperature_ = 1.0
-        if X_val is not None:
-            Xv = self._check_X(X_val)
-            yv = encode_validation(self.classes_, y_val)
+        if Xv is not None:
             grids = [self._grid(name) for name in self._search_axes]
-            counts = self._count_correct(Xv, yv, grids)
-            self.search_accuracy_ = counts / len(yv)
+            counts = self._count_correct(Xv, codes_val, grids)
+            self.search_accuracy_ = counts / len(codes_val)
             for name, grid, i in zip(self._search_axes, grids, grid_argmax(counts), strict=True):
                 setattr(self, f"{name}_", float(grid[i]))
-            self._fit_temperature(Xv, yv)
+            self._fit_temperature(Xv, codes_val)
         return self
 
     def _grid(self, name: str) -> np.ndarray:
@@ -549,13 +556,17 @@ class ValidatedLogitClassifier(LogitClassifier):
         values = getattr(self, f"{name}_grid")
         return self._default_grids[name] if values is None else np.asarray(values, dtype=np.float64)
 
-    @staticmethod
-    def _fit_part(estimator, default: type, X: np.ndarray, y: np.ndarray):
-        """A clone of ``estimator`` (``default()`` when None), fitted on (X, y)."""
-        return (default() if estimator is None else clone(estimator)).fit(X, y)
+    def _fit_part(self, estimator, default: type, X: np.ndarray, codes: np.ndarray, cache=None):
+        """A clone of ``estimator`` (``default()`` when None) fitted on (X, ``classes_[codes]``) by :func:`fit_part`.
 
-    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
-        """Fit the parts on X (n, d) float32, y (n,); set ``classes_``."""
+        Raises unless the part knows exactly the support set's classes.
+        """
+        part = fit_part(default() if estimator is None else estimator, X, self.classes_, codes, cache=cache)[0]
+        check_same_classes(np.asarray(part.classes_), self.classes_, type(self).__name__)
+        return part
+
+    def _fit_parts(self, X: np.ndarray, codes: np.ndarray, cache: PartCache | None) -> None:  # pragma: no cover
+        """Fit the parts on centred X (n, d) float32 and codes (n,), the columns of ``classes_`` (already set)."""
         raise NotImplementedError
 
     def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:

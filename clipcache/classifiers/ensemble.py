@@ -9,8 +9,7 @@ import numpy as np
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Grid, HasMethods, Interval
 from clipcache.classifiers._search import correct_over_alpha
-from clipcache.classifiers._validation import check_same_classes
-from clipcache.classifiers.base import ValidatedLogitClassifier
+from clipcache.classifiers.base import ValidatedLogitClassifier, part_logits
 from clipcache.classifiers.gda import GDAClassifier
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
@@ -90,15 +89,13 @@ class LogitEnsemble(ValidatedLogitClassifier):
         self.alpha_grid = alpha_grid
         self.center = center
 
-    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
-        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)
-        self.model_ = self._fit_part(self.model, GDAClassifier, X, y)
-        self.classes_ = np.asarray(self.model_.classes_)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
+    def _fit_parts(self, X: np.ndarray, codes: np.ndarray, cache) -> None:
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, codes, cache)
+        self.model_ = self._fit_part(self.model, GDAClassifier, X, codes, cache)
 
     def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
         (alphas,) = grids
-        return correct_over_alpha(self.base_.logits(X), self.model_.logits(X), codes, alphas)
+        return correct_over_alpha(part_logits(self.base_, X), part_logits(self.model_, X), codes, alphas)
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        return self.base_.logits(X) + np.float32(self.alpha_) * self.model_.logits(X)
+        return part_logits(self.base_, X) + np.float32(self.alpha_) * part_logits(self.model_, X)

@@ -15,8 +15,12 @@ import numpy as np
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Grid, HasMethods, Interval, Options
 from clipcache.classifiers._search import correct_over_alpha
-from clipcache.classifiers._validation import check_same_classes
-from clipcache.classifiers.base import InvalidParameterError, ValidatedLogitClassifier, softmax
+from clipcache.classifiers.base import (
+    InvalidParameterError,
+    ValidatedLogitClassifier,
+    part_logits,
+    softmax,
+)
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
 __all__ = ["DEFAULT_FUSION_ALPHAS", "DEFAULT_POWERS", "LogitBiasFusion", "UNCERTAINTIES", "uncertainty", "zscore"]
@@ -165,7 +169,7 @@ class LogitBiasFusion(ValidatedLogitClassifier):
         k = int(self.aux_dim)
         return X[:, : X.shape[1] - k], X[:, X.shape[1] - k :]
 
-    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_parts(self, X: np.ndarray, codes: np.ndarray, cache) -> None:
         if int(self.aux_dim) >= X.shape[1]:
             raise InvalidParameterError(
                 f"LogitBiasFusion got aux_dim={self.aux_dim} but X has {X.shape[1]} feature(s); "
@@ -173,16 +177,15 @@ class LogitBiasFusion(ValidatedLogitClassifier):
                 param="aux_dim",
             )
         x_clip, x_aux = self._split(X)
-        self.base_ = self._fit_part(self.base, ClassMeanClassifier, x_clip, y)
-        self.aux_ = self._fit_part(self.aux, ClassMeanClassifier, x_aux, y)
-        self.classes_ = np.asarray(self.aux_.classes_)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
+        # the parts see column blocks, not the rows of the cached parts: no cache
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, x_clip, codes)
+        self.aux_ = self._fit_part(self.aux, ClassMeanClassifier, x_aux, codes)
 
     def _parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Base logits (n, C), uncertainty (n,), z-scored bias (n, C)."""
         x_clip, x_aux = self._split(X)
-        base = self.base_.logits(x_clip)
-        return base, uncertainty(base, self.uncertainty), zscore(self.aux_.logits(x_aux))
+        base = part_logits(self.base_, x_clip)
+        return base, uncertainty(base, self.uncertainty), zscore(part_logits(self.aux_, x_aux))
 
     def _count_correct(self, X: np.ndarray, codes: np.ndarray, grids: list[np.ndarray]) -> np.ndarray:
         powers, alphas = grids

@@ -9,8 +9,7 @@ import numpy as np
 from clipcache.classifiers._centering import CENTER_CONSTRAINT
 from clipcache.classifiers._params import Device, Grid, HasMethods, Interval
 from clipcache.classifiers._search import correct_over_alpha
-from clipcache.classifiers._validation import check_same_classes
-from clipcache.classifiers.base import ValidatedLogitClassifier, l2_normalize
+from clipcache.classifiers.base import ValidatedLogitClassifier, l2_normalize, part_logits
 from clipcache.classifiers.prototypes import ClassMeanClassifier
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_BETAS", "TipAdapter", "cache_logits", "search_alpha_beta"]
@@ -144,10 +143,8 @@ class TipAdapter(ValidatedLogitClassifier):
         self.device = device
         self.center = center
 
-    def _fit_parts(self, X: np.ndarray, y: np.ndarray) -> None:
-        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, y)
-        self.classes_, codes = self._encode(y)
-        check_same_classes(np.asarray(self.base_.classes_), self.classes_, type(self).__name__)
+    def _fit_parts(self, X: np.ndarray, codes: np.ndarray, cache) -> None:
+        self.base_ = self._fit_part(self.base, ClassMeanClassifier, X, codes, cache)
         order = np.argsort(codes, kind="stable")
         self.keys_ = l2_normalize(X[order])
         self.key_codes_ = codes[order]
@@ -156,11 +153,11 @@ class TipAdapter(ValidatedLogitClassifier):
         betas, alphas = grids
         fv = l2_normalize(X)
         return search_alpha_beta(
-            self.base_.logits(X), lambda sl: self._matmul(fv[sl], self.keys_.T), self.key_codes_,
+            part_logits(self.base_, X), lambda sl: self._matmul(fv[sl], self.keys_.T), self.key_codes_,
             len(self.classes_), codes, alphas, betas,
         )
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
-        base = self.base_.logits(X)
+        base = part_logits(self.base_, X)
         aff = self._matmul(l2_normalize(X), self.keys_.T)
         return base + np.float32(self.alpha_) * cache_logits(aff, self.key_codes_, len(self.classes_), self.beta_)

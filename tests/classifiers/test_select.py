@@ -142,7 +142,52 @@ def test_a_part_shared_by_two_candidates_is_fitted_once(blobs):
     assert again is first and z2 is z1 and other is not first
     np.testing.assert_allclose(z1, GDAClassifier().fit(X, blobs["y"]).logits(blobs["Xv"]), rtol=1e-6, atol=1e-6)
     center = fit_part(GDAClassifier(center=blobs["Xv"].mean(0)), X, classes, codes, cache=cache)[0]
-    assert cache.key(GDAClassifier(center=blobs["Xv"].mean(0))) is None and center is not first
+    assert cache.key(GDAClassifier(center=blobs["Xv"].mean(0)), False) is None and center is not first
+
+
+def test_the_cache_tells_parts_fitted_with_and_without_validation_apart(blobs):
+    X, Xv = blobs["X"], blobs["Xv"]
+    classes, codes = np.unique(blobs["y"], return_inverse=True)
+    codes_val = np.searchsorted(classes, blobs["yv"])
+    cache = PartCache()
+    # GDA does not read validation data: fitted without it, it is reused with it, and scored on it then
+    gda, z = fit_part(GDAClassifier(), X, classes, codes, cache=cache)
+    again, z_val = fit_part(GDAClassifier(), X, classes, codes, Xv, codes_val, cache)
+    assert z is None and again is gda
+    np.testing.assert_array_equal(z_val, gda.logits(Xv))
+    # a searching part fitted without validation data keeps its fixed alpha; with it, it searches: two entries
+    fixed = fit_part(LogitEnsemble(alpha=1.0), X, classes, codes, cache=cache)[0]
+    searched = fit_part(LogitEnsemble(alpha=1.0), X, classes, codes, Xv, codes_val, cache)[0]
+    assert searched is not fixed and fixed.alpha_ == 1.0
+    assert searched.alpha_ == LogitEnsemble().fit(X, blobs["y"], Xv, blobs["yv"]).alpha_
+    # both ensembles reuse the cached GDA
+    assert fixed.model_ is gda and searched.model_ is gda
+
+
+def test_a_part_that_centres_itself_does_not_reuse_the_callers_parts(blobs):
+    X, Xv, y, yv = blobs["X"], blobs["Xv"], blobs["y"], blobs["yv"]
+    classes, codes = np.unique(y, return_inverse=True)
+    codes_val = np.searchsorted(classes, yv)
+    cache = PartCache()
+    gda = fit_part(GDAClassifier(), X, classes, codes, Xv, codes_val, cache)[0]
+    centred = fit_part(LogitEnsemble(center="support"), X, classes, codes, Xv, codes_val, cache)[0]
+    reference = LogitEnsemble(center="support").fit(X, y, Xv, yv)
+    assert centred.model_ is not gda
+    np.testing.assert_allclose(centred.logits(blobs["Xt"]), reference.logits(blobs["Xt"]), rtol=1e-6, atol=1e-6)
+
+
+def test_the_gda_of_an_ensemble_candidate_is_the_product_experts_gda(blobs):
+    X, Xv = blobs["X"], blobs["Xv"]
+    classes, codes = np.unique(blobs["y"], return_inverse=True)
+    codes_val = np.searchsorted(classes, blobs["yv"])
+    cache = PartCache()
+    product = fit_part(ProductOfExperts(experts=[GDAClassifier(), ClassMeanClassifier()]), X, classes, codes, Xv,
+                       codes_val, cache)[0]
+    ensemble = fit_part(LogitEnsemble(base=ClassMeanClassifier(), model=GDAClassifier()), X, classes, codes, Xv,
+                        codes_val, cache)[0]
+    tip = fit_part(TipAdapter(base=ClassMeanClassifier()), X, classes, codes, Xv, codes_val, cache)[0]
+    assert ensemble.model_ is product.experts_[0] and ensemble.base_ is product.experts_[1]
+    assert tip.base_ is product.experts_[1]
 
 
 def test_bad_validation_features_are_refused_before_any_candidate_is_fitted(blobs):
