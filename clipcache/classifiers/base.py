@@ -26,8 +26,8 @@ logit-bias fusion, the logit ensemble) share one ``fit`` in
 
 Estimators that fit other estimators on the same data
 (:class:`~clipcache.classifiers.SelectByValidation`,
-:class:`~clipcache.classifiers.ProductOfExperts` and the
-:class:`ValidatedLogitClassifier`\ s) check their input once, at their
+:class:`~clipcache.classifiers.ProductOfExperts` and every
+:class:`ValidatedLogitClassifier`) check their input once, at their
 boundary, and fit their parts with :func:`fit_part`: an estimator whose
 ``fit`` is :meth:`LogitClassifier.fit` (or that defines its own
 ``_fit_checked``) is then fitted by ``_fit_checked`` on the checked arrays,
