@@ -146,7 +146,8 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         X, y = self._check_Xy(X, y)
         classes, codes = self._encode(y)
-        return self._fit_checked(X, classes, codes)
+        self._fit_checked(X, classes, codes)
+        return self
 
     def _fit_checked(self, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X_val=None, codes_val=None,
                      cache=None):
@@ -168,14 +169,17 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        self
+        ndarray of shape (m, C), float32, or None
+            The validation logits when the fit computed them anyway (an estimator that
+            searches or calibrates on validation), so that :func:`fit_part` does not
+            compute them again; None otherwise.
         """
         self.n_features_in_ = X.shape[1]
         X = self._fit_center(X)
         self.classes_ = classes
         self._fit(X, codes)
         self.temperature_ = 1.0
-        return self
+        return None
 
     def _logits_checked(self, X: np.ndarray) -> np.ndarray:
         """Logits (n, C) of checked float32 rows X (n, d), before this estimator's own centring."""
@@ -184,7 +188,8 @@ class LogitClassifier(ClassifierMixin, BaseEstimator):
     def _fit_meta(self, X, y, X_val, y_val, purpose: str):
         """``fit`` of a meta-estimator: check the input once, then fit by ``_fit_checked`` with one :class:`PartCache`."""
         self._validate_params()
-        return self._fit_checked(*self._check_fit_input(X, y, X_val, y_val, purpose), cache=PartCache())
+        self._fit_checked(*self._check_fit_input(X, y, X_val, y_val, purpose), cache=PartCache())
+        return self
 
     def _start_meta_fit(self, X: np.ndarray, classes: np.ndarray, X_val=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Set ``n_features_in_``, the centre (from X) and ``classes_``; return the centred X and X_val."""
@@ -477,14 +482,16 @@ def fit_part(estimator, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X
     if _fits_checked(est):
         est._validate_params()
         # a part that centres the data itself hands its own parts other rows than the cached ones were fitted on
-        est._fit_checked(X, classes, codes, X_val, codes_val, cache if est.center is None else PartCache())
+        z = est._fit_checked(X, classes, codes, X_val, codes_val, cache if est.center is None else PartCache())
     else:
         y = classes[codes]
         if X_val is not None and _takes_validation(est):
             est.fit(X, y, X_val, classes[codes_val])
         else:
             est.fit(X, y)
-    z = None if X_val is None else np.asarray(part_logits(est, X_val), dtype=np.float32)
+        z = None
+    if X_val is not None and z is None:
+        z = np.asarray(part_logits(est, X_val), dtype=np.float32)
     if cache is not None:
         cache.put(key, (est, z))
     return est, z
@@ -548,8 +555,10 @@ class ValidatedLogitClassifier(LogitClassifier):
             self.search_accuracy_ = counts / len(codes_val)
             for name, grid, i in zip(self._search_axes, grids, grid_argmax(counts), strict=True):
                 setattr(self, f"{name}_", float(grid[i]))
-            self._fit_temperature(Xv, codes_val)
-        return self
+            z = np.asarray(self._logits(Xv), dtype=np.float32)
+            self.temperature_ = fit_temperature(z, codes_val)
+            return z
+        return None
 
     def _grid(self, name: str) -> np.ndarray:
         """The search grid of hyper-parameter ``name``, float64 (A,)."""

@@ -133,10 +133,11 @@ class ProductOfExperts(LogitClassifier):
         self.temperature_ = 1.0
         if Xv is None:
             self.expert_temperatures_ = np.ones(len(fitted))
-            return self
+            return None
         self.expert_temperatures_ = np.array([fit_temperature_checked(z, codes_val) for _, z in fitted])
-        self.temperature_ = fit_temperature_checked(self._combine([z for _, z in fitted]), codes_val)
-        return self
+        z = self._combine([z for _, z in fitted])
+        self.temperature_ = fit_temperature_checked(z, codes_val)
+        return z
 
     def _combine(self, logits: list[np.ndarray]) -> np.ndarray:
         """sum_k z_k / T_k, (n, C) float32."""

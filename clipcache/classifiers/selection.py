@@ -253,7 +253,7 @@ class SelectByValidation(LogitClassifier):
             self.best_name_ = candidates[0][0]
             self.best_estimator_ = fit_part(candidates[0][1], X, classes, codes, cache=cache)[0]
             self.validation_accuracy_ = self.noise_ = np.zeros(0)
-            return self
+            return None
         fitted = [fit_part(estimator, X, classes, codes, Xv, codes_val, cache) for _, estimator, _ in candidates]
         for est, _ in fitted:
             check_part_classes("SelectByValidation", est, classes)
@@ -264,7 +264,7 @@ class SelectByValidation(LogitClassifier):
         # a candidate that calibrated itself did so on these validation logits already
         self.temperature_ = (float(self.best_estimator_.temperature_) if _takes_validation(self.best_estimator_)
                              else fit_temperature_checked(z, codes_val))
-        return self
+        return z
 
     def _logits(self, X: np.ndarray) -> np.ndarray:
         return part_logits(self.best_estimator_, X)

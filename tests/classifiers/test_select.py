@@ -211,3 +211,19 @@ def test_a_saved_selection_predicts_identically(tmp_path, blobs, suffix):
     loaded, _ = load_model(save_model(candidates.fit(blobs["X"], blobs["y"]), tmp_path / f"c{suffix}"))
     assert [(n, type(e).__name__, level) for n, e, level in loaded.candidates] == [
         ("ncm", "ClassMeanClassifier", 0), ("gda", "GDAClassifier", 0)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda c: ProductOfExperts(experts=[GDAClassifier(), ClassMeanClassifier()], center=c),
+    lambda c: SelectByValidation(center=c),
+    lambda c: LogitEnsemble(center=c),
+    lambda c: TipAdapter(center=c),
+    lambda c: GDAClassifier(center=c),
+], ids=["product", "select", "ensemble", "tip", "gda"])
+@pytest.mark.parametrize("center", [None, "support"])
+def test_the_validation_logits_of_a_part_are_its_logits(blobs, make, center):
+    # meta-estimators hand back the validation logits they computed while fitting; they must be the logits
+    X, Xv = blobs["X"], blobs["Xv"]
+    classes, codes = np.unique(blobs["y"], return_inverse=True)
+    est, z = fit_part(make(center), X, classes, codes, Xv, np.searchsorted(classes, blobs["yv"]), PartCache())
+    np.testing.assert_allclose(z, est.logits(Xv), rtol=1e-6, atol=1e-6)
