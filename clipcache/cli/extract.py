@@ -14,6 +14,7 @@ import click
 from clipcache._io import check_output
 from clipcache.cli.deprecation import Command, warn_deprecated
 from clipcache.cli.params import output_option
+from clipcache.feature_store.schema import DECODES
 
 __all__ = ["COMMANDS", "demo_data_command", "extract_command", "merge_command", "text_command"]
 
@@ -133,7 +134,7 @@ def _print_report(report) -> None:
               help="Autocast precision on cuda: fp32, bf16 or fp16 for every backbone, or FEATURE_SET=PRECISION for one "
                    "(clip=bf16); repeatable or comma-separated. Default per backbone: bf16 for open_clip ViTs, fp32 for "
                    "the others. Other devices compute fp32.")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+@click.option("--decode", type=click.Choice(["auto", *DECODES]), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; other "
                    "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu; on --resume or "
                    "--add-splits, the path the store records). Recorded per feature set; features of the two paths "

@@ -34,6 +34,7 @@ import torch
 from clipcache.errors import InvalidParameterError
 from clipcache.extract.images import load_image
 from clipcache.extract.transforms import crop_or_pad, eval_transform_uint8, plan_geometry
+from clipcache.feature_store.schema import DECODES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DECODE_CHOICES = ("auto", "cpu", "gpu")
+DECODE_CHOICES = ("auto", *DECODES)
 """Values of ``RunOptions.decode``; ``auto`` resolves to ``gpu`` or ``cpu`` (:func:`resolve_decode`)."""
 
 DEVICE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
