@@ -468,33 +468,28 @@ def fit_part(estimator, X: np.ndarray, classes: np.ndarray, codes: np.ndarray, X
     key = None if cache is None else cache.key(estimator, X_val is not None and _takes_validation(estimator))
     found = None if cache is None else cache.get(key)
     if found is not None:
-        est, z = found
-        if X_val is None:
-            return est, None
-        if z is None:  # fitted earlier without validation data, which this part does not read
-            z = np.asarray(part_logits(est, X_val), dtype=np.float32)
-            cache.put(key, (est, z))
-        return est, z
-    # clipcache estimators never change their parameters, so a new instance with the same
-    # values is a clone (sklearn's clone also deep-copies every parameter, nested lists included)
-    est = type(estimator)(**estimator.get_params(deep=False)) if isinstance(estimator, LogitClassifier) else clone(
-        estimator)
-    if _fits_checked(est):
-        est._validate_params()
-        # a part that centres the data itself hands its own parts other rows than the cached ones were fitted on
-        z = est._fit_checked(X, classes, codes, X_val, codes_val, cache if est.center is None else PartCache())
+        est, z = found  # z is None when it was fitted without validation data, which this part does not read
     else:
-        y = classes[codes]
-        if X_val is not None and _takes_validation(est):
-            est.fit(X, y, X_val, classes[codes_val])
+        # clipcache estimators never change their parameters, so a new instance with the same
+        # values is a clone (sklearn's clone also deep-copies every parameter, nested lists included)
+        est = type(estimator)(**estimator.get_params(deep=False)) if isinstance(estimator, LogitClassifier) else clone(
+            estimator)
+        if _fits_checked(est):
+            est._validate_params()
+            # a part that centres the data itself hands its own parts other rows than the cached ones were fitted on
+            z = est._fit_checked(X, classes, codes, X_val, codes_val, cache if est.center is None else PartCache())
         else:
-            est.fit(X, y)
-        z = None
+            y = classes[codes]
+            if X_val is not None and _takes_validation(est):
+                est.fit(X, y, X_val, classes[codes_val])
+            else:
+                est.fit(X, y)
+            z = None
     if X_val is not None and z is None:
         z = np.asarray(part_logits(est, X_val), dtype=np.float32)
     if cache is not None:
         cache.put(key, (est, z))
-    return est, z
+    return est, None if X_val is None else z
 
 
 def part_logits(estimator, X: np.ndarray) -> np.ndarray:
