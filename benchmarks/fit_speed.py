@@ -12,11 +12,23 @@ of EfficientNet-lite0's width) with ``GDAClassifier()`` (Woodbury, N < d), with
 its repository writes it (github.com/mrflogs/ICLR24, ``main_few_shots.py``:
 torch float32, ``torch.linalg.pinv`` of the d x d matrix), on the CPU, and
 checks that the predictions are identical.
+
+``gda-store`` writes ``--store-rows`` x ``--store-dim`` L2-normalised float32 rows of
+``--store-classes`` Gaussian classes to a temporary feature store (1.28M x 768 and
+1,000 classes by default: 3.7 GiB, issue 9's size), reads it once so that the page
+cache is warm, then times ``GDAClassifier().fit_store`` (numpy on the CPU) and
+``GDAClassifier(device=--device).fit_store`` alternately, best of ``--repeat``, beside
+one plain read of the store (``iter_chunks``, nothing computed), the floor of both.
+It checks that the two fits predict the same classes::
+
+    python benchmarks/fit_speed.py --only gda-store --device cuda --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -24,6 +36,7 @@ import scipy.linalg
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+from clipcache import FeatureStore
 from clipcache.classifiers import GDAClassifier
 from clipcache.classifiers.base import l2_normalize
 from clipcache.classifiers.tip import search_alpha_beta
@@ -189,14 +202,73 @@ def bench_tip(rng, n_classes, shots, d, n_val, n_alpha, n_beta, ref_cells):
     return {"t_ours": t_ours, "t_ref": t_ref, "per_cell": per_cell, "match": match}
 
 
+def write_store(path, rng, n, d, n_classes, block=65_536):
+    """A one-split store of ``n`` L2-normalised float32 rows of ``n_classes`` Gaussian classes; returns its last block."""
+    means = rng.normal(size=(n_classes, d)).astype(np.float32) * np.float32(3.0 / np.sqrt(d))
+    with FeatureStore(path, "w") as store:
+        store.set_classes([f"c{k}" for k in range(n_classes)])
+        store.add_feature_set("clip", d, provenance={"model": "synthetic"})
+        store.create_split("train", ["clip"])
+        for start in range(0, n, block):
+            b = min(block, n - start)
+            y = rng.integers(0, n_classes, b)
+            x = means[y] + rng.standard_normal((b, d), dtype=np.float32) / np.float32(np.sqrt(d))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            ids = [str(i) for i in range(start, start + b)]
+            store.append("train", ids=ids, paths=ids, labels=y, features={"clip": x})
+        store.mark_complete("train")
+    return x
+
+
+def bench_gda_store(rng, n, d, n_classes, device, repeat):
+    size = n * d * 4 / 2**30
+    print(f"\n## GDA fit_store: {n:,} x {d}, {n_classes} classes, float32 ({size:.2f} GiB), "
+          f"numpy against device={device!r}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gda.h5")
+        began = time.perf_counter()
+        probe = write_store(path, rng, n, d, n_classes)
+        print(f"store written in {time.perf_counter() - began:.1f} s")
+        with FeatureStore(path) as store:
+
+            def read():
+                return sum(len(c.features) for c in store.iter_chunks("train", "clip"))
+
+            def fit(dev):
+                return GDAClassifier(device=dev).fit_store(store, "train", "clip")
+
+            read()  # warm the page cache
+            sides = {"read": None, "numpy": None, device: device}
+            times = {name: [] for name in sides}
+            fits = {}
+            for _ in range(repeat):  # alternate, so that other load hits every side alike
+                times["read"].append(timed(read)[1])
+                for name in ("numpy", device):
+                    fits[name], seconds = timed(lambda name=name: fit(sides[name]))
+                    times[name].append(seconds)
+    best = {name: min(v) for name, v in times.items()}
+    same = float((fits["numpy"].predict(probe) == fits[device].predict(probe)).mean())
+    for name, label in (("read", "one read of the store"), ("numpy", "fit_store, numpy"), (device, f"fit_store, {device}")):
+        runs = ", ".join(f"{x:.2f}" for x in times[name])
+        print(f"{label:<24} {best[name]:6.2f} s best (runs: {runs})")
+    print(f"read rate {size / best['read']:.2f} GiB/s; speed-up of {device} over numpy {best['numpy'] / best[device]:.1f}x; "
+          f"predictions equal on {len(probe):,} rows: {same:.4%}")
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Smaller problems (smoke test).")
-    parser.add_argument("--only", choices=["gda-a", "gda-b", "gda-fewshot", "tip"], action="append")
+    parser.add_argument("--only", choices=["gda-a", "gda-b", "gda-fewshot", "tip", "gda-store"], action="append",
+                        help="Cases to run (repeatable); default: all but gda-store.")
     parser.add_argument("--tip-ref-cells", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="Best of N timings for each GDA side.")
     parser.add_argument("--threads", type=int, help="Limit torch and BLAS/OpenMP to N threads (both sides alike).")
+    parser.add_argument("--device", default="cuda", help="gda-store: the torch device of the GPU-resident fit.")
+    parser.add_argument("--store-rows", type=int, default=1_280_000, help="gda-store: rows of the store.")
+    parser.add_argument("--store-dim", type=int, default=768, help="gda-store: feature dimension.")
+    parser.add_argument("--store-classes", type=int, default=1000, help="gda-store: classes.")
     args = parser.parse_args(argv)
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -204,7 +276,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
     rng = np.random.default_rng(args.seed)
-    only = set(args.only or ["gda-a", "gda-b", "gda-fewshot", "tip"])
+    only = set(args.only or ["gda-a", "gda-b", "gda-fewshot", "tip"])  # gda-store only when asked
     q = args.quick
     warm_up(rng)
     if "gda-a" in only:
@@ -216,6 +288,8 @@ def main(argv=None):
         bench_gda_fewshot(rng, args.repeat if args.repeat > 1 else 5)
     if "tip" in only:
         bench_tip(rng, 100 if q else 1000, 16, 512, 1000 if q else 10000, 200, 20, args.tip_ref_cells)
+    if "gda-store" in only:
+        bench_gda_store(rng, args.store_rows, args.store_dim, args.store_classes, args.device, max(args.repeat, 1))
 
 
 if __name__ == "__main__":

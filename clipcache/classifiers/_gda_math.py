@@ -178,6 +178,10 @@ class NumpyOps:
     def put(self, X: np.ndarray) -> np.ndarray:
         return X
 
+    def resident(self, chunks):
+        """``chunks`` itself: numpy re-reads the stream at every pass (see :meth:`TorchOps.resident`)."""
+        return chunks
+
     def zeros(self, shape) -> np.ndarray:
         return np.zeros(shape)
 
@@ -209,6 +213,10 @@ class NumpyOps:
         return _solve_psd(a * scatter + t * np.eye(len(scatter)), means.T)
 
 
+#: Share of a GPU's free memory that :meth:`TorchOps.resident` may fill with a stream's blocks.
+RESIDENT_SHARE = 0.5
+
+
 class TorchOps:
     """The same accumulation in torch on ``device``: blocks are pinned and copied asynchronously to a GPU.
 
@@ -221,7 +229,50 @@ class TorchOps:
         self.torch, self.dev = _backend.torch_device(device)
         self.device = device
 
-    def put(self, X: np.ndarray):
+    def resident_budget(self) -> int:
+        """Bytes of blocks :meth:`resident` may keep on the device: a share of a GPU's free memory, 0 elsewhere."""
+        if self.dev.type != "cuda":
+            return 0
+        free, _ = self.torch.cuda.mem_get_info(self.dev)
+        return int(free * RESIDENT_SHARE)
+
+    def resident(self, chunks):
+        """A replayable ``chunks``: the first pass keeps its blocks on the device, later passes replay them.
+
+        The GPU then reads the stream (a store's chunks) once instead of once per
+        pass. Once the kept blocks would pass :meth:`resident_budget`, they are
+        dropped and every pass reads ``chunks()`` again, as numpy does.
+        """
+        budget = self.resident_budget()
+        if budget <= 0:
+            return chunks
+        kept: list = []
+        complete = False
+
+        def replay():
+            nonlocal complete
+            if complete:
+                yield from kept
+                return
+            kept.clear()
+            size, keeping = 0, True
+            for X, codes in chunks():
+                if keeping:
+                    size += X.nbytes
+                    keeping = size <= budget
+                    if keeping:
+                        X = self.put(X)
+                        kept.append((X, codes))
+                    else:
+                        kept.clear()
+                yield X, codes
+            complete = keeping
+
+        return replay
+
+    def put(self, X):
+        if isinstance(X, self.torch.Tensor):
+            return X.to(self.dev)
         t = self.torch.from_numpy(np.ascontiguousarray(X))
         if self.dev.type == "cuda":
             return t.pin_memory().to(self.dev, non_blocking=True)

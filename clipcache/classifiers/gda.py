@@ -230,14 +230,15 @@ class GDAClassifier(LogitClassifier):
                 yield apply_center(X, self.center_, self._center_blocks(X.shape[1])), y
 
         ops = gm.make_ops(self.device)
-        sums, counts, d = _class_sums(ops, checked())
+        passes = ops.resident(checked)  # on a GPU, the second pass replays the first pass's blocks there
+        sums, counts, d = _class_sums(ops, passes())
         present = np.flatnonzero(counts)
         if len(present) < 2:
             raise InvalidFeaturesError(
                 f"the training labels hold {len(present)} class; at least 2 classes are needed to fit a classifier"
             )
         self.n_features_in_ = d
-        self._fit_moments(ops, checked, present, sums=sums, counts=counts)
+        self._fit_moments(ops, passes, present, sums=sums, counts=counts)
         self.temperature_ = 1.0
         return self
 
@@ -258,7 +259,9 @@ class GDAClassifier(LogitClassifier):
         """Stream-fit on ``feature_set`` of ``split`` of an open :class:`FeatureStore`.
 
         With a CUDA ``device`` each chunk is copied through pinned memory to the
-        GPU, where the sums, the scatter and the solve stay.
+        GPU, where the sums, the scatter and the solve stay. The chunks stay there
+        too while they fit in half the GPU's free memory, so the second pass (the
+        scatter) reads nothing from the store; otherwise every pass reads it.
 
         Parameters
         ----------

@@ -280,6 +280,35 @@ def test_torch_device_fit_equals_the_numpy_fit(precision):
         np.testing.assert_array_equal(other.predict(X), a.predict(X))
 
 
+@pytest.mark.parametrize(("budget", "reads"), [(1 << 30, 1), (2 * 30 * 24 * 4, 2), (0, 2)], ids=["fits", "too-big", "off"])
+@pytest.mark.parametrize("precision", ["iclr2024", "ledoit-wolf"])
+def test_resident_blocks_are_read_once_when_they_fit(monkeypatch, precision, budget, reads):
+    """A torch fit keeps the first pass's blocks on the device and replays them, unless they pass the budget."""
+    pytest.importorskip("torch")
+    from clipcache.classifiers import _gda_math as gm
+
+    monkeypatch.setattr(gm.TorchOps, "resident_budget", lambda self: budget)
+    X, y = _imbalanced(13, d=24)  # 107 rows in blocks of 30: the third block passes the "too-big" budget
+    calls = []
+
+    def chunks():
+        calls.append(1)
+        return [(X[i : i + 30], y[i : i + 30]) for i in range(0, len(X), 30)]
+
+    fitted = GDAClassifier(precision=precision, device="cpu").fit_chunks(chunks)
+    reference = GDAClassifier(precision=precision, solver="covariance").fit(X, y)
+    assert len(calls) == reads
+    np.testing.assert_allclose(fitted.coef_, reference.coef_, rtol=1e-4, atol=1e-4 * np.abs(reference.coef_).max())
+    np.testing.assert_allclose(fitted.intercept_, reference.intercept_, rtol=1e-4, atol=1e-4 * np.abs(reference.intercept_).max())
+
+
+def test_resident_budget_is_zero_off_the_gpu():
+    pytest.importorskip("torch")
+    from clipcache.classifiers import _gda_math as gm
+
+    assert gm.TorchOps("cpu").resident_budget() == 0
+
+
 def _cuda_available() -> bool:
     try:
         import torch
