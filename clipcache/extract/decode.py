@@ -45,6 +45,7 @@ __all__ = [
     "DECODE_CHOICES",
     "DEVICE_INTERPOLATIONS",
     "EncodedImage",
+    "PackedPayloads",
     "decode_batch",
     "device_decodable",
     "resolve_decode",
@@ -80,6 +81,46 @@ class EncodedImage:
 
     data: torch.Tensor
     path: str
+
+
+@dataclasses.dataclass
+class PackedPayloads:
+    """A ``gpu``-path batch as a worker sends it: the bytes of all its device JPEGs in one buffer.
+
+    A tensor crosses from a DataLoader worker to the main process as one
+    shared-memory block and one file descriptor; a batch of separate byte tensors
+    would pass one descriptor per file. :meth:`unpack` gives back the payloads
+    that :func:`decode_batch` takes, as views of the buffer.
+
+    Attributes
+    ----------
+    buffer : torch.Tensor, uint8, shape (n_bytes,)
+        The device JPEGs' bytes, one after another.
+    entries : list
+        Per item: ``(start, stop, path)`` of a device JPEG in ``buffer``, or the
+        list of uint8 tensors that the worker made on the CPU path.
+    """
+
+    buffer: torch.Tensor
+    entries: list
+
+    @classmethod
+    def pack(cls, payloads: Sequence) -> PackedPayloads:
+        """Pack per-item payloads: :class:`EncodedImage` or a list of tensors, as :func:`decode_batch` takes them."""
+        encoded = [p.data for p in payloads if isinstance(p, EncodedImage)]
+        buffer = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.uint8)
+        entries, start = [], 0
+        for p in payloads:
+            if isinstance(p, EncodedImage):
+                entries.append((start, start + len(p.data), p.path))
+                start += len(p.data)
+            else:
+                entries.append(p)
+        return cls(buffer, entries)
+
+    def unpack(self) -> list:
+        """The payloads that were packed, each device JPEG's bytes a view of ``buffer``."""
+        return [EncodedImage(self.buffer[e[0] : e[1]], e[2]) if isinstance(e, tuple) else e for e in self.entries]
 
 
 def _torchvision_decodes_on(device: torch.device) -> bool:

@@ -41,7 +41,13 @@ from clipcache.errors import (
 )
 from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse_aux_spec
 from clipcache.extract.datasets import open_dataset
-from clipcache.extract.decode import EncodedImage, decode_batch, device_decodable, resolve_decode
+from clipcache.extract.decode import (
+    EncodedImage,
+    PackedPayloads,
+    decode_batch,
+    device_decodable,
+    resolve_decode,
+)
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
 from clipcache.extract.precision import (
     applies_on,
@@ -285,17 +291,55 @@ class _ItemDataset(TorchDataset):
         return [augmented_view_uint8(image, params, pp) for pp in self.preprocesses]
 
 
-def _collate(batch):
-    items = torch.tensor([b[0] for b in batch], dtype=torch.int64)
-    if any(isinstance(b[1], EncodedImage) for b in batch):  # the decode="gpu" path: decode_batch stacks them
-        return items, [b[1] for b in batch], [b[2] for b in batch]
-    tensors = [torch.stack([b[1][k] for b in batch]) for k in range(len(batch[0][1]))]
-    errors = [b[2] for b in batch]
-    return items, tensors, errors
+def _collate(part):
+    """A worker's part of a batch: item numbers, then the stacked uint8 tensors of each preprocessing or, on the
+    ``gpu`` path, the :class:`PackedPayloads` of its items, then the reasons of the items it could not read."""
+    items = torch.tensor([b[0] for b in part], dtype=torch.int64)
+    errors = [b[2] for b in part]
+    if any(isinstance(b[1], EncodedImage) for b in part):  # the decode="gpu" path: decode_batch stacks them
+        return items, PackedPayloads.pack([b[1] for b in part]), errors
+    return items, [torch.stack([b[1][k] for b in part]) for k in range(len(part[0][1]))], errors
+
+
+def _assemble(parts: list) -> tuple[torch.Tensor, list, list[str], bool]:
+    """One batch from the parts the workers made of it, in order.
+
+    Returns the item numbers; per preprocessing, the list of its parts' uint8
+    tensors (or, when ``payloads``, the per-item payloads of :func:`decode_batch`);
+    the reasons; and ``payloads``.
+    """
+    items = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    errors = [e for p in parts for e in p[2]]
+    if not any(isinstance(p[1], PackedPayloads) for p in parts):
+        return items, [[p[1][k] for p in parts] for k in range(len(parts[0][1]))], errors, False
+    payloads = []
+    for _, tensors, _ in parts:
+        if isinstance(tensors, PackedPayloads):
+            payloads += tensors.unpack()
+        else:  # a part with no device JPEG: its items' rows, as decode_batch takes them
+            payloads += [[t[i] for t in tensors] for i in range(len(tensors[0]))]
+    return items, payloads, errors, True
 
 
 def _batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
     return [list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)]
+
+
+#: Fewest items in a worker's part of a batch (:func:`_parts`).
+MIN_PART_ITEMS = 8
+
+
+def _parts(batch: list[int], workers: int) -> list[list[int]]:
+    """Split a batch into one part per worker (at least :data:`MIN_PART_ITEMS` items each).
+
+    Each DataLoader worker decodes a part, so the first batch is ready once every
+    worker has decoded its part, not after one worker has decoded a whole batch.
+    The parts are joined again in order (:func:`_assemble`): the batches, and so
+    the stored values, are those of ``batch_size``.
+    """
+    n = max(1, min(workers, len(batch) // MIN_PART_ITEMS))
+    size = -(-len(batch) // n)
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
 
 
 # --------------------------------------------------------------------------- store setup
@@ -504,18 +548,39 @@ def _resume_item(store: FeatureStore, plan: SplitPlan, batch_size: int) -> int:
 # --------------------------------------------------------------------------- the loop
 
 
-def _encode(backbones, preprocesses, groups, tensors, ok, device) -> dict[str, np.ndarray]:
-    """Normalise each preprocessing group's uint8 batch on ``device`` and encode it, each backbone in its precision."""
+def _encode(backbones, preprocesses, groups, tensors, ok, device):
+    """Start encoding a batch; return a function that waits for its features, ``{feature set: (b, dim) float32}``.
+
+    Each preprocessing group's uint8 parts go to ``device`` (from pinned memory,
+    asynchronously on a GPU) and are joined, normalised and encoded there, each
+    backbone in its precision. On a GPU the features come back to pinned host
+    memory asynchronously too, so the caller can prepare the next batch while
+    this one is computed.
+    """
     out = {}
+    cuda = device.type == "cuda"
     with torch.inference_mode():
         keep = None if bool(ok.all()) else ok.to(device)
         inputs = []
-        for t, pp in zip(tensors, preprocesses, strict=True):
-            x = t.to(device, non_blocking=True)  # whole pinned batch; drop failed rows on the device
-            inputs.append(normalize_batch(x if keep is None else x[keep], pp))
+        for parts, pp in zip(tensors, preprocesses, strict=True):
+            x = torch.cat([t.to(device, non_blocking=True) for t in parts]) if len(parts) > 1 else parts[0].to(device, non_blocking=True)
+            inputs.append(normalize_batch(x if keep is None else x[keep], pp))  # drop failed rows on the device
         for backbone, group in zip(backbones, groups, strict=True):
-            out[backbone.name] = backbone.features(inputs[group]).cpu().numpy()
-    return out
+            features = backbone.features(inputs[group])
+            if cuda:
+                host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+                features = host.copy_(features, non_blocking=True)
+            out[backbone.name] = features
+    done = torch.cuda.Event() if cuda else None
+    if done is not None:
+        done.record()
+
+    def wait() -> dict[str, np.ndarray]:
+        if done is not None:
+            done.synchronize()
+        return {name: features.numpy() for name, features in out.items()}
+
+    return wait
 
 
 def _compile_image_tower(backbone: Backbone) -> None:
@@ -546,10 +611,14 @@ def _compile_image_tower(backbone: Backbone) -> None:
 def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport) -> None:
     """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
 
-    Each batch's store calls go to a :class:`~clipcache.extract.writer.StoreWriter`
-    thread, so the next batch is decoded and encoded while this one is written. The
-    store is touched only by the writer between its start and its close: before,
-    to find where to resume, and after, to mark the split complete.
+    Three stages overlap. The DataLoader workers decode parts of the batches ahead
+    (:func:`_parts`); the device encodes one batch while the main thread fetches,
+    joins and (``decode="gpu"``) decodes the next (:func:`_encode` returns before
+    the features are ready); and each batch's store calls go to a
+    :class:`~clipcache.extract.writer.StoreWriter` thread, in order, so the loop
+    never waits on HDF5. The store is touched only by the writer between its start
+    and its close: before, to find where to resume, and after, to mark the split
+    complete.
     """
     if store.is_complete(plan.name):
         logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
@@ -559,30 +628,60 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     groups = [preprocesses.index(b.preprocess) for b in backbones]
     dataset = _ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed, decode=options.decode)
     device = torch.device(options.device)
+    batches = [_parts(batch, options.workers) for batch in _batches(start, plan.stop, config.batch_size)]
+    per_batch = max((len(b) for b in batches), default=1)
     loader = DataLoader(
         dataset,
-        batch_sampler=_batches(start, plan.stop, config.batch_size),
+        batch_sampler=[part for batch in batches for part in batch],
         num_workers=options.workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        # about LOOKAHEAD batches in flight, whatever the number of parts
+        prefetch_factor=max(2, -(-LOOKAHEAD * per_batch // options.workers)) if options.workers else None,
     )
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
+    parts = iter(loader)
     try:
         with writing() as writer:
-            for items, tensors, errors in loader:
-                if isinstance(tensors, list) and tensors and not isinstance(tensors[0], torch.Tensor):  # decode="gpu"
+            pending = None  # the batch the device encodes while the next one is fetched and decoded
+            for batch in batches:
+                items, tensors, errors, payloads = _assemble([next(parts) for _ in batch])
+                if payloads:  # decode="gpu"
                     tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
-                _commit_batch(writer, store, plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
-                report.encoded += len(items)
-                bar.update(len(items))
+                    tensors = [[t] for t in tensors]
+                _finish_batch(writer, store, plan, pending, report, bar)
+                pending = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+            _finish_batch(writer, store, plan, pending, report, bar)
     finally:
         bar.close()
     store.mark_complete(plan.name)
 
 
-def _commit_batch(writer, store, plan, backbones, grouping, items, tensors, errors, recorded, device, options) -> None:
-    """Check one decoded batch, encode its readable items, and hand its store calls to ``writer``."""
+#: Batches that the DataLoader workers prepare ahead of the one being encoded.
+LOOKAHEAD = 4
+
+
+def _finish_batch(writer, store, plan, launched, report, bar) -> None:
+    """Wait for a launched batch's features (None: nothing to do) and hand its store calls to ``writer``."""
+    if launched is None:
+        return
+    n, skipped, rows, features = launched
+    if rows is not None:
+        rows["features"] = features()
+    if skipped is not None or rows is not None:
+        writer.submit(_write_batch, store, plan.name, skipped, rows)
+    report.encoded += n
+    bar.update(n)
+
+
+def _launch_batch(plan, backbones, grouping, items, tensors, errors, recorded, device, options):
+    """Check one decoded batch and start encoding its readable items.
+
+    Returns ``(n, skipped, rows, features)`` for :func:`_finish_batch`:
+    the batch's size, its newly skipped samples (or None), the arguments of its
+    append without the features (or None), and the function that waits for them.
+    """
     items = items.numpy()
     ok = np.fromiter((not e for e in errors), dtype=bool, count=len(errors))
     skipped = None
@@ -595,14 +694,13 @@ def _commit_batch(writer, store, plan, backbones, grouping, items, tensors, erro
         if new:
             skipped = ([key for key, _ in new], [reason for _, reason in new])
             recorded.update(skipped[0])
-    rows = None
+    rows = features = None
     if ok.any():
         good = items[ok]
         features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device)
         keys = plan.keys_of(good).tolist()
-        rows = {"ids": keys, "paths": keys, "labels": plan.labels_of(good), "features": features, "views": plan.views_of(good)}
-    if skipped is not None or rows is not None:
-        writer.submit(_write_batch, store, plan.name, skipped, rows)
+        rows = {"ids": keys, "paths": keys, "labels": plan.labels_of(good), "views": plan.views_of(good)}
+    return len(items), skipped, rows, features
 
 
 def _write_batch(store: FeatureStore, split: str, skipped: tuple[list, list] | None, rows: dict | None) -> None:

@@ -9,6 +9,7 @@ tests/extract/test_decode_gpu.py, on a CUDA machine only.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 
@@ -26,6 +27,7 @@ from clipcache.extract.backbones import build_timm
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.decode import (
     EncodedImage,
+    PackedPayloads,
     decode_batch,
     device_decodable,
     resolve_decode,
@@ -37,6 +39,7 @@ from clipcache.extract.loop import (
     _DECODE_ERRORS,
     ExtractConfig,
     RunOptions,
+    _assemble,
     _compile_image_tower,
     _ItemDataset,
     extract,
@@ -195,6 +198,63 @@ def test_decode_batch_keeps_worker_rows_and_records_what_nothing_reads(tmp_path)
     assert errors[0] == errors[1] == "" and errors[3] == "OSError: worker failed"
     assert errors[2].startswith("OSError: broken data stream")
     assert int(out[2].abs().sum()) == 0 and int(out[3].abs().sum()) == 0
+
+
+def test_packed_payloads_cross_as_one_buffer_and_unpack_to_the_same_payloads(tmp_path):
+    datas = [_jpeg(_shape(1)), _jpeg(_shape(2), progressive=True)]
+    row = eval_transform_uint8(PP)(_shape(5))
+    payloads = [_payload(datas[0], tmp_path), [row], _payload(datas[1], tmp_path)]
+    packed = PackedPayloads.pack(payloads)
+    assert packed.buffer.numpy().tobytes() == datas[0] + datas[1]
+    back = packed.unpack()
+    assert [p.path for p in (back[0], back[2])] == [payloads[0].path, payloads[2].path]
+    assert [p.data.numpy().tobytes() for p in (back[0], back[2])] == datas
+    assert back[1][0] is row
+    assert PackedPayloads.pack([[row]]).buffer.numel() == 0
+
+
+def test_assemble_joins_the_parts_of_a_batch_in_order(tmp_path):
+    rows = [eval_transform_uint8(PP)(_shape(i)) for i in range(4)]
+    data = _jpeg(_shape(9))
+    cpu_part = (torch.tensor([0, 1]), [torch.stack(rows[:2])], ["", "OSError: x"])
+    cpu_part2 = (torch.tensor([2, 3]), [torch.stack(rows[2:])], ["", ""])
+    items, chunks, errors, payloads = _assemble([cpu_part, cpu_part2])
+    assert not payloads and items.tolist() == [0, 1, 2, 3] and errors == ["", "OSError: x", "", ""]
+    assert len(chunks) == 1 and torch.equal(torch.cat(chunks[0]), torch.stack(rows))
+    byte_part = (torch.tensor([4, 5]), PackedPayloads.pack([_payload(data, tmp_path), [rows[3]]]), ["", ""])
+    items, mixed, errors, payloads = _assemble([cpu_part, byte_part])
+    assert payloads and items.tolist() == [0, 1, 4, 5] and errors == ["", "OSError: x", "", ""]
+    assert [torch.equal(mixed[i][0], rows[i]) for i in (0, 1)] == [True, True]  # a CPU part's rows, one per item
+    assert mixed[2].data.numpy().tobytes() == data and torch.equal(mixed[3][0], rows[3])
+
+
+@pytest.mark.parametrize(("n", "workers", "sizes"), [(13, 2, [7, 6]), (13, 1, [13]), (3, 4, [1, 1, 1]), (13, 0, [13])])
+def test_parts_split_a_batch_in_order_one_per_worker(monkeypatch, n, workers, sizes):
+    from clipcache.extract import loop
+
+    monkeypatch.setattr(loop, "MIN_PART_ITEMS", 1)
+    parts = loop._parts(list(range(10, 10 + n)), workers)
+    assert [len(p) for p in parts] == sizes and sum(parts, []) == list(range(10, 10 + n))
+
+
+def test_parts_keep_at_least_min_part_items():
+    from clipcache.extract import loop
+
+    assert [len(p) for p in loop._parts(list(range(256)), 16)] == [16] * 16
+    assert [len(p) for p in loop._parts(list(range(20)), 16)] == [10, 10]  # 2 parts of >= 8
+    assert [len(p) for p in loop._parts(list(range(7)), 16)] == [7]
+
+
+@pytest.mark.parametrize("options", [QUIET, TENSOR], ids=["cpu", "tensor-path"])
+def test_workers_decoding_parts_of_batches_give_the_same_store(mixed_folder, tmp_path, tensor_path_on_cpu, monkeypatch, options):
+    """Batches split into parts among workers (and joined again) store exactly what one process stores."""
+    from clipcache.extract import loop
+
+    monkeypatch.setattr(loop, "MIN_PART_ITEMS", 2)
+    config = _config(mixed_folder, batch_size=13)
+    extract(tmp_path / "one.h5", config, dataclasses.replace(options, workers=0))
+    extract(tmp_path / "parts.h5", config, dataclasses.replace(options, workers=2))  # parts of 7 and 6
+    assert snapshot(tmp_path / "one.h5") == snapshot(tmp_path / "parts.h5")
 
 
 # --------------------------------------------------------------------------- whole runs
