@@ -8,7 +8,16 @@ import click
 
 from clipcache.cli.params import json_option
 from clipcache.feature_store import FeatureStore
-from clipcache.feature_store.schema import METADATA_SHARD, MODEL_KEYS, PRECISION, precision_of
+from clipcache.feature_store.schema import (
+    COMPILED,
+    DECODE,
+    METADATA_SHARD,
+    MODEL_KEYS,
+    PRECISION,
+    compiled_of,
+    decode_of,
+    precision_of,
+)
 
 __all__ = ["COMMANDS", "drop_split", "format_description", "info"]
 
@@ -44,6 +53,9 @@ def format_description(d: dict) -> str:
         norm = "L2-normalised" if f["normalized"] else "not normalised"
         lines.append(f"  {name}: dim {f['dim']}, {f['dtype']}, {norm}; {_provenance_line(f['provenance'])}")
         lines.append(_precision_line(f["provenance"]))
+        if f["provenance"].get(DECODE) or f["provenance"].get(COMPILED):
+            tower = "compiled" if compiled_of(f["provenance"]) else "eager"
+            lines.append(f"    decoded on the {decode_of(f['provenance'])} path; {tower} image tower")
         pre = f["provenance"].get("preprocess")
         if pre:
             lines.append(f"    preprocess: {json.dumps(pre, sort_keys=True)}")

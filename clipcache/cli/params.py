@@ -28,11 +28,15 @@ __all__ = [
 
 
 def flag_hint(command: click.Command, name: str | None) -> str | None:
-    """How ``command`` spells the parameter ``name``: its longest flag, or an argument's metavar; None if it has none."""
+    """How ``command`` spells the parameter ``name``: its longest flag, or an argument's metavar; None if it has none.
+
+    A click parameter named after a Python builtin carries a trailing underscore
+    (``compile_`` for ``--compile``); it answers to the name without it.
+    """
     for param in command.params if name else ():
-        if param.name == name and isinstance(param, click.Option):
+        if param.name in (name, f"{name}_") and isinstance(param, click.Option):
             return max(param.opts, key=len)
-        if param.name == name and isinstance(param, click.Argument):
+        if param.name in (name, f"{name}_") and isinstance(param, click.Argument):
             return param.human_readable_name
     return None
 

@@ -454,10 +454,10 @@ def _precision_mismatch(path, name: str, provenance: dict, now: str, device: tor
     )
 
 
-def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans, decode: str = "cpu") -> None:
+def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbones, plans, options: RunOptions) -> None:
     store.set_classes(list(classes))
     for backbone in backbones:
-        prov = _feature_set_provenance(store, backbone, decode)
+        prov = _feature_set_provenance(store, backbone, options)
         prov["dataset"] = os.path.abspath(config.source)
         prov[schema.PRECISION] = backbone.applied_precision
         if config.augment_views:
@@ -476,7 +476,7 @@ def _prepare_store(store: FeatureStore, config: ExtractConfig, classes, backbone
     )
 
 
-def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones, plans, decode: str = "cpu") -> None:
+def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones, plans, options: RunOptions) -> None:
     """Check that the store can take ``plans``' splits, record them, and create them (``extract(..., add_splits=True)``).
 
     A split of the same name is continued only when an earlier add with the same
@@ -501,7 +501,7 @@ def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones,
                 f"backbones ({', '.join(store.feature_sets) or 'none'})",
                 param="aux",
             )
-        prov = _feature_set_provenance(store, backbone, decode)
+        prov = _feature_set_provenance(store, backbone, options)
         prov[schema.PRECISION] = backbone.applied_precision
         store.add_feature_set(backbone.name, backbone.dim, dtype=config.dtype, normalized=config.normalize, provenance=prov)
     store.set_metadata(schema.METADATA_ADDED_SPLITS, {**added, **{plan.name: now for plan in plans}})
@@ -512,26 +512,37 @@ def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones,
         store.create_split(plan.name, feature_sets=[b.name for b in backbones])
 
 
-def _feature_set_provenance(store: FeatureStore, backbone: Backbone, decode: str = "cpu") -> dict:
-    """The backbone's provenance with the ``decode`` path, keeping the stored ``preprocess`` dict when it describes the same preprocessing.
+def _feature_set_provenance(store: FeatureStore, backbone: Backbone, options: RunOptions) -> dict:
+    """The backbone's provenance with the run's decode path and ``compiled``, keeping the stored ``preprocess`` dict
+    when it describes the same preprocessing.
 
     Stores written before ``resize_mode`` and ``fill_color`` were recorded hold a
     ``preprocess`` dict without them; such a dict reads back with the defaults
     (:meth:`Preprocess.from_dict`), and when that equals the backbone's
     preprocessing the run resumes into it. Any real difference is left for
-    ``add_feature_set`` to refuse, except another decode path, refused here
-    with its own message (a store without the key was decoded on the CPU).
+    ``add_feature_set`` to refuse, except another decode path or another
+    ``compile``, refused here with their own messages (a store without the keys
+    was decoded on the CPU by an eager tower).
     """
     prov = backbone.provenance()
-    prov[schema.DECODE] = decode
+    prov[schema.DECODE] = options.decode
+    prov[schema.COMPILED] = bool(options.compile)
     existing = store.feature_sets.get(backbone.name)
-    if existing is not None and schema.decode_of(existing.provenance) != decode:
+    if existing is not None and schema.decode_of(existing.provenance) != options.decode:
         was = schema.decode_of(existing.provenance)
         raise StoreMismatchError(
             f"{store.path}: feature set {backbone.name!r} was made from images decoded on the {was} path, but this run "
-            f"decodes on the {decode} path; the two paths' features are never mixed under one name, so run with "
+            f"decodes on the {options.decode} path; the two paths' features are never mixed under one name, so run with "
             f"decode {was!r}, or extract into a new store",
             param="decode",
+        )
+    if existing is not None and schema.compiled_of(existing.provenance) != bool(options.compile):
+        was, now = (("compiled", "eager") if schema.compiled_of(existing.provenance) else ("eager", "compiled"))
+        raise StoreMismatchError(
+            f"{store.path}: feature set {backbone.name!r} was computed by the {was} image tower, but this run's is "
+            f"{now}; their features round differently and are never mixed under one name, so run with "
+            f"compile={was == 'compiled'}, or extract into a new store",
+            param="compile",
         )
     recorded = existing.provenance.get("preprocess") if existing is not None else None
     if recorded and recorded != prov["preprocess"] and Preprocess.from_dict(recorded) == backbone.preprocess:
@@ -836,9 +847,9 @@ def extract(
         with _open_store(target, config, resume=resume, fresh=fresh, add_splits=add_splits) as store:
             report.precisions = _set_precisions(store, backbones, requested, torch.device(options.device))
             if add_splits:
-                _prepare_added_splits(store, config, backbones, plans, options.decode)
+                _prepare_added_splits(store, config, backbones, plans, options)
             else:
-                _prepare_store(store, config, dataset.classes, backbones, plans, options.decode)
+                _prepare_store(store, config, dataset.classes, backbones, plans, options)
             began = time.perf_counter()
             for plan in plans:
                 _run_split(store, plan, backbones, config, options, report)

@@ -21,6 +21,7 @@ __all__ = [
     "FEATURE_SET",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "COMPILED",
     "CPU_DECODE",
     "DECODE",
     "DECODES",
@@ -47,6 +48,7 @@ __all__ = [
     "dump_json",
     "identity",
     "model_identity",
+    "compiled_of",
     "decode_of",
     "precision_of",
 ]
@@ -103,6 +105,13 @@ DECODES = ("cpu", "gpu")
 #: the key existed decoded on the CPU.
 CPU_DECODE = "cpu"
 
+#: Provenance key: whether the image tower ran compiled (``torch.compile``,
+#: ``RunOptions.compile``). Compiled kernels round differently from eager ones (on
+#: an H200, one image of a test model moved to a cosine of 0.9946), so, like the
+#: decode path, it is part of a feature set's identity within a store when true.
+#: A provenance without the key was computed eagerly.
+COMPILED = "compiled"
+
 # Chunk sizes are a writer's choice, not part of the format; readers take any.
 #: Target size of one HDF5 chunk of a feature dataset.
 FEATURE_CHUNK_BYTES = 4 << 20
@@ -156,14 +165,20 @@ def decode_of(provenance: dict) -> str:
     return str(provenance.get(DECODE) or CPU_DECODE)
 
 
+def compiled_of(provenance: dict) -> bool:
+    """Whether a feature set was computed by a compiled image tower: its provenance's ``compiled``, False when none is recorded."""
+    return bool(provenance.get(COMPILED, False))
+
+
 def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
     """The part of a feature set's description that must match for rows to be mixed in one store.
 
     The model identity, the on-disk dtype, the normalisation and, when it is not
-    FULL_PRECISION, the precision; when it is not CPU_DECODE, the decode path.
-    Leaving fp32 and cpu out keeps the identity (and ``FeatureStore.fingerprint``)
-    of a feature set written before the precision or decode path was recorded
-    exactly what it was, and equal to that of a new fp32, CPU-decoded one.
+    FULL_PRECISION, the precision; when it is not CPU_DECODE, the decode path;
+    when the tower was compiled, ``compiled``. Leaving fp32, cpu and eager out
+    keeps the identity (and ``FeatureStore.fingerprint``) of a feature set written
+    before these were recorded exactly what it was, and equal to that of a new
+    fp32, CPU-decoded, eager one.
     """
     ident = model_identity(provenance, dim)
     ident.update(dtype=str(dtype), normalized=bool(normalized))
@@ -173,4 +188,6 @@ def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
     decode = decode_of(provenance)
     if decode != CPU_DECODE:
         ident[DECODE] = decode
+    if compiled_of(provenance):
+        ident[COMPILED] = True
     return ident

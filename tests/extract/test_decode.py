@@ -371,7 +371,9 @@ def test_feature_sets_of_two_decode_paths_do_not_mix_in_a_store(tmp_path):
         store.add_feature_set("f", 8, provenance=prov)  # no key: an older store's cpu features
         with pytest.raises(StoreMismatchError, match="decode"):
             store.add_feature_set("f", 8, provenance={**prov, schema.DECODE: "gpu"})
-        store.add_feature_set("f", 8, provenance={**prov, schema.DECODE: "cpu"})
+        with pytest.raises(StoreMismatchError, match="compiled"):
+            store.add_feature_set("f", 8, provenance={**prov, schema.COMPILED: True})
+        store.add_feature_set("f", 8, provenance={**prov, schema.DECODE: "cpu", schema.COMPILED: False})
 
 
 # --------------------------------------------------------------------------- compile
@@ -402,6 +404,72 @@ def test_compile_pads_partial_batches_to_one_static_shape(image_folder, tmp_path
     with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
         for name in a.feature_sets:
             np.testing.assert_allclose(a.features("train", name), b.features("train", name), atol=1e-5)
+
+
+def _eager_compile(monkeypatch):
+    """``torch.compile`` as the identity: the compiled path's bookkeeping without a real compile."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+
+
+def test_compiled_is_recorded_in_the_provenance_and_the_identity(image_folder, tmp_path, monkeypatch):
+    _eager_compile(monkeypatch)
+    config = _config(image_folder, splits=("test",))
+    extract(tmp_path / "eager.h5", config, QUIET)
+    extract(tmp_path / "compiled.h5", config, RunOptions(progress=False, decode="cpu", compile=True))
+    with FeatureStore(tmp_path / "eager.h5") as a, FeatureStore(tmp_path / "compiled.h5") as b:
+        for name in a.feature_sets:
+            assert a.feature_sets[name].provenance[schema.COMPILED] is False
+            assert b.feature_sets[name].provenance[schema.COMPILED] is True
+            assert b.feature_sets[name].identity() == {**a.feature_sets[name].identity(), schema.COMPILED: True}
+    prov = {"backbone": "timm", "model": "m", "preprocess": PP.to_dict()}
+    old = schema.identity(prov, 8, "float32", True)  # a provenance without the key: eager, and its identity unchanged
+    assert schema.identity({**prov, schema.COMPILED: False}, 8, "float32", True) == old
+    assert not schema.compiled_of(prov)
+
+
+@pytest.mark.parametrize(("first", "then", "words"), [(False, True, "eager image tower, but this run's is compiled"),
+                                                      (True, False, "compiled image tower, but this run's is eager")])
+def test_resume_with_the_other_compile_is_refused(image_folder, tmp_path, monkeypatch, first, then, words):
+    _eager_compile(monkeypatch)
+    config = _config(image_folder, splits=("train",))
+    interrupt_append(monkeypatch, at=2)
+    with pytest.raises(KeyboardInterrupt):
+        extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=first))
+    monkeypatch.undo()
+    _eager_compile(monkeypatch)
+    before = snapshot(tmp_path / "s.h5")
+    with pytest.raises(StoreMismatchError, match=words) as err:
+        extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=then), resume=True)
+    assert err.value.param == "compile" and "\n" not in str(err.value)
+    assert snapshot(tmp_path / "s.h5") == before
+    extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=first), resume=True)  # the same: goes on
+
+
+def test_cli_names_the_compile_flag_when_a_resume_differs(image_folder, tmp_path, monkeypatch):
+    _eager_compile(monkeypatch)
+    store = tmp_path / "s.h5"
+    args = ["extract", str(image_folder), str(store), "--aux", "efficientnet-lite0", "--image-size", "64", "--device", "cpu",
+            "--split", "test", "--batch-size", "2"]
+    interrupt_append(monkeypatch, at=2)
+    assert CliRunner().invoke(cli, args).exit_code == 130  # interrupted after one batch
+    monkeypatch.undo()
+    _eager_compile(monkeypatch)
+    result = CliRunner().invoke(cli, [*args, "--resume", "--compile"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "compile=False" in lines[0] and lines[0].endswith("(--compile)")
+
+
+def test_info_shows_the_decode_path_and_the_tower(tmp_path):
+    path = tmp_path / "s.h5"
+    with FeatureStore(path, "w") as store:
+        store.add_feature_set("a", 4, provenance={"model": "m", schema.DECODE: "gpu", schema.COMPILED: True})
+        store.add_feature_set("b", 4, provenance={"model": "m", schema.DECODE: "cpu", schema.COMPILED: False})
+        store.add_feature_set("old", 4, provenance={"model": "o"})
+    out = CliRunner().invoke(cli, ["info", str(path)]).output.splitlines()
+    assert out[out.index("  a: dim 4, float32, L2-normalised; model=m") + 2] == "    decoded on the gpu path; compiled image tower"
+    assert out[out.index("  b: dim 4, float32, L2-normalised; model=m") + 2] == "    decoded on the cpu path; eager image tower"
+    assert not out[out.index("  old: dim 4, float32, L2-normalised; model=o") + 2].startswith("    decoded")
 
 
 # --------------------------------------------------------------------------- the shared CIFAR-10 JPEGs
