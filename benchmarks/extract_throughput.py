@@ -49,6 +49,7 @@ import torch
 from PIL import Image
 
 from clipcache._io import atomic_output
+from clipcache.extract import loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import ExtractConfig, RunOptions, _compile_image_tower, extract
@@ -186,9 +187,14 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=5, help="alternating measurements of each")
+    parser.add_argument("--part-items", type=int,
+                        help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
+                             f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part_items:
+        loop.MIN_PART_ITEMS = args.part_items
 
     source = Path(args.source) if args.source else cifar_test_folder(Path(args.cache))
     if args.jpeg_size:
@@ -224,7 +230,8 @@ def main(argv=None) -> None:
     names = ", ".join(b.name for b in backbones)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"images: {len(samples)} from {source}; backbones: {names}; device {args.device} ({where}), "
-          f"batch {args.batch_size}, workers {args.workers}, amp {args.amp}, torch threads {torch.get_num_threads()}"
+          f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
+          f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")

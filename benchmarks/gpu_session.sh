@@ -41,6 +41,7 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 step "extract ViT-B-16 500x375" extract.log 60 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000"
 step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500"
+step "extract ViT-B-32 32x32 whole batches" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --part-items 256"
 step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
 step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 2
 step "stream 20M" stream.log 90 python3 benchmarks/search_speed.py --stream --n 20000000 --device cuda --check 10 --json "$OUT/stream.json"
