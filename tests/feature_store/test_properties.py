@@ -21,6 +21,28 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(schema, "COLUMN_CHUNK_ROWS", COLUMN_CHUNK_ROWS)
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def reads(request, monkeypatch):
+    """Spans read by one thread (None), or, every span of two chunks or more, by a pool of up to 3 threads
+    (the list of the pools' sizes)."""
+    from clipcache.feature_store import rows
+
+    if request.param == "serial":
+        return None
+    pools = []
+
+    class Pool(rows.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rows, "PARALLEL_READ_BYTES", 0)
+    monkeypatch.setattr(rows, "READ_THREADS", 3)
+    monkeypatch.setattr(rows.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(rows, "ThreadPoolExecutor", Pool)
+    return pools
+
+
 def _n_chunks(rows: int, per_chunk: int) -> int:
     return -(-rows // per_chunk)
 
@@ -32,7 +54,7 @@ def _n_chunks(rows: int, per_chunk: int) -> int:
     picks=st.lists(st.integers(min_value=0, max_value=10_000), max_size=50),
     chunk_rows=st.integers(min_value=1, max_value=500),
 )
-def test_appends_read_back_under_any_selection(tmp_path_factory, small_chunks, batches, dtype, picks, chunk_rows):
+def test_appends_read_back_under_any_selection(tmp_path_factory, small_chunks, reads, batches, dtype, picks, chunk_rows):
     rng = np.random.default_rng(len(batches))
     path = tmp_path_factory.mktemp("prop") / "s.h5"
     total = sum(batches)
@@ -56,7 +78,10 @@ def test_appends_read_back_under_any_selection(tmp_path_factory, small_chunks, b
         assert features.id.get_num_chunks() == _n_chunks(total, per_chunk)
         assert labels.id.get_num_chunks() == _n_chunks(total, COLUMN_CHUNK_ROWS)
         assert store.n_rows("s") == total
+        pools = len(reads or [])
         np.testing.assert_array_equal(store.features("s", "f"), want)
+        if reads is not None and total > FEATURE_CHUNK_ROWS[dtype]:  # the full read spans two chunks or more
+            assert len(reads) == pools + 1 and reads[-1] in (2, 3)
         rows = [p % total for p in picks] if total else []
         np.testing.assert_array_equal(store.features("s", "f", rows), want[rows].reshape(-1, D))
         np.testing.assert_array_equal(store.labels("s", rows), y[rows])
