@@ -17,6 +17,7 @@ set in another precision is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -593,7 +594,7 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device):
             out[backbone.name] = features
     done = torch.cuda.Event() if cuda else None
     if done is not None:
-        done.record()
+        done.record(torch.cuda.current_stream(device))
 
     def wait() -> dict[str, np.ndarray]:
         if done is not None:
@@ -662,8 +663,11 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
     parts = iter(loader)
+    # On "cuda:N" the run's GPU is the current device: events, streams and torchvision's nvJPEG decoder (which
+    # orders its work after the current device's stream) then all refer to it, as a torchrun rank needs.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with writing() as writer:
+        with on_device, writing() as writer:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
             for batch in batches:
                 items, tensors, errors, payloads = _assemble([next(parts) for _ in batch])
