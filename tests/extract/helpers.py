@@ -26,6 +26,19 @@ def interrupt_append(monkeypatch, at: int) -> None:
     monkeypatch.setattr(FeatureStore, "append", append)
 
 
+def interrupted_extract(path, config, options, at: int = 2) -> None:
+    """Run ``extract`` and interrupt it at append number ``at`` (``at - 1`` batches committed).
+
+    The interrupt is patched in for this run alone: the test's other patches stay.
+    """
+    from clipcache.extract.loop import extract
+
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_append(patch, at=at)
+        with pytest.raises(KeyboardInterrupt):
+            extract(path, config, options)
+
+
 def snapshot(path) -> dict:
     """Everything a store holds about its rows, for exact comparison."""
     out = {}

@@ -47,7 +47,7 @@ from clipcache.extract.loop import (
 from clipcache.extract.plan import build_plans, select_samples
 from clipcache.extract.transforms import Preprocess, eval_transform_uint8
 from clipcache.feature_store import schema
-from tests.extract.helpers import interrupt_append, snapshot
+from tests.extract.helpers import interrupt_append, interrupted_extract, snapshot
 
 #: torchvision >= 0.29 deprecates its decoders (in favour of torchcodec); the tests call decode_jpeg directly.
 NO_TV_DEPRECATION = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -345,18 +345,14 @@ def test_schema_reads_a_missing_decode_as_cpu_and_keeps_old_identities():
 
 
 @pytest.mark.parametrize(("first", "then"), [("cpu", "gpu"), ("gpu", "cpu")])
-def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, monkeypatch, tensor_path_on_cpu, first, then):
+def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, tensor_path_on_cpu, first, then):
     folder = tmp_path / "jpegs"
     for png in image_folder.rglob("*.png"):  # JPEGs, so that the tensor path decodes them
         target = folder / png.relative_to(image_folder).with_suffix(".jpg")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
     path = tmp_path / "s.h5"
-    interrupt_append(monkeypatch, at=2)
-    with pytest.raises(KeyboardInterrupt):
-        extract(path, _config(folder), RunOptions(progress=False, decode=first))
-    monkeypatch.undo()
-    monkeypatch.setattr(decode_module, "_TENSOR_PATH_ON_CPU", True)
+    interrupted_extract(path, _config(folder), RunOptions(progress=False, decode=first))
     with pytest.raises(StoreMismatchError, match=f"decoded on the {first} path, but this run decodes on the {then} path") as err:
         extract(path, _config(folder), RunOptions(progress=False, decode=then), resume=True)
     assert err.value.param == "decode"
@@ -432,11 +428,7 @@ def test_compiled_is_recorded_in_the_provenance_and_the_identity(image_folder, t
 def test_resume_with_the_other_compile_is_refused(image_folder, tmp_path, monkeypatch, first, then, words):
     _eager_compile(monkeypatch)
     config = _config(image_folder, splits=("train",))
-    interrupt_append(monkeypatch, at=2)
-    with pytest.raises(KeyboardInterrupt):
-        extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=first))
-    monkeypatch.undo()
-    _eager_compile(monkeypatch)
+    interrupted_extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=first))
     before = snapshot(tmp_path / "s.h5")
     with pytest.raises(StoreMismatchError, match=words) as err:
         extract(tmp_path / "s.h5", config, RunOptions(progress=False, decode="cpu", compile=then), resume=True)
@@ -525,7 +517,7 @@ def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu
     assert cosine.min() > 0.9999
 
 
-def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, monkeypatch, tensor_path_on_cpu):
+def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, tensor_path_on_cpu):
     """Where auto would take the tensor path, a store recorded on the CPU path resumes (and takes splits) on it."""
     folder = tmp_path / "jpegs"
     for png in image_folder.rglob("*.png"):
@@ -534,11 +526,7 @@ def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, monk
         target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
     whole, path = tmp_path / "whole.h5", tmp_path / "s.h5"
     extract(whole, _config(folder), RunOptions(progress=False, decode="cpu"))
-    interrupt_append(monkeypatch, at=2)
-    with pytest.raises(KeyboardInterrupt):
-        extract(path, _config(folder), RunOptions(progress=False, decode="cpu"))
-    monkeypatch.undo()
-    monkeypatch.setattr(decode_module, "_TENSOR_PATH_ON_CPU", True)
+    interrupted_extract(path, _config(folder), RunOptions(progress=False, decode="cpu"))
     assert decode_module.resolve_decode("auto", "cpu", [], augment=False) == "gpu"  # what a fresh run would take
     extract(path, _config(folder), RunOptions(progress=False), resume=True)
     assert snapshot(path) == snapshot(whole)

@@ -25,7 +25,7 @@ from clipcache.extract.loop import ExtractConfig, RunOptions, extract
 from clipcache.extract.merge import merge_stores
 from clipcache.extract.precision import autocast, check_amp_names, parse_amp, resolve_precisions
 from clipcache.feature_store import schema
-from tests.extract.helpers import interrupt_append, simulated_gpu, snapshot
+from tests.extract.helpers import interrupted_extract, simulated_gpu, snapshot
 
 QUIET = RunOptions(progress=False)
 LITE0 = "efficientnet-lite0"
@@ -41,14 +41,6 @@ def _config(folder, **kw) -> ExtractConfig:
 def _precisions(path) -> dict:
     with FeatureStore(path) as store:
         return {name: info.provenance.get(schema.PRECISION) for name, info in store.feature_sets.items()}
-
-
-def _interrupted(path, config, options, monkeypatch, at: int = 2) -> None:
-    """Run ``extract`` and interrupt it at append number ``at``: ``at - 1`` batches are committed."""
-    interrupt_append(monkeypatch, at=at)
-    with pytest.raises(KeyboardInterrupt):
-        extract(path, config, options)
-    monkeypatch.undo()
 
 
 def _strip_precision(path) -> None:
@@ -248,10 +240,10 @@ def test_gpu_path_applies_and_records_each_backbones_precision(image_folder, tmp
     assert cosine.min() > 0.999  # ...a little, on this tiny ViT
 
 
-def test_resume_on_cpu_of_a_gpu_store_is_refused(image_folder, tmp_path, monkeypatch):
+def test_resume_on_cpu_of_a_gpu_store_is_refused(image_folder, tmp_path):
     path, config = tmp_path / "s.h5", _config(image_folder, aux=())
     with simulated_gpu():
-        _interrupted(path, config, QUIET, monkeypatch)
+        interrupted_extract(path, config, QUIET)
     before = snapshot(path)
     with pytest.raises(StoreMismatchError) as info:
         extract(path, config, QUIET, resume=True)
@@ -260,29 +252,29 @@ def test_resume_on_cpu_of_a_gpu_store_is_refused(image_folder, tmp_path, monkeyp
     assert info.value.param == "amp" and snapshot(path) == before
 
 
-def test_resume_in_an_explicit_other_precision_is_refused(image_folder, tmp_path, monkeypatch):
+def test_resume_in_an_explicit_other_precision_is_refused(image_folder, tmp_path):
     path, config = tmp_path / "s.h5", _config(image_folder, aux=())
     with simulated_gpu():
-        _interrupted(path, config, QUIET, monkeypatch)
+        interrupted_extract(path, config, QUIET)
         with pytest.raises(StoreMismatchError) as info:
             extract(path, config, RunOptions(progress=False, amp="clip=fp32"), resume=True)
     assert str(info.value) == (f"{path}: feature set 'clip' was computed in bf16, but this run computes it in fp32; "
                                "resume with amp clip=bf16, or extract into a new store")
 
 
-def test_resume_without_amp_follows_the_recorded_precision(image_folder, tmp_path, monkeypatch):
+def test_resume_without_amp_follows_the_recorded_precision(image_folder, tmp_path):
     with simulated_gpu():
         extract(tmp_path / "full.h5", _config(image_folder, aux=()), RunOptions(progress=False, amp="clip=fp16"))
-        _interrupted(tmp_path / "cut.h5", _config(image_folder, aux=()), RunOptions(progress=False, amp="clip=fp16"), monkeypatch)
+        interrupted_extract(tmp_path / "cut.h5", _config(image_folder, aux=()), RunOptions(progress=False, amp="clip=fp16"))
         report = extract(tmp_path / "cut.h5", _config(image_folder, aux=()), QUIET, resume=True)  # default: bf16
     assert report.precisions == {"clip": "fp16"} and report.encoded == 4
     assert snapshot(tmp_path / "cut.h5") == snapshot(tmp_path / "full.h5")
 
 
-def test_old_store_without_precision_resumes_in_fp32(image_folder, tmp_path, monkeypatch):
+def test_old_store_without_precision_resumes_in_fp32(image_folder, tmp_path):
     config = _config(image_folder, aux=())
     extract(tmp_path / "full.h5", config, QUIET)
-    _interrupted(tmp_path / "old.h5", config, QUIET, monkeypatch)
+    interrupted_extract(tmp_path / "old.h5", config, QUIET)
     _strip_precision(tmp_path / "old.h5")
     with simulated_gpu():  # on a GPU this ViT would default to bf16; the old store's fp32 wins
         report = extract(tmp_path / "old.h5", config, QUIET, resume=True)
@@ -291,9 +283,9 @@ def test_old_store_without_precision_resumes_in_fp32(image_folder, tmp_path, mon
     assert snapshot(tmp_path / "old.h5") == snapshot(tmp_path / "full.h5")
 
 
-def test_old_store_refuses_an_explicit_reduced_precision(image_folder, tmp_path, monkeypatch):
+def test_old_store_refuses_an_explicit_reduced_precision(image_folder, tmp_path):
     path = tmp_path / "old.h5"
-    _interrupted(path, _config(image_folder, aux=()), QUIET, monkeypatch)
+    interrupted_extract(path, _config(image_folder, aux=()), QUIET)
     _strip_precision(path)
     with simulated_gpu(), pytest.raises(StoreMismatchError) as info:
         extract(path, _config(image_folder, aux=()), RunOptions(progress=False, amp="bf16"), resume=True)
