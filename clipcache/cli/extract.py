@@ -139,7 +139,9 @@ def _print_report(report) -> None:
                    "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu; on --resume or "
                    "--add-splits, the path the store records). Recorded per feature set; features of the two paths "
                    "are never mixed.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the image towers (off by default).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the image towers (off by default). Recorded per feature set; compiled and eager "
+                   "features are never mixed.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="On-disk feature dtype.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise stored features.")
 @click.option("--image-size", type=int, help="Input size of auxiliary backbones (their default otherwise).")

@@ -161,11 +161,11 @@ class ExtractConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    """How a run executes; on CPU none of these change the stored values but ``compile`` (in the last bits).
+    """How a run executes; on CPU none of these change the stored values but ``compile``.
 
-    On a cuda device ``amp`` and ``decode`` do: the precision each backbone
-    computes in and the decode path are recorded in the feature set's provenance
-    and checked on resume.
+    On a cuda device ``amp`` and ``decode`` do too. The precision each backbone
+    computes in, the decode path and ``compile`` are recorded in the feature
+    set's provenance and checked on resume.
 
     Attributes
     ----------
@@ -196,7 +196,10 @@ class RunOptions:
     compile : bool
         ``torch.compile`` each backbone's image tower. A partial last batch is
         padded to the batch size, so that it does not trigger a recompile. The
-        compiled kernels may round differently from eager ones (last bits).
+        compiled kernels round differently from eager ones (on an H200, one
+        image of a test model moved to a cosine of 0.9946), so the setting is
+        recorded in each feature set's provenance and a run that would mix
+        compiled and eager features in one feature set is refused.
     """
 
     workers: int = 0
