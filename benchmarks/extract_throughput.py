@@ -52,7 +52,14 @@ from clipcache._io import atomic_output
 from clipcache.extract import loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
-from clipcache.extract.loop import ExtractConfig, RunOptions, _compile_image_tower, extract
+from clipcache.extract.loop import (
+    WAIT_STAGES,
+    ExtractConfig,
+    ExtractReport,
+    RunOptions,
+    _compile_image_tower,
+    extract,
+)
 from clipcache.extract.plan import select_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,15 +163,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[float]:
-    """Images/s of the extraction loop, JPEG files to a complete store."""
-    rates = []
+def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[ExtractReport]:
+    """The reports of ``repeats`` extractions, JPEG files to a complete store (rates and waits)."""
+    reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
-            rates.append(report.images_per_second)
+            reports.append(extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones))
             _uncompile(backbones)  # options.compile compiled them in place; the forward-only runs are eager
-    return rates
+    return reports
+
+
+def _waits(report: ExtractReport) -> str:
+    """The loop's waits of a run as shares of its time (ExtractReport.waits)."""
+    return ", ".join(f"{stage} {report.waits[stage] / report.seconds:.0%}" for stage in WAIT_STAGES)
 
 
 def main(argv=None) -> None:
@@ -187,6 +198,9 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=5, help="alternating measurements of each")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="after the measurements, profile one more end-to-end run per decode path (cProfile, "
+                             "the loop's thread) and print its N costliest functions by own time")
     parser.add_argument("--part-items", type=int,
                         help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
@@ -241,11 +255,33 @@ def main(argv=None) -> None:
         if d in failed:
             print(f"{d:>6} | failed: {failed[d]}")
             continue
-        e = max(e2e[d])
-        median = statistics.median(e2e[d]) / statistics.median(fwd)
+        rates = [r.images_per_second for r in e2e[d]]
+        e = max(rates)
+        median = statistics.median(rates) / statistics.median(fwd)
         print(f"{d:>6} | {f:10.1f} | {c:12.1f} | {e:10.1f} | {e / f:6.3f} | {median:12.3f} | "
-              f"{', '.join(f'{r:.1f}' for r in e2e[d])}")
+              f"{', '.join(f'{r:.1f}' for r in rates)}")
     print("ratio: best end-to-end / best eager forward-only; ratio median: the same of medians (noisy on a shared machine)")
+    for d in decodes:
+        if d not in failed:
+            print(f"{d:>6} best run, the loop's waits (share of its time): {_waits(max(e2e[d], key=lambda r: r.images_per_second))}")
+    for d in decodes if args.profile else ():
+        if d not in failed:
+            profile(config, options[d], backbones, args.profile)
+
+
+def profile(config: ExtractConfig, options: RunOptions, backbones, top: int) -> None:
+    """Print the ``top`` functions of one end-to-end run by own time in the loop's thread (cProfile)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = profiler.runcall(extract, os.path.join(tmp, "profiled.h5"), config, options, backbones=backbones)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    print(f"\n## profile, decode {options.decode}: {report.images_per_second:.1f} img/s under cProfile; {_waits(report)}")
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-6000:])
 
 
 if __name__ == "__main__":

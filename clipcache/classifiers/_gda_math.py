@@ -178,6 +178,10 @@ class NumpyOps:
     def put(self, X: np.ndarray) -> np.ndarray:
         return X
 
+    def all_finite(self) -> bool:
+        """True: numpy's caller checks its blocks on the host (torch checks them on its device)."""
+        return True
+
     def resident(self, chunks):
         """``chunks`` itself: numpy re-reads the stream at every pass (see :meth:`TorchOps.resident`)."""
         return chunks
@@ -228,6 +232,7 @@ class TorchOps:
     def __init__(self, device):
         self.torch, self.dev = _backend.torch_device(device)
         self.device = device
+        self._finite = None  # on the device: whether every block put there so far was finite
 
     def resident_budget(self) -> int:
         """Bytes of blocks :meth:`resident` may keep on the device: a share of a GPU's free memory, 0 elsewhere."""
@@ -241,9 +246,17 @@ class TorchOps:
 
         The GPU then reads the stream (a store's chunks) once instead of once per
         pass. Once the kept blocks would pass :meth:`resident_budget`, they are
-        dropped and every pass reads ``chunks()`` again, as numpy does.
+        dropped and every pass reads ``chunks()`` again, as numpy does. On a GPU,
+        a thread reads the stream and pins its blocks (:func:`_prepared_ahead`)
+        while the blocks before are copied to the device and summed.
         """
         budget = self.resident_budget()
+        if self.dev.type == "cuda":
+            read = chunks
+
+            def chunks():
+                return _prepared_ahead(read(), lambda X: self.torch.from_numpy(np.ascontiguousarray(X)).pin_memory())
+
         if budget <= 0:
             return chunks
         kept: list = []
@@ -271,12 +284,20 @@ class TorchOps:
         return replay
 
     def put(self, X):
-        if isinstance(X, self.torch.Tensor):
-            return X.to(self.dev)
-        t = self.torch.from_numpy(np.ascontiguousarray(X))
-        if self.dev.type == "cuda":
-            return t.pin_memory().to(self.dev, non_blocking=True)
-        return t.to(self.dev)
+        """Block ``X`` (numpy, or a torch tensor on the host or the device) on the device; checks a block from the host."""
+        if isinstance(X, self.torch.Tensor) and X.device.type == self.dev.type:
+            return X
+        t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
+        if self.dev.type == "cuda" and not t.is_pinned():
+            t = t.pin_memory()
+        t = t.to(self.dev, non_blocking=True)
+        finite = self.torch.isfinite(t).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        return t
+
+    def all_finite(self) -> bool:
+        """Whether every block :meth:`put` took from the host was finite (waits for the device)."""
+        return self._finite is None or bool(self._finite)
 
     def zeros(self, shape):
         return self.torch.zeros(shape, dtype=self.torch.float64, device=self.dev)
@@ -317,6 +338,58 @@ class TorchOps:
             return _solve_psd(system.cpu().numpy(), means.T)
         rhs = torch.as_tensor(means.T, dtype=torch.float64, device=self.dev)
         return torch.cholesky_solve(rhs, factor).cpu().numpy()
+
+
+def _prepared_ahead(blocks, prepare, ahead: int = 2):
+    """Iterate ``(prepare(X), codes)`` for the ``(X, codes)`` of ``blocks``, read and prepared by a thread ``ahead`` blocks early.
+
+    On a GPU, ``prepare`` pins a block: reading a store (``preadv``) and pinning
+    (a copy) release the GIL, so the thread's work overlaps the caller's copies
+    to the device. An exception of the thread is raised in the caller; a caller
+    that stops early stops the thread.
+    """
+    import queue
+    import threading
+
+    out: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def read() -> None:
+        try:
+            for X, codes in blocks:
+                item = (prepare(X), codes)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item = end
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+            item = exc
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=read, name="clipcache-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_ops(device) -> NumpyOps | TorchOps:

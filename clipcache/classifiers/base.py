@@ -82,10 +82,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+#: The message of features that hold NaN or inf, wherever an estimator finds them.
+NONFINITE_FEATURES = "features contain NaN or inf; drop or re-extract those rows before fitting or predicting"
+
+
 def _finite_message(exc: ValueError) -> str:
     text = str(exc)
     if "NaN" in text or "inf" in text:
-        return "features contain NaN or inf; drop or re-extract those rows before fitting or predicting"
+        return NONFINITE_FEATURES
     return text.rstrip(".")
 
 

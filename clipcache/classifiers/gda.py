@@ -20,7 +20,12 @@ import numpy as np
 from clipcache.classifiers import _gda_math as gm
 from clipcache.classifiers._centering import CENTER_CONSTRAINT, apply_center, check_center_vector
 from clipcache.classifiers._params import Device, Interval, Options
-from clipcache.classifiers.base import InvalidFeaturesError, InvalidParameterError, LogitClassifier
+from clipcache.classifiers.base import (
+    NONFINITE_FEATURES,
+    InvalidFeaturesError,
+    InvalidParameterError,
+    LogitClassifier,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -212,26 +217,27 @@ class GDAClassifier(LogitClassifier):
                 param="solver",
             )
 
-        def raw():
+        ops = gm.make_ops(self.device)
+
+        def raw(host_check: bool = True):
             for X, y in chunks():
                 X = np.asarray(X, dtype=np.float32)
-                if not np.isfinite(X).all():
-                    raise InvalidFeaturesError(
-                        "features contain NaN or inf; drop or re-extract those rows before fitting or predicting"
-                    )
+                if host_check and not np.isfinite(X).all():
+                    raise InvalidFeaturesError(NONFINITE_FEATURES)
                 yield X, np.asarray(y, dtype=np.int64)
 
         self.center_ = self._stream_center(raw)
 
-        def checked():
-            for X, y in raw():
+        def checked():  # torch checks the blocks where it computes (TorchOps.all_finite), numpy here
+            for X, y in raw(host_check=ops.device is None):
                 if self.center_ is not None:
                     self.center_ = check_center_vector(type(self).__name__, self.center_, X.shape[1])
                 yield apply_center(X, self.center_, self._center_blocks(X.shape[1])), y
 
-        ops = gm.make_ops(self.device)
         passes = ops.resident(checked)  # on a GPU, the second pass replays the first pass's blocks there
         sums, counts, d = _class_sums(ops, passes())
+        if not ops.all_finite():
+            raise InvalidFeaturesError(NONFINITE_FEATURES)
         present = np.flatnonzero(counts)
         if len(present) < 2:
             raise InvalidFeaturesError(

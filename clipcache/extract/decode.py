@@ -267,16 +267,43 @@ def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG byte tensors on ``device``: as one batch, then one at a time if the batch fails; None where one fails."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     if not datas:
         return []
-    if device.type == "cuda":
-        # torchvision allocates the decoded images on the caller's stream but writes them on its own decoder
-        # stream, unordered with the caller's: a block freed by the caller's queued work (the batch being
-        # encoded) can be written while that work still reads it. The caller's stream must be idle first.
-        # Measured on an H200 without this wait: NaN features and a feature cosine of 0.39 to the CPU path.
-        torch.cuda.current_stream(device).synchronize()
+    if device.type != "cuda":
+        return _decode_on(datas, device)
+    # torchvision allocates the decoded images on the current stream but writes them on its own decoder stream,
+    # unordered with the current one (it waits for its own stream on the host before it returns). Allocated on
+    # the caller's stream, they could take a block that the caller's queued work (the batch being encoded)
+    # still reads: measured on an H200, NaN features and a feature cosine of 0.39 to the CPU path. So they are
+    # allocated on a stream of their own, which runs no kernels, and recorded on the caller's stream where they
+    # are used: the allocator then hands their blocks out again only once that stream's work on them is done.
+    # The caller's stream goes on encoding while the decoder decodes.
+    caller = torch.cuda.current_stream(device)
+    side = _decode_stream(device)
+    with torch.cuda.stream(side):
+        images = _decode_on(datas, device)
+    caller.wait_stream(side)
+    for image in images:
+        if image is not None:
+            image.record_stream(caller)
+    return images
+
+
+_DECODE_STREAMS: dict = {}
+
+
+def _decode_stream(device: torch.device):
+    """The CUDA stream that the decoded images of ``device`` are allocated on (one per device, made once)."""
+    key = torch.cuda.current_device() if device.index is None else device.index
+    if key not in _DECODE_STREAMS:
+        _DECODE_STREAMS[key] = torch.cuda.Stream(device=key)
+    return _DECODE_STREAMS[key]
+
+
+def _decode_on(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """:func:`_decode_many`'s decoding on the current stream."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     with warnings.catch_warnings():  # torchvision >= 0.29 points to torchcodec, which has no batched nvJPEG call
         warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
         try:
@@ -335,7 +362,8 @@ def decode_batch(
         else:
             by_size.setdefault(tuple(image.shape[-2:]), []).append((i, image))
     for members in by_size.values():  # one resize per image size: photo sets share a few sizes
-        rows = torch.tensor([i for i, _ in members], device=device)
+        # copied without waiting: a blocking copy would wait for the batch the device is still encoding
+        rows = torch.tensor([i for i, _ in members]).to(device, non_blocking=True)
         stacked = torch.stack([image for _, image in members])
         for out, pp in zip(outs, preprocesses, strict=True):
             out[rows] = tensor_preprocess(stacked, pp)

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from clipcache.extract.backbones import Backbone
     from clipcache.extract.plan import SplitPlan
 
-__all__ = ["ADD_SPLITS_FREE", "ExtractConfig", "ExtractReport", "RunOptions", "extract", "recorded_config"]
+__all__ = ["ADD_SPLITS_FREE", "WAIT_STAGES", "ExtractConfig", "ExtractReport", "RunOptions", "extract", "recorded_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ logger = logging.getLogger(__name__)
 #: apart from the store's own extraction: which images, and how they are batched. The others decide the
 #: stored values and must be the store's.
 ADD_SPLITS_FREE = ("source", "classes", "splits", "max_per_class", "val_per_class", "batch_size", "shard")
+
+#: The stages whose waits :class:`ExtractReport` times (``ExtractReport.waits``).
+WAIT_STAGES = ("workers", "decode", "device", "writer")
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -227,6 +230,13 @@ class ExtractReport:
         Every skipped sample of each split (including earlier runs').
     seconds : float
         Wall time of the encoding loop.
+    waits : dict of str to float
+        Seconds of ``seconds`` that the loop's thread spent waiting, by stage:
+        ``workers`` (for the DataLoader workers' decoded parts), ``decode`` (the
+        ``gpu`` decode path's nvJPEG calls and resizes), ``device`` (for the
+        features of the batch before, while the device computes) and ``writer``
+        (for room in the store writer's queue). The stage with the largest share
+        bounds the run; little waiting in all of them means the loop itself does.
     feature_sets : list of str
     precisions : dict of str to str
         The precision each feature set was computed in (``"fp32"``, ``"bf16"``, ``"fp16"``).
@@ -237,6 +247,7 @@ class ExtractReport:
     encoded: int = 0
     skipped: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    waits: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(WAIT_STAGES, 0.0))
     feature_sets: list = dataclasses.field(default_factory=list)
     precisions: dict = dataclasses.field(default_factory=dict)
 
@@ -584,11 +595,11 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device):
     out = {}
     cuda = device.type == "cuda"
     with torch.inference_mode():
-        keep = None if bool(ok.all()) else ok.to(device)
+        keep = None if bool(ok.all()) else torch.from_numpy(np.flatnonzero(ok.numpy())).to(device, non_blocking=True)
         inputs = []
         for parts, pp in zip(tensors, preprocesses, strict=True):
             x = torch.cat([t.to(device, non_blocking=True) for t in parts]) if len(parts) > 1 else parts[0].to(device, non_blocking=True)
-            inputs.append(normalize_batch(x if keep is None else x[keep], pp))  # drop failed rows on the device
+            inputs.append(normalize_batch(x if keep is None else x.index_select(0, keep), pp))  # drop failed rows there
         for backbone, group in zip(backbones, groups, strict=True):
             features = backbone.features(inputs[group])
             if cuda:
@@ -637,8 +648,10 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
 
     Three stages overlap. The DataLoader workers decode parts of the batches ahead
     (:func:`_parts`); the device encodes one batch while the main thread fetches,
-    joins and (``decode="gpu"``) decodes the next (:func:`_encode` returns before
-    the features are ready); and each batch's store calls go to a
+    joins and (``decode="gpu"``) decodes the next, and queues it behind the first
+    before it waits for the first one's features (:func:`_encode` returns before
+    the features are ready, and nothing in it waits for the device), so that the
+    device always has the next batch queued; and each batch's store calls go to a
     :class:`~clipcache.extract.writer.StoreWriter` thread, in order, so the loop
     never waits on HDF5. The store is touched only by the writer between its start
     and its close: before, to find where to resume, and after, to mark the split
@@ -672,13 +685,24 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     try:
         with on_device, writing() as writer:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
+            waits = report.waits
             for batch in batches:
-                items, tensors, errors, payloads = _assemble([next(parts) for _ in batch])
+                began = time.perf_counter()
+                fetched = [next(parts) for _ in batch]
+                waits["workers"] += time.perf_counter() - began
+                items, tensors, errors, payloads = _assemble(fetched)
                 if payloads:  # decode="gpu"
+                    began = time.perf_counter()
                     tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
                     tensors = [[t] for t in tensors]
+                    waits["decode"] += time.perf_counter() - began
+                try:  # queued behind the batch before, so that the device never runs dry
+                    launched = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+                except DatasetError:  # strict: the batch before is committed first, as a serial loop would
+                    _finish_batch(writer, store, plan, pending, report, bar)
+                    raise
                 _finish_batch(writer, store, plan, pending, report, bar)
-                pending = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+                pending = launched
             _finish_batch(writer, store, plan, pending, report, bar)
     finally:
         bar.close()
@@ -690,10 +714,14 @@ def _finish_batch(writer, store, plan, launched, report, bar) -> None:
     if launched is None:
         return
     n, skipped, rows, features = launched
+    began = time.perf_counter()
     if rows is not None:
         rows["features"] = features()
+    submitted = time.perf_counter()
     if skipped is not None or rows is not None:
         writer.submit(_write_batch, store, plan.name, skipped, rows)
+    report.waits["device"] += submitted - began
+    report.waits["writer"] += time.perf_counter() - submitted
     report.encoded += n
     bar.update(n)
 

@@ -18,6 +18,7 @@ bit for bit (tests/extract/test_transforms.py checks it for every resize mode).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -254,7 +255,7 @@ def crop_or_pad(images: torch.Tensor, top: int, left: int, size: int, fill: tupl
     if top >= 0 and left >= 0 and top + size <= height and left + size <= width:
         return images[..., top : top + size, left : left + size]
     out = torch.empty((*images.shape[:-2], size, size), dtype=images.dtype, device=images.device)
-    out.copy_(torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(3, 1, 1).expand_as(out))
+    out.copy_(_constant(tuple(fill), images.dtype, images.device).view(3, 1, 1).expand_as(out))
     src_top, src_left = max(top, 0), max(left, 0)
     src_bottom, src_right = min(top + size, height), min(left + size, width)
     if src_bottom > src_top and src_right > src_left:
@@ -284,9 +285,16 @@ def normalize_batch(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     torch.Tensor, float32, same shape
         Bitwise equal to torchvision's ``normalize(to_tensor(img), mean, std)``.
     """
-    mean = torch.as_tensor(pp.mean, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
-    std = torch.as_tensor(pp.std, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+    mean = _constant(tuple(pp.mean), torch.float32, batch.device).view(-1, 1, 1)
+    std = _constant(tuple(pp.std), torch.float32, batch.device).view(-1, 1, 1)
     return batch.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device``, made once: copying them to a GPU at every batch would wait for its queue."""
+    with torch.inference_mode(False):  # a normal tensor, wherever it is first asked for
+        return torch.tensor(values, dtype=dtype).to(device)
 
 
 def _eval_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:

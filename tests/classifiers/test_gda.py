@@ -174,11 +174,55 @@ def test_non_finite_features_raise(blobs, bad):
         GDAClassifier().fit(X, blobs["y"])
 
 
-def test_non_finite_features_in_stream_raise(blobs):
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["numpy", "torch"])
+@pytest.mark.parametrize("block", [0, 1])
+def test_non_finite_features_in_stream_raise(blobs, device, block):
+    """numpy checks each block on the host; torch checks it where it computes, after the first pass."""
+    if device is not None:
+        pytest.importorskip("torch")
     X = blobs["X"].copy()
-    X[0, 0] = np.nan
-    with pytest.raises(ClipCacheError, match="NaN or inf"):
-        GDAClassifier().fit_chunks(lambda: [(X, blobs["y"])])
+    X[block * 20, 0] = np.nan
+    with pytest.raises(InvalidFeaturesError, match="NaN or inf"):
+        GDAClassifier(device=device).fit_chunks(lambda: [(X[:20], blobs["y"][:20]), (X[20:], blobs["y"][20:])])
+
+
+def test_prepared_ahead_keeps_order_and_raises_the_readers_error():
+    from clipcache.classifiers._gda_math import _prepared_ahead
+
+    blocks = [(np.full((2, 3), i, dtype=np.float32), np.array([i, i])) for i in range(5)]
+    got = list(_prepared_ahead(iter(blocks), lambda X: X * 10))
+    assert [int(X[0, 0]) for X, _ in got] == [0, 10, 20, 30, 40]
+    assert [int(c[0]) for _, c in got] == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield blocks[0]
+        raise OSError("disk gone")
+
+    it = _prepared_ahead(failing(), lambda X: X)
+    assert int(next(it)[1][0]) == 0
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+
+
+def test_prepared_ahead_stops_its_thread_when_the_caller_stops():
+    import threading
+
+    from clipcache.classifiers._gda_math import _prepared_ahead
+
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield np.zeros(1), i
+            i += 1
+
+    it = _prepared_ahead(endless(), lambda X: X, ahead=2)
+    assert next(it)[1] == 0
+    it.close()
+    assert not any(t.name == "clipcache-read-ahead" for t in threading.enumerate())
+    assert len(read) <= 5  # one taken, two queued, one waiting to be queued, and at most one more read
 
 
 def test_single_class_raises(blobs):
@@ -325,6 +369,14 @@ def test_gpu_fit_store_equals_the_cpu_fit(tmp_path):
     cpu = GDAClassifier(solver="covariance").fit(X, y)
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-4 * np.abs(cpu.coef_).max())
     np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_gpu_fit_refuses_non_finite_features():
+    X, y = _imbalanced(12, d=64)
+    X[len(X) - 1, 5] = np.inf  # in the last block, which the thread reads ahead (a store refuses inf itself)
+    with pytest.raises(InvalidFeaturesError, match="NaN or inf"):
+        GDAClassifier(device="cuda").fit_chunks(lambda: [(X[i : i + 16], y[i : i + 16]) for i in range(0, len(X), 16)])
 
 
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

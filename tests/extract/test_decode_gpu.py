@@ -69,6 +69,35 @@ def test_nvjpeg_pixels_against_pil_on_cifar(cifar_jpegs):
 
 
 @pytest.mark.data
+@NO_TV_DEPRECATION
+def test_decoding_while_the_stream_still_writes_freed_blocks_is_exact(cifar_jpegs):
+    """The images nvJPEG writes never share memory with work still queued on the caller's stream.
+
+    Blocks of the decoded images' sizes are handed back to the caller's stream's
+    pool while kernels queued behind long matmuls still write 7s into them. Had
+    nvJPEG's outputs been allocated from that pool (as torchvision does, on the
+    current stream), the queued fills would overwrite the decoded pixels.
+    """
+    from clipcache.extract.decode import _decode_many
+
+    device = torch.device("cuda")
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in sorted(cifar_jpegs.rglob("*.jpg"))[:64]]
+    reference = [image.cpu() for image in _decode_many(datas, device)]
+    torch.cuda.synchronize()
+    for _ in range(3):
+        decoys = [torch.empty(r.shape, dtype=torch.uint8, device=device) for r in reference]
+        busy = torch.randn(4096, 4096, device=device)
+        for _ in range(10):
+            busy = busy @ busy
+        for decoy in decoys:
+            decoy.fill_(7)
+        del decoys
+        decoded = _decode_many(datas, device)
+        torch.cuda.synchronize()
+        assert all(torch.equal(got.cpu(), want) for got, want in zip(decoded, reference, strict=True))
+
+
+@pytest.mark.data
 def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
     config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=100)
     extract(tmp_path / "cpu.h5", config, RunOptions(progress=False, device="cuda", decode="cpu", amp="fp32"))
