@@ -247,15 +247,17 @@ class TorchOps:
         The GPU then reads the stream (a store's chunks) once instead of once per
         pass. Once the kept blocks would pass :meth:`resident_budget`, they are
         dropped and every pass reads ``chunks()`` again, as numpy does. On a GPU,
-        a thread reads the stream and pins its blocks (:func:`_prepared_ahead`)
-        while the blocks before are copied to the device and summed.
+        one thread reads the stream ahead and another pins its blocks
+        (:func:`_prepared_ahead`), while the blocks before are copied to the device
+        and summed.
         """
         budget = self.resident_budget()
         if self.dev.type == "cuda":
             read = chunks
 
-            def chunks():
-                return _prepared_ahead(read(), lambda X: self.torch.from_numpy(np.ascontiguousarray(X)).pin_memory())
+            def chunks():  # one thread reads blocks ahead, another pins them: the two copies overlap
+                read_ahead = _prepared_ahead(read(), lambda X: X)
+                return _prepared_ahead(read_ahead, lambda X: self.torch.from_numpy(np.ascontiguousarray(X)).pin_memory())
 
         if budget <= 0:
             return chunks
@@ -390,6 +392,8 @@ def _prepared_ahead(blocks, prepare, ahead: int = 2):
     finally:
         stop.set()
         thread.join()
+        if hasattr(blocks, "close"):  # a generator (another _prepared_ahead, say) stops its own work too
+            blocks.close()
 
 
 def make_ops(device) -> NumpyOps | TorchOps:

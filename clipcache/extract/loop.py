@@ -17,6 +17,7 @@ set in another precision is refused.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -24,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -232,11 +234,13 @@ class ExtractReport:
         Wall time of the encoding loop.
     waits : dict of str to float
         Seconds of ``seconds`` that the loop's thread spent waiting, by stage:
-        ``workers`` (for the DataLoader workers' decoded parts), ``decode`` (the
-        ``gpu`` decode path's nvJPEG calls and resizes), ``device`` (for the
-        features of the batch before, while the device computes) and ``writer``
-        (for room in the store writer's queue). The stage with the largest share
-        bounds the run; little waiting in all of them means the loop itself does.
+        ``workers`` (for the DataLoader workers' decoded parts), ``decode`` (for
+        the decode thread of the ``gpu`` decode path: nvJPEG and the resizes),
+        ``device`` (for the features of the batch before, while the device
+        computes) and ``writer`` (for room in the store writer's queue). The stage
+        with the largest share bounds the run; little waiting in all of them means
+        the loop's own work does. On a CPU the forward pass runs in the loop's
+        thread and counts in none of them.
     feature_sets : list of str
     precisions : dict of str to str
         The precision each feature set was computed in (``"fp32"``, ``"bf16"``, ``"fp16"``).
@@ -647,8 +651,9 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
 
     Three stages overlap. The DataLoader workers decode parts of the batches ahead
-    (:func:`_parts`); the device encodes one batch while the main thread fetches,
-    joins and (``decode="gpu"``) decodes the next, and queues it behind the first
+    (:func:`_parts`), or on the ``gpu`` decode path read them, for a thread to
+    decode on the device (:func:`_decoded_batches`); the device encodes one batch
+    while the main thread fetches and joins the next, and queues it behind the first
     before it waits for the first one's features (:func:`_encode` returns before
     the features are ready, and nothing in it waits for the device), so that the
     device always has the next batch queued; and each batch's store calls go to a
@@ -679,23 +684,15 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
     parts = iter(loader)
-    # On "cuda:N" the run's GPU is the current device: events, streams and torchvision's nvJPEG decoder (which
-    # orders its work after the current device's stream) then all refer to it, as a torchrun rank needs.
+    # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
+    # needs (the decode thread works on this thread's current stream, so on the same GPU).
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with on_device, writing() as writer:
+        with on_device, writing() as writer, contextlib.closing(
+            _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits)
+        ) as decoded:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
-            waits = report.waits
-            for batch in batches:
-                began = time.perf_counter()
-                fetched = [next(parts) for _ in batch]
-                waits["workers"] += time.perf_counter() - began
-                items, tensors, errors, payloads = _assemble(fetched)
-                if payloads:  # decode="gpu"
-                    began = time.perf_counter()
-                    tensors, errors = decode_batch(tensors, errors, preprocesses, device, _DECODE_ERRORS)
-                    tensors = [[t] for t in tensors]
-                    waits["decode"] += time.perf_counter() - began
+            for items, tensors, errors in decoded:
                 try:  # queued behind the batch before, so that the device never runs dry
                     launched = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
@@ -707,6 +704,62 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     finally:
         bar.close()
     store.mark_complete(plan.name)
+
+
+#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched.
+DECODE_AHEAD = 1
+
+
+def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict):
+    """Fetch the batches' parts from the DataLoader and yield each batch as ``(items, tensors, errors)``, in order.
+
+    On the ``gpu`` decode path a thread decodes (:func:`decode_batch`)
+    :data:`DECODE_AHEAD` batches ahead of the one yielded: nvJPEG's call waits for
+    the device's decoder with the GIL released, so this thread meanwhile fetches
+    the next batch and launches the one before. Closing the generator cancels the
+    decodes not started and waits for the one running.
+    """
+    ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
+    depth = DECODE_AHEAD if decode == "gpu" else 0
+    pool = None
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the one the batches are encoded on
+
+    def take():
+        items, job = ahead.popleft()
+        if isinstance(job, Future):
+            began = time.perf_counter()
+            job = job.result()
+            waits["decode"] += time.perf_counter() - began
+        return items, *job
+
+    try:
+        for batch in batches:
+            began = time.perf_counter()
+            fetched = [next(parts) for _ in batch]
+            waits["workers"] += time.perf_counter() - began
+            items, tensors, errors, payloads = _assemble(fetched)
+            if payloads:
+                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode")
+                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream)))
+            else:
+                ahead.append((items, (tensors, errors)))
+            if len(ahead) > depth:
+                yield take()
+        while ahead:
+            yield take()
+    finally:
+        if pool is not None:
+            for _, job in ahead:
+                if isinstance(job, Future):
+                    job.cancel()
+            pool.shutdown(wait=True)
+
+
+def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream):
+    """:func:`decode_batch` in the decode thread, on ``stream`` (the one the batches are encoded on, and its device)."""
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        tensors, errors = decode_batch(payloads, errors, preprocesses, device, _DECODE_ERRORS)
+    return [[t] for t in tensors], errors
 
 
 def _finish_batch(writer, store, plan, launched, report, bar) -> None:

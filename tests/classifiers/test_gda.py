@@ -223,6 +223,10 @@ def test_prepared_ahead_stops_its_thread_when_the_caller_stops():
     it.close()
     assert not any(t.name == "clipcache-read-ahead" for t in threading.enumerate())
     assert len(read) <= 5  # one taken, two queued, one waiting to be queued, and at most one more read
+    nested = _prepared_ahead(_prepared_ahead(endless(), lambda X: X), lambda X: X + 1)  # as a GPU fit reads
+    assert [next(nested)[0][0] for _ in range(3)] == [1, 1, 1]
+    nested.close()
+    assert not any(t.name == "clipcache-read-ahead" for t in threading.enumerate())
 
 
 def test_single_class_raises(blobs):

@@ -228,6 +228,55 @@ def test_assemble_joins_the_parts_of_a_batch_in_order(tmp_path):
     assert mixed[2].data.numpy().tobytes() == data and torch.equal(mixed[3][0], rows[3])
 
 
+def test_decode_thread_decodes_one_batch_ahead_and_keeps_the_batch_order(tmp_path, monkeypatch):
+    """On the byte path a thread decodes batch k + 1 before batch k is yielded; CPU-path batches keep their place."""
+    import threading
+
+    from clipcache.extract import loop
+
+    events, second = [], threading.Event()
+
+    def fake_decode(payloads, errors, preprocesses, device, decode_errors):
+        events.append(("decoded", len(payloads), threading.current_thread().name))
+        if len(payloads) == 2:
+            second.set()
+        return [torch.full((len(payloads), 3, 2, 2), len(payloads), dtype=torch.uint8)], list(errors)
+
+    monkeypatch.setattr(loop, "decode_batch", fake_decode)
+    data = _jpeg(_shape(1))
+
+    def byte_part(n):
+        return np.arange(n), PackedPayloads.pack([_payload(data, tmp_path)] * n), [""] * n
+
+    cpu_part = (np.arange(5), [torch.zeros(5, 3, 2, 2, dtype=torch.uint8)], [""] * 5)
+    parts = iter([byte_part(1), byte_part(2), cpu_part, byte_part(3)])
+    waits = dict.fromkeys(loop.WAIT_STAGES, 0.0)
+    batches = loop._decoded_batches(parts, [[0]] * 4, [PP], torch.device("cpu"), "gpu", waits)
+    got = []
+    for items, tensors, errors in batches:
+        if not got:  # the generator is suspended here: only a decode submitted before this yield can run now
+            assert second.wait(timeout=30), "the second batch was not decoded ahead of the first"
+        got.append((len(items), int(tensors[0][0].flatten()[0]) if len(items) != 5 else 0))
+    assert got == [(1, 1), (2, 2), (5, 0), (3, 3)]
+    assert [e[1] for e in events] == [1, 2, 3] and {e[2] for e in events} == {"clipcache-decode_0"}
+    assert not any(t.name.startswith("clipcache-decode") for t in threading.enumerate())
+
+
+def test_decode_path_cpu_yields_each_batch_as_it_is_fetched():
+    from clipcache.extract import loop
+
+    fetched = []
+
+    def parts():
+        for i in range(3):
+            fetched.append(i)
+            yield np.array([i]), [torch.zeros(1, 3, 2, 2, dtype=torch.uint8)], [""]
+
+    batches = loop._decoded_batches(parts(), [[0]] * 3, [PP], torch.device("cpu"), "cpu", dict.fromkeys(loop.WAIT_STAGES, 0.0))
+    for i, (items, _, _) in enumerate(batches):
+        assert items.tolist() == [i] and fetched == list(range(i + 1))
+
+
 @pytest.mark.parametrize(("n", "workers", "sizes"), [(13, 2, [7, 6]), (13, 1, [13]), (3, 4, [1, 1, 1]), (13, 0, [13])])
 def test_parts_split_a_batch_in_order_one_per_worker(monkeypatch, n, workers, sizes):
     from clipcache.extract import loop
