@@ -253,7 +253,7 @@ def test_decode_thread_decodes_one_batch_ahead_and_keeps_the_batch_order(tmp_pat
     waits = dict.fromkeys(loop.WAIT_STAGES, 0.0)
     batches = loop._decoded_batches(parts, [[0]] * 4, [PP], torch.device("cpu"), "gpu", waits)
     got = []
-    for items, tensors, errors in batches:
+    for items, tensors, _ in batches:
         if not got:  # the generator is suspended here: only a decode submitted before this yield can run now
             assert second.wait(timeout=30), "the second batch was not decoded ahead of the first"
         got.append((len(items), int(tensors[0][0].flatten()[0]) if len(items) != 5 else 0))
