@@ -26,7 +26,11 @@ JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
 Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz``
 (unpacked once into ``/tmp/cifar10-jpg``), or from ``--source``. ``--jpeg-size WxH``
 makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
-saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``::
+saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
+For the best run of each decode path it prints where the loop waited
+(``ExtractReport.waits``: workers, decode thread, device, writer), and
+``--profile N`` profiles one more run per path (cProfile; on Python 3.12 and later
+it counts every thread's calls)::
 
     python benchmarks/extract_throughput.py --device cuda --model ViT-B-16 --pretrained none --aux '' \
         --workers 16 --batch-size 256 --amp bf16 --per-class 1000 --jpeg-size 500x375
