@@ -357,27 +357,25 @@ def _prepared_ahead(blocks, prepare, ahead: int = 2):
     stop = threading.Event()
     end = object()
 
+    def offer(item) -> bool:
+        """Queue ``item`` unless the caller has stopped; whether it was queued."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for X, codes in blocks:
-                item = (prepare(X), codes)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((prepare(X), codes)):
                     return
             item = end
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
             item = exc
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        offer(item)
 
     thread = threading.Thread(target=read, name="clipcache-read-ahead", daemon=True)
     thread.start()
