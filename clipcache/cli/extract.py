@@ -8,6 +8,7 @@ are imported inside the commands so that ``clipcache --help`` stays fast.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from clipcache._io import check_output
 from clipcache.cli.deprecation import Command, warn_deprecated
 from clipcache.cli.params import output_option
 from clipcache.feature_store.schema import DECODES
+
+if TYPE_CHECKING:
+    from clipcache.extract.loop import ExtractReport, RunOptions
 
 __all__ = ["COMMANDS", "demo_data_command", "extract_command", "merge_command", "text_command"]
 
@@ -100,7 +104,11 @@ def _input_files(source, classes, pretrained, aux, templates) -> list[str]:
     return [path for path in candidates if path and os.path.isfile(path)]
 
 
-def _print_report(report) -> None:
+#: Share of the encoding time spent waiting for the workers above which extract suggests more of them.
+WORKERS_HINT_SHARE = 0.5
+
+
+def _print_report(report: ExtractReport, options: RunOptions) -> None:
     rows = ", ".join(f"{split} {n}" for split, n in report.rows.items())
     skipped = [(split, s) for split, items in report.skipped.items() for s in items]
     sets = ", ".join(f"{name} ({report.precisions[name]})" if name in report.precisions else name for name in report.feature_sets)
@@ -108,6 +116,14 @@ def _print_report(report) -> None:
         f"Wrote {report.path}: {rows} rows of {sets}; "
         f"{report.encoded} images encoded in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s)"
     )
+    share = report.waits["workers"] / report.seconds if report.seconds > 0 else 0.0
+    if share > WORKERS_HINT_SHARE:
+        gpu = " or --decode gpu" if options.device.startswith("cuda") and options.decode != "gpu" else ""
+        click.echo(
+            f"Hint: the encoding waited {share:.0%} of its time for images to be decoded; "
+            f"more --workers (now {options.workers}){gpu} may make it faster.",
+            err=True,
+        )
     if skipped:
         click.echo(f"Skipped {len(skipped)} unreadable images:", err=True)
         for split, (sid, _, reason) in skipped[:_MAX_SKIPPED_SHOWN]:
@@ -219,7 +235,7 @@ def extract_command(source, store, model, pretrained, aux, classes, splits, max_
         decode=decode, compile=compile_,
     )
     report = extract(store, config, options, resume=resume, overwrite=overwrite, templates=templates, add_splits=add_splits)
-    _print_report(report)
+    _print_report(report, options)
 
 
 @click.command("text")

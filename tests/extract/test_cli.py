@@ -126,3 +126,37 @@ def test_resume_of_finished_run_with_templates_succeeds(runner, image_folder, tm
     result = runner.invoke(cli, args + ["--resume"])
     assert result.exit_code == 0, result.output
     assert "0 images encoded" in result.output
+
+
+@pytest.mark.parametrize(
+    ("waited", "device", "decode", "hint"),
+    [
+        (0.6, "cpu", "auto", "more --workers (now 3) may"),
+        (0.6, "cuda", "cpu", "more --workers (now 3) or --decode gpu may"),
+        (0.6, "cuda", "gpu", "more --workers (now 3) may"),
+        (0.4, "cpu", "auto", None),
+    ],
+)
+def test_report_suggests_more_workers_when_the_encoding_waited_for_them(capsys, waited, device, decode, hint):
+    from clipcache.cli.extract import _print_report
+    from clipcache.extract.loop import ExtractReport, RunOptions
+
+    report = ExtractReport(path="s.h5", encoded=100, seconds=10.0, rows={"test": 100}, feature_sets=["clip"])
+    report.waits["workers"] = waited * 10.0
+    _print_report(report, RunOptions(workers=3, device=device, decode=decode))
+    out, err = capsys.readouterr()
+    assert "100 images encoded in 10.0 s" in out
+    if hint is None:
+        assert "Hint" not in err
+    else:
+        assert f"waited {waited:.0%} of its time for images to be decoded" in err and hint in err
+
+
+def test_waits_add_up_to_less_than_the_encoding_time(image_folder, tmp_path):
+    from clipcache.extract.loop import WAIT_STAGES, ExtractConfig, RunOptions, extract
+
+    config = ExtractConfig(source=str(image_folder), model="clipcache-tiny-vit", pretrained="none", batch_size=4)
+    report = extract(tmp_path / "s.h5", config, RunOptions(progress=False, workers=1))
+    assert set(report.waits) == set(WAIT_STAGES)
+    assert report.waits["workers"] > 0 and report.waits["decode"] == 0.0  # the cpu path has no decode thread
+    assert sum(report.waits.values()) < report.seconds
