@@ -350,7 +350,7 @@ def _batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
 
 #: Fewest items in a worker's part of a batch (:func:`_parts`). Each part costs the main process a fetch and a
 #: shared-memory handover per tensor: with 16-item parts, ViT-B-32 on 32 x 32 JPEGs ran at 3,533 img/s on an H200,
-#: against 6,043 with whole batches in an earlier run (docs/benchmarks.md). 32 is not measured on a GPU yet.
+#: against 6,043 with whole batches in an earlier run; with 32-item parts, 6,094 (docs/benchmarks.md).
 MIN_PART_ITEMS = 32
 
 #: Batches that the DataLoader workers prepare ahead of the one being encoded.
