@@ -39,6 +39,7 @@ it counts every thread's calls)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -53,7 +54,7 @@ import torch
 from PIL import Image
 
 from clipcache._io import atomic_output
-from clipcache.extract import loop
+from clipcache.extract import decode, loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import (
@@ -167,19 +168,55 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[ExtractReport]:
-    """The reports of ``repeats`` extractions, JPEG files to a complete store (rates and waits)."""
-    reports = []
+@dataclasses.dataclass
+class Run:
+    """One end-to-end run: its report, and the seconds the decode thread (``--decode gpu``) spent in
+    ``decode_batch`` in all and in the decode_jpeg calls (nvJPEG on a GPU, which return once the decoder is done)."""
+
+    report: ExtractReport
+    decode_batch: float = 0.0
+    nvjpeg: float = 0.0
+
+
+def _timed(module, name: str, run: Run, field: str):
+    """Patch ``module.name`` so that its calls add their seconds to ``run.field``; return the original."""
+    original = getattr(module, name)
+
+    def timed(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            setattr(run, field, getattr(run, field) + time.perf_counter() - began)
+
+    setattr(module, name, timed)
+    return original
+
+
+def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[Run]:
+    """``repeats`` extractions, JPEG files to a complete store (rates, waits and the decode thread's time)."""
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            reports.append(extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones))
+            run = Run(None)
+            originals = [_timed(loop, "decode_batch", run, "decode_batch"), _timed(decode, "_decode_on", run, "nvjpeg")]
+            try:
+                run.report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
+            finally:
+                loop.decode_batch, decode._decode_on = originals
+            runs.append(run)
             _uncompile(backbones)  # options.compile compiled them in place; the forward-only runs are eager
-    return reports
+    return runs
 
 
-def _waits(report: ExtractReport) -> str:
-    """The loop's waits of a run as shares of its time (ExtractReport.waits)."""
-    return ", ".join(f"{stage} {report.waits[stage] / report.seconds:.0%}" for stage in WAIT_STAGES)
+def _waits(run: Run) -> str:
+    """The loop's waits of a run as shares of its time (ExtractReport.waits), and the decode thread's busy time."""
+    report = run.report
+    text = ", ".join(f"{stage} {report.waits[stage] / report.seconds:.0%}" for stage in WAIT_STAGES)
+    if run.decode_batch:
+        text += (f"; the decode thread was busy {run.decode_batch / report.seconds:.0%} of the time "
+                 f"(its decode_jpeg calls {run.nvjpeg / report.seconds:.0%})")
+    return text
 
 
 def main(argv=None) -> None:
@@ -259,7 +296,7 @@ def main(argv=None) -> None:
         if d in failed:
             print(f"{d:>6} | failed: {failed[d]}")
             continue
-        rates = [r.images_per_second for r in e2e[d]]
+        rates = [r.report.images_per_second for r in e2e[d]]
         e = max(rates)
         median = statistics.median(rates) / statistics.median(fwd)
         print(f"{d:>6} | {f:10.1f} | {c:12.1f} | {e:10.1f} | {e / f:6.3f} | {median:12.3f} | "
@@ -267,7 +304,8 @@ def main(argv=None) -> None:
     print("ratio: best end-to-end / best eager forward-only; ratio median: the same of medians (noisy on a shared machine)")
     for d in decodes:
         if d not in failed:
-            print(f"{d:>6} best run, the loop's waits (share of its time): {_waits(max(e2e[d], key=lambda r: r.images_per_second))}")
+            print(f"{d:>6} best run, the loop's waits (share of its time): "
+                  f"{_waits(max(e2e[d], key=lambda r: r.report.images_per_second))}")
     for d in decodes if args.profile else ():
         if d not in failed:
             profile(config, options[d], backbones, args.profile)
@@ -284,7 +322,7 @@ def profile(config: ExtractConfig, options: RunOptions, backbones, top: int) -> 
         report = profiler.runcall(extract, os.path.join(tmp, "profiled.h5"), config, options, backbones=backbones)
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
-    print(f"\n## profile, decode {options.decode}: {report.images_per_second:.1f} img/s under cProfile; {_waits(report)}")
+    print(f"\n## profile, decode {options.decode}: {report.images_per_second:.1f} img/s under cProfile; {_waits(Run(report))}")
     print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-6000:])
 
 
