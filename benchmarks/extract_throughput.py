@@ -28,7 +28,8 @@ Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz
 makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
 saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
 For the best run of each decode path it prints where the loop waited
-(``ExtractReport.waits``: workers, decode thread, device, writer), and
+(``ExtractReport.waits``: workers, decode thread, device, writer) and, on the
+``gpu`` path, how busy the decode thread was, and
 ``--profile N`` profiles one more run per path (cProfile; on Python 3.12 and later
 it counts every thread's calls)::
 
