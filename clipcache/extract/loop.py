@@ -314,8 +314,9 @@ def _collate(part):
     """A worker's part of a batch: item numbers, then the stacked uint8 tensors of each preprocessing or, on the
     ``gpu`` path, the :class:`PackedPayloads` of its items, then the reasons of the items it could not read.
 
-    The item numbers are a numpy array, which travels to the main process inside the
-    pickle; every tensor travels as a shared-memory block and a file descriptor.
+    The item numbers and a :class:`PackedPayloads` buffer are numpy arrays, which
+    travel to the main process inside the pickle; every tensor travels as a
+    shared-memory block and a file descriptor.
     """
     items = np.array([b[0] for b in part], dtype=np.int64)
     errors = [b[2] for b in part]

@@ -1,0 +1,94 @@
+"""How fast DataLoader workers hand the ``gpu`` decode path's JPEG bytes to the main process.
+
+On ``extract --decode gpu`` the workers only read each JPEG's bytes and send a
+part of a batch (:func:`clipcache.extract.loop._collate`) as one
+:class:`~clipcache.extract.decode.PackedPayloads`, whose buffer is a numpy array
+that travels inside the pickle. The peer is the same part with the buffer as a
+torch tensor, which travels as a shared-memory block and a file descriptor (as
+the buffer did before). Both read the same files with the same workers and part
+size, alternately, ``--repeats`` times; each rate counts from the first part
+received (worker start-up excluded)::
+
+    python benchmarks/worker_transfer.py                      # CIFAR-10 test JPEGs (32 x 32)
+    python benchmarks/worker_transfer.py --jpeg-size 500x375 --per-class 300
+
+Images come from ``../shared/data/cifar10-jpg.tar.gz`` as in
+``benchmarks/extract_throughput.py`` (whose ``--jpeg-size`` re-encoding this reuses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipcache.extract.decode import EncodedImage
+from clipcache.extract.loop import _collate
+from extract_throughput import _jpeg_size, cifar_test_folder, photo_folder
+
+
+class JpegBytes(Dataset):
+    """Item i: ``(i, EncodedImage of file i, "")``, as ``_ItemDataset`` gives a device JPEG on the gpu path."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with open(self.paths[i], "rb") as f:
+            data = f.read()
+        return i, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), self.paths[i]), ""
+
+
+def as_tensor_buffer(part):
+    """The peer: ``_collate``'s part with its buffer as a torch tensor (shared memory and a descriptor)."""
+    items, packed, errors = _collate(part)
+    return items, dataclasses.replace(packed, buffer=torch.from_numpy(packed.buffer)), errors
+
+
+def rate(paths: list[str], collate, workers: int, part: int) -> float:
+    """Items per second through the DataLoader, counted from the first part received."""
+    loader = DataLoader(JpegBytes(paths), batch_size=part, num_workers=workers, collate_fn=collate, prefetch_factor=8)
+    parts = iter(loader)
+    next(parts)
+    began, n = time.perf_counter(), 0
+    for items, _, _ in parts:
+        n += len(items)
+    return n / (time.perf_counter() - began)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
+    parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH", help="re-encode the images as WxH JPEGs first")
+    parser.add_argument("--per-class", type=int, default=1000, help="images per class (default 1000: all 10,000)")
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--part", type=int, default=32, help="images per worker part (loop.MIN_PART_ITEMS)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    source = cifar_test_folder(Path(args.cache))
+    if args.jpeg_size:
+        source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
+    paths = sorted(str(p) for c in sorted(source.iterdir()) for p in sorted(c.glob("*.jpg"))[: args.per_class])
+    runs: dict[str, list[float]] = {"numpy buffer (clipcache)": [], "tensor buffer (peer)": []}
+    for _ in range(args.repeats):
+        runs["numpy buffer (clipcache)"].append(rate(paths, _collate, args.workers, args.part))
+        runs["tensor buffer (peer)"].append(rate(paths, as_tensor_buffer, args.workers, args.part))
+    print(f"{len(paths)} JPEGs from {source}, {args.workers} workers, parts of {args.part}, {os.cpu_count()} CPUs")
+    for name, rates in runs.items():
+        print(f"{name:26}: {statistics.median(rates):9.0f} items/s median (runs: {', '.join(f'{r:.0f}' for r in rates)})")
+    a, b = (statistics.median(r) for r in runs.values())
+    print(f"ratio numpy / tensor (medians): {a / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
