@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import torch
+from extract_throughput import _jpeg_size, cifar_test_folder, photo_folder
 from torch.utils.data import DataLoader, Dataset
 
 from clipcache.extract.decode import EncodedImage
 from clipcache.extract.loop import _collate
-from extract_throughput import _jpeg_size, cifar_test_folder, photo_folder
 
 
 class JpegBytes(Dataset):
