@@ -49,6 +49,7 @@ step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-
 step "extract ViT-B-32 500x375" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000"
 step "extract ViT-L-14 500x375" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+step "worker transfer" extract.log 30 python3 benchmarks/worker_transfer.py --workers 16
 step "extract ViT-B-32 32x32 whole batches" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --part-items 256"
 step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
 step "stream 20M" stream.log 90 python3 benchmarks/search_speed.py --stream --n 20000000 --device cuda --check 10 --json "$OUT/stream.json"
