@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
@@ -322,7 +322,8 @@ def _collate(part):
     errors = [b[2] for b in part]
     if any(isinstance(b[1], EncodedImage) for b in part):  # the decode="gpu" path: decode_batch stacks them
         return items, PackedPayloads.pack([b[1] for b in part]), errors
-    return items, [torch.stack([b[1][k] for b in part]) for k in range(len(part[0][1]))], errors
+    # default_collate stacks a worker's tensors straight into shared memory, saving the copy that sending makes
+    return items, [default_collate([b[1][k] for b in part]) for k in range(len(part[0][1]))], errors
 
 
 def _assemble(parts: list) -> tuple[np.ndarray, list, list[str], bool]:
