@@ -24,6 +24,8 @@ the scatter and the Cholesky solve stay on the device).
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,9 +352,6 @@ def _prepared_ahead(blocks, prepare, ahead: int = 2):
     to the device. An exception of the thread is raised in the caller; a caller
     that stops early stops the thread.
     """
-    import queue
-    import threading
-
     out: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
     end = object()

@@ -601,7 +601,7 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device):
     out = {}
     cuda = device.type == "cuda"
     with torch.inference_mode():
-        keep = None if bool(ok.all()) else torch.from_numpy(np.flatnonzero(ok.numpy())).to(device, non_blocking=True)
+        keep = None if ok.all() else torch.from_numpy(np.flatnonzero(ok)).to(device, non_blocking=True)
         inputs = []
         for parts, pp in zip(tensors, preprocesses, strict=True):
             x = torch.cat([t.to(device, non_blocking=True) for t in parts]) if len(parts) > 1 else parts[0].to(device, non_blocking=True)
@@ -802,7 +802,7 @@ def _launch_batch(plan, backbones, grouping, items, tensors, errors, recorded, d
     rows = features = None
     if ok.any():
         good = items[ok]
-        features = _encode(backbones, *grouping, tensors, torch.from_numpy(ok), device)
+        features = _encode(backbones, *grouping, tensors, ok, device)
         keys = plan.keys_of(good).tolist()
         rows = {"ids": keys, "paths": keys, "labels": plan.labels_of(good), "views": plan.views_of(good)}
     return len(items), skipped, rows, features
