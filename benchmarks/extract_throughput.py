@@ -24,7 +24,9 @@ JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
         --aux '' --workers 16 --batch-size 256 --amp bf16 --per-class 1000
 
 Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz``
-(unpacked once into ``/tmp/cifar10-jpg``), or from ``--source``. ``--jpeg-size WxH``
+(unpacked once into ``/tmp/cifar10-jpg``), its train folder with ``--split train``
+(5,000 images per class: longer runs, over which starting the workers weighs less), or
+from ``--source``. ``--jpeg-size WxH``
 makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
 saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
 For the best run of each decode path it prints where the loop waited
@@ -72,24 +74,25 @@ REPO = Path(__file__).resolve().parents[1]
 TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
-def cifar_test_folder(cache: Path) -> Path:
-    """Unpack the CIFAR-10 test JPEGs once into ``cache`` and return the test folder."""
-    folder = cache / "cifar10-jpg" / "test"
+def cifar_folder(cache: Path, split: str = "test") -> Path:
+    """Unpack the CIFAR-10 JPEGs of ``split`` (``test`` or ``train``) once into ``cache`` and return their folder."""
+    folder = cache / "cifar10-jpg" / split
     if not folder.is_dir():
         if not TARBALL.is_file():
             sys.exit(f"{TARBALL} not found; pass --source FOLDER")
         with tarfile.open(TARBALL) as tar:
-            members = [m for m in tar if m.name.startswith("cifar10-jpg/test/")]
+            members = [m for m in tar if m.name.startswith(f"cifar10-jpg/{split}/")]
             tar.extractall(cache, members=members, filter="data")
     return folder
 
 
 def photo_folder(cifar: Path, cache: Path, size: tuple[int, int], per_class: int) -> Path:
-    """Re-encode the first ``per_class`` CIFAR-10 test JPEGs of each class as ``size`` (W, H) quality-90 JPEGs in ``cache``.
+    """Re-encode the first ``per_class`` CIFAR-10 JPEGs of each class of the folder ``cifar`` as ``size`` (W, H)
+    quality-90 JPEGs in ``cache``.
 
     The classes are encoded in parallel, one process per class (at most one per CPU).
     """
-    folder = cache / f"cifar10-jpg-{size[0]}x{size[1]}" / "test"
+    folder = cache / f"cifar10-jpg-{size[0]}x{size[1]}" / cifar.name
     jobs = [(class_dir, folder / class_dir.name, size, per_class) for class_dir in sorted(p for p in cifar.iterdir() if p.is_dir())]
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         list(pool.map(_encode_class, jobs))
@@ -223,7 +226,9 @@ def _waits(run: Run) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", help="ImageFolder of JPEGs (default: CIFAR-10 test from the shared tarball)")
-    parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
+    parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's images are unpacked")
+    parser.add_argument("--split", default="test", choices=["test", "train"],
+                        help="the CIFAR-10 split (test: 1,000 images per class; train: 5,000)")
     parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH",
                         help="re-encode the CIFAR-10 images as WxH quality-90 JPEGs (in --cache) and use those")
     parser.add_argument("--decode", help="comma-separated decode paths to measure end to end "
@@ -252,7 +257,7 @@ def main(argv=None) -> None:
     if args.part_items:
         loop.MIN_PART_ITEMS = args.part_items
 
-    source = Path(args.source) if args.source else cifar_test_folder(Path(args.cache))
+    source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
     if args.jpeg_size:
         source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
     decodes = args.decode.split(",") if args.decode else ["cpu"] + (["gpu"] if args.device.startswith("cuda") else [])

@@ -45,6 +45,7 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 step "extract ViT-B-16 500x375" extract.log 60 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000"
 step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 2
+step "extract ViT-B-32 32x32 train" extract.log 80 bash -c "$E --model ViT-B-32 --per-class 5000 --split train"
 step "extract ViT-L-14 32x32" extract.log 45 bash -c "$E --model ViT-L-14 --per-class 500"
 step "extract ViT-B-32 500x375" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000"

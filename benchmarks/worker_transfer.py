@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from extract_throughput import _jpeg_size, cifar_test_folder, photo_folder
+from extract_throughput import _jpeg_size, cifar_folder, photo_folder
 from torch.utils.data import DataLoader, Dataset
 
 from clipcache.extract.decode import EncodedImage
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    source = cifar_test_folder(Path(args.cache))
+    source = cifar_folder(Path(args.cache))
     if args.jpeg_size:
         source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
     paths = sorted(str(p) for c in sorted(source.iterdir()) for p in sorted(c.glob("*.jpg"))[: args.per_class])
