@@ -686,11 +686,8 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
     parts = iter(loader)
-    # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
-    # needs (the decode thread works on this thread's current stream, so on the same GPU).
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with on_device, writing() as writer, contextlib.closing(
+        with _on_device(device), writing() as writer, contextlib.closing(
             _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits)
         ) as decoded:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
@@ -708,29 +705,75 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     store.mark_complete(plan.name)
 
 
-#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched.
+#: Whether a run on a GPU computes on a CUDA stream of its own (:func:`_on_device`) rather than on the legacy
+#: default stream.
+OWN_STREAM = True
+
+_RUN_STREAMS: dict = {}
+
+
+@contextlib.contextmanager
+def _on_device(device: torch.device):
+    """Run a split's loop on ``device``: on ``cuda:N`` with GPU N current, so that events and streams refer to it, as
+    a torchrun rank needs, and (:data:`OWN_STREAM`) on a CUDA stream of the run's own for that GPU.
+
+    The decode thread decodes on the stream current here, so on the same GPU.
+    The run's stream first waits for the work queued before on the current
+    stream (the backbones' weights copied there).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        if not OWN_STREAM:
+            yield
+            return
+        index = torch.cuda.current_device()
+        stream = _RUN_STREAMS.get(index)
+        if stream is None:
+            stream = _RUN_STREAMS[index] = torch.cuda.Stream(index)
+        stream.wait_stream(torch.cuda.current_stream(index))
+        with torch.cuda.stream(stream):
+            yield
+
+
+#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched, in groups of
+#: :data:`DECODE_GROUP`.
 DECODE_AHEAD = 1
+
+#: Batches whose device JPEGs the decode thread decodes in one :func:`decode_batch` call (one nvJPEG call). The
+#: images and their stored values do not depend on it.
+DECODE_GROUP = 1
 
 
 def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict):
     """Fetch the batches' parts from the DataLoader and yield each batch as ``(items, tensors, errors)``, in order.
 
-    On the ``gpu`` decode path a thread decodes (:func:`decode_batch`)
-    :data:`DECODE_AHEAD` batches ahead of the one yielded: nvJPEG's call waits for
-    the device's decoder with the GIL released, so this thread meanwhile fetches
-    the next batch and launches the one before. Closing the generator cancels the
-    decodes not started and waits for the one running.
+    On the ``gpu`` decode path a thread decodes (:func:`decode_batch`) the
+    batches :data:`DECODE_GROUP` at a time, a group ahead of the one yielded
+    (:data:`DECODE_AHEAD`): nvJPEG's call waits for the device's decoder with the
+    GIL released, so this thread meanwhile fetches the next batches and launches
+    the ones before. Closing the generator cancels the decodes not started and
+    waits for the one running.
     """
-    ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
-    depth = DECODE_AHEAD if decode == "gpu" else 0
-    pool = None
+    ahead: collections.deque = collections.deque()  # (items, (job, k) or (tensors, errors)), in batch order
+    group: list = []  # (items, payloads, errors) of batches that wait for the rest of their group
+    gpu = decode == "gpu"
+    depth = DECODE_AHEAD * DECODE_GROUP if gpu else 0
+    pool = ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode") if gpu else None
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the one the batches are encoded on
+
+    def submit():
+        if group:
+            job = pool.submit(_decode_group, [(p, e) for _, p, e in group], preprocesses, device, stream)
+            ahead.extend((items, (job, k)) for k, (items, _, _) in enumerate(group))
+            group.clear()
 
     def take():
         items, job = ahead.popleft()
-        if isinstance(job, Future):
+        if isinstance(job[0], Future):
             began = time.perf_counter()
-            job = job.result()
+            job = job[0].result()[job[1]]
             waits["decode"] += time.perf_counter() - began
         return items, *job
 
@@ -741,27 +784,38 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
             waits["workers"] += time.perf_counter() - began
             items, tensors, errors, payloads = _assemble(fetched)
             if payloads:
-                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode")
-                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream)))
+                group.append((items, tensors, errors))
+                if len(group) == DECODE_GROUP:
+                    submit()
             else:
+                submit()  # the batches before go first
                 ahead.append((items, (tensors, errors)))
-            if len(ahead) > depth:
+            while len(ahead) > depth:
                 yield take()
+        submit()
         while ahead:
             yield take()
     finally:
         if pool is not None:
             for _, job in ahead:
-                if isinstance(job, Future):
-                    job.cancel()
+                if isinstance(job[0], Future):
+                    job[0].cancel()
             pool.shutdown(wait=True)
 
 
-def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream):
-    """:func:`decode_batch` in the decode thread, on ``stream`` (the one the batches are encoded on, and its device)."""
+def _decode_group(batches, preprocesses, device: torch.device, stream) -> list[tuple[list, list[str]]]:
+    """:func:`decode_batch` of the batches ``[(payloads, errors), ...]`` in one call, in the decode thread, on
+    ``stream`` (the one the batches are encoded on, and its device); each batch's ``(tensors, errors)``."""
+    payloads = [p for batch, _ in batches for p in batch]
+    errors = [e for _, batch in batches for e in batch]
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         tensors, errors = decode_batch(payloads, errors, preprocesses, device, _DECODE_ERRORS)
-    return [[t] for t in tensors], errors
+    out, start = [], 0
+    for batch, _ in batches:
+        stop = start + len(batch)
+        out.append(([[t[start:stop]] for t in tensors], errors[start:stop]))
+        start = stop
+    return out
 
 
 def _finish_batch(writer, store, plan, launched, report, bar) -> None:

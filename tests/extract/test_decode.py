@@ -262,6 +262,50 @@ def test_decode_thread_decodes_one_batch_ahead_and_keeps_the_batch_order(tmp_pat
     assert not any(t.name.startswith("clipcache-decode") for t in threading.enumerate())
 
 
+def test_decode_groups_decode_several_batches_in_one_call_and_keep_their_order(tmp_path, monkeypatch):
+    """With DECODE_GROUP = 2, consecutive byte batches share a decode call; a CPU-path batch ends a group early."""
+    from clipcache.extract import loop
+
+    calls = []
+
+    def fake_decode(payloads, errors, preprocesses, device, decode_errors):
+        calls.append(len(payloads))
+        rows = torch.arange(len(payloads), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+        return [rows.contiguous()], [f"e{i}" for i in range(len(payloads))]
+
+    monkeypatch.setattr(loop, "decode_batch", fake_decode)
+    monkeypatch.setattr(loop, "DECODE_GROUP", 2)
+    data = _jpeg(_shape(1))
+
+    def byte_part(first, n):
+        return np.arange(first, first + n), PackedPayloads.pack([_payload(data, tmp_path)] * n), [""] * n
+
+    cpu_part = (np.arange(10, 15), [torch.zeros(5, 3, 2, 2, dtype=torch.uint8)], [""] * 5)
+    parts = iter([byte_part(0, 1), byte_part(1, 2), cpu_part, byte_part(20, 3), byte_part(23, 1), byte_part(30, 4)])
+    batches = loop._decoded_batches(parts, [[0]] * 6, [PP], torch.device("cpu"), "gpu", dict.fromkeys(loop.WAIT_STAGES, 0.0))
+    got = [(items.tolist(), tensors[0][0][:, 0, 0, 0].tolist(), errors) for items, tensors, errors in batches]
+    assert calls == [3, 4, 4]  # [1 + 2], [3 + 1], then the last batch alone
+    assert got == [
+        ([0], [0], ["e0"]),
+        ([1, 2], [1, 2], ["e1", "e2"]),
+        (list(range(10, 15)), [0] * 5, [""] * 5),
+        ([20, 21, 22], [0, 1, 2], ["e0", "e1", "e2"]),
+        ([23], [3], ["e3"]),
+        ([30, 31, 32, 33], [0, 1, 2, 3], ["e0", "e1", "e2", "e3"]),
+    ]
+
+
+def test_decode_groups_store_what_single_batches_store(mixed_folder, tmp_path, tensor_path_on_cpu, monkeypatch):
+    """Decoding 3 batches per call gives the same store, byte for byte, as one batch per call."""
+    from clipcache.extract import loop
+
+    config = _config(mixed_folder, batch_size=3)
+    extract(tmp_path / "one.h5", config, TENSOR)
+    monkeypatch.setattr(loop, "DECODE_GROUP", 3)
+    extract(tmp_path / "three.h5", config, TENSOR)
+    assert snapshot(tmp_path / "one.h5") == snapshot(tmp_path / "three.h5")
+
+
 def test_decode_path_cpu_yields_each_batch_as_it_is_fetched():
     from clipcache.extract import loop
 

@@ -110,6 +110,25 @@ def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
     assert cosine.min() > NVJPEG_MIN_COSINE and cosine.mean() > NVJPEG_MEAN_COSINE
 
 
+@pytest.mark.data
+@pytest.mark.parametrize("setting", [{"DECODE_GROUP": 3}, {"OWN_STREAM": False}], ids=["group-of-3", "default-stream"])
+def test_decode_groups_and_the_default_stream_store_what_the_defaults_store(cifar_jpegs, tmp_path, monkeypatch, setting):
+    """Several batches per nvJPEG call, or the legacy default stream, store the defaults' rows; a race would not."""
+    from clipcache.extract import loop
+
+    config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=50)
+    options = RunOptions(progress=False, device="cuda", decode="gpu", amp="fp32", workers=2)
+    extract(tmp_path / "default.h5", config, options)
+    for name, value in setting.items():
+        monkeypatch.setattr(loop, name, value)
+    extract(tmp_path / "other.h5", config, options)
+    with FeatureStore(tmp_path / "default.h5") as a, FeatureStore(tmp_path / "other.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 10 * CIFAR_PER_CLASS
+        difference = np.abs(a.features("test", "efficientnet-lite0") - b.features("test", "efficientnet-lite0")).max()
+    print(f"{setting}: largest feature difference to the defaults {difference:.3g}")
+    assert difference < 1e-5
+
+
 def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):
     config = _config(mixed_folder, aux=(), batch_size=4)
     extract(tmp_path / "eager.h5", config, RunOptions(progress=False, device="cuda", amp="fp32"))

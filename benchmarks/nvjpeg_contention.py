@@ -1,0 +1,115 @@
+"""How fast nvJPEG decodes a batch of JPEGs while the GPU computes, against an idle GPU.
+
+On ``extract --decode gpu`` a thread decodes the next batch
+(``torchvision.io.decode_jpeg(list, device="cuda")``) while the device encodes the
+batch before. This measures that call alone, on the same JPEGs, in four settings:
+
+* ``idle``: nothing else on the GPU;
+* ``busy, default stream``: bf16 matrix products kept queued on the legacy default
+  stream (as an extraction that computes on it keeps its forward passes queued);
+* ``busy, own stream``: the same products on a stream of their own;
+* each with ``--batch`` images per call (default 256 and 1024).
+
+Its rate against ``idle`` says how much the decode is slowed by the work beside it,
+and the rates of the two streams and batch sizes say which way round that::
+
+    python benchmarks/nvjpeg_contention.py --jpeg-size 500x375 --per-class 200
+
+Images come from ``../shared/data/cifar10-jpg.tar.gz`` as in
+``benchmarks/extract_throughput.py``. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from extract_throughput import _jpeg_size, cifar_folder, photo_folder
+
+
+def decode_rate(datas: list[torch.Tensor], batch: int) -> float:
+    """Images per second of ``decode_jpeg`` over ``datas`` in calls of ``batch`` images (each call returns once decoded)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    began = time.perf_counter()
+    for start in range(0, len(datas), batch):
+        decode_jpeg(datas[start : start + batch], mode=ImageReadMode.RGB, device="cuda")
+    # no synchronize: decode_jpeg waits for its decoder, and a synchronize would wait for the busy stream too
+    return len(datas) / (time.perf_counter() - began)
+
+
+class Busy:
+    """Keep bf16 matrix products queued on ``stream`` (two chunks of ``chunk`` products in flight) until stopped."""
+
+    def __init__(self, stream, size: int = 8192, chunk: int = 8):
+        self.stream, self.size, self.chunk = stream, size, chunk
+        self.stop = threading.Event()
+        self.products = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with torch.cuda.stream(self.stream):
+            a = torch.randn(self.size, self.size, device="cuda", dtype=torch.bfloat16)
+            previous = None
+            while not self.stop.is_set():
+                for _ in range(self.chunk):
+                    a = (a @ a).clamp_(-1, 1)
+                    self.products += 1
+                event = torch.cuda.Event()
+                event.record(self.stream)
+                if previous is not None:
+                    previous.synchronize()
+                previous = event
+            torch.cuda.synchronize()
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.2)  # let the queue fill
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", default="/tmp/cifar10-jpg")
+    parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH", help="re-encode as WxH quality-90 JPEGs")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--batch", default="256,1024", help="comma-separated images per decode_jpeg call")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    folder = cifar_folder(Path(args.cache))
+    if args.jpeg_size:
+        folder = photo_folder(folder, Path(args.cache), args.jpeg_size, args.per_class)
+    paths = [p for c in sorted(folder.iterdir()) for p in sorted(c.glob("*.jpg"))[: args.per_class]]
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    batches = [int(b) for b in args.batch.split(",")]
+    decode_rate(datas[: batches[0]], batches[0])  # nvJPEG's handle and buffers
+    print(f"{len(datas)} JPEGs from {folder}; {torch.cuda.get_device_name()}")
+    print(f"{'images per call':>15} | {'setting':<22} | img/s best (runs)")
+    settings = {
+        "idle": None,
+        "busy, default stream": torch.cuda.default_stream(),
+        "busy, own stream": torch.cuda.Stream(),
+    }
+    for batch in batches:
+        for name, stream in settings.items():
+            rates = []
+            for _ in range(args.repeats):
+                if stream is None:
+                    rates.append(decode_rate(datas, batch))
+                else:
+                    with Busy(stream):
+                        rates.append(decode_rate(datas, batch))
+            print(f"{batch:>15} | {name:<22} | {max(rates):8.0f} ({', '.join(f'{r:.0f}' for r in rates)})")
+
+
+if __name__ == "__main__":
+    main()
