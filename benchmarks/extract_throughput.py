@@ -251,17 +251,12 @@ def main(argv=None) -> None:
     parser.add_argument("--part-items", type=int,
                         help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
-    parser.add_argument("--decode-group", type=int,
-                        help="batches per nvJPEG call on the gpu path (clipcache.extract.loop.DECODE_GROUP, "
-                             f"default {loop.DECODE_GROUP})")
-    parser.add_argument("--default-stream", action="store_true",
-                        help="compute on the legacy default CUDA stream, not on the run's own "
-                             "(clipcache.extract.loop.OWN_STREAM off)")
+    parser.add_argument("--decode-while-idle", action="store_true",
+                        help="on the gpu path, call nvJPEG for a batch only once the device has finished the batch "
+                             "before (clipcache.extract.loop.DECODE_WHILE_IDLE)")
     args = parser.parse_args(argv)
-    if args.decode_group:
-        loop.DECODE_GROUP = args.decode_group
-    if args.default_stream:
-        loop.OWN_STREAM = False
+    if args.decode_while_idle:
+        loop.DECODE_WHILE_IDLE = True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part_items:
@@ -302,8 +297,8 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"images: {len(samples)} from {source}; backbones: {names}; device {args.device} ({where}), "
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
-          f"amp {args.amp}, torch threads {torch.get_num_threads()}, {loop.DECODE_GROUP} batch(es) per nvJPEG call, "
-          f"{'own' if loop.OWN_STREAM else 'default'} CUDA stream"
+          f"amp {args.amp}, torch threads {torch.get_num_threads()}"
+          f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -686,17 +687,24 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     recorded = {sid for sid, _, _ in store.skipped(plan.name)}
     bar = _progress_bar(plan, start, options)
     parts = iter(loader)
+    # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
+    # needs (the decode thread works on this thread's current stream, so on the same GPU).
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    gpu_decode = options.decode == "gpu" and device.type == "cuda"
+    gate = _IdleGate(device) if DECODE_WHILE_IDLE and gpu_decode else None
     try:
-        with _on_device(device), writing() as writer, contextlib.closing(
-            _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits)
+        with on_device, writing() as writer, contextlib.closing(
+            _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits, gate)
         ) as decoded:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
-            for items, tensors, errors in decoded:
+            for k, (items, tensors, errors) in enumerate(decoded):
                 try:  # queued behind the batch before, so that the device never runs dry
                     launched = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
                     _finish_batch(writer, store, plan, pending, report, bar)
                     raise
+                if gate is not None:
+                    gate.launched(k)
                 _finish_batch(writer, store, plan, pending, report, bar)
                 pending = launched
             _finish_batch(writer, store, plan, pending, report, bar)
@@ -705,117 +713,111 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     store.mark_complete(plan.name)
 
 
-#: Whether a run on a GPU computes on a CUDA stream of its own (:func:`_on_device`) rather than on the legacy
-#: default stream.
-OWN_STREAM = True
-
-_RUN_STREAMS: dict = {}
-
-
-@contextlib.contextmanager
-def _on_device(device: torch.device):
-    """Run a split's loop on ``device``: on ``cuda:N`` with GPU N current, so that events and streams refer to it, as
-    a torchrun rank needs, and (:data:`OWN_STREAM`) on a CUDA stream of the run's own for that GPU.
-
-    The decode thread decodes on the stream current here, so on the same GPU.
-    The run's stream first waits for the work queued before on the current
-    stream (the backbones' weights copied there).
-    """
-    if device.type != "cuda":
-        yield
-        return
-    with torch.cuda.device(device):
-        if not OWN_STREAM:
-            yield
-            return
-        index = torch.cuda.current_device()
-        stream = _RUN_STREAMS.get(index)
-        if stream is None:
-            stream = _RUN_STREAMS[index] = torch.cuda.Stream(index)
-        stream.wait_stream(torch.cuda.current_stream(index))
-        with torch.cuda.stream(stream):
-            yield
-
-
-#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched, in groups of
-#: :data:`DECODE_GROUP`.
+#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched.
 DECODE_AHEAD = 1
 
-#: Batches whose device JPEGs the decode thread decodes in one :func:`decode_batch` call (one nvJPEG call). The
-#: images and their stored values do not depend on it.
-DECODE_GROUP = 1
+#: Whether the decode thread of the ``gpu`` decode path calls nvJPEG for a batch only once the device has finished
+#: encoding the batch before (:class:`_IdleGate`). Beside a busy GPU, nvJPEG's batched decode is many times slower
+#: than on an idle one (``benchmarks/nvjpeg_contention.py``; docs/benchmarks.md).
+DECODE_WHILE_IDLE = False
 
 
-def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict):
+class _IdleGate:
+    """Holds the decode thread's nvJPEG call for batch k until the device has finished batch k - 1.
+
+    The loop calls :meth:`launched` after queueing each batch on the device; the
+    decode thread calls :meth:`wait` before decoding a batch. :meth:`close`
+    releases any wait, for a run that stops early.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._done: dict[int, object] = {}  # batch number -> its CUDA event (anything with synchronize())
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def launched(self, k: int, event=None) -> None:
+        """Batch ``k`` is queued on the device: ``event`` (by default one recorded now on the current stream) marks its end."""
+        if event is None:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        with self._changed:
+            self._done[k] = event
+            self._changed.notify_all()
+
+    def wait(self, k: int) -> None:
+        """Return once batch ``k - 1`` has been launched and the device has finished it (at once for batch 0)."""
+        if k == 0:
+            return
+        with self._changed:
+            self._changed.wait_for(lambda: k - 1 in self._done or self._closed)
+            event = self._done.pop(k - 1, None)
+        if event is not None:
+            event.synchronize()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict, gate: _IdleGate | None = None):
     """Fetch the batches' parts from the DataLoader and yield each batch as ``(items, tensors, errors)``, in order.
 
-    On the ``gpu`` decode path a thread decodes (:func:`decode_batch`) the
-    batches :data:`DECODE_GROUP` at a time, a group ahead of the one yielded
-    (:data:`DECODE_AHEAD`): nvJPEG's call waits for the device's decoder with the
-    GIL released, so this thread meanwhile fetches the next batches and launches
-    the ones before. Closing the generator cancels the decodes not started and
-    waits for the one running.
+    On the ``gpu`` decode path a thread decodes (:func:`decode_batch`)
+    :data:`DECODE_AHEAD` batches ahead of the one yielded: nvJPEG's call waits for
+    the device's decoder with the GIL released, so this thread meanwhile fetches
+    the next batch and launches the one before. With a ``gate``, the thread
+    decodes batch k only once ``gate`` says the device has finished batch k - 1
+    (:data:`DECODE_WHILE_IDLE`). Closing the generator releases the gate, cancels
+    the decodes not started and waits for the one running.
     """
-    ahead: collections.deque = collections.deque()  # (items, (job, k) or (tensors, errors)), in batch order
-    group: list = []  # (items, payloads, errors) of batches that wait for the rest of their group
-    gpu = decode == "gpu"
-    depth = DECODE_AHEAD * DECODE_GROUP if gpu else 0
-    pool = ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode") if gpu else None
+    ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
+    depth = DECODE_AHEAD if decode == "gpu" else 0
+    pool = None
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the one the batches are encoded on
-
-    def submit():
-        if group:
-            job = pool.submit(_decode_group, [(p, e) for _, p, e in group], preprocesses, device, stream)
-            ahead.extend((items, (job, k)) for k, (items, _, _) in enumerate(group))
-            group.clear()
 
     def take():
         items, job = ahead.popleft()
-        if isinstance(job[0], Future):
+        if isinstance(job, Future):
             began = time.perf_counter()
-            job = job[0].result()[job[1]]
+            job = job.result()
             waits["decode"] += time.perf_counter() - began
         return items, *job
 
     try:
-        for batch in batches:
+        for k, batch in enumerate(batches):
             began = time.perf_counter()
             fetched = [next(parts) for _ in batch]
             waits["workers"] += time.perf_counter() - began
             items, tensors, errors, payloads = _assemble(fetched)
             if payloads:
-                group.append((items, tensors, errors))
-                if len(group) == DECODE_GROUP:
-                    submit()
+                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode")
+                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream, gate, k)))
             else:
-                submit()  # the batches before go first
                 ahead.append((items, (tensors, errors)))
-            while len(ahead) > depth:
+            if len(ahead) > depth:
                 yield take()
-        submit()
         while ahead:
             yield take()
     finally:
+        if gate is not None:
+            gate.close()
         if pool is not None:
             for _, job in ahead:
-                if isinstance(job[0], Future):
-                    job[0].cancel()
+                if isinstance(job, Future):
+                    job.cancel()
             pool.shutdown(wait=True)
 
 
-def _decode_group(batches, preprocesses, device: torch.device, stream) -> list[tuple[list, list[str]]]:
-    """:func:`decode_batch` of the batches ``[(payloads, errors), ...]`` in one call, in the decode thread, on
-    ``stream`` (the one the batches are encoded on, and its device); each batch's ``(tensors, errors)``."""
-    payloads = [p for batch, _ in batches for p in batch]
-    errors = [e for _, batch in batches for e in batch]
+def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream, gate: _IdleGate | None = None, k: int = 0):
+    """:func:`decode_batch` of batch ``k`` in the decode thread, on ``stream`` (the one the batches are encoded on, and
+    its device), once ``gate`` lets it."""
+    if gate is not None:
+        gate.wait(k)
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         tensors, errors = decode_batch(payloads, errors, preprocesses, device, _DECODE_ERRORS)
-    out, start = [], 0
-    for batch, _ in batches:
-        stop = start + len(batch)
-        out.append(([[t[start:stop]] for t in tensors], errors[start:stop]))
-        start = stop
-    return out
+    return [[t] for t in tensors], errors
 
 
 def _finish_batch(writer, store, plan, launched, report, bar) -> None:

@@ -292,15 +292,9 @@ def normalize_batch(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``values`` as a tensor on ``device``, made once: copying them to a GPU at every batch would wait for its queue.
-
-    On a GPU the copy is waited for once, so that any stream may read the tensor.
-    """
+    """``values`` as a tensor on ``device``, made once: copying them to a GPU at every batch would wait for its queue."""
     with torch.inference_mode(False):  # a normal tensor, wherever it is first asked for
-        tensor = torch.tensor(values, dtype=dtype).to(device)
-    if tensor.is_cuda:
-        torch.cuda.current_stream(tensor.device).synchronize()
-    return tensor
+        return torch.tensor(values, dtype=dtype).to(device)
 
 
 def _eval_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:

@@ -262,48 +262,75 @@ def test_decode_thread_decodes_one_batch_ahead_and_keeps_the_batch_order(tmp_pat
     assert not any(t.name.startswith("clipcache-decode") for t in threading.enumerate())
 
 
-def test_decode_groups_decode_several_batches_in_one_call_and_keep_their_order(tmp_path, monkeypatch):
-    """With DECODE_GROUP = 2, consecutive byte batches share a decode call; a CPU-path batch ends a group early."""
+class _FakeEvent:
+    """A CUDA event stand-in that logs when it is waited for."""
+
+    def __init__(self, log, k):
+        self.log, self.k = log, k
+
+    def synchronize(self):
+        self.log.append(("device finished", self.k))
+
+
+def test_idle_gate_lets_batch_k_decode_only_after_batch_k_minus_1_is_launched_and_finished():
+    import threading
+
+    from clipcache.extract.loop import _IdleGate
+
+    log = []
+    gate = _IdleGate(torch.device("cpu"))
+    gate.wait(0)  # the first batch has nothing before it
+    waiter = threading.Thread(target=lambda: (gate.wait(1), log.append(("decode", 1))))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive() and log == []  # batch 0 is not launched yet
+    gate.launched(0, _FakeEvent(log, 0))
+    waiter.join(timeout=30)
+    assert log == [("device finished", 0), ("decode", 1)]
+    closer = threading.Thread(target=gate.wait, args=(5,))
+    closer.start()
+    gate.close()  # a run that stops early releases the decode thread
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+
+
+def test_decode_thread_with_the_idle_gate_decodes_each_batch_after_the_one_before_is_finished(tmp_path, monkeypatch):
     from clipcache.extract import loop
 
-    calls = []
+    log = []
 
     def fake_decode(payloads, errors, preprocesses, device, decode_errors):
-        calls.append(len(payloads))
-        rows = torch.arange(len(payloads), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
-        return [rows.contiguous()], [f"e{i}" for i in range(len(payloads))]
+        log.append(("decode", len(payloads)))
+        return [torch.zeros((len(payloads), 3, 2, 2), dtype=torch.uint8)], list(errors)
 
     monkeypatch.setattr(loop, "decode_batch", fake_decode)
-    monkeypatch.setattr(loop, "DECODE_GROUP", 2)
     data = _jpeg(_shape(1))
-
-    def byte_part(first, n):
-        return np.arange(first, first + n), PackedPayloads.pack([_payload(data, tmp_path)] * n), [""] * n
-
-    cpu_part = (np.arange(10, 15), [torch.zeros(5, 3, 2, 2, dtype=torch.uint8)], [""] * 5)
-    parts = iter([byte_part(0, 1), byte_part(1, 2), cpu_part, byte_part(20, 3), byte_part(23, 1), byte_part(30, 4)])
-    batches = loop._decoded_batches(parts, [[0]] * 6, [PP], torch.device("cpu"), "gpu", dict.fromkeys(loop.WAIT_STAGES, 0.0))
-    got = [(items.tolist(), tensors[0][0][:, 0, 0, 0].tolist(), errors) for items, tensors, errors in batches]
-    assert calls == [3, 4, 4]  # [1 + 2], [3 + 1], then the last batch alone
-    assert got == [
-        ([0], [0], ["e0"]),
-        ([1, 2], [1, 2], ["e1", "e2"]),
-        (list(range(10, 15)), [0] * 5, [""] * 5),
-        ([20, 21, 22], [0, 1, 2], ["e0", "e1", "e2"]),
-        ([23], [3], ["e3"]),
-        ([30, 31, 32, 33], [0, 1, 2, 3], ["e0", "e1", "e2", "e3"]),
+    parts = iter([(np.arange(n), PackedPayloads.pack([_payload(data, tmp_path)] * n), [""] * n) for n in (1, 2, 3)])
+    gate = loop._IdleGate(torch.device("cpu"))
+    batches = loop._decoded_batches(parts, [[0]] * 3, [PP], torch.device("cpu"), "gpu", dict.fromkeys(loop.WAIT_STAGES, 0.0), gate)
+    for k, (items, _, _) in enumerate(batches):
+        log.append(("launched", len(items)))
+        gate.launched(k, _FakeEvent(log, k))
+    assert log == [
+        ("decode", 1), ("launched", 1), ("device finished", 0),
+        ("decode", 2), ("launched", 2), ("device finished", 1),
+        ("decode", 3), ("launched", 3),
     ]
 
 
-def test_decode_groups_store_what_single_batches_store(mixed_folder, tmp_path, tensor_path_on_cpu, monkeypatch):
-    """Decoding 3 batches per call gives the same store, byte for byte, as one batch per call."""
+def test_closing_the_batches_early_releases_a_decode_thread_held_by_the_gate(tmp_path, monkeypatch):
+    import threading
+
     from clipcache.extract import loop
 
-    config = _config(mixed_folder, batch_size=3)
-    extract(tmp_path / "one.h5", config, TENSOR)
-    monkeypatch.setattr(loop, "DECODE_GROUP", 3)
-    extract(tmp_path / "three.h5", config, TENSOR)
-    assert snapshot(tmp_path / "one.h5") == snapshot(tmp_path / "three.h5")
+    monkeypatch.setattr(loop, "decode_batch", lambda p, e, *a: ([torch.zeros((len(p), 3, 2, 2), dtype=torch.uint8)], list(e)))
+    data = _jpeg(_shape(1))
+    parts = iter([(np.arange(1), PackedPayloads.pack([_payload(data, tmp_path)]), [""]) for _ in range(4)])
+    gate = loop._IdleGate(torch.device("cpu"))
+    batches = loop._decoded_batches(parts, [[0]] * 4, [PP], torch.device("cpu"), "gpu", dict.fromkeys(loop.WAIT_STAGES, 0.0), gate)
+    next(batches)  # batch 1's decode now waits for batch 0's launch, which never comes (a strict run failed, say)
+    batches.close()
+    assert not any(t.name.startswith("clipcache-decode") for t in threading.enumerate())
 
 
 def test_decode_path_cpu_yields_each_batch_as_it_is_fetched():

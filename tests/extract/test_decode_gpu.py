@@ -111,21 +111,21 @@ def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("setting", [{"DECODE_GROUP": 3}, {"OWN_STREAM": False}], ids=["group-of-3", "default-stream"])
-def test_decode_groups_and_the_default_stream_store_what_the_defaults_store(cifar_jpegs, tmp_path, monkeypatch, setting):
-    """Several batches per nvJPEG call, or the legacy default stream, store the defaults' rows; a race would not."""
+def test_decoding_only_while_the_device_is_idle_stores_what_the_default_stores(cifar_jpegs, tmp_path, monkeypatch):
+    """``DECODE_WHILE_IDLE`` changes when nvJPEG runs, not what is stored; a race would change the features."""
     from clipcache.extract import loop
 
     config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=50)
     options = RunOptions(progress=False, device="cuda", decode="gpu", amp="fp32", workers=2)
     extract(tmp_path / "default.h5", config, options)
-    for name, value in setting.items():
-        monkeypatch.setattr(loop, name, value)
-    extract(tmp_path / "other.h5", config, options)
-    with FeatureStore(tmp_path / "default.h5") as a, FeatureStore(tmp_path / "other.h5") as b:
+    monkeypatch.setattr(loop, "DECODE_WHILE_IDLE", True)
+    extract(tmp_path / "idle.h5", config, options)
+    with FeatureStore(tmp_path / "default.h5") as a, FeatureStore(tmp_path / "idle.h5") as b:
         assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 10 * CIFAR_PER_CLASS
         difference = np.abs(a.features("test", "efficientnet-lite0") - b.features("test", "efficientnet-lite0")).max()
-    print(f"{setting}: largest feature difference to the defaults {difference:.3g}")
+    print(f"nvJPEG only while the device is idle: largest feature difference to the default {difference:.3g}")
+    # two other schedules of the same decodes (several batches per nvJPEG call; a CUDA stream of the run's own)
+    # measured 0 on an H200
     assert difference < 1e-5
 
 
