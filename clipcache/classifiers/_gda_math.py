@@ -257,9 +257,9 @@ class TorchOps:
         if self.dev.type == "cuda":
             read = chunks
 
-            def chunks():  # one thread reads blocks ahead, another pins them: the two copies overlap
+            def chunks():  # one thread reads blocks ahead, another pins those not read into pinned memory
                 read_ahead = _prepared_ahead(read(), lambda X: X)
-                return _prepared_ahead(read_ahead, lambda X: self.torch.from_numpy(np.ascontiguousarray(X)).pin_memory())
+                return _prepared_ahead(read_ahead, self._pinned)
 
         if budget <= 0:
             return chunks
@@ -287,13 +287,33 @@ class TorchOps:
 
         return replay
 
+    def _pinned(self, X):
+        """Host block ``X`` as a pinned tensor: the one :func:`host_allocator` made when X views it, else a pinned copy.
+
+        A copy to the GPU must start from that pinned tensor itself, not from a
+        new tensor over its memory: torch records the copy's stream on the
+        pinned block it copies from, and reuses the block only once the copy
+        has finished.
+        """
+        base = getattr(X, "base", None)
+        if (
+            isinstance(base, self.torch.Tensor)
+            and base.is_pinned()
+            and base.data_ptr() == X.ctypes.data
+            and tuple(base.shape) == X.shape
+        ):
+            return base
+        t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
+        return t if t.is_pinned() else t.pin_memory()
+
     def put(self, X):
         """Block ``X`` (numpy, or a torch tensor on the host or the device) on the device; checks a block from the host."""
         if isinstance(X, self.torch.Tensor) and X.device.type == self.dev.type:
             return X
-        t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
-        if self.dev.type == "cuda" and not t.is_pinned():
-            t = t.pin_memory()
+        if self.dev.type == "cuda":
+            t = self._pinned(X)
+        else:
+            t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
         t = t.to(self.dev, non_blocking=True)
         finite = self.torch.isfinite(t).all()
         self._finite = finite if self._finite is None else self._finite & finite
@@ -391,6 +411,22 @@ def _prepared_ahead(blocks, prepare, ahead: int = 2):
         thread.join()
         if hasattr(blocks, "close"):  # a generator (another _prepared_ahead, say) stops its own work too
             blocks.close()
+
+
+def host_allocator(device):
+    """For a CUDA ``device``, ``allocate(shape, dtype)``: a numpy view of a new pinned tensor, for a store to read a
+    block into (``FeatureStore.iter_chunks(allocate=...)``), which :class:`TorchOps` then copies to the device without
+    pinning it again; None for other devices."""
+    if device is None:
+        return None
+    torch, dev = _backend.torch_device(device)
+    if dev.type != "cuda":
+        return None
+
+    def allocate(shape, dtype) -> np.ndarray:
+        return torch.empty(tuple(shape), dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, pin_memory=True).numpy()
+
+    return allocate
 
 
 def make_ops(device) -> NumpyOps | TorchOps:

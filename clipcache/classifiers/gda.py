@@ -264,8 +264,10 @@ class GDAClassifier(LogitClassifier):
                   chunk_rows: int | None = None):
         """Stream-fit on ``feature_set`` of ``split`` of an open :class:`FeatureStore`.
 
-        With a CUDA ``device`` each chunk is copied through pinned memory to the
-        GPU, where the sums, the scatter and the solve stay. The chunks stay there
+        With a CUDA ``device`` each chunk is read from the file straight into
+        pinned memory (where the store allows: all rows of a float32 feature
+        set) and copied from there to the GPU, where the sums, the scatter and
+        the solve stay. The chunks stay there
         too while they fit in half the GPU's free memory, so the second pass (the
         scatter) reads nothing from the store; otherwise every pass reads it.
 
@@ -285,8 +287,9 @@ class GDAClassifier(LogitClassifier):
         -------
         self
         """
+        allocate = gm.host_allocator(self.device)  # on a GPU, blocks are read straight into pinned memory
         return self.fit_chunks(
-            lambda: ((c.features, c.labels) for c in store.iter_chunks(split, feature_set, chunk_rows, rows))
+            lambda: ((c.features, c.labels) for c in store.iter_chunks(split, feature_set, chunk_rows, rows, allocate))
         )
 
     def _priors(self, counts: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ def normalize_rows(rows: Rows, n: int, where: str) -> slice | np.ndarray:
     return idx
 
 
-def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray) -> np.ndarray:
+def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray, allocate=None) -> np.ndarray:
     """Read rows ``sel`` of ``ds``; float features come back as float32.
 
     Parameters
@@ -58,16 +58,25 @@ def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray) -> np.ndarray:
     ds : h5py.Dataset of shape (N, ...) or (N,)
     sel : slice (step 1) or ndarray of shape (k,), int64
         From :func:`normalize_rows`.
+    allocate : callable, optional
+        ``allocate(shape, dtype)`` gives a writable C-contiguous array (pinned
+        memory, say) that a span of rows is read straight into, when it can be:
+        ``sel`` a slice, and ``ds`` float32 (or another type that is returned as
+        stored) in whole-row chunks without filters (:func:`_raw_span_reader`).
+        Otherwise the rows come back in a new array, as without it.
 
     Returns
     -------
     ndarray of shape (k, ...)
     """
     out_dtype = np.float32 if ds.dtype.kind == "f" else ds.dtype
-    read_span = _raw_span_reader(ds) or (lambda lo, hi: ds[lo:hi])
+    raw = _raw_span_reader(ds)
+    read_span = raw or (lambda lo, hi: ds[lo:hi])
     if isinstance(sel, slice):
         if sel.stop <= sel.start:
             return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
+        if allocate is not None and raw is not None and ds.dtype == out_dtype:
+            return raw(sel.start, sel.stop, allocate((sel.stop - sel.start, *ds.shape[1:]), ds.dtype))
         return np.asarray(read_span(sel.start, sel.stop)).astype(out_dtype, copy=False)
     if sel.size == 0:
         return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
@@ -118,8 +127,12 @@ def _raw_span_reader(ds: h5py.Dataset):
     chunk_rows = ds.chunks[0]
     row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
 
-    def read_span(lo: int, hi: int) -> np.ndarray:
-        out = np.empty((hi - lo,) + ds.shape[1:], dtype=ds.dtype)
+    def read_span(lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [lo, hi) in ``out`` (shape (hi - lo, ...), ``ds``'s dtype, C-contiguous) or a new array."""
+        if out is None:
+            out = np.empty((hi - lo,) + ds.shape[1:], dtype=ds.dtype)
+        elif out.shape != (hi - lo,) + ds.shape[1:] or out.dtype != ds.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"cannot read rows {lo}:{hi} of shape {ds.shape[1:]} {ds.dtype} into {out.shape} {out.dtype}")
         flat = memoryview(out.reshape(-1)).cast("B")
         pieces = []  # (view, file offset) of each chunk's part of the span
         for first in range(lo - lo % chunk_rows, hi, chunk_rows):

@@ -730,15 +730,16 @@ class FeatureStore:
         """Whether ``split`` was marked complete (its extraction finished)."""
         return self._state(split)[1].complete
 
-    def _read(self, sp: Split, column: str, rows: Rows, n: int) -> np.ndarray:
-        """Rows ``rows`` of the first ``n`` of a column of ``sp``, which is a string column or a dataset."""
+    def _read(self, sp: Split, column: str, rows: Rows, n: int, allocate=None) -> np.ndarray:
+        """Rows ``rows`` of the first ``n`` of a column of ``sp``, which is a string column or a dataset (read into
+        ``allocate``'s array where :func:`read_rows` can)."""
         if column.startswith("features/"):
             sp.check_sources(column.removeprefix("features/"))
         sel = normalize_rows(rows, n, f"{self.path}: split {sp.name!r}")
         for attempt in range(2):
             try:
                 obj = sp.string_column(column) if column in STRING_COLUMNS else sp.dataset(column)
-                return obj.read(sel) if isinstance(obj, StringColumn) else read_rows(obj, sel)
+                return obj.read(sel) if isinstance(obj, StringColumn) else read_rows(obj, sel, allocate)
             except OSError as exc:
                 if attempt or self.mode != "r":
                     raise StoreFormatError(
@@ -785,7 +786,7 @@ class FeatureStore:
         return self._read(sp, f"features/{feature_set}", rows, state.feature_rows[feature_set])
 
     def iter_chunks(
-        self, split: str, feature_set: str, chunk_rows: int | None = None, rows: Rows = None
+        self, split: str, feature_set: str, chunk_rows: int | None = None, rows: Rows = None, allocate=None
     ) -> Iterator[Chunk]:
         """Iterate over a split in blocks, so that no more than one block is in memory.
 
@@ -796,6 +797,13 @@ class FeatureStore:
             Rows per block, at least 1; by default about 64 MiB of features.
         rows : None, slice or array-like of int
             Restrict to these rows, visited in the given order.
+        allocate : callable, optional
+            ``allocate(shape, dtype)`` returns a writable C-contiguous array for a
+            block's features, which are then read straight from the file into it
+            (pinned memory for a copy to a GPU, say: ``GDAClassifier.fit_store``
+            does so). This is done where the file allows it: all rows (``rows``
+            None) of a float32 feature set, as this store writes them. Other
+            blocks' features come in new arrays, as without ``allocate``.
 
         Yields
         ------
@@ -818,17 +826,17 @@ class FeatureStore:
         if isinstance(order, slice):
             order = np.arange(n)[order]
         step = int(chunk_rows or max(1, _ITER_BYTES // (4 * self._feature_set(feature_set).dim)))
-        return self._iter_blocks(split, feature_set, order, step, contiguous=rows is None, n=n)
+        return self._iter_blocks(split, feature_set, order, step, contiguous=rows is None, n=n, allocate=allocate)
 
     def _iter_blocks(
-        self, split: str, feature_set: str, order: np.ndarray, step: int, contiguous: bool, n: int
+        self, split: str, feature_set: str, order: np.ndarray, step: int, contiguous: bool, n: int, allocate=None
     ) -> Iterator[Chunk]:
         column = f"features/{feature_set}"
         for start in range(0, len(order), step):
             block = order[start : start + step]
             sel = slice(int(block[0]), int(block[-1]) + 1) if contiguous else block
             sp = self._split(split)  # anew for each block: the caller may write to the store in between
-            yield Chunk(block, self._read(sp, column, sel, n), self._read(sp, "labels", sel, n))
+            yield Chunk(block, self._read(sp, column, sel, n, allocate), self._read(sp, "labels", sel, n))
 
     def to_numpy(self, split: str, feature_set: str) -> tuple[np.ndarray, np.ndarray]:
         """All features and labels of a split: ``(X (n, d) float32, y (n,) int64)``."""

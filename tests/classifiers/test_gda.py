@@ -376,6 +376,24 @@ def test_gpu_fit_store_equals_the_cpu_fit(tmp_path):
 
 
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("resident", [True, False], ids=["blocks-kept-on-the-gpu", "every-pass-reads"])
+def test_gpu_fit_store_through_pinned_blocks_equals_the_cpu_fit(tmp_path, monkeypatch, resident):
+    """Many blocks read into pinned memory while earlier ones are still being copied: a pinned block reused too early
+    would change the sums."""
+    from clipcache.classifiers import _gda_math as gm
+
+    if not resident:
+        monkeypatch.setattr(gm, "RESIDENT_SHARE", 0.0)
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 200_000)
+    X = (rng.standard_normal((200_000, 64)) + 3 * np.eye(4, 64)[y]).astype(np.float32)
+    with _store_of(tmp_path / "s.h5", X, y) as store:
+        gpu = GDAClassifier(device="cuda").fit_store(store, "train", "f", chunk_rows=2048)
+    cpu = GDAClassifier(solver="covariance").fit(X, y)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-4 * np.abs(cpu.coef_).max())
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 def test_gpu_fit_refuses_non_finite_features():
     X, y = _imbalanced(12, d=64)
     X[len(X) - 1, 5] = np.inf  # in the last block, which the thread reads ahead (a store refuses inf itself)

@@ -67,6 +67,32 @@ def test_iter_chunks_covers_the_split_in_order(synthetic_store):
     np.testing.assert_array_equal(picked[1].features, written["train"]["x"][[30]])
 
 
+def test_iter_chunks_reads_whole_splits_into_the_allocated_arrays(tmp_path):
+    """``allocate``'s arrays receive the features of all rows of a float32 set; index rows and float16 get new arrays."""
+    rng = np.random.default_rng(3)
+    x = unit_rows(rng, 9000, 256)  # 3 HDF5 chunks of 4096 rows, so blocks cross them
+    given = []
+
+    def allocate(shape, dtype):
+        given.append(np.full(shape, np.nan, dtype=dtype))
+        return given[-1]
+
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a"])
+        for name, dtype in (("f", "float32"), ("h", "float16")):
+            store.add_feature_set(name, 256, dtype=dtype)
+        store.create_split("s", ["f", "h"])
+        store.append("s", ids=[str(i) for i in range(9000)], paths=[""] * 9000, labels=np.zeros(9000), features={"f": x, "h": x})
+        blocks = list(store.iter_chunks("s", "f", chunk_rows=5000, allocate=allocate))
+        assert [b.features is a for b, a in zip(blocks, given, strict=True)] == [True, True]
+        np.testing.assert_array_equal(np.concatenate([b.features for b in blocks]), x)
+        picked = list(store.iter_chunks("s", "f", chunk_rows=100, rows=[5, 4100, 3], allocate=allocate))
+        half = list(store.iter_chunks("s", "h", chunk_rows=5000, allocate=allocate))
+        assert len(given) == 2  # neither an index selection nor float16 rows are read into allocated arrays
+        np.testing.assert_array_equal(picked[0].features, x[[5, 4100, 3]])
+        np.testing.assert_allclose(np.concatenate([b.features for b in half]), x, atol=1e-3)
+
+
 def test_float16_storage_round_trips_within_tolerance(tmp_path):
     x = unit_rows(np.random.default_rng(2), 50, 64)
     with FeatureStore(tmp_path / "h.h5", "w") as store:
