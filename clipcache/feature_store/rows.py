@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
-from clipcache.errors import StoreError
+from clipcache.errors import InvalidParameterError, StoreError
 
 __all__ = ["Rows", "normalize_rows", "read_rows"]
 
@@ -76,7 +76,17 @@ def read_rows(ds: h5py.Dataset, sel: slice | np.ndarray, allocate=None) -> np.nd
         if sel.stop <= sel.start:
             return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
         if allocate is not None and raw is not None and ds.dtype == out_dtype:
-            return raw(sel.start, sel.stop, allocate((sel.stop - sel.start, *ds.shape[1:]), ds.dtype))
+            shape = (sel.stop - sel.start, *ds.shape[1:])
+            out = allocate(shape, ds.dtype)
+            if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == ds.dtype
+                    and out.flags.c_contiguous and out.flags.writeable):
+                got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+                raise InvalidParameterError(
+                    f"allocate{shape, np.dtype(ds.dtype).name} returned {got}; it must return a writable C-contiguous "
+                    "array of that shape and dtype",
+                    param="allocate",
+                )
+            return raw(sel.start, sel.stop, out)
         return np.asarray(read_span(sel.start, sel.stop)).astype(out_dtype, copy=False)
     if sel.size == 0:
         return np.empty((0,) + ds.shape[1:], dtype=out_dtype)
@@ -128,11 +138,10 @@ def _raw_span_reader(ds: h5py.Dataset):
     row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
 
     def read_span(lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows [lo, hi) in ``out`` (shape (hi - lo, ...), ``ds``'s dtype, C-contiguous) or a new array."""
+        """Rows [lo, hi) in ``out`` (checked by the caller: shape (hi - lo, ...), ``ds``'s dtype, C-contiguous) or
+        in a new array."""
         if out is None:
             out = np.empty((hi - lo,) + ds.shape[1:], dtype=ds.dtype)
-        elif out.shape != (hi - lo,) + ds.shape[1:] or out.dtype != ds.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"cannot read rows {lo}:{hi} of shape {ds.shape[1:]} {ds.dtype} into {out.shape} {out.dtype}")
         flat = memoryview(out.reshape(-1)).cast("B")
         pieces = []  # (view, file offset) of each chunk's part of the span
         for first in range(lo - lo % chunk_rows, hi, chunk_rows):

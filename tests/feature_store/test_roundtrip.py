@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from clipcache import FeatureStore
+from clipcache.errors import InvalidParameterError
 from tests.conftest import unit_rows, write_synthetic_store
 
 
@@ -91,6 +92,8 @@ def test_iter_chunks_reads_whole_splits_into_the_allocated_arrays(tmp_path):
         assert len(given) == 2  # neither an index selection nor float16 rows are read into allocated arrays
         np.testing.assert_array_equal(picked[0].features, x[[5, 4100, 3]])
         np.testing.assert_allclose(np.concatenate([b.features for b in half]), x, atol=1e-3)
+        with pytest.raises(InvalidParameterError, match=r"allocate\(\(5000, 256\), 'float32'\) returned \(5000, 256\) float64"):
+            next(store.iter_chunks("s", "f", chunk_rows=5000, allocate=lambda shape, dtype: np.zeros(shape)))
 
 
 def test_float16_storage_round_trips_within_tolerance(tmp_path):
