@@ -14,10 +14,13 @@ The ratio end-to-end / forward-only is the share of the model's speed that the
 pipeline delivers. The forward-only rate is given eager and, unless
 ``--no-compiled``, with the image towers compiled as ``--compile`` compiles them
 (``torch.compile``, static batch shape). End-to-end is measured for each decode
-path of ``--decode`` (default: ``cpu`` and, on a CUDA device, ``gpu``: nvJPEG). The two are measured alternately, ``--repeats`` times each, and
-the best run of each is compared (as ``timeit`` does), since other processes on
-a shared machine only ever slow a run down; the ratio of medians is printed too. Goals: >= 0.85 on CPU (EfficientNet-lite0, CIFAR-10 test
-JPEGs) and >= 0.8 on a GPU (ViT-B-32, 16 workers)::
+path of ``--decode`` (default: ``cpu`` and, on a CUDA device, ``gpu`` (nvJPEG) and
+``hybrid`` (PIL's decode in the workers, the device's resize)). Forward-only and
+the paths are measured alternately, ``--repeats`` times each, and the best run of
+each is compared (as ``timeit`` does), since other processes on a shared machine
+only ever slow a run down; the ratio of medians is printed too. Goals: >= 0.85 on
+CPU (EfficientNet-lite0, CIFAR-10 test JPEGs) and >= 0.8 on a GPU (ViT-B-32,
+16 workers)::
 
     python benchmarks/extract_throughput.py                      # CPU, efficientnet-lite0
     python benchmarks/extract_throughput.py --device cuda --model ViT-B-32 --pretrained none \\
@@ -218,8 +221,9 @@ def _waits(run: Run) -> str:
     report = run.report
     text = ", ".join(f"{stage} {report.waits[stage] / report.seconds:.0%}" for stage in WAIT_STAGES)
     if run.decode_batch:
-        text += (f"; the decode thread was busy {run.decode_batch / report.seconds:.0%} of the time "
-                 f"(its decode_jpeg calls {run.nvjpeg / report.seconds:.0%})")
+        text += f"; the decode thread was busy {run.decode_batch / report.seconds:.0%} of the time"
+    if run.nvjpeg:
+        text += f" (its decode_jpeg calls {run.nvjpeg / report.seconds:.0%})"
     return text
 
 
@@ -232,7 +236,7 @@ def main(argv=None) -> None:
     parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH",
                         help="re-encode the CIFAR-10 images as WxH quality-90 JPEGs (in --cache) and use those")
     parser.add_argument("--decode", help="comma-separated decode paths to measure end to end "
-                        "(default: cpu, and gpu on a CUDA device)")
+                        "(default: cpu, and gpu and hybrid on a CUDA device)")
     parser.add_argument("--compile", action="store_true", help="also compile the towers in the end-to-end runs")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled forward-only measurement")
     parser.add_argument("--per-class", type=int, default=40, help="images per class (default 40: 400 images)")
@@ -265,7 +269,7 @@ def main(argv=None) -> None:
     source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
     if args.jpeg_size:
         source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
-    decodes = args.decode.split(",") if args.decode else ["cpu"] + (["gpu"] if args.device.startswith("cuda") else [])
+    decodes = args.decode.split(",") if args.decode else ["cpu"] + (["gpu", "hybrid"] if args.device.startswith("cuda") else [])
     aux = tuple(a for a in args.aux.split(",") if a)
     config = ExtractConfig(
         source=str(source), model=args.model, pretrained=args.pretrained, aux=aux,

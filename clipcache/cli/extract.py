@@ -151,9 +151,10 @@ def _print_report(report: ExtractReport, options: RunOptions) -> None:
                    "(clip=bf16); repeatable or comma-separated. Default per backbone: bf16 for open_clip ViTs, fp32 for "
                    "the others. Other devices compute fp32.")
 @click.option("--decode", type=click.Choice(["auto", *DECODES]), default="auto", show_default=True,
-              help="Where JPEGs are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; other "
-                   "images fall back to the CPU one at a time) or auto (gpu on a CUDA device, else cpu; on --resume or "
-                   "--add-splits, the path the store records). Recorded per feature set; features of the two paths "
+              help="Where images are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; "
+                   "other images fall back to the CPU one at a time), hybrid (decoded by PIL in the workers, resized on "
+                   "the device: for small images) or auto (gpu on a CUDA device, else cpu; on --resume or "
+                   "--add-splits, the path the store records). Recorded per feature set; features of two paths "
                    "are never mixed.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the image towers (off by default). Recorded per feature set; compiled and eager "

@@ -1,6 +1,6 @@
 """Decoding a batch of JPEG files on the device (``RunOptions.decode``).
 
-Two decode paths turn an image file into the uint8 model input of a
+Three decode paths turn an image file into the uint8 model input of a
 :class:`~clipcache.extract.transforms.Preprocess`:
 
 * ``cpu``: the DataLoader workers decode with PIL and resize with PIL
@@ -8,7 +8,12 @@ Two decode paths turn an image file into the uint8 model input of a
 * ``gpu``: the workers only read the file's bytes; the main process decodes the
   whole batch with nvJPEG (``torchvision.io.decode_jpeg(list, device=...)``),
   resizes each image with antialiasing and cuts the window of
-  :func:`~clipcache.extract.transforms.plan_geometry` on the device.
+  :func:`~clipcache.extract.transforms.plan_geometry` on the device;
+* ``hybrid``: the workers decode with PIL at the image's own size (any format
+  PIL reads) and send the pixels; the main process resizes and cuts them on the
+  run's device as the ``gpu`` path does. For small images (CIFAR's 32 x 32) the
+  PIL resize is most of the ``cpu`` path's work and nvJPEG's chroma differs from
+  PIL's; this path keeps PIL's decode and moves the resize to the device.
 
 On the ``gpu`` path, a file that nvJPEG is not given (:func:`device_decodable`
 says no: PNG and other formats, grayscale, CMYK/YCCK, arithmetic-coded,
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DECODE_CHOICES",
     "DEVICE_INTERPOLATIONS",
+    "DecodedImage",
     "EncodedImage",
     "PackedPayloads",
     "decode_batch",
@@ -84,9 +90,23 @@ class EncodedImage:
     path: str
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """The pixels of one image that a worker decoded on the ``hybrid`` path, at the image's own size.
+
+    Attributes
+    ----------
+    data : torch.Tensor, uint8, shape (3, H, W)
+        RGB, as :func:`~clipcache.extract.transforms.to_rgb` makes it.
+    """
+
+    data: torch.Tensor
+
+
 @dataclasses.dataclass
 class PackedPayloads:
-    """A ``gpu``-path part of a batch as a worker sends it: the bytes of all its device JPEGs in one numpy buffer.
+    """A ``gpu``- or ``hybrid``-path part of a batch as a worker sends it: the bytes of all its device JPEGs, or the
+    pixels of all its decoded images, in one numpy buffer.
 
     A numpy array crosses from a DataLoader worker to the main process inside the
     pickle, through the worker's pipe; a tensor would cross as a shared-memory
@@ -100,10 +120,11 @@ class PackedPayloads:
     Attributes
     ----------
     buffer : numpy.ndarray, uint8, shape (n_bytes,)
-        The device JPEGs' bytes, one after another.
+        The device JPEGs' bytes, or the decoded images' pixels, one after another.
     entries : list
-        Per item: ``(start, stop, path)`` of a device JPEG in ``buffer``, or the
-        list of uint8 tensors that the worker made on the CPU path.
+        Per item: ``(start, stop, path)`` of a device JPEG in ``buffer``,
+        ``(start, stop, (3, H, W))`` of a decoded image, or the list of uint8
+        tensors that the worker made on the CPU path.
     """
 
     buffer: np.ndarray
@@ -111,22 +132,32 @@ class PackedPayloads:
 
     @classmethod
     def pack(cls, payloads: Sequence) -> PackedPayloads:
-        """Pack per-item payloads: :class:`EncodedImage` or a list of tensors, as :func:`decode_batch` takes them."""
-        encoded = [p.data.numpy() for p in payloads if isinstance(p, EncodedImage)]
-        buffer = np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.uint8)
+        """Pack per-item payloads: :class:`EncodedImage`, :class:`DecodedImage` or a list of tensors, as
+        :func:`decode_batch` takes them."""
+        packed = [p.data.numpy().reshape(-1) for p in payloads if isinstance(p, EncodedImage | DecodedImage)]
+        buffer = np.concatenate(packed) if packed else np.zeros(0, dtype=np.uint8)
         entries, start = [], 0
         for p in payloads:
-            if isinstance(p, EncodedImage):
-                entries.append((start, start + len(p.data), p.path))
-                start += len(p.data)
+            if isinstance(p, EncodedImage | DecodedImage):
+                stop = start + p.data.numel()
+                entries.append((start, stop, p.path if isinstance(p, EncodedImage) else tuple(p.data.shape)))
+                start = stop
             else:
                 entries.append(p)
         return cls(buffer, entries)
 
     def unpack(self) -> list:
-        """The payloads that were packed, each device JPEG's bytes a tensor view of ``buffer``."""
+        """The payloads that were packed, each device JPEG's bytes or decoded image's pixels a tensor view of ``buffer``."""
         buffer = torch.from_numpy(self.buffer)
-        return [EncodedImage(buffer[e[0] : e[1]], e[2]) if isinstance(e, tuple) else e for e in self.entries]
+        out = []
+        for e in self.entries:
+            if not isinstance(e, tuple):
+                out.append(e)
+            elif isinstance(e[2], str):
+                out.append(EncodedImage(buffer[e[0] : e[1]], e[2]))
+            else:
+                out.append(DecodedImage(buffer[e[0] : e[1]].view(e[2])))
+        return out
 
 
 def _torchvision_decodes_on(device: torch.device) -> bool:
@@ -158,12 +189,13 @@ def resolve_decode(decode: str, device: str | torch.device, preprocesses: Sequen
     str
         ``auto`` is ``gpu`` when the device is CUDA, torchvision decodes there, no
         views are augmented and every interpolation is one of
-        :data:`DEVICE_INTERPOLATIONS`; otherwise ``cpu``.
+        :data:`DEVICE_INTERPOLATIONS`; otherwise ``cpu``. ``hybrid`` runs on any
+        device under the same two conditions; ``auto`` never takes it.
 
     Raises
     ------
     InvalidParameterError
-        On an unknown value, or ``gpu`` where it cannot run.
+        On an unknown value, or ``gpu`` or ``hybrid`` where it cannot run.
     """
     if decode not in DECODE_CHOICES:
         raise InvalidParameterError(f"decode {decode!r} is not one of {', '.join(DECODE_CHOICES)}", param="decode")
@@ -171,7 +203,7 @@ def resolve_decode(decode: str, device: str | torch.device, preprocesses: Sequen
         return "cpu"
     device = torch.device(device)
     blockers = []
-    if not _torchvision_decodes_on(device):
+    if decode != "hybrid" and not _torchvision_decodes_on(device):
         blockers.append(f"the device is {device}, not a visible CUDA GPU")
     if augment:
         blockers.append("augmented views are made on the CPU")
@@ -179,9 +211,11 @@ def resolve_decode(decode: str, device: str | torch.device, preprocesses: Sequen
     if bad:
         blockers.append(f"torch cannot resize tensors with {', '.join(bad)} interpolation")
     if not blockers:
-        return "gpu"
-    if decode == "gpu":
-        raise InvalidParameterError(f"decode 'gpu' cannot run because {'; '.join(blockers)}; use decode 'cpu'", param="decode")
+        return "gpu" if decode == "auto" else decode
+    if decode != "auto":
+        raise InvalidParameterError(
+            f"decode {decode!r} cannot run because {'; '.join(blockers)}; use decode 'cpu'", param="decode"
+        )
     return "cpu"
 
 
@@ -333,14 +367,15 @@ def decode_batch(
     device: str | torch.device,
     decode_errors: tuple[type[BaseException], ...],
 ) -> tuple[list[torch.Tensor], list[str]]:
-    """Turn a batch of the ``gpu`` path into uint8 model inputs on ``device``.
+    """Turn a batch of the ``gpu`` or ``hybrid`` path into uint8 model inputs on ``device``.
 
     Parameters
     ----------
     payloads : sequence, length b
-        Per item: an :class:`EncodedImage` (bytes for the device decoder), or the
-        list of uint8 tensors (3, S_k, S_k) a worker made on the CPU path (one
-        per preprocessing; zeros when ``errors`` has the item's reason).
+        Per item: an :class:`EncodedImage` (bytes for the device decoder), a
+        :class:`DecodedImage` (pixels a worker decoded, to resize on the device),
+        or the list of uint8 tensors (3, S_k, S_k) a worker made on the CPU path
+        (one per preprocessing; zeros when ``errors`` has the item's reason).
     errors : sequence of str, length b
         The workers' reasons ("" when the item was read).
     preprocesses : sequence of Preprocess, length k
@@ -361,20 +396,29 @@ def decode_batch(
     outs = [torch.zeros((b, 3, pp.image_size, pp.image_size), dtype=torch.uint8, device=device) for pp in preprocesses]
     encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedImage)]
     decoded = _decode_many([payloads[i].data for i in encoded], device)
-    by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+    # (whether the images are on the host, height, width) -> [(row, image)]
+    by_size: dict[tuple[bool, int, int], list[tuple[int, torch.Tensor]]] = {}
     for i, image in zip(encoded, decoded, strict=True):
         if image is None:
             _cpu_fallback(i, payloads[i].path, preprocesses, outs, errors, decode_errors)
         else:
-            by_size.setdefault(tuple(image.shape[-2:]), []).append((i, image))
-    for members in by_size.values():  # one resize per image size: photo sets share a few sizes
+            by_size.setdefault((False, *image.shape[-2:]), []).append((i, image))
+    for i, payload in enumerate(payloads):
+        if isinstance(payload, DecodedImage):  # the hybrid path: decoded by a worker
+            by_size.setdefault((True, *payload.data.shape[-2:]), []).append((i, payload.data))
+    for (on_host, *_), members in by_size.items():  # one resize per image size: photo sets share a few sizes
         # copied without waiting: a blocking copy would wait for the batch the device is still encoding
         rows = torch.tensor([i for i, _ in members]).to(device, non_blocking=True)
-        stacked = torch.stack([image for _, image in members])
+        images = [image for _, image in members]
+        if on_host:  # stacked into pinned memory on a GPU, and copied there in one go
+            stacked = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
+            stacked = torch.stack(images, out=stacked).to(device, non_blocking=True)
+        else:
+            stacked = torch.stack(images)
         for out, pp in zip(outs, preprocesses, strict=True):
             out[rows] = tensor_preprocess(stacked, pp)
     for i, payload in enumerate(payloads):
-        if not isinstance(payload, EncodedImage) and not errors[i]:
+        if not isinstance(payload, EncodedImage | DecodedImage) and not errors[i]:
             for out, tensor in zip(outs, payload, strict=True):
                 out[i].copy_(tensor, non_blocking=True)
     return outs, errors

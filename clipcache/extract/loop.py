@@ -46,12 +46,14 @@ from clipcache.errors import (
 from clipcache.extract.backbones import CLIP_FEATURE_SET, build_backbones, parse_aux_spec
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.decode import (
+    DecodedImage,
     EncodedImage,
     PackedPayloads,
     decode_batch,
     device_decodable,
     resolve_decode,
 )
+from clipcache.extract.images import to_rgb
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
 from clipcache.extract.precision import (
     applies_on,
@@ -66,6 +68,7 @@ from clipcache.extract.transforms import (
     augmented_view_uint8,
     eval_transform_uint8,
     normalize_batch,
+    to_uint8_tensor,
     view_params,
 )
 from clipcache.extract.writer import writing
@@ -190,15 +193,16 @@ class RunOptions:
         Make an unreadable image fatal instead of skipping it.
     progress : bool or None
         Show a progress bar; None shows it when stderr is a terminal.
-    decode : {"auto", "cpu", "gpu"}
-        Where JPEGs are decoded and resized (see :mod:`clipcache.extract.decode`):
+    decode : {"auto", "cpu", "gpu", "hybrid"}
+        Where images are decoded and resized (see :mod:`clipcache.extract.decode`):
         ``"cpu"`` in the workers with PIL; ``"gpu"`` on the device with nvJPEG
         and a tensor resize, the workers only reading the files' bytes (images
-        nvJPEG does not take fall back to the CPU path one at a time); ``"auto"``
-        is ``"gpu"`` on a CUDA device where torchvision decodes there, and
-        ``"cpu"`` otherwise. The two paths' pixels differ slightly, so the path
+        nvJPEG does not take fall back to the CPU path one at a time);
+        ``"hybrid"``, decoded in the workers with PIL and resized on the device;
+        ``"auto"`` is ``"gpu"`` on a CUDA device where torchvision decodes there,
+        and ``"cpu"`` otherwise. The paths' pixels differ slightly, so the path
         is recorded in each feature set's provenance and a run that would mix
-        the two in one feature set is refused.
+        two in one feature set is refused.
     compile : bool
         ``torch.compile`` each backbone's image tower. A partial last batch is
         padded to the batch size, so that it does not trigger a recompile. The
@@ -236,7 +240,8 @@ class ExtractReport:
     waits : dict of str to float
         Seconds of ``seconds`` that the loop's thread spent waiting, by stage:
         ``workers`` (for the DataLoader workers' decoded parts), ``decode`` (for
-        the decode thread of the ``gpu`` decode path: nvJPEG and the resizes),
+        the decode thread of the ``gpu`` and ``hybrid`` decode paths: nvJPEG and
+        the resizes),
         ``device`` (for the features of the batch before, while the device
         computes) and ``writer`` (for room in the store writer's queue). The stage
         with the largest share bounds the run; little waiting in all of them means
@@ -271,7 +276,10 @@ class _ItemDataset(TorchDataset):
     With ``decode="gpu"``, an image file that :func:`device_decodable` accepts is
     only read: its item carries an :class:`EncodedImage` instead of tensors, for
     :func:`decode_batch` to decode on the device. Other items are decoded here,
-    on the CPU path (``plan.source.load``, which reads the file again).
+    on the CPU path (``plan.source.load``, which reads the file again). With
+    ``decode="hybrid"``, every item is decoded here and carries a
+    :class:`DecodedImage` at its own size, for :func:`decode_batch` to resize on
+    the device.
     """
 
     def __init__(self, plan: SplitPlan, preprocesses: Sequence[Preprocess], augment: bool, seed: int, decode: str = "cpu"):
@@ -281,6 +289,7 @@ class _ItemDataset(TorchDataset):
         self.augment = augment
         self.seed = seed
         self.root = getattr(plan.source, "root", None) if decode == "gpu" and not augment else None
+        self.hybrid = decode == "hybrid" and not augment
 
     def __len__(self) -> int:
         return self.plan.n_items
@@ -295,6 +304,8 @@ class _ItemDataset(TorchDataset):
                 if device_decodable(data):
                     return item, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), path), ""
             image = self.plan.source.load(sample)  # the CPU path (its reasons name the file)
+            if self.hybrid:
+                return item, DecodedImage(to_uint8_tensor(to_rgb(image))), ""
             tensors = self._tensors(image, item, sample)
             error = ""
         except _DECODE_ERRORS as exc:
@@ -313,7 +324,8 @@ class _ItemDataset(TorchDataset):
 
 def _collate(part):
     """A worker's part of a batch: item numbers, then the stacked uint8 tensors of each preprocessing or, on the
-    ``gpu`` path, the :class:`PackedPayloads` of its items, then the reasons of the items it could not read.
+    ``gpu`` and ``hybrid`` paths, the :class:`PackedPayloads` of its items, then the reasons of the items it could
+    not read.
 
     The item numbers and a :class:`PackedPayloads` buffer are numpy arrays, which
     travel to the main process inside the pickle; every tensor travels as a
@@ -321,7 +333,7 @@ def _collate(part):
     """
     items = np.array([b[0] for b in part], dtype=np.int64)
     errors = [b[2] for b in part]
-    if any(isinstance(b[1], EncodedImage) for b in part):  # the decode="gpu" path: decode_batch stacks them
+    if any(isinstance(b[1], EncodedImage | DecodedImage) for b in part):  # gpu and hybrid: decode_batch stacks them
         return items, PackedPayloads.pack([b[1] for b in part]), errors
     # default_collate stacks a worker's tensors straight into shared memory, saving the copy that sending makes
     return items, [default_collate([b[1][k] for b in part]) for k in range(len(part[0][1]))], errors
@@ -713,7 +725,7 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     store.mark_complete(plan.name)
 
 
-#: Batches that the decode thread of the ``gpu`` decode path decodes ahead of the one being launched.
+#: Batches that the decode thread of the ``gpu`` and ``hybrid`` decode paths decodes ahead of the one being launched.
 DECODE_AHEAD = 1
 
 #: Whether the decode thread of the ``gpu`` decode path calls nvJPEG for a batch only once the device has finished
@@ -773,7 +785,7 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
     the decodes not started and waits for the one running.
     """
     ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
-    depth = DECODE_AHEAD if decode == "gpu" else 0
+    depth = DECODE_AHEAD if decode in ("gpu", "hybrid") else 0
     pool = None
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the one the batches are encoded on
 

@@ -95,12 +95,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 FULL_PRECISION = "fp32"
 
 #: Provenance key of the decode path that made a feature set's model inputs (one
-#: of DECODES): PIL on the CPU, or nvJPEG plus a tensor resize on the GPU (see
-#: clipcache.extract.decode). The two give close but unequal pixels, so, like the
-#: precision, it is part of a feature set's identity within a store.
+#: of DECODES): PIL on the CPU; nvJPEG plus a tensor resize on the GPU; or PIL's
+#: decode plus the tensor resize on the run's device (see clipcache.extract.decode).
+#: They give close but unequal pixels, so, like the precision, it is part of a
+#: feature set's identity within a store.
 DECODE = "decode"
 #: The decode paths a feature set's inputs can come from.
-DECODES = ("cpu", "gpu")
+DECODES = ("cpu", "gpu", "hybrid")
 #: The decode path of a feature set whose provenance records none: releases before
 #: the key existed decoded on the CPU.
 CPU_DECODE = "cpu"

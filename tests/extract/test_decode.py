@@ -26,6 +26,7 @@ from clipcache.extract import decode as decode_module
 from clipcache.extract.backbones import build_timm
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.decode import (
+    DecodedImage,
     EncodedImage,
     PackedPayloads,
     decode_batch,
@@ -53,6 +54,7 @@ from tests.extract.helpers import interrupt_append, interrupted_extract, snapsho
 NO_TV_DEPRECATION = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 QUIET = RunOptions(progress=False, decode="cpu")
 TENSOR = RunOptions(progress=False, decode="gpu")  # with the switch on: the byte path on the cpu device
+HYBRID = RunOptions(progress=False, decode="hybrid")  # PIL in the workers, the tensor resize on the (cpu) device
 PP = Preprocess(64, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
 
 
@@ -366,7 +368,7 @@ def test_parts_keep_at_least_min_part_items():
     assert [len(p) for p in loop._parts(list(range(31)), 16)] == [31]
 
 
-@pytest.mark.parametrize("options", [QUIET, TENSOR], ids=["cpu", "tensor-path"])
+@pytest.mark.parametrize("options", [QUIET, TENSOR, HYBRID], ids=["cpu", "tensor-path", "hybrid"])
 def test_workers_decoding_parts_of_batches_give_the_same_store(mixed_folder, tmp_path, tensor_path_on_cpu, monkeypatch, options):
     """Batches split into parts among workers (and joined again) store exactly what one process stores."""
     from clipcache.extract import loop
@@ -399,6 +401,59 @@ def test_tensor_path_matches_cpu_path_and_skips_the_same_files(mixed_folder, tmp
             assert cosine.min() > 0.999
 
 
+def test_hybrid_path_decodes_every_format_with_pil_and_resizes_like_the_tensor_path(mixed_folder, tmp_path):
+    """The hybrid path reads what the CPU path reads (PNG, grayscale and CMYK included) and skips what it skips; its
+    rows are PIL's pixels resized by the tensor resize, within the CPU path's features."""
+    extract(tmp_path / "cpu.h5", _config(mixed_folder), QUIET)
+    extract(tmp_path / "hybrid.h5", _config(mixed_folder), HYBRID)
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "hybrid.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test"))
+        assert a.skipped("test") == b.skipped("test")
+        assert {sid.split("/")[-1] for sid, _, _ in b.skipped("test")} == UNREADABLE
+        assert {b.feature_sets[n].provenance[schema.DECODE] for n in b.feature_sets} == {"hybrid"}
+        for name in ("clip", "efficientnet-lite0"):
+            cosine = (a.features("test", name) * b.features("test", name)).sum(1)  # both L2-normalised
+            assert cosine.min() > 0.999, (name, cosine.min())
+
+
+def test_decode_batch_resizes_decoded_images_on_the_device_by_size(tmp_path):
+    """DecodedImage payloads of two sizes, a worker's CPU-path row and a failed item: each row as the tensor path makes
+    it from the same pixels."""
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    images = [to_uint8_tensor(_shape(i, size=size)) for i, size in ((1, 40), (2, 23), (3, 40))]
+    worker_row = eval_transform_uint8(PP)(_shape(5))
+    payloads = [DecodedImage(images[0]), DecodedImage(images[1]), [worker_row], DecodedImage(images[2]),
+                [torch.zeros_like(worker_row)]]
+    (out,), errors = decode_batch(payloads, ["", "", "", "", "OSError: x"], [PP], "cpu", _DECODE_ERRORS)
+    assert errors == ["", "", "", "", "OSError: x"]
+    for row, image in zip((0, 1, 3), images, strict=True):
+        assert torch.equal(out[row], tensor_preprocess(image, PP))
+    assert torch.equal(out[2], worker_row) and int(out[4].abs().sum()) == 0
+
+
+def test_packed_payloads_carry_decoded_images_beside_jpeg_bytes_and_rows(tmp_path):
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    image = to_uint8_tensor(_shape(1, size=17))
+    data = _jpeg(_shape(2))
+    row = eval_transform_uint8(PP)(_shape(5))
+    back = PackedPayloads.pack([DecodedImage(image), _payload(data, tmp_path), [row]]).unpack()
+    assert isinstance(back[0], DecodedImage) and torch.equal(back[0].data, image)
+    assert back[1].data.numpy().tobytes() == data and back[2][0] is row
+
+
+def test_resolve_decode_hybrid_runs_on_any_device_but_not_for_augmented_views_or_box():
+    box = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3, "box")
+    assert resolve_decode("hybrid", "cpu", [PP], augment=False) == "hybrid"
+    assert resolve_decode("auto", "cpu", [PP], augment=False) == "cpu"  # auto never takes it
+    with pytest.raises(InvalidParameterError, match="decode 'hybrid' cannot run because augmented views") as err:
+        resolve_decode("hybrid", "cpu", [PP], augment=True)
+    assert err.value.param == "decode"
+    with pytest.raises(InvalidParameterError, match="box interpolation"):
+        resolve_decode("hybrid", "cpu", [box], augment=False)
+
+
 def test_strict_makes_a_file_neither_path_reads_fatal(mixed_folder, tmp_path, tensor_path_on_cpu):
     for name in ("truncated.jpg", "garbage.jpg"):
         (mixed_folder / "test" / "a" / name).unlink()
@@ -423,7 +478,7 @@ def test_resolve_decode_on_cpu():
     with pytest.raises(InvalidParameterError, match="not a visible CUDA GPU") as err:
         resolve_decode("gpu", "cpu", [PP], augment=False)
     assert err.value.param == "decode" and "\n" not in str(err.value) and not str(err.value).endswith(".")
-    with pytest.raises(InvalidParameterError, match="'nvjpeg' is not one of auto, cpu, gpu"):
+    with pytest.raises(InvalidParameterError, match="'nvjpeg' is not one of auto, cpu, gpu, hybrid"):
         resolve_decode("nvjpeg", "cpu", [PP], augment=False)
 
 
@@ -464,7 +519,7 @@ def test_schema_reads_a_missing_decode_as_cpu_and_keeps_old_identities():
     assert schema.identity({**prov, schema.DECODE: "gpu"}, 8, "float32", True) == {**old, schema.DECODE: "gpu"}
 
 
-@pytest.mark.parametrize(("first", "then"), [("cpu", "gpu"), ("gpu", "cpu")])
+@pytest.mark.parametrize(("first", "then"), [("cpu", "gpu"), ("gpu", "cpu"), ("hybrid", "cpu"), ("gpu", "hybrid")])
 def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, tensor_path_on_cpu, first, then):
     folder = tmp_path / "jpegs"
     for png in image_folder.rglob("*.png"):  # JPEGs, so that the tensor path decodes them
@@ -572,6 +627,18 @@ def test_cli_names_the_compile_flag_when_a_resume_differs(image_folder, tmp_path
     assert len(lines) == 1 and "compile=False" in lines[0] and lines[0].endswith("(--compile)")
 
 
+def test_cli_extracts_on_the_hybrid_path_and_info_names_it(image_folder, tmp_path):
+    path = tmp_path / "s.h5"
+    result = CliRunner().invoke(cli, ["extract", str(image_folder), str(path), "--aux", "efficientnet-lite0",
+                                      "--image-size", "64", "--device", "cpu", "--decode", "hybrid", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = CliRunner().invoke(cli, ["info", str(path)]).output
+    assert "decoded on the hybrid path; eager image tower" in out
+    extract(tmp_path / "cpu.h5", _config(image_folder, model=None), QUIET)
+    with FeatureStore(path) as a, FeatureStore(tmp_path / "cpu.h5") as b:
+        assert a.n_rows("train") == b.n_rows("train") > 0 and list(a.ids("test")) == list(b.ids("test"))
+
+
 def test_info_shows_the_decode_path_and_the_tower(tmp_path):
     path = tmp_path / "s.h5"
     with FeatureStore(path, "w") as store:
@@ -626,10 +693,25 @@ def test_tensor_path_pixels_are_within_two_levels_of_pil_on_cifar(cifar_jpegs, p
 
 
 @pytest.mark.data
-def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu):
+@pytest.mark.parametrize("pp", [Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bicubic")], ids=["clip"])
+def test_hybrid_pixels_are_within_two_levels_of_pil_on_cifar(cifar_jpegs, pp):
+    """The hybrid path's pixels: PIL's decode, the tensor resize."""
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    largest = 0
+    for path in sorted(cifar_jpegs.rglob("*.jpg")):
+        image = load_image(path)
+        pil = eval_transform_uint8(pp)(image)
+        largest = max(largest, int((pil.int() - tensor_preprocess(to_uint8_tensor(image), pp).int()).abs().max()))
+    assert largest <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("path", ["tensor", "hybrid"])
+def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu, path):
     config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), max_per_class=10, batch_size=50)
     extract(tmp_path / "cpu.h5", config, QUIET)
-    extract(tmp_path / "tensor.h5", config, TENSOR)
+    extract(tmp_path / "tensor.h5", config, TENSOR if path == "tensor" else HYBRID)
     with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "tensor.h5") as b:
         assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 100
         cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)

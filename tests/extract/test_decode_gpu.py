@@ -111,6 +111,30 @@ def test_nvjpeg_features_on_cifar(cifar_jpegs, tmp_path):
 
 
 @pytest.mark.data
+def test_hybrid_on_the_gpu_stays_with_the_cpu_path_on_cifar(cifar_jpegs, tmp_path):
+    """PIL's decode and the GPU's resize: pixels within a few grey levels of PIL's, features within 1e-4 of the cpu
+    path's (nvJPEG's chroma, on these 32 x 32 JPEGs, gives cosines down to 0.85)."""
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    pp = Preprocess(224, 224, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    largest = 0
+    for path in sorted(cifar_jpegs.rglob("*.jpg")):
+        image = load_image(path)
+        gpu = tensor_preprocess(to_uint8_tensor(image).cuda(), pp).cpu()
+        largest = max(largest, int((gpu.int() - eval_transform_uint8(pp)(image).int()).abs().max()))
+    config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=100)
+    extract(tmp_path / "cpu.h5", config, RunOptions(progress=False, device="cuda", decode="cpu", amp="fp32"))
+    extract(tmp_path / "hybrid.h5", config, RunOptions(progress=False, device="cuda", decode="hybrid", amp="fp32", workers=2))
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "hybrid.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 10 * CIFAR_PER_CLASS
+        assert {b.feature_sets[n].provenance[schema.DECODE] for n in b.feature_sets} == {"hybrid"}
+        cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
+    print(f"hybrid on the GPU against PIL: largest pixel difference {largest}; efficientnet-lite0 fp32 cosine min "
+          f"{cosine.min():.6f} mean {cosine.mean():.6f}")
+    assert largest <= 3 and cosine.min() > 0.9999  # on the CPU: 2 grey levels, cosine min 0.9999998
+
+
+@pytest.mark.data
 def test_decoding_only_while_the_device_is_idle_stores_what_the_default_stores(cifar_jpegs, tmp_path, monkeypatch):
     """``DECODE_WHILE_IDLE`` changes when nvJPEG runs, not what is stored; a race would change the features."""
     from clipcache.extract import loop
