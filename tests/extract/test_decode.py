@@ -416,6 +416,28 @@ def test_hybrid_path_decodes_every_format_with_pil_and_resizes_like_the_tensor_p
             assert cosine.min() > 0.999, (name, cosine.min())
 
 
+def test_hybrid_resizes_images_above_the_pixel_cap_on_the_cpu_path(mixed_folder, tmp_path, monkeypatch):
+    """An image of more than HYBRID_MAX_PIXELS times the input's pixels is resized by its worker: its rows are the cpu
+    path's, byte for byte; smaller ones travel decoded."""
+    from clipcache.extract import loop
+
+    monkeypatch.setattr(loop, "HYBRID_MAX_PIXELS", 0.5)  # 0.5 * 64 ** 2 = 2,048 pixels: test/b's 51 and 58 px go over
+    plan, = build_plans(select_samples(open_dataset(mixed_folder)), views=1, batch_size=4, shard=(0, 1))
+    dataset = _ItemDataset(plan, [PP], augment=False, seed=0, decode="hybrid")
+    kinds = {plan.keys_of(np.array([i]))[0]: type(dataset[i][1]).__name__ for i in range(plan.n_items)}
+    assert kinds["test/b/3.jpg"] == kinds["test/b/4.jpg"] == "list"  # 51 x 51 and 58 x 58: the cpu path's rows
+    assert kinds["test/b/2.jpg"] == kinds["test/a/rgb.jpg"] == "DecodedImage"  # 44 x 44 and 40 x 40
+    config = _config(mixed_folder)
+    extract(tmp_path / "cpu.h5", config, QUIET)
+    extract(tmp_path / "hybrid.h5", config, HYBRID)
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "hybrid.h5") as b:
+        rows = {sid: row for row, sid in enumerate(a.ids("test"))}
+        fa, fb = a.features("test", "efficientnet-lite0"), b.features("test", "efficientnet-lite0")
+        for sid in ("test/b/3.jpg", "test/b/4.jpg"):
+            assert fa[rows[sid]].tobytes() == fb[rows[sid]].tobytes()
+        assert fa[rows["test/b/2.jpg"]].tobytes() != fb[rows["test/b/2.jpg"]].tobytes()
+
+
 def test_decode_batch_resizes_decoded_images_on_the_device_by_size(tmp_path):
     """DecodedImage payloads of two sizes, a worker's CPU-path row and a failed item: each row as the tensor path makes
     it from the same pixels."""
