@@ -19,14 +19,10 @@ come from ``../shared/data/cifar10-jpg.tar.gz`` as in ``benchmarks/extract_throu
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import time
-from pathlib import Path
 
-from extract_throughput import _jpeg_size, cifar_folder, photo_folder
-from torch.utils.data import DataLoader
+from worker_transfer import jpeg_folder, rate, worker_arguments
 
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import _collate, _ItemDataset
@@ -37,31 +33,11 @@ from clipcache.extract.transforms import Preprocess
 VIT = Preprocess(224, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "bicubic")
 
 
-def rate(dataset, workers: int, part: int) -> float:
-    """Images per second through the DataLoader, counted from the first part received."""
-    loader = DataLoader(dataset, batch_size=part, num_workers=workers, collate_fn=_collate, prefetch_factor=8)
-    parts = iter(loader)
-    next(parts)
-    began, n = time.perf_counter(), 0
-    for items, _, _ in parts:
-        n += len(items)
-    return n / (time.perf_counter() - began)
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
-    parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH", help="re-encode the images as WxH JPEGs first")
-    parser.add_argument("--per-class", type=int, default=200, help="images per class (default 200: 2,000)")
-    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
-    parser.add_argument("--part", type=int, default=32, help="images per worker part (loop.MIN_PART_ITEMS)")
+    parser = worker_arguments(__doc__.split("\n")[0], per_class=200)
     parser.add_argument("--paths", default="cpu,hybrid,gpu", help="comma-separated decode paths, the peer first")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-
-    source = cifar_folder(Path(args.cache))
-    if args.jpeg_size:
-        source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
+    source = jpeg_folder(args)
     (plan,) = build_plans(select_samples(open_dataset(source), max_per_class=args.per_class), views=1,
                           batch_size=args.part, shard=(0, 1))
     paths = args.paths.split(",")
@@ -69,7 +45,7 @@ def main(argv=None) -> None:
     runs: dict[str, list[float]] = {p: [] for p in paths}
     for _ in range(args.repeats):
         for p in paths:
-            runs[p].append(rate(datasets[p], args.workers, args.part))
+            runs[p].append(rate(datasets[p], _collate, args.workers, args.part))
     print(f"{plan.n_items} JPEGs from {source}, {args.workers} workers, parts of {args.part}, {os.cpu_count()} CPUs, "
           f"preprocessing {VIT.image_size} px {VIT.interpolation}")
     peer = statistics.median(runs[paths[0]])

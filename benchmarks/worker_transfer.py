@@ -54,9 +54,9 @@ def as_tensor_buffer(part):
     return items, dataclasses.replace(packed, buffer=torch.from_numpy(packed.buffer)), errors
 
 
-def rate(paths: list[str], collate, workers: int, part: int) -> float:
-    """Items per second through the DataLoader, counted from the first part received."""
-    loader = DataLoader(JpegBytes(paths), batch_size=part, num_workers=workers, collate_fn=collate, prefetch_factor=8)
+def rate(dataset, collate, workers: int, part: int) -> float:
+    """Items per second of ``dataset`` through the DataLoader in parts of ``part``, counted from the first part received."""
+    loader = DataLoader(dataset, batch_size=part, num_workers=workers, collate_fn=collate, prefetch_factor=8)
     parts = iter(loader)
     next(parts)
     began, n = time.perf_counter(), 0
@@ -65,24 +65,32 @@ def rate(paths: list[str], collate, workers: int, part: int) -> float:
     return n / (time.perf_counter() - began)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def worker_arguments(description: str, per_class: int) -> argparse.ArgumentParser:
+    """The options of this benchmark and of ``worker_paths.py``: the JPEGs, the workers, their parts, the repeats."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
     parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH", help="re-encode the images as WxH JPEGs first")
-    parser.add_argument("--per-class", type=int, default=1000, help="images per class (default 1000: all 10,000)")
+    parser.add_argument("--per-class", type=int, default=per_class, help=f"images per class (default {per_class})")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--part", type=int, default=32, help="images per worker part (loop.MIN_PART_ITEMS)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def jpeg_folder(args) -> Path:
+    """The CIFAR-10 test folder, or its ``--jpeg-size`` re-encoding."""
     source = cifar_folder(Path(args.cache))
-    if args.jpeg_size:
-        source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
+    return photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class) if args.jpeg_size else source
+
+
+def main(argv=None) -> None:
+    args = worker_arguments(__doc__.split("\n")[0], per_class=1000).parse_args(argv)
+    source = jpeg_folder(args)
     paths = sorted(str(p) for c in sorted(source.iterdir()) for p in sorted(c.glob("*.jpg"))[: args.per_class])
     runs: dict[str, list[float]] = {"numpy buffer (clipcache)": [], "tensor buffer (peer)": []}
     for _ in range(args.repeats):
-        runs["numpy buffer (clipcache)"].append(rate(paths, _collate, args.workers, args.part))
-        runs["tensor buffer (peer)"].append(rate(paths, as_tensor_buffer, args.workers, args.part))
+        runs["numpy buffer (clipcache)"].append(rate(JpegBytes(paths), _collate, args.workers, args.part))
+        runs["tensor buffer (peer)"].append(rate(JpegBytes(paths), as_tensor_buffer, args.workers, args.part))
     print(f"{len(paths)} JPEGs from {source}, {args.workers} workers, parts of {args.part}, {os.cpu_count()} CPUs")
     for name, rates in runs.items():
         print(f"{name:26}: {statistics.median(rates):9.0f} items/s median (runs: {', '.join(f'{r:.0f}' for r in rates)})")

@@ -383,36 +383,24 @@ def test_workers_decoding_parts_of_batches_give_the_same_store(mixed_folder, tmp
 # --------------------------------------------------------------------------- whole runs
 
 
-def test_tensor_path_matches_cpu_path_and_skips_the_same_files(mixed_folder, tmp_path, tensor_path_on_cpu):
+@pytest.mark.parametrize("path", ["gpu", "hybrid"], ids=["tensor-path", "hybrid"])
+def test_tensor_and_hybrid_paths_match_the_cpu_path_and_skip_the_same_files(mixed_folder, tmp_path, tensor_path_on_cpu, path):
+    """Both read what the CPU path reads and skip what it skips. The tensor path hands grayscale, CMYK and PNG files to
+    the CPU path (the same bytes); the hybrid path decodes them with PIL and resizes them as the rest."""
     extract(tmp_path / "cpu.h5", _config(mixed_folder), QUIET)
-    extract(tmp_path / "tensor.h5", _config(mixed_folder), TENSOR)
-    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "tensor.h5") as b:
+    extract(tmp_path / "other.h5", _config(mixed_folder), RunOptions(progress=False, decode=path))
+    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "other.h5") as b:
         assert list(a.ids("test")) == list(b.ids("test"))
         assert a.skipped("test") == b.skipped("test")
         assert {sid.split("/")[-1] for sid, _, _ in b.skipped("test")} == UNREADABLE
         for name in ("clip", "efficientnet-lite0"):
             assert schema.decode_of(a.feature_sets[name].provenance) == "cpu"
-            assert b.feature_sets[name].provenance[schema.DECODE] == "gpu"
+            assert b.feature_sets[name].provenance[schema.DECODE] == path
             fa, fb = a.features("test", name), b.features("test", name)
             for row, sid in enumerate(a.ids("test")):
-                if sid.split("/")[-1] in ("gray.jpg", "cmyk.jpg", "image.png"):  # CPU fallback: the same bytes
+                if path == "gpu" and sid.split("/")[-1] in ("gray.jpg", "cmyk.jpg", "image.png"):  # the CPU fallback
                     assert fa[row].tobytes() == fb[row].tobytes()
             cosine = (fa * fb).sum(1)  # both L2-normalised
-            assert cosine.min() > 0.999
-
-
-def test_hybrid_path_decodes_every_format_with_pil_and_resizes_like_the_tensor_path(mixed_folder, tmp_path):
-    """The hybrid path reads what the CPU path reads (PNG, grayscale and CMYK included) and skips what it skips; its
-    rows are PIL's pixels resized by the tensor resize, within the CPU path's features."""
-    extract(tmp_path / "cpu.h5", _config(mixed_folder), QUIET)
-    extract(tmp_path / "hybrid.h5", _config(mixed_folder), HYBRID)
-    with FeatureStore(tmp_path / "cpu.h5") as a, FeatureStore(tmp_path / "hybrid.h5") as b:
-        assert list(a.ids("test")) == list(b.ids("test"))
-        assert a.skipped("test") == b.skipped("test")
-        assert {sid.split("/")[-1] for sid, _, _ in b.skipped("test")} == UNREADABLE
-        assert {b.feature_sets[n].provenance[schema.DECODE] for n in b.feature_sets} == {"hybrid"}
-        for name in ("clip", "efficientnet-lite0"):
-            cosine = (a.features("test", name) * b.features("test", name)).sum(1)  # both L2-normalised
             assert cosine.min() > 0.999, (name, cosine.min())
 
 
