@@ -1,4 +1,4 @@
-"""Decoding a batch of JPEG files on the device (``RunOptions.decode``).
+"""Decoding and resizing a batch of images on the device (``RunOptions.decode``).
 
 Three decode paths turn an image file into the uint8 model input of a
 :class:`~clipcache.extract.transforms.Preprocess`:
