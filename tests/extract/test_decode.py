@@ -426,6 +426,15 @@ def test_hybrid_resizes_images_above_the_pixel_cap_on_the_cpu_path(mixed_folder,
         assert fa[rows["test/b/2.jpg"]].tobytes() != fb[rows["test/b/2.jpg"]].tobytes()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_hybrid_run_equals_an_uninterrupted_one(mixed_folder, tmp_path, workers):
+    options = dataclasses.replace(HYBRID, workers=workers)
+    extract(tmp_path / "whole.h5", _config(mixed_folder), options)
+    interrupted_extract(tmp_path / "s.h5", _config(mixed_folder), options)
+    extract(tmp_path / "s.h5", _config(mixed_folder), options, resume=True)
+    assert snapshot(tmp_path / "s.h5") == snapshot(tmp_path / "whole.h5")
+
+
 def test_decode_batch_resizes_decoded_images_on_the_device_by_size(tmp_path):
     """DecodedImage payloads of two sizes, a worker's CPU-path row and a failed item: each row as the tensor path makes
     it from the same pixels."""
