@@ -303,17 +303,18 @@ class TorchOps:
             and tuple(base.shape) == X.shape
         ):
             return base
-        t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
+        t = self._host_tensor(X)
         return t if t.is_pinned() else t.pin_memory()
+
+    def _host_tensor(self, X):
+        """Host block ``X`` (numpy or a torch tensor) as a torch tensor, without a copy where it can."""
+        return X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
 
     def put(self, X):
         """Block ``X`` (numpy, or a torch tensor on the host or the device) on the device; checks a block from the host."""
         if isinstance(X, self.torch.Tensor) and X.device.type == self.dev.type:
             return X
-        if self.dev.type == "cuda":
-            t = self._pinned(X)
-        else:
-            t = X if isinstance(X, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(X))
+        t = self._pinned(X) if self.dev.type == "cuda" else self._host_tensor(X)
         t = t.to(self.dev, non_blocking=True)
         finite = self.torch.isfinite(t).all()
         self._finite = finite if self._finite is None else self._finite & finite
