@@ -8,10 +8,14 @@ batch before. This measures that call alone, on the same JPEGs, in four settings
 * ``busy, default stream``: bf16 matrix products kept queued on the legacy default
   stream (as an extraction that computes on it keeps its forward passes queued);
 * ``busy, own stream``: the same products on a stream of their own;
-* each with ``--batch`` images per call (default 256 and 1024).
+* each with ``--batch`` images per call (default 256 and 1024);
+
+and the same through :class:`clipcache.extract.nvjpeg.HardwareDecoder` (the same
+library and hardware backend, called on a stream of the highest priority), idle
+and busy, and busy once more with its stream at the default priority.
 
 Its rate against ``idle`` says how much the decode is slowed by the work beside it,
-and the rates of the two streams and batch sizes say which way round that::
+and the rates of the streams and batch sizes say which way round that::
 
     python benchmarks/nvjpeg_contention.py --jpeg-size 500x375 --per-class 200
 
@@ -30,14 +34,20 @@ from pathlib import Path
 import torch
 from extract_throughput import _jpeg_size, cifar_folder, photo_folder
 
+from clipcache.extract.nvjpeg import HardwareDecoder
 
-def decode_rate(datas: list[torch.Tensor], batch: int) -> float:
-    """Images per second of ``decode_jpeg`` over ``datas`` in calls of ``batch`` images (each call returns once decoded)."""
+
+def torchvision_decode(datas: list[torch.Tensor]) -> None:
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    decode_jpeg(datas, mode=ImageReadMode.RGB, device="cuda")
+
+
+def decode_rate(datas: list[torch.Tensor], batch: int, decode=torchvision_decode) -> float:
+    """Images per second of ``decode`` over ``datas`` in calls of ``batch`` images (each call returns once decoded)."""
     began = time.perf_counter()
     for start in range(0, len(datas), batch):
-        decode_jpeg(datas[start : start + batch], mode=ImageReadMode.RGB, device="cuda")
+        decode(datas[start : start + batch])
     # no synchronize: decode_jpeg waits for its decoder, and a synchronize would wait for the busy stream too
     return len(datas) / (time.perf_counter() - began)
 
@@ -93,22 +103,32 @@ def main(argv=None) -> None:
     batches = [int(b) for b in args.batch.split(",")]
     decode_rate(datas[: batches[0]], batches[0])  # nvJPEG's handle and buffers
     print(f"{len(datas)} JPEGs from {folder}; {torch.cuda.get_device_name()}")
-    print(f"{'images per call':>15} | {'setting':<22} | img/s best (runs)")
-    settings = {
-        "idle": None,
-        "busy, default stream": torch.cuda.default_stream(),
-        "busy, own stream": torch.cuda.Stream(),
+    print(f"{'images per call':>15} | {'setting':<26} | img/s best (runs)")
+    settings = {  # name -> (the stream the products run on, or None for idle; the decode)
+        "idle": (None, torchvision_decode),
+        "busy, default stream": (torch.cuda.default_stream(), torchvision_decode),
+        "busy, own stream": (torch.cuda.Stream(), torchvision_decode),
     }
+    hardware = HardwareDecoder.open(torch.device("cuda"))
+    if hardware is None:
+        print("no nvJPEG hardware backend: the HardwareDecoder rows are left out")
+    else:
+        low = HardwareDecoder.open(torch.device("cuda"))
+        low.stream = torch.cuda.Stream()  # the default priority, torchvision's
+        settings["hardware, idle"] = (None, hardware.decode)
+        settings["hardware, busy"] = (torch.cuda.default_stream(), hardware.decode)
+        settings["hardware, busy, priority 0"] = (torch.cuda.default_stream(), low.decode)
+        decode_rate(datas[: batches[0]], batches[0], hardware.decode)
     for batch in batches:
-        for name, stream in settings.items():
+        for name, (stream, decode) in settings.items():
             rates = []
             for _ in range(args.repeats):
                 if stream is None:
-                    rates.append(decode_rate(datas, batch))
+                    rates.append(decode_rate(datas, batch, decode))
                 else:
                     with Busy(stream):
-                        rates.append(decode_rate(datas, batch))
-            print(f"{batch:>15} | {name:<22} | {max(rates):8.0f} ({', '.join(f'{r:.0f}' for r in rates)})")
+                        rates.append(decode_rate(datas, batch, decode))
+            print(f"{batch:>15} | {name:<26} | {max(rates):8.0f} ({', '.join(f'{r:.0f}' for r in rates)})")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,69 @@ def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):
         cosine = (a.features("test", "clip") * b.features("test", "clip")).sum(1)
     print(f"compiled against eager, fp32: cosine min {cosine.min():.7f}")
     assert cosine.min() > 0.99  # measured on an H200: 0.9946 for one image of this random-weight tiny ViT, 1.0 for the rest
+
+
+# --------------------------------------------------------------------------- nvJPEG's hardware backend, high priority
+
+
+@pytest.fixture
+def hardware_decoder():
+    from clipcache.extract.nvjpeg import HardwareDecoder
+
+    decoder = HardwareDecoder.open(torch.device("cuda"))
+    if decoder is None:
+        pytest.skip("no nvJPEG hardware backend on this GPU")
+    return decoder
+
+
+@NO_TV_DEPRECATION
+def test_hardware_decoder_gives_torchvisions_pixels(hardware_decoder):
+    """The same library and backend as torchvision's batched call: equal pixels; what it does not take is None."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    rng = np.random.default_rng(0)
+    files = {name: test_decode.FILES[name]() for name in ("rgb.jpg", "progressive.jpg")}
+    for w, h in [(500, 375), (375, 500), (33, 17), (224, 224)]:  # odd sizes; PIL's 4:2:0 chroma
+        pixels = (rng.random((h, w, 3)) * 64 + np.linspace(0, 190, w)[None, :, None]).astype(np.uint8)
+        files[f"{w}x{h}.jpg"] = test_decode._jpeg(Image.fromarray(pixels))
+    datas = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in files.values()]
+    got = hardware_decoder.decode(datas)
+    taken = {name for name, image in zip(files, got, strict=True) if image is not None}
+    print(f"the hardware backend took {sorted(taken)}")
+    assert "progressive.jpg" not in taken  # baseline JPEGs only
+    assert {"rgb.jpg", "500x375.jpg", "375x500.jpg", "224x224.jpg"} <= taken
+    for name, data, image in zip(files, datas, got, strict=True):
+        if image is not None:
+            want = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+            assert image.shape == want.shape and torch.equal(image, want), name
+
+
+@pytest.mark.data
+@NO_TV_DEPRECATION
+def test_hardware_decoder_stores_what_torchvision_stores(cifar_jpegs, tmp_path, monkeypatch, hardware_decoder):
+    """``HARDWARE_DECODER`` changes the stream nvJPEG runs on, not the pixels: the features are equal, and stay so
+    while the caller's stream is busy with work queued on freed blocks (see the test above)."""
+    from clipcache.extract import decode as decode_module
+    from clipcache.extract.decode import _decode_many
+
+    device = torch.device("cuda")
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in sorted(cifar_jpegs.rglob("*.jpg"))[:64]]
+    reference = [image.cpu() for image in _decode_many(datas, device)]
+    config = ExtractConfig(source=str(cifar_jpegs), aux=("efficientnet-lite0",), batch_size=50)
+    options = RunOptions(progress=False, device="cuda", decode="gpu", amp="fp32", workers=2)
+    extract(tmp_path / "torchvision.h5", config, options)
+    monkeypatch.setattr(decode_module, "HARDWARE_DECODER", True)
+    for _ in range(2):
+        busy = torch.randn(4096, 4096, device=device)
+        for _ in range(10):
+            busy = busy @ busy
+        decoded = _decode_many(datas, device)
+        torch.cuda.synchronize()
+        assert all(torch.equal(got.cpu(), want) for got, want in zip(decoded, reference, strict=True))
+    extract(tmp_path / "hardware.h5", config, options)
+    with FeatureStore(tmp_path / "torchvision.h5") as a, FeatureStore(tmp_path / "hardware.h5") as b:
+        assert list(a.ids("test")) == list(b.ids("test")) and a.n_rows("test") == 10 * CIFAR_PER_CLASS
+        difference = np.abs(a.features("test", "efficientnet-lite0") - b.features("test", "efficientnet-lite0")).max()
+    print(f"nvJPEG's hardware backend on a high-priority stream: largest feature difference to torchvision's {difference:.3g}")
+    assert difference < 1e-5
