@@ -11,6 +11,11 @@ received (worker start-up excluded)::
 
     python benchmarks/worker_transfer.py                      # CIFAR-10 test JPEGs (32 x 32)
     python benchmarks/worker_transfer.py --jpeg-size 500x375 --per-class 300
+    python benchmarks/worker_transfer.py --decoded --jpeg-size 500x375 --per-class 100
+
+With ``--decoded`` the parts hold the ``hybrid`` path's decoded pixels
+(:class:`~clipcache.extract.decode.DecodedImage`, decoded once beforehand) instead
+of JPEG bytes: 3 x H x W bytes an image.
 
 Images come from ``../shared/data/cifar10-jpg.tar.gz`` as in
 ``benchmarks/extract_throughput.py`` (whose ``--jpeg-size`` re-encoding this reuses).
@@ -19,7 +24,7 @@ Images come from ``../shared/data/cifar10-jpg.tar.gz`` as in
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -29,8 +34,10 @@ import torch
 from extract_throughput import _jpeg_size, cifar_folder, photo_folder
 from torch.utils.data import DataLoader, Dataset
 
-from clipcache.extract.decode import EncodedImage
+from clipcache.extract.decode import DecodedImage, EncodedImage
+from clipcache.extract.images import load_image
 from clipcache.extract.loop import _collate
+from clipcache.extract.transforms import to_uint8_tensor
 
 
 class JpegBytes(Dataset):
@@ -48,10 +55,23 @@ class JpegBytes(Dataset):
         return i, EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), self.paths[i]), ""
 
 
+class Pixels(Dataset):
+    """Item i: ``(i, DecodedImage of file i, "")``, as ``_ItemDataset`` gives a decoded image on the hybrid path; the
+    pixels are decoded once, beforehand, so that the workers only send them."""
+
+    def __init__(self, paths: list[str]):
+        self.images = [to_uint8_tensor(load_image(p)) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return i, DecodedImage(self.images[i]), ""
+
+
 def as_tensor_buffer(part):
     """The peer: ``_collate``'s part with its buffer as a torch tensor (shared memory and a descriptor)."""
-    items, packed, errors = _collate(part)
-    return items, dataclasses.replace(packed, buffer=torch.from_numpy(packed.buffer)), errors
+    return _collate(part, shared_bytes=0)
 
 
 def rate(dataset, collate, workers: int, part: int) -> float:
@@ -84,17 +104,23 @@ def jpeg_folder(args) -> Path:
 
 
 def main(argv=None) -> None:
-    args = worker_arguments(__doc__.split("\n")[0], per_class=1000).parse_args(argv)
+    parser = worker_arguments(__doc__.split("\n")[0], per_class=1000)
+    parser.add_argument("--decoded", action="store_true", help="send the hybrid path's decoded pixels, not JPEG bytes")
+    args = parser.parse_args(argv)
     source = jpeg_folder(args)
     paths = sorted(str(p) for c in sorted(source.iterdir()) for p in sorted(c.glob("*.jpg"))[: args.per_class])
-    runs: dict[str, list[float]] = {"numpy buffer (clipcache)": [], "tensor buffer (peer)": []}
+    dataset = Pixels(paths) if args.decoded else JpegBytes(paths)
+    as_numpy = functools.partial(_collate, shared_bytes=float("inf"))  # every buffer inside the pickle
+    runs: dict[str, list[float]] = {"_collate (clipcache)": [], "numpy buffer": [], "tensor buffer": []}
     for _ in range(args.repeats):
-        runs["numpy buffer (clipcache)"].append(rate(JpegBytes(paths), _collate, args.workers, args.part))
-        runs["tensor buffer (peer)"].append(rate(JpegBytes(paths), as_tensor_buffer, args.workers, args.part))
-    print(f"{len(paths)} JPEGs from {source}, {args.workers} workers, parts of {args.part}, {os.cpu_count()} CPUs")
+        runs["_collate (clipcache)"].append(rate(dataset, _collate, args.workers, args.part))
+        runs["numpy buffer"].append(rate(dataset, as_numpy, args.workers, args.part))
+        runs["tensor buffer"].append(rate(dataset, as_tensor_buffer, args.workers, args.part))
+    what = "decoded images" if args.decoded else "JPEGs"
+    print(f"{len(paths)} {what} from {source}, {args.workers} workers, parts of {args.part}, {os.cpu_count()} CPUs")
     for name, rates in runs.items():
         print(f"{name:26}: {statistics.median(rates):9.0f} items/s median (runs: {', '.join(f'{r:.0f}' for r in rates)})")
-    a, b = (statistics.median(r) for r in runs.values())
+    _, a, b = (statistics.median(r) for r in runs.values())
     print(f"ratio numpy / tensor (medians): {a / b:.2f}")
 
 

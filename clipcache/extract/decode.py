@@ -55,6 +55,7 @@ __all__ = [
     "PackedPayloads",
     "decode_batch",
     "device_decodable",
+    "resize_like_pil",
     "resolve_decode",
     "tensor_preprocess",
 ]
@@ -106,20 +107,23 @@ class DecodedImage:
 @dataclasses.dataclass
 class PackedPayloads:
     """A ``gpu``- or ``hybrid``-path part of a batch as a worker sends it: the bytes of all its device JPEGs, or the
-    pixels of all its decoded images, in one numpy buffer.
+    pixels of all its decoded images, in one buffer.
 
     A numpy array crosses from a DataLoader worker to the main process inside the
-    pickle, through the worker's pipe; a tensor would cross as a shared-memory
-    block whose file descriptor the main process fetches from the worker, and on
-    a GPU the DataLoader's pin thread would copy it once more into pinned memory.
-    For JPEG bytes the pipe is faster: on 2 CPU cores, 2 workers passed 1.76 times
-    as many CIFAR-10 JPEGs per second in 32-image numpy buffers as in tensors, and
-    1.34 times as many 500 x 375 ones (``benchmarks/worker_transfer.py``). :meth:`unpack` gives back the payloads that
-    :func:`decode_batch` takes, as tensor views of the buffer.
+    pickle, through the worker's pipe, and is copied on both sides; a tensor in
+    shared memory crosses as a file descriptor, which costs more per part but
+    copies nothing. Small buffers go as numpy arrays, large ones as tensors
+    (``shared_bytes``; :data:`clipcache.extract.loop.SHARED_BUFFER_BYTES`, 4 MiB).
+    Measured with ``benchmarks/worker_transfer.py`` on 2 CPU cores, 2 workers,
+    32-image parts: numpy passed 1.76 times as many CIFAR-10 JPEGs per second
+    as tensors (about 30 KB a part), 1.34 times as many 500 x 375 JPEGs (1.6 MB)
+    and 1.46 times as many decoded CIFAR-10 images (98 KB); tensors passed 3.1
+    times as many decoded 500 x 375 images (18 MB). :meth:`unpack` gives back
+    the payloads that :func:`decode_batch` takes, as tensor views of the buffer.
 
     Attributes
     ----------
-    buffer : numpy.ndarray, uint8, shape (n_bytes,)
+    buffer : numpy.ndarray or torch.Tensor, uint8, shape (n_bytes,)
         The device JPEGs' bytes, or the decoded images' pixels, one after another.
     entries : list
         Per item: ``(start, stop, path)`` of a device JPEG in ``buffer``,
@@ -127,15 +131,20 @@ class PackedPayloads:
         tensors that the worker made on the CPU path.
     """
 
-    buffer: np.ndarray
+    buffer: np.ndarray | torch.Tensor
     entries: list
 
     @classmethod
-    def pack(cls, payloads: Sequence) -> PackedPayloads:
+    def pack(cls, payloads: Sequence, shared_bytes: float = float("inf")) -> PackedPayloads:
         """Pack per-item payloads: :class:`EncodedImage`, :class:`DecodedImage` or a list of tensors, as
-        :func:`decode_batch` takes them."""
-        packed = [p.data.numpy().reshape(-1) for p in payloads if isinstance(p, EncodedImage | DecodedImage)]
-        buffer = np.concatenate(packed) if packed else np.zeros(0, dtype=np.uint8)
+        :func:`decode_batch` takes them. A buffer of at least ``shared_bytes`` bytes is a tensor in shared memory
+        (see the class docstring); a smaller one a numpy array."""
+        packed = [p.data.reshape(-1) for p in payloads if isinstance(p, EncodedImage | DecodedImage)]
+        total = sum(p.numel() for p in packed)
+        if total >= shared_bytes:
+            buffer = torch.cat(packed, out=torch.empty(total, dtype=torch.uint8).share_memory_())
+        else:
+            buffer = np.concatenate([p.numpy() for p in packed]) if packed else np.zeros(0, dtype=np.uint8)
         entries, start = [], 0
         for p in payloads:
             if isinstance(p, EncodedImage | DecodedImage):
@@ -148,7 +157,7 @@ class PackedPayloads:
 
     def unpack(self) -> list:
         """The payloads that were packed, each device JPEG's bytes or decoded image's pixels a tensor view of ``buffer``."""
-        buffer = torch.from_numpy(self.buffer)
+        buffer = self.buffer if isinstance(self.buffer, torch.Tensor) else torch.from_numpy(self.buffer)
         out = []
         for e in self.entries:
             if not isinstance(e, tuple):
@@ -278,7 +287,7 @@ def device_decodable(data: bytes) -> bool:
 
 
 def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
-    """Resize and crop/pad one decoded image on its device, as the CPU path does with PIL.
+    """Resize and crop/pad decoded images on their device, as the CPU path does with PIL.
 
     Parameters
     ----------
@@ -290,9 +299,10 @@ def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     Returns
     -------
     torch.Tensor, uint8, shape (..., 3, S, S), same device
-        The geometry of :func:`~clipcache.extract.transforms.plan_geometry`;
-        resampled with antialiasing (bilinear, bicubic) by torchvision's tensor
-        ``resize``, so within a few grey levels of PIL's result, not equal to it.
+        The geometry of :func:`~clipcache.extract.transforms.plan_geometry`.
+        Bilinear and bicubic resizes are within a grey level or two of PIL's: on a
+        CPU torchvision's uint8 resize (at most 2 levels), elsewhere
+        :func:`resize_like_pil` (at most 1).
     """
     from torchvision.transforms.v2 import functional as F2
 
@@ -301,8 +311,40 @@ def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     height, width = image.shape[-2:]
     geometry = plan_geometry(pp, int(width), int(height))
     if tuple(geometry.resize_hw) != (height, width):
-        image = F2.resize(image, list(geometry.resize_hw), interpolation=INTERPOLATIONS[pp.interpolation], antialias=True)
+        if image.device.type != "cpu" and pp.interpolation in ("bilinear", "bicubic"):
+            image = resize_like_pil(image, geometry.resize_hw, pp.interpolation)
+        else:  # torchvision's uint8 resize on a CPU, much faster there than the float passes
+            image = F2.resize(image, list(geometry.resize_hw), interpolation=INTERPOLATIONS[pp.interpolation], antialias=True)
     return crop_or_pad(image, geometry.top, geometry.left, geometry.size, geometry.fill).contiguous()
+
+
+def resize_like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Resize uint8 images as PIL's ``Image.resize`` does: the width first, rounded to uint8, then the height.
+
+    PIL rounds and clips to uint8 between its two passes. A single
+    two-dimensional float resize does not clip the first pass's overshoot, and on
+    sharp images enlarged several times (CIFAR-10's 32 x 32 to 224) lands up to
+    20 grey levels from PIL; these two passes land within 1. Each pass is torch's
+    antialiased resize (PIL's filters, support scaled when shrinking) in float32.
+
+    Parameters
+    ----------
+    images : torch.Tensor, uint8, shape (..., 3, H, W)
+    size : (height, width)
+    interpolation : {"bilinear", "bicubic"}
+
+    Returns
+    -------
+    torch.Tensor, uint8, shape (..., 3, height, width), same device
+    """
+    shape = images.shape
+    height, width = shape[-2:]
+    x = images.reshape(-1, *shape[-3:]).float()
+    for target in ((height, size[1]), tuple(size)):  # PIL's order: horizontal, then vertical
+        if tuple(x.shape[-2:]) != target:
+            x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0, 255)  # PIL's rounding: half up, then clipped
+    return x.to(torch.uint8).reshape(*shape[:-2], *size)
 
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -331,19 +331,26 @@ class _ItemDataset(TorchDataset):
         return [augmented_view_uint8(image, params, pp) for pp in self.preprocesses]
 
 
-def _collate(part):
+#: A worker's :class:`PackedPayloads` of at least this many bytes is sent as a tensor in shared memory, a smaller one
+#: as a numpy array inside the pickle (see :class:`PackedPayloads`).
+SHARED_BUFFER_BYTES = 1 << 22
+
+
+def _collate(part, shared_bytes: float | None = None):
     """A worker's part of a batch: item numbers, then the stacked uint8 tensors of each preprocessing or, on the
     ``gpu`` and ``hybrid`` paths, the :class:`PackedPayloads` of its items, then the reasons of the items it could
     not read.
 
-    The item numbers and a :class:`PackedPayloads` buffer are numpy arrays, which
-    travel to the main process inside the pickle; every tensor travels as a
-    shared-memory block and a file descriptor.
+    The item numbers travel to the main process inside the pickle, as does a
+    :class:`PackedPayloads` buffer under ``shared_bytes`` (None:
+    :data:`SHARED_BUFFER_BYTES`); every tensor travels as a shared-memory block
+    and a file descriptor.
     """
     items = np.array([b[0] for b in part], dtype=np.int64)
     errors = [b[2] for b in part]
     if any(isinstance(b[1], EncodedImage | DecodedImage) for b in part):  # gpu and hybrid: decode_batch stacks them
-        return items, PackedPayloads.pack([b[1] for b in part]), errors
+        shared = SHARED_BUFFER_BYTES if shared_bytes is None else shared_bytes
+        return items, PackedPayloads.pack([b[1] for b in part], shared), errors
     # default_collate stacks a worker's tensors straight into shared memory, saving the copy that sending makes
     return items, [default_collate([b[1][k] for b in part]) for k in range(len(part[0][1]))], errors
 

@@ -462,6 +462,33 @@ def test_packed_payloads_carry_decoded_images_beside_jpeg_bytes_and_rows(tmp_pat
     assert back[1].data.numpy().tobytes() == data and back[2][0] is row
 
 
+def test_large_packed_payloads_travel_in_shared_memory_and_unpack_the_same(tmp_path):
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    image = to_uint8_tensor(_shape(1, size=17))
+    data = _jpeg(_shape(2))
+    payloads = [DecodedImage(image), _payload(data, tmp_path)]
+    size = image.numel() + len(data)
+    small, large = PackedPayloads.pack(payloads, size + 1), PackedPayloads.pack(payloads, size)
+    assert isinstance(small.buffer, np.ndarray)
+    assert isinstance(large.buffer, torch.Tensor) and large.buffer.is_shared() and large.buffer.numel() == size
+    back = large.unpack()
+    assert torch.equal(back[0].data, image) and back[1].data.numpy().tobytes() == data
+
+
+@pytest.mark.parametrize("path", ["gpu", "hybrid"])
+def test_parts_sent_in_shared_memory_store_what_parts_in_the_pickle_store(mixed_folder, tmp_path, monkeypatch, path,
+                                                                         tensor_path_on_cpu):
+    from clipcache.extract import loop
+
+    options = dataclasses.replace(TENSOR if path == "gpu" else HYBRID, workers=2)
+    monkeypatch.setattr(loop, "SHARED_BUFFER_BYTES", float("inf"))
+    extract(tmp_path / "pickle.h5", _config(mixed_folder), options)
+    monkeypatch.setattr(loop, "SHARED_BUFFER_BYTES", 0)
+    extract(tmp_path / "shared.h5", _config(mixed_folder), options)
+    assert snapshot(tmp_path / "shared.h5") == snapshot(tmp_path / "pickle.h5")
+
+
 def test_resolve_decode_hybrid_runs_on_any_device_but_not_for_augmented_views_or_box():
     box = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3, "box")
     assert resolve_decode("hybrid", "cpu", [PP], augment=False) == "hybrid"
@@ -753,3 +780,20 @@ def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, tens
     assert snapshot(path) == snapshot(whole)
     with FeatureStore(path) as store:
         assert {schema.decode_of(info.provenance) for info in store.feature_sets.values()} == {"cpu"}
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("size", "target"), [((32, 32), (224, 224)), ((375, 500), (224, 298)), ((500, 375), (298, 224)),
+                                              ((100, 80), (224, 179)), ((900, 700), (224, 174))])
+def test_resize_like_pil_is_within_one_level_of_pil_on_noise(interpolation, size, target):
+    """The device resize: PIL's two rounded passes. Noise is the hard case: one float 2-D resize, without PIL's
+    rounding between the passes, lands up to 20 levels off when enlarging (see its docstring)."""
+    from clipcache.extract.decode import resize_like_pil
+
+    rng = np.random.default_rng(size[0])
+    pixels = (rng.random((2, *size, 3)) * 256).astype(np.uint8)
+    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+    want = np.stack([np.asarray(Image.fromarray(p).resize(target[::-1], filters[interpolation])) for p in pixels])
+    got = resize_like_pil(torch.from_numpy(pixels).permute(0, 3, 1, 2), target, interpolation).permute(0, 2, 3, 1)
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (2, *target, 3)
+    assert np.abs(got.numpy().astype(int) - want).max() <= 1

@@ -131,7 +131,9 @@ def test_hybrid_on_the_gpu_stays_with_the_cpu_path_on_cifar(cifar_jpegs, tmp_pat
         cosine = (a.features("test", "efficientnet-lite0") * b.features("test", "efficientnet-lite0")).sum(1)
     print(f"hybrid on the GPU against PIL: largest pixel difference {largest}; efficientnet-lite0 fp32 cosine min "
           f"{cosine.min():.6f} mean {cosine.mean():.6f}")
-    assert largest <= 3 and cosine.min() > 0.9999  # on the CPU: 2 grey levels, cosine min 0.9999998
+    # measured on an H200 with torchvision's float resize (no rounding between the passes): 12 levels, cosine min
+    # 0.988; resize_like_pil is within 1 level of PIL on the CPU (on the CPU path's device: 2 levels, 0.9999998)
+    assert largest <= 2 and cosine.min() > 0.9999
 
 
 @pytest.mark.data
