@@ -52,7 +52,7 @@ step "extract ViT-B-16 500x375 hardware" extract.log 40 bash -c "$E --model ViT-
 step "extract ViT-B-32 32x32 train" extract.log 100 bash -c "$E --model ViT-B-32 --per-class 5000 --split train"
 step "extract ViT-B-32 32x32 train hardware" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 5000 \
 --split train --decode gpu --hardware-decoder"
-step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 2
+step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 3
 step "extract ViT-B-16 500x375 idle" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375 \
 --decode gpu --decode-while-idle"
 step "extract ViT-B-32 32x32 train idle" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 5000 --split train \

@@ -12,7 +12,9 @@ batch before. This measures that call alone, on the same JPEGs, in four settings
 
 and the same through :class:`clipcache.extract.nvjpeg.HardwareDecoder` (the same
 library and hardware backend, called on a stream of the highest priority), idle
-and busy, and busy once more with its stream at the default priority.
+and busy, and busy once more with its stream at the default priority, and with
+the library's memory taken from torch's caching allocators (which never
+synchronise the device to free); then torchvision's beside smaller products.
 
 Its rate against ``idle`` says how much the decode is slowed by the work beside it,
 and the rates of the streams and batch sizes say which way round that::
@@ -118,7 +120,16 @@ def main(argv=None) -> None:
         settings["hardware, idle"] = (None, hardware.decode)
         settings["hardware, busy"] = (torch.cuda.default_stream(), hardware.decode)
         settings["hardware, busy, priority 0"] = (torch.cuda.default_stream(), low.decode)
-        decode_rate(datas[: batches[0]], batches[0], hardware.decode)
+        pooled = HardwareDecoder.open(torch.device("cuda"), torch_memory=True)
+        settings["hardware, torch memory, busy"] = (torch.cuda.Stream(), pooled.decode)
+        for decoder in (hardware, low, pooled):
+            decode_rate(datas[: batches[0]], batches[0], decoder.decode)
+        pooled.allocations.clear()
+        decode_rate(datas, batches[0], pooled.decode)
+        calls = -(-len(datas) // batches[0])
+        print(f"torch memory: the library's memory calls in {calls} decode calls after the first: "
+              f"{dict(pooled.allocations) or 'none'}")
+    settings["busy, 4096 x 4096 products"] = (torch.cuda.Stream(), torchvision_decode)
     for batch in batches:
         for name, (stream, decode) in settings.items():
             rates = []
@@ -126,7 +137,7 @@ def main(argv=None) -> None:
                 if stream is None:
                     rates.append(decode_rate(datas, batch, decode))
                 else:
-                    with Busy(stream):
+                    with Busy(stream, size=4096, chunk=32) if "4096" in name else Busy(stream):
                         rates.append(decode_rate(datas, batch, decode))
             print(f"{batch:>15} | {name:<26} | {max(rates):8.0f} ({', '.join(f'{r:.0f}' for r in rates)})")
 

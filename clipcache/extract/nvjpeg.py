@@ -20,6 +20,7 @@ JPEG decoder (the A100, H100 and H200 have one).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import glob
@@ -113,15 +114,62 @@ class HardwareDecoder:
         The stream the decoder runs on, and the decoded images are allocated on.
     """
 
-    def __init__(self, lib, handle, state, jpeg_stream, device: torch.device):
-        self._lib, self._handle, self._state, self._jpeg_stream = lib, handle, state, jpeg_stream
+    def __init__(self, lib, device: torch.device):
+        self._lib = lib
+        self._handle, self._state, self._jpeg_stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
         self.device = device
         self.stream = torch.cuda.Stream(device=device, priority=-100)  # clamped to the device's highest priority
         self._lock = threading.Lock()
+        self.allocations: collections.Counter = collections.Counter()  # the library's memory calls, by kind
+        self._allocators = None
+        self._pinned: dict[int, torch.Tensor] = {}
+
+    def _torch_allocators(self):
+        """nvJPEG's device and pinned allocators (``nvjpegDevAllocator_t``, ``nvjpegPinnedAllocator_t``) taken from
+        torch's caching allocators, which never synchronise the device to free; counted in :attr:`allocations`."""
+        dev_malloc_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t)
+        dev_free_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+        pinned_malloc_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint)
+        pinned_free_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+        def dev_malloc(out, size):
+            self.allocations["device malloc"] += 1
+            out[0] = torch.cuda.caching_allocator_alloc(max(int(size), 1), self.device, self.stream)
+            return 0
+
+        def dev_free(pointer):
+            self.allocations["device free"] += 1
+            if pointer:
+                torch.cuda.caching_allocator_delete(pointer)
+            return 0
+
+        def pinned_malloc(out, size, flags):
+            self.allocations["pinned malloc"] += 1
+            block = torch.empty(max(int(size), 1), dtype=torch.uint8, pin_memory=True)
+            self._pinned[block.data_ptr()] = block
+            out[0] = block.data_ptr()
+            return 0
+
+        def pinned_free(pointer):
+            self.allocations["pinned free"] += 1
+            self._pinned.pop(pointer, None)
+            return 0
+
+        class Dev(ctypes.Structure):
+            _fields_ = [("dev_malloc", dev_malloc_t), ("dev_free", dev_free_t)]
+
+        class Pinned(ctypes.Structure):
+            _fields_ = [("pinned_malloc", pinned_malloc_t), ("pinned_free", pinned_free_t)]
+
+        # kept on the instance: the library calls them for as long as the handle lives
+        self._allocators = (Dev(dev_malloc_t(dev_malloc), dev_free_t(dev_free)),
+                            Pinned(pinned_malloc_t(pinned_malloc), pinned_free_t(pinned_free)))
+        return [ctypes.byref(a) for a in self._allocators]
 
     @classmethod
-    def open(cls, device: torch.device) -> HardwareDecoder | None:
-        """A decoder on ``device`` (a CUDA device), or None where nvJPEG's hardware backend cannot be had there."""
+    def open(cls, device: torch.device, *, torch_memory: bool = False) -> HardwareDecoder | None:
+        """A decoder on ``device`` (a CUDA device), or None where nvJPEG's hardware backend cannot be had there.
+        With ``torch_memory``, the library allocates from torch's caching allocators."""
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             return None
@@ -130,8 +178,10 @@ class HardwareDecoder:
             logger.info("no libnvjpeg could be loaded; decoding on the GPU through torchvision")
             return None
         with torch.cuda.device(device):
-            handle, state, jpeg_stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-            status = lib.nvjpegCreateEx(_BACKEND_HARDWARE, None, None, 0, ctypes.byref(handle))
+            decoder = cls(lib, device)
+            handle, state, jpeg_stream = decoder._handle, decoder._state, decoder._jpeg_stream
+            allocators = decoder._torch_allocators() if torch_memory else [None, None]
+            status = lib.nvjpegCreateEx(_BACKEND_HARDWARE, *allocators, 0, ctypes.byref(handle))
             if status != _SUCCESS:  # NVJPEG_STATUS_ARCH_MISMATCH on a GPU without a hardware decoder
                 logger.info("nvJPEG has no hardware backend on %s (status %d); decoding through torchvision", device, status)
                 return None
@@ -140,7 +190,7 @@ class HardwareDecoder:
                 if status != _SUCCESS:
                     logger.info("nvJPEG could not be set up on %s (status %d); decoding through torchvision", device, status)
                     return None
-            return cls(lib, handle, state, jpeg_stream, device)
+            return decoder
 
     def takes(self, data: torch.Tensor) -> tuple[int, int] | None:
         """``(height, width)`` of a JPEG (a contiguous uint8 CPU tensor of its bytes) that the hardware backend's
