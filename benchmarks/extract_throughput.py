@@ -71,7 +71,6 @@ from clipcache.extract.loop import (
     _compile_image_tower,
     extract,
 )
-from clipcache.extract.nvjpeg import HardwareDecoder
 from clipcache.extract.plan import select_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,12 +206,11 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             run = Run(None)
-            originals = [_timed(loop, "decode_batch", run, "decode_batch"), _timed(decode, "_decode_on", run, "nvjpeg"),
-                         _timed(HardwareDecoder, "decode", run, "nvjpeg")]
+            originals = [_timed(loop, "decode_batch", run, "decode_batch"), _timed(decode, "_decode_on", run, "nvjpeg")]
             try:
                 run.report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
             finally:
-                loop.decode_batch, decode._decode_on, HardwareDecoder.decode = originals
+                loop.decode_batch, decode._decode_on = originals
             runs.append(run)
             _uncompile(backbones)  # options.compile compiled them in place; the forward-only runs are eager
     return runs
@@ -260,14 +258,9 @@ def main(argv=None) -> None:
     parser.add_argument("--decode-while-idle", action="store_true",
                         help="on the gpu path, call nvJPEG for a batch only once the device has finished the batch "
                              "before (clipcache.extract.loop.DECODE_WHILE_IDLE)")
-    parser.add_argument("--hardware-decoder", action="store_true",
-                        help="on the gpu path, decode with nvJPEG's hardware backend on a stream of the highest "
-                             "priority (clipcache.extract.decode.HARDWARE_DECODER)")
     args = parser.parse_args(argv)
     if args.decode_while_idle:
         loop.DECODE_WHILE_IDLE = True
-    if args.hardware_decoder:
-        decode.HARDWARE_DECODER = True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part_items:
@@ -310,7 +303,6 @@ def main(argv=None) -> None:
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"
-          f"{', nvJPEG hardware decoder at high priority' if decode.HARDWARE_DECODER else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")

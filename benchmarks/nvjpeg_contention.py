@@ -10,7 +10,7 @@ batch before. This measures that call alone, on the same JPEGs, in four settings
 * ``busy, own stream``: the same products on a stream of their own;
 * each with ``--batch`` images per call (default 256 and 1024);
 
-and the same through :class:`clipcache.extract.nvjpeg.HardwareDecoder` (the same
+and the same through :class:`nvjpeg_direct.HardwareDecoder` (the same
 library and hardware backend, called on a stream of the highest priority), idle
 and busy, and busy once more with its stream at the default priority, and with
 the library's memory taken from torch's caching allocators (which never
@@ -35,8 +35,7 @@ from pathlib import Path
 
 import torch
 from extract_throughput import _jpeg_size, cifar_folder, photo_folder
-
-from clipcache.extract.nvjpeg import HardwareDecoder
+from nvjpeg_direct import HardwareDecoder
 
 
 def torchvision_decode(datas: list[torch.Tensor]) -> None:

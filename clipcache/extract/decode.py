@@ -348,57 +348,27 @@ def resize_like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: 
 
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode JPEG byte tensors on ``device``: as one batch, then one at a time if the batch fails; None where one fails.
-
-    On CUDA with :data:`HARDWARE_DECODER`, the JPEGs that nvJPEG's hardware backend
-    takes are decoded by :class:`~clipcache.extract.nvjpeg.HardwareDecoder` on a
-    stream of the highest priority, and the others through torchvision.
-    """
+    """Decode JPEG byte tensors on ``device``: as one batch, then one at a time if the batch fails; None where one fails."""
     if not datas:
         return []
     if device.type != "cuda":
         return _decode_on(datas, device)
+    # torchvision allocates the decoded images on the current stream but writes them on its own decoder stream,
+    # unordered with the current one (it waits for its own stream on the host before it returns). Allocated on
+    # the caller's stream, they could take a block that the caller's queued work (the batch being encoded)
+    # still reads: measured on an H200, NaN features and a feature cosine of 0.39 to the CPU path. So they are
+    # allocated on a stream of their own, which runs no kernels, and recorded on the caller's stream where they
+    # are used: the allocator then hands their blocks out again only once that stream's work on them is done.
+    # The caller's stream goes on encoding while the decoder decodes.
     caller = torch.cuda.current_stream(device)
-    hardware = _hardware_decoder(device) if HARDWARE_DECODER else None
-    images: list[torch.Tensor | None] = [None] * len(datas)
-    if hardware is not None:
-        images = hardware.decode(datas)  # complete on return, on the decoder's own stream
-    rest = [i for i, image in enumerate(images) if image is None]
-    if rest:
-        # torchvision allocates the decoded images on the current stream but writes them on its own decoder
-        # stream, unordered with the current one (it waits for its own stream on the host before it returns).
-        # Allocated on the caller's stream, they could take a block that the caller's queued work (the batch
-        # being encoded) still reads: measured on an H200, NaN features and a feature cosine of 0.39 to the CPU
-        # path. So they are allocated on a stream of their own, which runs no kernels.
-        side = _decode_stream(device)
-        with torch.cuda.stream(side):
-            for i, image in zip(rest, _decode_on([datas[i] for i in rest], device), strict=True):
-                images[i] = image
-        caller.wait_stream(side)
-    # Recorded on the caller's stream, where they are used: the allocator then hands their blocks out again only
-    # once that stream's work on them is done. The caller's stream goes on encoding while the decoder decodes.
+    side = _decode_stream(device)
+    with torch.cuda.stream(side):
+        images = _decode_on(datas, device)
+    caller.wait_stream(side)
     for image in images:
         if image is not None:
             image.record_stream(caller)
     return images
-
-
-#: Whether the ``gpu`` decode path decodes the JPEGs that nvJPEG's hardware backend takes with
-#: :class:`~clipcache.extract.nvjpeg.HardwareDecoder` (a stream of the highest priority) rather than through
-#: torchvision (a stream of the lowest). Same library, same backend, same pixels.
-HARDWARE_DECODER = False
-
-_HARDWARE_DECODERS: dict = {}
-
-
-def _hardware_decoder(device: torch.device):
-    """The :class:`~clipcache.extract.nvjpeg.HardwareDecoder` of ``device``, made once; None where there is none."""
-    from clipcache.extract.nvjpeg import HardwareDecoder
-
-    key = torch.cuda.current_device() if device.index is None else device.index
-    if key not in _HARDWARE_DECODERS:
-        _HARDWARE_DECODERS[key] = HardwareDecoder.open(torch.device("cuda", key))
-    return _HARDWARE_DECODERS[key]
 
 
 _DECODE_STREAMS: dict = {}

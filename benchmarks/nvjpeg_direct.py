@@ -1,21 +1,27 @@
-"""nvJPEG's hardware batched JPEG decode on a CUDA stream of the highest priority, called through ctypes.
+"""nvJPEG's hardware batched JPEG decode, called through ctypes on a stream of the caller's choosing.
 
+An experiment of ``benchmarks/nvjpeg_contention.py``, kept for the next one.
 ``torchvision.io.decode_jpeg(list, device="cuda")`` decodes on a stream that it
-takes from torch's pool at the default priority, which is CUDA's lowest. Beside
-an extraction's forward passes, its kernels then wait behind theirs: on an H200
+takes from torch's pool at the default priority, CUDA's lowest, and on an H200
 its batched decode ran 17 to 25 times slower beside busy bf16 matrix products
-than on an idle GPU (``benchmarks/nvjpeg_contention.py``; docs/benchmarks.md).
-:class:`HardwareDecoder` calls the same library, the ``libnvjpeg`` that
-torchvision loaded, with the same hardware backend and batched call that
-torchvision uses for the JPEGs that backend takes, on a stream of the highest
-priority, so that the decoder's kernels are scheduled ahead of the forward
-pass's. The pixels are therefore torchvision's.
+than on an idle GPU. :class:`HardwareDecoder` calls the same library (the
+``libnvjpeg`` that torchvision loaded) with the same hardware backend and batched
+call that torchvision uses, so its pixels are torchvision's (equal on an H200),
+but on a stream of the highest priority, and optionally with the library's
+memory taken from torch's caching allocators.
+
+Measured on an H200 (docs/benchmarks.md, "Why nvJPEG is slow here"): neither
+helps. Beside 8192 x 8192 products it decoded 1,238 img/s at the highest
+priority, 1,184 at the default one and 895 with torch's memory (the library
+made no memory calls after its first batch), against torchvision's 1,212;
+beside 4096 x 4096 products torchvision's decode ran at 4,373 img/s. The wait
+grows with the length of the kernels beside it, and not with their priority.
 
 A JPEG that the hardware backend does not take (``nvjpegDecodeBatchedSupported``:
-progressive ones, for example) is left to the caller, as is a whole batch that
-the library fails on. :meth:`HardwareDecoder.open` gives None where there is no
-such decoder: no CUDA, no ``libnvjpeg`` in reach, or a GPU without a hardware
-JPEG decoder (the A100, H100 and H200 have one).
+progressive ones, for example) is None, as is every JPEG of a batch the library
+fails on. :meth:`HardwareDecoder.open` gives None where there is no such
+decoder: no CUDA, no ``libnvjpeg`` in reach, or a GPU without a hardware JPEG
+decoder (the A100, H100 and H200 have one).
 """
 
 from __future__ import annotations
