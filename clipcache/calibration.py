@@ -126,20 +126,26 @@ def fit_temperature_checked(z: np.ndarray, labels: np.ndarray) -> float:
     return float(t)
 
 
-def _slope_curvature(zc: np.ndarray, powers: np.ndarray, true_mean: float, s: float) -> tuple[float, float, float]:
-    """f'(s), f''(s) and f(s) of the NLL f(s) = mean(logsumexp(s z) - s z_y) at s = 1/T.
+def _slope_curvature(zc: np.ndarray, powers: np.ndarray, true_mean: float, s: float) -> tuple[float, float, np.ndarray]:
+    """f'(s), f''(s) and each row's sum of exp(s zc) for the NLL f(s) = mean(logsumexp(s z) - s z_y) at s = 1/T.
 
     ``zc`` (n, C) is z minus each row's maximum (the NLL does not change when a
     row is shifted, and exp(s zc) <= 1 never overflows), ``powers`` (n, C, 3) holds
-    zc ** 0, zc ** 1 and zc ** 2, and ``true_mean`` is the mean of zc at the true columns.
+    zc ** 0, zc ** 1 and zc ** 2, and ``true_mean`` is the mean of zc at the true
+    columns. f(s) itself is :func:`_nll_at` of the sums.
     """
-    moments = np.einsum("ij,ijk->ik", np.exp(s * zc), powers)  # (n, 3): sum p, sum p zc, sum p zc^2
+    moments = (np.exp(s * zc)[:, None, :] @ powers)[:, 0, :]  # (n, 3): sum p, sum p zc, sum p zc^2
     total = moments[:, 0]
     mean = moments[:, 1] / total
     n = len(zc)
     slope = float(np.add.reduce(mean)) / n - true_mean
     curvature = max(float(np.add.reduce(moments[:, 2] / total) - mean @ mean) / n, 0.0)
-    return slope, curvature, float(np.add.reduce(np.log(total))) / n - s * true_mean
+    return slope, curvature, total
+
+
+def _nll_at(total: np.ndarray, true_mean: float, s: float) -> float:
+    """f(s) from the row sums of :func:`_slope_curvature` at s."""
+    return float(np.add.reduce(np.log(total))) / len(total) - s * true_mean
 
 
 def _newton_inverse_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -164,32 +170,32 @@ def _newton_inverse_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[floa
     s = min(max(1.0 / spread, lo), hi) if spread > 0 else 1.0
     last = before_last = np.inf  # the sizes of the last two steps
     for _ in range(_MAX_STEPS):
-        slope, curvature, value = _slope_curvature(zc, powers, true_mean, s)
+        slope, curvature, total = _slope_curvature(zc, powers, true_mean, s)
         if slope == 0:
-            return s, value
+            return s, _nll_at(total, true_mean, s)
         if slope > 0:
             hi, hi_known = s, True
         else:
             lo, lo_known = s, True
         step = s - slope / curvature if curvature > 0 else np.nan
         if abs(step - s) <= _RTOL * s:  # converged: Newton's error is now of order (step - s) ** 2
-            return step, value
+            return step, _nll_at(total, true_mean, s)
         if not (lo < step < hi and abs(step - s) <= 0.5 * before_last):
             if slope < 0 and not hi_known:
                 bound = _slope_curvature(zc, powers, true_mean, hi)
                 if bound[0] <= 0:  # the NLL falls up to the largest s
-                    return hi, bound[2]
+                    return hi, _nll_at(bound[2], true_mean, hi)
                 hi_known = True
             elif slope > 0 and not lo_known:
                 bound = _slope_curvature(zc, powers, true_mean, lo)
                 if bound[0] >= 0:  # it rises from the smallest s
-                    return lo, bound[2]
+                    return lo, _nll_at(bound[2], true_mean, lo)
                 lo_known = True
             step = float(np.sqrt(lo * hi))
         if hi - lo <= _RTOL * lo:
-            return step, _slope_curvature(zc, powers, true_mean, step)[2]
+            return step, _nll_at(_slope_curvature(zc, powers, true_mean, step)[2], true_mean, step)
         before_last, last, s = last, abs(step - s), step
-    return s, _slope_curvature(zc, powers, true_mean, s)[2]
+    return s, _nll_at(_slope_curvature(zc, powers, true_mean, s)[2], true_mean, s)
 
 
 class TemperatureScaling:

@@ -230,6 +230,20 @@ def _short_repr(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_COMPILED: dict[int, tuple[dict, tuple, dict]] = {}
+
+
+def _compiled(constraints: dict) -> dict[str, list[Constraint]]:
+    """``{name: [Constraint, ...]}`` of a declared constraints dict, made once per dict (an estimator class's
+    ``_parameter_constraints``; a fit validates its parameters every time)."""
+    key = tuple(map(id, constraints.values()))  # a rule list replaced in place is compiled again
+    cached = _COMPILED.get(id(constraints))
+    if cached is None or cached[0] is not constraints or cached[1] != key:
+        cached = constraints, key, {name: [make_constraint(c) for c in rules] for name, rules in constraints.items()}
+        _COMPILED[id(constraints)] = cached
+    return cached[2]
+
+
 def validate_parameters(owner: str, constraints: dict, params: dict) -> None:
     """Raise unless every parameter satisfies one of its declared constraints.
 
@@ -250,8 +264,9 @@ def validate_parameters(owner: str, constraints: dict, params: dict) -> None:
     undeclared = sorted(set(params) - set(constraints))
     if undeclared:
         raise TypeError(f"{owner} declares no constraint for parameter {undeclared[0]!r}")
+    compiled = _compiled(constraints)
     for name, value in params.items():
-        rules = [make_constraint(c) for c in constraints[name]]
+        rules = compiled[name]
         if any(rule.is_satisfied_by(value) for rule in rules):
             continue
         allowed = [str(rule) for rule in rules]
