@@ -161,7 +161,8 @@ def _newton_inverse_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[floa
     n, c = z.shape
     zc = z - z.max(axis=1, keepdims=True)
     zc2, true_mean = zc * zc, float(np.add.reduce(zc[np.arange(n), labels])) / n
-    powers = np.stack([np.ones_like(zc), zc, zc2], axis=2)
+    powers = np.empty((n, c, 3))
+    powers[:, :, 0], powers[:, :, 1], powers[:, :, 2] = 1.0, zc, zc2
     lo, hi = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]
     lo_known = hi_known = False  # whether f' is known to be < 0 at lo (> 0 at hi)
     row_means = np.add.reduce(zc, axis=1) / c

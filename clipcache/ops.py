@@ -24,7 +24,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (n, d), same dtype
     """
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))  # np.linalg.norm's sum, without its overhead
     return x / np.maximum(norms, np.finfo(x.dtype).tiny)
 
 
