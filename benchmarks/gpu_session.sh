@@ -42,25 +42,27 @@ TESTS=${TESTS:-tests/classifiers/test_gda.py tests/extract/test_decode_gpu.py te
 tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py}
 # shellcheck disable=SC2086 # TESTS is a list of paths
 step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
-step "nvjpeg contention 500x375" contention.log 60 python3 benchmarks/nvjpeg_contention.py --jpeg-size 500x375 \
---per-class 200 --batch 256 --repeats 2
 # each plain extract step measures --decode cpu, gpu and hybrid (the benchmark's default on a GPU); "idle" ones the gpu
-# path with loop.DECODE_WHILE_IDLE
+# path with loop.DECODE_WHILE_IDLE (its rate never measured yet), beside the plain step on the same machine
 step "extract ViT-B-16 500x375" extract.log 75 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
-step "extract ViT-B-32 32x32 train" extract.log 100 bash -c "$E --model ViT-B-32 --per-class 5000 --split train"
-step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 3
 step "extract ViT-B-16 500x375 idle" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375 \
 --decode gpu --decode-while-idle"
+step "extract ViT-B-32 32x32 train" extract.log 100 bash -c "$E --model ViT-B-32 --per-class 5000 --split train"
 step "extract ViT-B-32 32x32 train idle" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 5000 --split train \
 --decode gpu --decode-while-idle"
 step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
+step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
+step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
+step "nvjpeg contention 500x375" contention.log 60 python3 benchmarks/nvjpeg_contention.py --jpeg-size 500x375 \
+--per-class 200 --batch 256 --repeats 2
+step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 3
+step "worker transfer decoded 500x375" extract.log 40 python3 benchmarks/worker_transfer.py --workers 16 --decoded \
+--jpeg-size 500x375 --per-class 100
 step "worker paths 32x32" extract.log 30 python3 benchmarks/worker_paths.py --workers 16
 step "worker paths 500x375" extract.log 40 python3 benchmarks/worker_paths.py --workers 16 --jpeg-size 500x375 \
 --per-class 300
 step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-class 1000"
-step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
-step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
-step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
 step "worker transfer" extract.log 30 python3 benchmarks/worker_transfer.py --workers 16
 step "extract ViT-B-32 32x32 whole batches" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --part-items 256"
 step "search table" search.log 90 python3 benchmarks/search_speed.py --backend torch --device cuda --nprobe 8,64 --json "$OUT/search.json"
