@@ -1,13 +1,14 @@
-"""How fast DataLoader workers hand the ``gpu`` decode path's JPEG bytes to the main process.
+"""How fast DataLoader workers hand the ``gpu`` and ``hybrid`` decode paths' parts to the main process.
 
-On ``extract --decode gpu`` the workers only read each JPEG's bytes and send a
-part of a batch (:func:`clipcache.extract.loop._collate`) as one
-:class:`~clipcache.extract.decode.PackedPayloads`, whose buffer is a numpy array
-that travels inside the pickle. The peer is the same part with the buffer as a
-torch tensor, which travels as a shared-memory block and a file descriptor (as
-the buffer did before). Both read the same files with the same workers and part
-size, alternately, ``--repeats`` times; each rate counts from the first part
-received (worker start-up excluded)::
+On ``extract --decode gpu`` the workers only read each JPEG's bytes, and on
+``--decode hybrid`` they decode the pixels; either way they send a part of a
+batch (:func:`clipcache.extract.loop._collate`) as one
+:class:`~clipcache.extract.decode.PackedPayloads`. Its buffer travels as a numpy
+array inside the pickle, or from ``loop.SHARED_BUFFER_BYTES`` on as a tensor in
+shared memory (a file descriptor). Three collates run on the same files with the
+same workers and part size, alternately, ``--repeats`` times: ``_collate`` as it
+is, every buffer as a numpy array, and every buffer as a tensor. Each rate counts
+from the first part received (worker start-up excluded)::
 
     python benchmarks/worker_transfer.py                      # CIFAR-10 test JPEGs (32 x 32)
     python benchmarks/worker_transfer.py --jpeg-size 500x375 --per-class 300
