@@ -153,7 +153,8 @@ def _print_report(report: ExtractReport, options: RunOptions) -> None:
 @click.option("--decode", type=click.Choice(["auto", *DECODES]), default="auto", show_default=True,
               help="Where images are decoded and resized: cpu (PIL, in the workers), gpu (nvJPEG on the CUDA device; "
                    "other images fall back to the CPU one at a time), hybrid (decoded by PIL in the workers, resized on "
-                   "the device: for small images) or auto (gpu on a CUDA device, else cpu; on --resume or "
+                   "the device: for small images) or auto (on a CUDA device hybrid when the images are no larger than "
+                   "the model input, else gpu; cpu elsewhere; on --resume or "
                    "--add-splits, the path the store records). Recorded per feature set; features of two paths "
                    "are never mixed.")
 @click.option("--compile", "compile_", is_flag=True,

@@ -199,8 +199,9 @@ class RunOptions:
         and a tensor resize, the workers only reading the files' bytes (images
         nvJPEG does not take fall back to the CPU path one at a time);
         ``"hybrid"``, decoded in the workers with PIL and resized on the device;
-        ``"auto"`` is ``"gpu"`` on a CUDA device where torchvision decodes there,
-        and ``"cpu"`` otherwise. The paths' pixels differ slightly, so the path
+        ``"auto"`` is ``"gpu"`` on a CUDA device where torchvision decodes there
+        (``"hybrid"`` when the typical image has at most the model input's pixels,
+        :func:`typical_pixels`), and ``"cpu"`` otherwise. The paths' pixels differ slightly, so the path
         is recorded in each feature set's provenance and a run that would mix
         two in one feature set is refused.
     compile : bool
@@ -741,6 +742,32 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     store.mark_complete(plan.name)
 
 
+def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:
+    """The median pixels (width x height) of up to ``n`` images spread evenly over the first plan's items.
+
+    Image files are opened for their header only; None when no plan has items
+    or none of the sampled images can be read (``decode="auto"`` then takes
+    ``gpu`` on a CUDA device, see :func:`resolve_decode`).
+    """
+    plan = next((p for p in plans if p.n_items), None)
+    if plan is None:
+        return None
+    sizes = []
+    for item in np.unique(np.linspace(0, plan.n_items - 1, min(n, plan.n_items)).astype(np.int64)):
+        sample = plan.sample_of(int(item))
+        try:
+            root = getattr(plan.source, "root", None)
+            if root is not None:
+                with Image.open(os.path.join(root, plan.source.keys[sample])) as image:
+                    width, height = image.size
+            else:
+                width, height = plan.source.load(sample).size
+        except _DECODE_ERRORS:
+            continue
+        sizes.append(width * height)
+    return float(np.median(sizes)) if sizes else None
+
+
 #: Batches that the decode thread of the ``gpu`` and ``hybrid`` decode paths decodes ahead of the one being launched.
 DECODE_AHEAD = 1
 
@@ -1005,8 +1032,12 @@ def extract(
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
     requested_decode = _recorded_decode(path, backbones) if options.decode == "auto" and (resume or add_splits) else None
+    pixels = None
+    if (requested_decode or options.decode) == "auto" and torch.device(options.device).type == "cuda":
+        pixels = typical_pixels(plans)
     decode = resolve_decode(
-        requested_decode or options.decode, options.device, [b.preprocess for b in backbones], augment=config.augment_views > 0
+        requested_decode or options.decode, options.device, [b.preprocess for b in backbones],
+        augment=config.augment_views > 0, image_pixels=pixels,
     )
     options = dataclasses.replace(options, decode=decode)
     for backbone in backbones:

@@ -492,7 +492,7 @@ def test_parts_sent_in_shared_memory_store_what_parts_in_the_pickle_store(mixed_
 def test_resolve_decode_hybrid_runs_on_any_device_but_not_for_augmented_views_or_box():
     box = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3, "box")
     assert resolve_decode("hybrid", "cpu", [PP], augment=False) == "hybrid"
-    assert resolve_decode("auto", "cpu", [PP], augment=False) == "cpu"  # auto never takes it
+    assert resolve_decode("auto", "cpu", [PP], augment=False, image_pixels=16) == "cpu"  # auto takes it on CUDA only
     with pytest.raises(InvalidParameterError, match="decode 'hybrid' cannot run because augmented views") as err:
         resolve_decode("hybrid", "cpu", [PP], augment=True)
     assert err.value.param == "decode"
@@ -537,6 +537,33 @@ def test_resolve_decode_where_the_tensor_path_cannot_run(tensor_path_on_cpu):
         resolve_decode("gpu", "cpu", [box], augment=False)
     with pytest.raises(InvalidParameterError, match="augmented views"):
         resolve_decode("gpu", "cpu", [PP], augment=True)
+
+
+def test_auto_takes_hybrid_for_images_no_larger_than_the_model_input(tensor_path_on_cpu):
+    """PP is 64 px: images of at most 64 x 64 pixels are enlarged, and auto decodes them on the hybrid path."""
+    large = Preprocess(96, 96, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    assert resolve_decode("auto", "cpu", [PP], augment=False, image_pixels=64 * 64) == "hybrid"
+    assert resolve_decode("auto", "cpu", [PP], augment=False, image_pixels=64 * 64 + 1) == "gpu"
+    assert resolve_decode("auto", "cpu", [PP, large], augment=False, image_pixels=90 * 90) == "hybrid"  # the largest
+    assert resolve_decode("auto", "cpu", [PP], augment=False, image_pixels=None) == "gpu"  # sizes unknown
+    assert resolve_decode("gpu", "cpu", [PP], augment=False, image_pixels=16) == "gpu"  # an explicit path stays
+    assert resolve_decode("auto", "cpu", [PP], augment=True, image_pixels=16) == "cpu"
+
+
+def test_typical_pixels_is_the_median_of_headers_spread_over_the_first_split(tmp_path):
+    from clipcache.extract.loop import typical_pixels
+
+    root = tmp_path / "sizes"
+    sizes = [(10, 10), (20, 10), (30, 30), (40, 10), (500, 375)]  # pixels 100, 200, 900, 400, 187500
+    for cls, (w, h) in zip("abcde", sizes, strict=True):
+        (root / "test" / cls).mkdir(parents=True)
+        Image.new("RGB", (w, h), (9, 9, 9)).save(root / "test" / cls / "x.jpg")
+    (root / "test" / "e" / "y.jpg").write_bytes(b"not an image")  # skipped
+    plans = build_plans(select_samples(open_dataset(root)), views=1, batch_size=4, shard=(0, 1))
+    assert typical_pixels(plans) == 400.0  # median of 100, 200, 900, 400, 187500
+    assert typical_pixels(plans, n=2) == 100.0  # the first and the last item, which does not read
+    empty = build_plans(select_samples(open_dataset(root), max_per_class=0), views=1, batch_size=4, shard=(0, 1))
+    assert typical_pixels(empty) is None
 
 
 def test_decode_gpu_without_cuda_is_refused_before_any_work(image_folder, tmp_path):

@@ -33,10 +33,16 @@ NVJPEG_MAX_PIXEL_DIFFERENCE, NVJPEG_MEDIAN_PIXEL_DIFFERENCE = 80, 12
 NVJPEG_MIN_COSINE, NVJPEG_MEAN_COSINE = 0.84, 0.97
 
 
-def test_auto_decodes_on_the_gpu_and_records_it(mixed_folder, tmp_path):
-    assert resolve_decode("auto", "cuda", [Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3)], augment=False) == "gpu"
-    extract(tmp_path / "gpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda"))
+def test_auto_decodes_on_the_gpu_and_the_gpu_path_records_it(mixed_folder, tmp_path):
+    """auto: hybrid for these thumbnails (at most the 64 px input), gpu where the sizes are unknown or larger."""
+    pp = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3)
+    assert resolve_decode("auto", "cuda", [pp], augment=False) == "gpu"
+    assert resolve_decode("auto", "cuda", [pp], augment=False, image_pixels=500 * 375) == "gpu"
+    extract(tmp_path / "auto.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda"))
+    extract(tmp_path / "gpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda", decode="gpu"))
     extract(tmp_path / "cpu.h5", _config(mixed_folder), RunOptions(progress=False, device="cuda", decode="cpu"))
+    with FeatureStore(tmp_path / "auto.h5") as a:
+        assert {a.feature_sets[n].provenance[schema.DECODE] for n in a.feature_sets} == {"hybrid"}
     with FeatureStore(tmp_path / "gpu.h5") as g, FeatureStore(tmp_path / "cpu.h5") as c:
         assert {g.feature_sets[n].provenance[schema.DECODE] for n in g.feature_sets} == {"gpu"}
         # nvJPEG decodes the JPEG whose scan is corrupt (measured on an H200), where PIL refuses it
