@@ -166,15 +166,27 @@ class PackedPayloads:
     def unpack(self) -> list:
         """The payloads that were packed, each device JPEG's bytes or decoded image's pixels a tensor view of ``buffer``."""
         buffer = self.buffer if isinstance(self.buffer, torch.Tensor) else torch.from_numpy(self.buffer)
-        out = []
-        for e in self.entries:
-            if not isinstance(e, tuple):
+        out: list = []
+        run: list[tuple] = []  # consecutive entries of one kind (and, decoded, of one shape), cut in one call
+        for e in [*self.entries, None]:
+            if run and (e is None or not isinstance(e, tuple) or _kind(e) != _kind(run[0])):
+                start, stop = run[0][0], run[-1][1]
+                if isinstance(run[0][2], str):
+                    views = buffer[start:stop].split([stop_ - start_ for start_, stop_, _ in run])
+                    out += [EncodedImage(view, path) for view, (_, _, path) in zip(views, run, strict=True)]
+                else:
+                    out += [DecodedImage(view) for view in buffer[start:stop].view(len(run), *run[0][2]).unbind(0)]
+                run = []
+            if isinstance(e, tuple):
+                run.append(e)
+            elif e is not None:
                 out.append(e)
-            elif isinstance(e[2], str):
-                out.append(EncodedImage(buffer[e[0] : e[1]], e[2]))
-            else:
-                out.append(DecodedImage(buffer[e[0] : e[1]].view(e[2])))
         return out
+
+
+def _kind(entry: tuple):
+    """What :meth:`PackedPayloads.unpack` cuts alike: every device JPEG, or decoded images of one shape."""
+    return "jpeg" if isinstance(entry[2], str) else entry[2]
 
 
 def _torchvision_decodes_on(device: torch.device) -> bool:

@@ -462,6 +462,30 @@ def test_packed_payloads_carry_decoded_images_beside_jpeg_bytes_and_rows(tmp_pat
     assert back[1].data.numpy().tobytes() == data and back[2][0] is row
 
 
+def test_unpack_cuts_runs_of_alike_payloads_into_views_of_the_buffer(tmp_path):
+    """Runs of JPEGs, and of decoded images of one shape, are cut in one call each; every payload comes back equal,
+    in order, as a view of the buffer."""
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    datas = [_jpeg(_shape(i)) for i in range(3)]
+    small = [to_uint8_tensor(_shape(i, size=17)) for i in range(3)]
+    other = to_uint8_tensor(_shape(9, size=23))
+    row = [eval_transform_uint8(PP)(_shape(5))]
+    payloads = [_payload(datas[0], tmp_path), DecodedImage(small[0]), DecodedImage(small[1]), DecodedImage(other),
+                row, _payload(datas[1], tmp_path), _payload(datas[2], tmp_path), DecodedImage(small[2])]
+    packed = PackedPayloads.pack(payloads)
+    back = packed.unpack()
+    assert len(back) == len(payloads) and back[4] is row
+    for want, got in zip(payloads, back, strict=True):
+        if isinstance(want, EncodedImage):
+            assert isinstance(got, EncodedImage) and got.path == want.path
+            assert got.data.numpy().tobytes() == want.data.numpy().tobytes()
+        elif isinstance(want, DecodedImage):
+            assert isinstance(got, DecodedImage) and torch.equal(got.data, want.data)
+        if not isinstance(want, list):
+            assert np.shares_memory(got.data.numpy(), packed.buffer)
+
+
 def test_large_packed_payloads_travel_in_shared_memory_and_unpack_the_same(tmp_path):
     from clipcache.extract.transforms import to_uint8_tensor
 
