@@ -295,7 +295,8 @@ def main(argv=None):
     parser.add_argument("--nice", type=int, default=10, help="Niceness added before extracting.")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS/OpenMP threads of the evaluation.")
     parser.add_argument("--shots", default="1,2,4,8,16")
-    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in range(1, 21)),
+                        help="comma-separated seeds (default 1 to 20: with 5, a few-shot mean moves by several points)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="Timed runs of each fit per seed (every method and the probe); the fastest counts.")
     parser.add_argument("--out", type=Path, help="Also write every run as JSON into this folder.")
