@@ -745,7 +745,9 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
 def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:
     """The median pixels (width x height) of up to ``n`` images spread evenly over the first plan's items.
 
-    Image files are opened for their header only; None when no plan has items
+    The items are those of the whole split, whatever the shard, so that every
+    rank of a torchrun launch resolves the same decode path. Image files are
+    opened for their header only; None when no plan has items
     or none of the sampled images can be read (``decode="auto"`` then takes
     ``gpu`` on a CUDA device, see :func:`resolve_decode`).
     """

@@ -586,6 +586,8 @@ def test_typical_pixels_is_the_median_of_headers_spread_over_the_first_split(tmp
     plans = build_plans(select_samples(open_dataset(root)), views=1, batch_size=4, shard=(0, 1))
     assert typical_pixels(plans) == 400.0  # median of 100, 200, 900, 400, 187500
     assert typical_pixels(plans, n=2) == 100.0  # the first and the last item, which does not read
+    for shard in ((0, 2), (1, 2)):  # every rank samples the whole split
+        assert typical_pixels(build_plans(select_samples(open_dataset(root)), views=1, batch_size=4, shard=shard)) == 400.0
     empty = build_plans(select_samples(open_dataset(root), max_per_class=0), views=1, batch_size=4, shard=(0, 1))
     assert typical_pixels(empty) is None
 
