@@ -15,7 +15,7 @@ and the linear rule is ``W = mu P``. Two solvers give the same W:
   singular), from S accumulated block by block (streamable, O(d^2) memory);
 - :func:`solve_woodbury`: when N < d, the Woodbury identity
   ``(a R^T R + t I)^-1 = (I - a R^T (t I_N + a R R^T)^-1 R) / t`` works in the
-  N x N space, O(N^2 d) instead of O(d^3).
+  N x N space, O(N^2 d) instead of O(d^3) (an LU solve: the N x N matrix is positive definite).
 
 The accumulation runs on numpy (:class:`NumpyOps`) or on a torch device
 (:class:`TorchOps`: blocks go through pinned memory to the GPU, and the sums,
