@@ -1034,13 +1034,10 @@ def extract(
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
     requested_decode = _recorded_decode(path, backbones) if options.decode == "auto" and (resume or add_splits) else None
-    pixels = None
-    if (requested_decode or options.decode) == "auto" and torch.device(options.device).type == "cuda":
-        pixels = typical_pixels(plans)
-    decode = resolve_decode(
-        requested_decode or options.decode, options.device, [b.preprocess for b in backbones],
-        augment=config.augment_views > 0, image_pixels=pixels,
-    )
+    preprocesses, augment = [b.preprocess for b in backbones], config.augment_views > 0
+    decode = resolve_decode(requested_decode or options.decode, options.device, preprocesses, augment=augment)
+    if (requested_decode or options.decode) == "auto" and decode == "gpu":  # hybrid instead, for thumbnails
+        decode = resolve_decode("auto", options.device, preprocesses, augment=augment, image_pixels=typical_pixels(plans))
     options = dataclasses.replace(options, decode=decode)
     for backbone in backbones:
         backbone.normalize = config.normalize

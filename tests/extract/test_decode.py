@@ -574,6 +574,21 @@ def test_auto_takes_hybrid_for_images_no_larger_than_the_model_input(tensor_path
     assert resolve_decode("auto", "cpu", [PP], augment=True, image_pixels=16) == "cpu"
 
 
+@pytest.mark.parametrize(("aux", "path"), [(("efficientnet-lite0",), "hybrid"), ((), "gpu")])
+def test_auto_extracts_thumbnails_on_the_hybrid_path(image_folder, tmp_path, tensor_path_on_cpu, aux, path):
+    """Where auto decodes on the device (here the tensor path on the CPU), 40 x 40 JPEGs go to the hybrid path when the
+    largest model input is EfficientNet-lite0's 224 px, and to the gpu path for the tiny ViT's 32 px alone; the store
+    records which."""
+    folder = tmp_path / "jpegs"
+    for png in image_folder.rglob("*.png"):
+        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    extract(tmp_path / "s.h5", _config(folder, aux=aux), RunOptions(progress=False))
+    with FeatureStore(tmp_path / "s.h5") as store:
+        assert {schema.decode_of(info.provenance) for info in store.feature_sets.values()} == {path}
+
+
 def test_typical_pixels_is_the_median_of_headers_spread_over_the_first_split(tmp_path):
     from clipcache.extract.loop import typical_pixels
 

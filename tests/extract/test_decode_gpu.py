@@ -34,7 +34,8 @@ NVJPEG_MIN_COSINE, NVJPEG_MEAN_COSINE = 0.84, 0.97
 
 
 def test_auto_decodes_on_the_gpu_and_the_gpu_path_records_it(mixed_folder, tmp_path):
-    """auto: hybrid for these thumbnails (at most the 64 px input), gpu where the sizes are unknown or larger."""
+    """auto: hybrid for these thumbnails (no larger than the largest model input, EfficientNet-lite0's 224 px), gpu
+    where the sizes are unknown or larger."""
     pp = Preprocess(64, 64, (0.5,) * 3, (0.5,) * 3)
     assert resolve_decode("auto", "cuda", [pp], augment=False) == "gpu"
     assert resolve_decode("auto", "cuda", [pp], augment=False, image_pixels=500 * 375) == "gpu"
