@@ -373,9 +373,8 @@ def resize_like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: 
     torch.Tensor, uint8, shape (..., 3, height, width), same device
     """
     shape = images.shape
-    height, width = shape[-2:]
     x = images.reshape(-1, *shape[-3:]).float()
-    for target in ((height, size[1]), tuple(size)):  # PIL's order: horizontal, then vertical
+    for target in ((shape[-2], size[1]), tuple(size)):  # PIL's order: horizontal, then vertical
         if tuple(x.shape[-2:]) != target:
             x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
             x = x.add_(0.5).floor_().clamp_(0, 255)  # PIL's rounding: half up, then clipped

@@ -754,16 +754,15 @@ def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:
     plan = next((p for p in plans if p.n_items), None)
     if plan is None:
         return None
+    root = getattr(plan.source, "root", None)
     sizes = []
     for item in np.unique(np.linspace(0, plan.n_items - 1, min(n, plan.n_items)).astype(np.int64)):
-        sample = plan.sample_of(int(item))
         try:
-            root = getattr(plan.source, "root", None)
             if root is not None:
-                with Image.open(os.path.join(root, plan.source.keys[sample])) as image:
+                with Image.open(os.path.join(root, plan.key(int(item)))) as image:
                     width, height = image.size
             else:
-                width, height = plan.source.load(sample).size
+                width, height = plan.source.load(plan.sample_of(int(item))).size
         except _DECODE_ERRORS:
             continue
         sizes.append(width * height)
@@ -1033,10 +1032,12 @@ def extract(
     check_amp_names(requested, _feature_set_names(config) if backbones is None else [b.name for b in backbones])
     if backbones is None:
         backbones = build_backbones(config.model, config.pretrained, config.aux, image_size=config.image_size, seed=config.seed)
-    requested_decode = _recorded_decode(path, backbones) if options.decode == "auto" and (resume or add_splits) else None
+    # with auto, a resumed or extended store keeps the path it records
+    recorded = _recorded_decode(path, backbones) if options.decode == "auto" and (resume or add_splits) else None
+    requested_decode = recorded or options.decode
     preprocesses, augment = [b.preprocess for b in backbones], config.augment_views > 0
-    decode = resolve_decode(requested_decode or options.decode, options.device, preprocesses, augment=augment)
-    if (requested_decode or options.decode) == "auto" and decode == "gpu":  # hybrid instead, for thumbnails
+    decode = resolve_decode(requested_decode, options.device, preprocesses, augment=augment)
+    if requested_decode == "auto" and decode == "gpu":  # hybrid instead, for thumbnails
         decode = resolve_decode("auto", options.device, preprocesses, augment=augment, image_pixels=typical_pixels(plans))
     options = dataclasses.replace(options, decode=decode)
     for backbone in backbones:
