@@ -175,55 +175,93 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+#: The loop module's functions whose CPU time (in the thread that runs them) a run reports (``Run.cpu``): the
+#: loop's thread in all and in three steps, the decode thread's work and the writer thread's store calls.
+CPU_STEPS = {"_run_split": "loop", "_launch_batch": "launch", "_assemble": "assemble", "_finish_batch": "finish",
+             "_decode_payloads": "decode thread", "_write_batch": "writer thread"}
+
+
 @dataclasses.dataclass
 class Run:
-    """One end-to-end run: its report, and the seconds the decode thread (``--decode gpu``) spent in
-    ``decode_batch`` in all and in the decode_jpeg calls (nvJPEG on a GPU, which return once the decoder is done)."""
+    """One end-to-end run and where its threads spent their time.
 
-    report: ExtractReport
-    decode_batch: float = 0.0
-    nvjpeg: float = 0.0
+    ``busy``: the seconds the decode thread (``--decode gpu`` and ``hybrid``) spent
+    in ``decode_batch``, in all and in its decode_jpeg calls (nvJPEG on a GPU,
+    which return once the decoder is done). ``cpu``: the CPU seconds of the threads
+    in the steps of :data:`CPU_STEPS` (``loop``: the loop's thread, each split from
+    start to end), and of the whole main process during the call (``process``, every
+    thread, not the DataLoader workers). CPU time leaves out what a thread waits, for
+    a stage or for the GIL, except a wait that spins (CUDA's event waits may):
+    ``finish`` holds the wait for the device's features. When the process's CPU
+    time is about its wall time while the loop's thread's is well below, the
+    threads take turns at the GIL. ``setup``: the seconds of the whole ``extract``
+    call (``call``), and of capturing CUDA graphs (``capture``, ``--cuda-graphs``),
+    before the loop and outside its time.
+    """
+
+    report: ExtractReport | None = None
+    busy: dict = dataclasses.field(default_factory=lambda: {"decode_batch": 0.0, "nvjpeg": 0.0})
+    cpu: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(["process", *CPU_STEPS.values()], 0.0))
+    setup: dict = dataclasses.field(default_factory=lambda: {"capture": 0.0, "call": 0.0})
 
 
-def _timed(module, name: str, run: Run, field: str):
-    """Patch ``module.name`` so that its calls add their seconds to ``run.field``; return the original."""
+def _timed(module, name: str, totals: dict, key: str, clock=time.perf_counter):
+    """Patch ``module.name`` so that its calls add their seconds on ``clock`` to ``totals[key]``; return the original."""
     original = getattr(module, name)
 
     def timed(*args, **kwargs):
-        began = time.perf_counter()
+        began = clock()
         try:
             return original(*args, **kwargs)
         finally:
-            setattr(run, field, getattr(run, field) + time.perf_counter() - began)
+            totals[key] += clock() - began
 
     setattr(module, name, timed)
     return original
 
 
 def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[Run]:
-    """``repeats`` extractions, JPEG files to a complete store (rates, waits and the decode thread's time)."""
+    """``repeats`` extractions, JPEG files to a complete store (rates, waits and the threads' times)."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            run = Run(None)
-            originals = [_timed(loop, "decode_batch", run, "decode_batch"), _timed(decode, "_decode_on", run, "nvjpeg")]
+            run = Run()
+            patched = {
+                (loop, "decode_batch"): _timed(loop, "decode_batch", run.busy, "decode_batch"),
+                (decode, "_decode_on"): _timed(decode, "_decode_on", run.busy, "nvjpeg"),
+                (loop, "_encoders"): _timed(loop, "_encoders", run.setup, "capture"),
+            }
+            for name, step in CPU_STEPS.items():
+                patched[loop, name] = _timed(loop, name, run.cpu, step, time.thread_time)
+            began, began_cpu = time.perf_counter(), time.process_time()
             try:
                 run.report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
+                run.cpu["process"] = time.process_time() - began_cpu
+                run.setup["call"] = time.perf_counter() - began
             finally:
-                loop.decode_batch, decode._decode_on = originals
+                for (module, name), original in patched.items():
+                    setattr(module, name, original)
             runs.append(run)
             _uncompile(backbones)  # options.compile compiled them in place; the forward-only runs are eager
     return runs
 
 
 def _waits(run: Run) -> str:
-    """The loop's waits of a run as shares of its time (ExtractReport.waits), and the decode thread's busy time."""
+    """The loop's waits of a run as shares of its time (ExtractReport.waits), the decode thread's busy time, and
+    the CPU time of the loop's thread."""
     report = run.report
     text = ", ".join(f"{stage} {report.waits[stage] / report.seconds:.0%}" for stage in WAIT_STAGES)
-    if run.decode_batch:
-        text += f"; the decode thread was busy {run.decode_batch / report.seconds:.0%} of the time"
-    if run.nvjpeg:
-        text += f" (its decode_jpeg calls {run.nvjpeg / report.seconds:.0%})"
+    if run.busy["decode_batch"]:
+        text += f"; the decode thread was busy {run.busy['decode_batch'] / report.seconds:.0%} of the time"
+    if run.busy["nvjpeg"]:
+        text += f" (its decode_jpeg calls {run.busy['nvjpeg'] / report.seconds:.0%})"
+    if run.cpu["loop"]:
+        steps = ", ".join(f"{step} {run.cpu[step] / report.seconds:.0%}" for step in list(CPU_STEPS.values())[1:])
+        text += (f"; CPU time as a share of the loop's: the loop's thread {run.cpu['loop'] / report.seconds:.0%} "
+                 f"({steps}); the main process {run.cpu['process'] / run.setup['call']:.0%} of the whole call's "
+                 f"{run.setup['call']:.2f} s")
+    if loop.CUDA_GRAPHS:
+        text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
     return text
 
 
@@ -258,9 +296,14 @@ def main(argv=None) -> None:
     parser.add_argument("--decode-while-idle", action="store_true",
                         help="on the gpu path, call nvJPEG for a batch only once the device has finished the batch "
                              "before (clipcache.extract.loop.DECODE_WHILE_IDLE)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="encode full batches by replaying a CUDA graph of each tower (clipcache.extract.loop."
+                             "CUDA_GRAPHS); the forward-only rate stays eager")
     args = parser.parse_args(argv)
     if args.decode_while_idle:
         loop.DECODE_WHILE_IDLE = True
+    if args.cuda_graphs:
+        loop.CUDA_GRAPHS = True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part_items:
@@ -303,6 +346,7 @@ def main(argv=None) -> None:
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"
+          f"{', end-to-end through CUDA graphs' if loop.CUDA_GRAPHS else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")

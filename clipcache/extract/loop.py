@@ -624,7 +624,7 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device):
 
     Each preprocessing group's uint8 parts go to ``device`` (from pinned memory,
     asynchronously on a GPU) and are joined, normalised and encoded there, each
-    backbone in its precision. On a GPU the features come back to pinned host
+    backbone in its precision (``backbones`` may hold their :class:`_GraphedFeatures`). On a GPU the features come back to pinned host
     memory asynchronously too, so the caller can prepare the next batch while
     this one is computed.
     """
@@ -679,7 +679,89 @@ def _compile_image_tower(backbone: Backbone) -> None:
     backbone.encode_image = encode_image
 
 
-def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport) -> None:
+#: Whether a run on a CUDA device encodes its full batches by replaying a CUDA graph of each backbone's
+#: :meth:`~clipcache.extract.backbones.Backbone.features` (:class:`_GraphedFeatures`), instead of launching the
+#: tower's few hundred kernels one by one from the loop's thread. Off until measured on a GPU: its rate, and
+#: whether its features equal the eager launches' bit for bit (``tests/extract/test_gpu.py``).
+CUDA_GRAPHS = False
+
+
+class _GraphedFeatures:
+    """A backbone's :meth:`~clipcache.extract.backbones.Backbone.features` for batches of one size, by replaying a
+    graph captured once; batches of other sizes (the last of a split) are encoded by the backbone itself.
+
+    The graph's input is a buffer of its own, which each call fills from the batch
+    it is given, and its output is overwritten by the next replay: a call returns
+    a copy. The graph replays the kernels that the eager call launched while it
+    was captured, on the same shapes, so its features are meant to equal the eager
+    ones bit for bit (checked on a GPU by ``tests/extract/test_gpu.py``).
+
+    Parameters
+    ----------
+    backbone : Backbone
+        On its device, in its precision; ``name`` and ``preprocess`` are taken from it.
+    batch_size : int
+    capture : callable, optional
+        ``capture(function, static_input) -> (replay, static_output)``:
+        :func:`_capture_cuda_graph` by default. Tests pass one that replays by
+        calling ``function`` again.
+    """
+
+    def __init__(self, backbone: Backbone, batch_size: int, capture=None):
+        self.backbone = backbone
+        self.name = backbone.name
+        size = backbone.preprocess.image_size
+        with torch.inference_mode():
+            self.static_input = torch.zeros((batch_size, 3, size, size), device=backbone.device)
+            self._replay, self._static_output = (capture or _capture_cuda_graph)(backbone.features, self.static_input)
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of ``batch``: by a replay when it has the graph's batch size."""
+        if batch.shape != self.static_input.shape:
+            return self.backbone.features(batch)
+        self.static_input.copy_(batch)
+        self._replay()
+        return self._static_output.clone()
+
+
+def _capture_cuda_graph(function, static_input: torch.Tensor):
+    """Capture ``function(static_input)`` in a CUDA graph, after two warm-up calls on a side stream (as torch's
+    documentation of CUDA graphs does); return its replay and its output."""
+    device = static_input.device
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(2):  # lazy initialisation (cuBLAS workspaces, kernel choices) before the capture
+            function(static_input)
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: another thread's device calls (the decode thread's) do not break the capture
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        static_output = function(static_input)
+    return graph.replay, static_output
+
+
+def _encoders(backbones: Sequence[Backbone], batch_size: int, device: torch.device) -> list:
+    """What encodes the batches: each backbone, or on a CUDA device with :data:`CUDA_GRAPHS` its
+    :class:`_GraphedFeatures`; a backbone whose capture fails is encoded eagerly, with a warning."""
+    if not (CUDA_GRAPHS and device.type == "cuda"):
+        return list(backbones)
+    encoders = []
+    with torch.cuda.device(device):
+        for backbone in backbones:
+            try:
+                encoders.append(_GraphedFeatures(backbone, batch_size))
+            except RuntimeError as exc:
+                logger.warning("%s: its image tower could not be captured in a CUDA graph (%s); encoding it eagerly",
+                               backbone.name, str(exc).splitlines()[0])
+                encoders.append(backbone)
+    return encoders
+
+
+def _run_split(
+    store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport, encoders=None
+) -> None:
     """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
 
     Three stages overlap. The DataLoader workers decode parts of the batches ahead
@@ -692,7 +774,8 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
     :class:`~clipcache.extract.writer.StoreWriter` thread, in order, so the loop
     never waits on HDF5. The store is touched only by the writer between its start
     and its close: before, to find where to resume, and after, to mark the split
-    complete.
+    complete. ``encoders`` (:func:`_encoders`; by default ``backbones``) encode the
+    batches.
     """
     if store.is_complete(plan.name):
         logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
@@ -728,7 +811,7 @@ def _run_split(store, plan, backbones, config: ExtractConfig, options: RunOption
             pending = None  # the batch the device encodes while the next one is fetched and decoded
             for k, (items, tensors, errors) in enumerate(decoded):
                 try:  # queued behind the batch before, so that the device never runs dry
-                    launched = _launch_batch(plan, backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+                    launched = _launch_batch(plan, encoders or backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
                     _finish_batch(writer, store, plan, pending, report, bar)
                     raise
@@ -1055,9 +1138,10 @@ def extract(
                 _prepare_added_splits(store, config, backbones, plans, options)
             else:
                 _prepare_store(store, config, dataset.classes, backbones, plans, options)
+            encoders = _encoders(backbones, config.batch_size, torch.device(options.device))  # in their precisions
             began = time.perf_counter()
             for plan in plans:
-                _run_split(store, plan, backbones, config, options, report)
+                _run_split(store, plan, backbones, config, options, report, encoders)
             report.seconds = time.perf_counter() - began
             if prompt_set is not None:
                 embed_prompt_set(store, prompt_set, text_backbone, source=templates, overwrite=True)

@@ -366,3 +366,54 @@ def test_a_failed_write_stops_the_loop_at_the_next_batch(image_folder, tmp_path,
     monkeypatch.undo()
     with FeatureStore(tmp_path / "s.h5") as fs:
         assert fs.n_rows("train") == 0 and not fs.is_complete("train")
+
+
+def _replaying_capture(replays: list):
+    """A stand-in for ``loop._capture_cuda_graph`` on the CPU: its replay calls the function again on the static
+    input and writes the static output in place, as a CUDA graph's replay does; ``replays`` gets each batch size."""
+
+    def capture(function, static_input):
+        static_output = function(static_input)
+
+        def replay():
+            replays.append(static_input.shape[0])
+            static_output.copy_(function(static_input))
+
+        return replay, static_output
+
+    return capture
+
+
+def test_graphed_features_replay_full_batches_and_encode_the_others_eagerly(tiny_clip):
+    from clipcache.extract import loop
+
+    replays = []
+    graphed = loop._GraphedFeatures(tiny_clip, 4, capture=_replaying_capture(replays))
+    x, y = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        fx, fy, fz = graphed.features(x), graphed.features(y), graphed.features(x[:3])
+        ex, ey, ez = (tiny_clip.features(t) for t in (x, y, x[:3]))
+    assert replays == [4, 4]  # the partial batch is encoded by the backbone
+    assert graphed.name == "clip"
+    # each call's features are its own: the second replay does not change the first one's
+    assert torch.equal(fx, ex) and torch.equal(fy, ey) and torch.equal(fz, ez) and not torch.equal(fx, fy)
+
+
+def test_graphs_are_taken_on_cuda_only(tiny_clip, monkeypatch):
+    from clipcache.extract import loop
+
+    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
+    assert loop._encoders([tiny_clip], 4, torch.device("cpu")) == [tiny_clip]
+
+
+def test_a_run_encoding_through_graphs_stores_what_the_eager_run_stores(image_folder, tmp_path, monkeypatch):
+    from clipcache.extract import loop
+
+    extract(tmp_path / "eager.h5", _config(image_folder), QUIET)
+    replays = []
+    monkeypatch.setattr(loop, "_encoders", lambda backbones, batch_size, device: [
+        loop._GraphedFeatures(b, batch_size, capture=_replaying_capture(replays)) for b in backbones])
+    extract(tmp_path / "graphed.h5", _config(image_folder), QUIET)
+    # batches of 4: train 12 items (3 full batches), test 6 (1 full, 1 of 2); two backbones
+    assert replays == [4] * 8
+    assert snapshot(tmp_path / "graphed.h5") == snapshot(tmp_path / "eager.h5")
