@@ -38,20 +38,32 @@ step() {  # step NAME LOG SECONDS CMD...: CMD with at most SECONDS, or the time 
 }
 E="python3 benchmarks/extract_throughput.py --device cuda --pretrained none --aux '' --workers 16 --batch-size 256 \
 --amp bf16 --no-compiled --repeats 2"
-TESTS=${TESTS:-tests/classifiers/test_gda.py tests/extract/test_decode_gpu.py tests/extract/test_gpu.py tests/gpu \
-tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py}
+# the tests of what changed since the last GPU run; TESTS="..." for others (tests/classifiers/test_gda.py tests/gpu
+# tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py passed on an H200 and have not changed since)
+TESTS=${TESTS:-tests/extract/test_gpu.py tests/extract/test_decode_gpu.py}
 # shellcheck disable=SC2086 # TESTS is a list of paths
 step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
-# each plain extract step measures --decode cpu, gpu and hybrid (the benchmark's default on a GPU); "idle" ones the gpu
-# path with loop.DECODE_WHILE_IDLE (its rate never measured yet), beside the plain step on the same machine
-step "extract ViT-B-16 500x375" extract.log 75 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
-step "extract ViT-B-16 500x375 idle" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375 \
---decode gpu --decode-while-idle"
-step "extract ViT-B-32 32x32 train" extract.log 100 bash -c "$E --model ViT-B-32 --per-class 5000 --split train"
-step "extract ViT-B-32 32x32 train idle" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 5000 --split train \
---decode gpu --decode-while-idle"
-step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
+# Never measured yet, by priority: loop.CUDA_GRAPHS ("graphs"), loop.DECODE_WHILE_IDLE ("idle"), hybrid for ViT-B-16
+# and ViT-L-14 on 32x32. Each beside its baseline on the same machine. A step with no --decode measures cpu, gpu and
+# hybrid (the benchmark's default on a GPU).
+B32T="$E --model ViT-B-32 --per-class 5000 --split train"
+B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
+step "extract ViT-B-32 32x32 train hybrid" extract.log 60 bash -c "$B32T --decode hybrid"
+step "extract ViT-B-32 32x32 train hybrid graphs" extract.log 60 bash -c "$B32T --decode hybrid --cuda-graphs"
+step "extract ViT-B-16 500x375 idle" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle"
+step "extract ViT-B-16 500x375 idle graphs" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle --cuda-graphs"
+step "extract ViT-B-16 500x375" extract.log 75 bash -c "$B16P"
+step "extract ViT-B-16 500x375 graphs" extract.log 60 bash -c "$B16P --decode gpu,hybrid --cuda-graphs"
+step "extract ViT-B-32 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid,gpu \
+--cuda-graphs"
+step "extract ViT-B-16 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
+--cuda-graphs"
+step "extract ViT-L-14 32x32 hybrid" extract.log 50 bash -c "$E --model ViT-L-14 --per-class 500 --decode hybrid"
+step "extract ViT-B-32 500x375 idle graphs" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 \
+--jpeg-size 500x375 --decode gpu --decode-while-idle --cuda-graphs"
+step "extract ViT-B-32 32x32 train" extract.log 100 bash -c "$B32T"
 step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
+step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
 step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
 step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375"
 step "nvjpeg contention 500x375" contention.log 60 python3 benchmarks/nvjpeg_contention.py --jpeg-size 500x375 \
