@@ -61,7 +61,7 @@ from PIL import Image
 
 from clipcache._io import atomic_output
 from clipcache.extract import decode, loop
-from clipcache.extract.backbones import build_backbones
+from clipcache.extract.backbones import Backbone, build_backbones
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import (
     WAIT_STAGES,
@@ -168,6 +168,20 @@ def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp:
         _sync(device)
         rates.append(len(samples) / (time.perf_counter() - began))
     return rates
+
+
+class NullTower(Backbone):
+    """A stand-in for ``backbone`` with its name, dimension and preprocessing whose image tower costs one fill
+    kernel: a run with it measures what the loop sustains without a model (``--null-tower``)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__(torch.nn.Identity(), {"null_tower_of": backbone.name})
+        self.name, self.dim, self.preprocess = backbone.name, backbone.dim, backbone.preprocess
+        self.precision = backbone.precision
+        self.to(backbone.device)
+
+    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.new_ones(batch.shape[0], self.dim)
 
 
 def _sync(device: str) -> None:
@@ -296,6 +310,9 @@ def main(argv=None) -> None:
     parser.add_argument("--decode-while-idle", action="store_true",
                         help="on the gpu path, call nvJPEG for a batch only once the device has finished the batch "
                              "before (clipcache.extract.loop.DECODE_WHILE_IDLE)")
+    parser.add_argument("--null-tower", action="store_true",
+                        help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
+                             "end-to-end rate is then what the loop sustains without a model")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="encode full batches by replaying a CUDA graph of each tower (clipcache.extract.loop."
                              "CUDA_GRAPHS); the forward-only rate stays eager")
@@ -321,6 +338,8 @@ def main(argv=None) -> None:
     options = {d: RunOptions(workers=args.workers, device=args.device, amp=args.amp, progress=False, decode=d,
                              compile=args.compile) for d in decodes}
     backbones = [b.to(args.device) for b in build_backbones(args.model, args.pretrained, aux)]
+    if args.null_tower:
+        backbones = [NullTower(b) for b in backbones]
     dataset = open_dataset(source)
     (split, samples), = select_samples(dataset, max_per_class=args.per_class).values()
 
@@ -347,6 +366,7 @@ def main(argv=None) -> None:
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"
           f"{', end-to-end through CUDA graphs' if loop.CUDA_GRAPHS else ''}"
+          f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")

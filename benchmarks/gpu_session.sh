@@ -50,10 +50,13 @@ B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32 train hybrid" extract.log 60 bash -c "$B32T --decode hybrid"
 step "extract ViT-B-32 32x32 train hybrid graphs" extract.log 60 bash -c "$B32T --decode hybrid --cuda-graphs"
+# what the loop sustains without a model ("null": one fill kernel per tower, the same preprocessing)
+step "extract ViT-B-32 32x32 train null" extract.log 60 bash -c "$B32T --null-tower"
 step "extract ViT-B-16 500x375 idle" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle"
 step "extract ViT-B-16 500x375 idle graphs" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle --cuda-graphs"
 step "extract ViT-B-16 500x375" extract.log 75 bash -c "$B16P"
 step "extract ViT-B-16 500x375 graphs" extract.log 60 bash -c "$B16P --decode gpu,hybrid --cuda-graphs"
+step "extract ViT-B-16 500x375 null" extract.log 50 bash -c "$B16P --null-tower"
 step "extract ViT-B-32 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid,gpu \
 --cuda-graphs"
 step "extract ViT-B-16 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
