@@ -33,10 +33,16 @@ from ``--source``. ``--jpeg-size WxH``
 makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
 saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
 For the best run of each decode path it prints where the loop waited
-(``ExtractReport.waits``: workers, decode thread, device, writer) and, on the
-``gpu`` path, how busy the decode thread was, and
-``--profile N`` profiles one more run per path (cProfile; on Python 3.12 and later
-it counts every thread's calls)::
+(``ExtractReport.waits``: workers, decode thread, device, writer), how busy the
+decode thread was, and the CPU time of the loop's thread (in all, and launching,
+joining and finishing batches), of the decode and writer threads, and of the whole
+main process: threads that wait little but are seldom on a CPU take turns at the
+GIL. ``--cuda-graphs`` encodes through CUDA graphs (``loop.CUDA_GRAPHS``) and also
+prints the forward-only rate through them. ``--null-tower`` replaces each image
+tower by one that costs a fill kernel, keeping its preprocessing: the end-to-end
+rate is then what the loop sustains without a model. ``--profile N`` profiles one
+more run per path (cProfile; on Python 3.12 and later it counts every thread's
+calls)::
 
     python benchmarks/extract_throughput.py --device cuda --model ViT-B-16 --pretrained none --aux '' \
         --workers 16 --batch-size 256 --amp bf16 --per-class 1000 --jpeg-size 500x375
@@ -135,20 +141,28 @@ def compiled_forward_only(backbones, dataset, samples, batch_size: int, device: 
         _uncompile(backbones)
 
 
+def graphed_forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
+    """Images/s of the forward pass through CUDA graphs, as ``loop.CUDA_GRAPHS`` encodes (capture untimed)."""
+    with torch.cuda.device(device):
+        encoders = [loop._GraphedFeatures(b, batch_size) for b in backbones]
+    return forward_only(backbones, dataset, samples, batch_size, device, amp, repeats, encoders)
+
+
 def _uncompile(backbones) -> None:
     """Undo ``_compile_image_tower``: back to each class's eager ``encode_image``."""
     for backbone in backbones:
         backbone.__dict__.pop("encode_image", None)
 
 
-def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
+def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int,
+                 encoders=None) -> list[float]:
     """Images/s of the batched forward pass alone, on tensors decoded beforehand.
 
     One batch of the samples is decoded and preprocessed up front and stays on the
     device; the timed loop runs the forward pass over as many batches (the last one
     partial) as ``samples`` makes, each a slice of that batch. The model's work does
     not depend on the pixels, and decoding every sample first would take longer
-    than the measurement.
+    than the measurement. ``encoders`` (by default the backbones) compute the features.
     """
     inputs = []
     for backbone in backbones:
@@ -163,8 +177,8 @@ def forward_only(backbones, dataset, samples, batch_size: int, device: str, amp:
         with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
             for start in range(0, len(samples), batch_size):
                 size = min(batch_size, len(samples) - start)
-                for backbone, x in zip(backbones, inputs, strict=True):
-                    backbone.features(x[:size]).float().cpu()
+                for encoder, x in zip(encoders or backbones, inputs, strict=True):
+                    encoder.features(x[:size]).float().cpu()
         _sync(device)
         rates.append(len(samples) / (time.perf_counter() - began))
     return rates
@@ -315,7 +329,8 @@ def main(argv=None) -> None:
                              "end-to-end rate is then what the loop sustains without a model")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="encode full batches by replaying a CUDA graph of each tower (clipcache.extract.loop."
-                             "CUDA_GRAPHS); the forward-only rate stays eager")
+                             "CUDA_GRAPHS), and print the forward-only rate through them too (the ratio stays to "
+                             "the eager one)")
     args = parser.parse_args(argv)
     if args.decode_while_idle:
         loop.DECODE_WHILE_IDLE = True
@@ -358,6 +373,12 @@ def main(argv=None) -> None:
                 failed[d] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     compiled = [] if args.no_compiled else compiled_forward_only(
         backbones, split, samples, args.batch_size, args.device, args.amp, args.repeats)
+    graphed = []
+    if args.cuda_graphs and args.device.startswith("cuda"):
+        try:
+            graphed = graphed_forward_only(backbones, split, samples, args.batch_size, args.device, args.amp, args.repeats)
+        except Exception:  # report it, and print the rest
+            traceback.print_exc()
     f, c = max(fwd), max(compiled, default=float("nan"))
     names = ", ".join(b.name for b in backbones)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
@@ -370,6 +391,8 @@ def main(argv=None) -> None:
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
     print(f"forward-only compiled : {c:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in compiled) or 'skipped'})")
+    if graphed:
+        print(f"forward-only graphed  : {max(graphed):8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in graphed)})")
     print(f"{'decode':>6} | {'fwd eager':>10} | {'fwd compiled':>12} | {'end-to-end':>10} | {'ratio':>6} | "
           f"{'ratio median':>12} | end-to-end runs")
     for d in decodes:
