@@ -34,7 +34,7 @@ makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
 saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
 For the best run of each decode path it prints where the loop waited
 (``ExtractReport.waits``: workers, decode thread, device, writer), how busy the
-decode thread was, and the CPU time of the loop's thread (in all, and launching,
+decode thread was, and the CPU time per batch of the loop's thread (in all, and launching,
 joining and finishing batches), of the decode and writer threads, and of the whole
 main process: threads that wait little but are seldom on a CPU take turns at the
 GIL. ``--cuda-graphs`` encodes through CUDA graphs (``loop.CUDA_GRAPHS``) and also
@@ -218,7 +218,7 @@ class Run:
     which return once the decoder is done). ``cpu``: the CPU seconds of the threads
     in the steps of :data:`CPU_STEPS` (``loop``: the loop's thread, each split from
     start to end), and of the whole main process during the call (``process``, every
-    thread, not the DataLoader workers). CPU time leaves out what a thread waits, for
+    thread, not the DataLoader workers), over ``batches`` batches. CPU time leaves out what a thread waits, for
     a stage or for the GIL, except a wait that spins (CUDA's event waits may):
     ``finish`` holds the wait for the device's features. When the process's CPU
     time is about its wall time while the loop's thread's is well below, the
@@ -231,6 +231,7 @@ class Run:
     busy: dict = dataclasses.field(default_factory=lambda: {"decode_batch": 0.0, "nvjpeg": 0.0})
     cpu: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(["process", *CPU_STEPS.values()], 0.0))
     setup: dict = dataclasses.field(default_factory=lambda: {"capture": 0.0, "call": 0.0})
+    batches: int = 0
 
 
 def _timed(module, name: str, totals: dict, key: str, clock=time.perf_counter):
@@ -266,6 +267,7 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
                 run.report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
                 run.cpu["process"] = time.process_time() - began_cpu
                 run.setup["call"] = time.perf_counter() - began
+                run.batches = -(-run.report.encoded // config.batch_size)
             finally:
                 for (module, name), original in patched.items():
                     setattr(module, name, original)
@@ -284,10 +286,10 @@ def _waits(run: Run) -> str:
     if run.busy["nvjpeg"]:
         text += f" (its decode_jpeg calls {run.busy['nvjpeg'] / report.seconds:.0%})"
     if run.cpu["loop"]:
-        steps = ", ".join(f"{step} {run.cpu[step] / report.seconds:.0%}" for step in list(CPU_STEPS.values())[1:])
-        text += (f"; CPU time as a share of the loop's: the loop's thread {run.cpu['loop'] / report.seconds:.0%} "
-                 f"({steps}); the main process {run.cpu['process'] / run.setup['call']:.0%} of the whole call's "
-                 f"{run.setup['call']:.2f} s")
+        per = 1e3 / max(1, run.batches)
+        steps = ", ".join(f"{step} {run.cpu[step] * per:.2f}" for step in list(CPU_STEPS.values())[1:])
+        text += (f"; CPU ms per batch: the loop's thread {run.cpu['loop'] * per:.2f} ({steps}); the main process "
+                 f"{run.cpu['process'] / run.setup['call']:.0%} of the whole call's {run.setup['call']:.2f} s")
     if loop.CUDA_GRAPHS:
         text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
     return text
