@@ -624,9 +624,9 @@ def _encode(backbones, preprocesses, groups, tensors, ok, device):
 
     Each preprocessing group's uint8 parts go to ``device`` (from pinned memory,
     asynchronously on a GPU) and are joined, normalised and encoded there, each
-    backbone in its precision (``backbones`` may hold their :class:`_GraphedFeatures`). On a GPU the features come back to pinned host
-    memory asynchronously too, so the caller can prepare the next batch while
-    this one is computed.
+    backbone in its precision (``backbones`` may hold their :class:`_GraphedFeatures`).
+    On a GPU the features come back to pinned host memory asynchronously too, so
+    the caller can prepare the next batch while this one is computed.
     """
     out = {}
     cuda = device.type == "cuda"
@@ -811,7 +811,9 @@ def _run_split(
             pending = None  # the batch the device encodes while the next one is fetched and decoded
             for k, (items, tensors, errors) in enumerate(decoded):
                 try:  # queued behind the batch before, so that the device never runs dry
-                    launched = _launch_batch(plan, encoders or backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options)
+                    launched = _launch_batch(
+                        plan, encoders or backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options
+                    )
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
                     _finish_batch(writer, store, plan, pending, report, bar)
                     raise

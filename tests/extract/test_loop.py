@@ -389,7 +389,8 @@ def test_graphed_features_replay_full_batches_and_encode_the_others_eagerly(tiny
 
     replays = []
     graphed = loop._GraphedFeatures(tiny_clip, 4, capture=_replaying_capture(replays))
-    x, y = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.rand(4, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(4, 3, 32, 32, generator=generator) for _ in range(2))
     with torch.inference_mode():
         fx, fy, fz = graphed.features(x), graphed.features(y), graphed.features(x[:3])
         ex, ey, ez = (tiny_clip.features(t) for t in (x, y, x[:3]))
