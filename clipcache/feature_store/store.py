@@ -145,6 +145,10 @@ class FeatureStore:
         self._release = None
         self._failed: str | None = None
         self._infos: dict[str, FeatureSetInfo] = {}  # feature sets never change once written
+        # A writer's open splits and class count, kept from one append to the next; structural changes and
+        # failures drop them (_forget)
+        self._open_splits: dict[str, Split] = {}
+        self._class_count: int | None = None
         self._h5: h5py.File | None = None
         if mode == "r":
             self._h5, self._release = _hdf5.open_for_read(self.path)
@@ -187,6 +191,7 @@ class FeatureStore:
 
     def close(self) -> None:
         """Flush and close the file and release the writer lock."""
+        self._forget()
         if self._h5 is not None:
             try:
                 if self._failed is None:
@@ -229,6 +234,7 @@ class FeatureStore:
             yield
         except (OSError, RuntimeError) as exc:
             self._failed = cause = _hdf5.io_cause(exc)
+            self._forget()
             with _hdf5.quiet_dealloc_errors():
                 if split is not None:
                     with contextlib.suppress(OSError, RuntimeError, StoreError):
@@ -260,6 +266,7 @@ class FeatureStore:
         """
         self._require_writable()
         _hdf5.check_free_space(self.path, need)
+        self._forget()
         with self._guard(what):
             if self.h5.swmr_mode:
                 self._h5.close()
@@ -477,7 +484,16 @@ class FeatureStore:
         """Names of the splits."""
         return [name for name in self.h5["splits"] if not name.startswith(HIDDEN_PREFIX)]
 
+    def _forget(self) -> None:
+        """Drop the writer's open splits and class count (before a structural change, a close or after a failure)."""
+        self._open_splits.clear()
+        self._class_count = None
+
     def _split(self, name: str) -> Split:
+        """Split ``name``; a writer keeps it open, with its members, until :meth:`_forget`."""
+        sp = self._open_splits.get(name)
+        if sp is not None:
+            return sp
         group = None if name.startswith(HIDDEN_PREFIX) else self._member("splits", name)
         if group is None:
             known = self.splits
@@ -489,6 +505,8 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no split {name!r} (the store has: {', '.join(known) or 'none'})", param="split")
         sp = REGISTRY[schema.SPLIT].open(self.path, group)
         sp.refresh = self.mode == "r" and self.h5.swmr_mode
+        if self.mode != "r":
+            self._open_splits[name] = sp
         return sp
 
     def _split_feature_set(self, name: str, feature_set_name: str) -> tuple[Split, SplitState]:
@@ -706,7 +724,9 @@ class FeatureStore:
             self._commit(sp, replace(state, complete=True))
 
     def _check_labels(self, split: str, labels: np.ndarray) -> None:
-        n_classes = len(self.classes)
+        if self._class_count is None or self.mode == "r":
+            self._class_count = len(self.classes)
+        n_classes = self._class_count
         bad = (labels < -1) | (labels >= n_classes)
         if bad.any():
             raise StoreError(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clipcache import FeatureStore
-from clipcache.errors import InvalidParameterError
+from clipcache.errors import InvalidParameterError, StoreError
 from tests.conftest import unit_rows, write_synthetic_store
 
 
@@ -189,3 +189,29 @@ def test_linked_features_read_through_to_their_sources(tmp_path):
         want = np.concatenate([p["train"]["x"] for p in parts])
         np.testing.assert_array_equal(store.features("train", "clip"), want)
         np.testing.assert_array_equal(store.features("train", "clip", [11, 0, 7]), want[[11, 0, 7]])
+
+
+def test_a_writer_sees_its_structural_changes_between_appends(tmp_path):
+    """A writer keeps its splits open from one append to the next; the appends after a split is dropped and made
+    again, or given a column, write to the split as it is now, and labels are still checked against the classes."""
+    rng = np.random.default_rng(0)
+    x, z = unit_rows(rng, 4, 8), unit_rows(rng, 4, 8)
+    path = tmp_path / "s.h5"
+    with FeatureStore(path, "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", 8, provenance={})
+        store.add_feature_set("g", 8, provenance={})
+        store.create_split("t", ["f"])
+        store.append("t", ids=["0", "1"], paths=["0", "1"], labels=[0, 0], features={"f": x[:2]})
+        store.drop_split("t")
+        store.create_split("t", ["f"])
+        store.append("t", ids=["2"], paths=["2"], labels=[0], features={"f": x[2:3]})
+        store.create_split("t", ["f", "g"])  # adds the column g
+        store.append_features("t", "g", z[:1])
+        with pytest.raises(StoreError, match="outside"):
+            store.append("t", ids=["3"], paths=["3"], labels=[1], features={"f": x[3:], "g": z[1:2]})
+        store.append("t", ids=["3"], paths=["3"], labels=[0], features={"f": x[3:], "g": z[1:2]})
+    with FeatureStore(path) as store:
+        assert list(store.ids("t")) == ["2", "3"] and store.labels("t").tolist() == [0, 0]
+        np.testing.assert_array_equal(store.features("t", "f"), x[2:])
+        np.testing.assert_array_equal(store.features("t", "g"), z[:2])

@@ -85,7 +85,15 @@ class SplitState:
 
 
 class Split(GroupView):
-    """Reader and writer of one split group, encoding ``split`` version 1 (see :class:`GroupView` for the parameters)."""
+    """Reader and writer of one split group, encoding ``split`` version 1 (see :class:`GroupView` for the parameters).
+
+    Without ``refresh``, each member is looked up once and kept: the writer keeps
+    its splits open from one append to the next (``FeatureStore._split``).
+    """
+
+    def __init__(self, group: h5py.Group, path: Path, refresh: bool = False):
+        super().__init__(group, path, refresh)
+        self._members: dict[str, h5py.Dataset | strings.StringColumn] = {}
 
     @classmethod
     def write(cls, group: h5py.Group, path: Path, created: str) -> Split:
@@ -107,16 +115,26 @@ class Split(GroupView):
 
     def dataset(self, name: str) -> h5py.Dataset:
         """A numeric member: ``labels``, ``views``, ``state`` or ``features/<name>``."""
+        ds = self._members.get(name)
+        if ds is not None:
+            return ds
         ds = self.group.get(name)
         if not isinstance(ds, h5py.Dataset):
             raise StoreFormatError(f"{self.path}: {self.group.name}/{name} is missing; the store is corrupt")
         if self.refresh:
             ds.refresh()
+        else:
+            self._members[name] = ds
         return ds
 
     def string_column(self, name: str) -> strings.StringColumn:
         """A per-sample string column, ``ids`` or ``paths``."""
-        return strings.open_column(self.path, self.group, name, self.refresh)
+        column = self._members.get(name)
+        if column is None:
+            column = strings.open_column(self.path, self.group, name, self.refresh)
+            if not self.refresh:
+                self._members[name] = column
+        return column
 
     @property
     def skipped(self) -> SkippedRecords:
@@ -239,6 +257,7 @@ class Split(GroupView):
                 layout[at : at + int(n)] = source[0 : int(n)]
             at += int(n)
         features = self.group["features"]
+        self._members.pop(f"features/{info.name}", None)
         del features[info.name]
         features.create_virtual_dataset(info.name, layout, fillvalue=np.nan)
 
