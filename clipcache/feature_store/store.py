@@ -191,16 +191,18 @@ class FeatureStore:
 
     def close(self) -> None:
         """Flush and close the file and release the writer lock."""
-        self._forget()
         if self._h5 is not None:
             try:
                 if self._failed is None:
+                    self._forget()
                     self._h5.close()
                 else:  # the flush of what failed fails again; the error was raised already
                     with _hdf5.quiet_dealloc_errors(), contextlib.suppress(OSError, RuntimeError):
+                        self._forget()
                         self._h5.close()
             finally:
                 self._h5 = None
+        self._forget()
         if self._release is not None:
             self._release()
             self._release = None
@@ -234,12 +236,12 @@ class FeatureStore:
             yield
         except (OSError, RuntimeError) as exc:
             self._failed = cause = _hdf5.io_cause(exc)
-            self._forget()
             with _hdf5.quiet_dealloc_errors():
                 if split is not None:
                     with contextlib.suppress(OSError, RuntimeError, StoreError):
                         self._split(split).truncate()
-                traceback.clear_frames(exc.__traceback__)  # free the failed datasets while quiet
+                self._forget()  # free the failed datasets while quiet: the writer's open ones,
+                traceback.clear_frames(exc.__traceback__)  # and those of the failed call's frames
                 del exc
             raise _hdf5.write_error(self.path, f"{what} ({cause})") from None
 
