@@ -824,7 +824,20 @@ def _run_split(
             _finish_batch(writer, store, plan, pending, report, bar)
     finally:
         bar.close()
+        _stop_workers(parts)
     store.mark_complete(plan.name)
+
+
+def _stop_workers(parts) -> None:
+    """Stop the DataLoader iterator's worker processes now, on every way out of a split.
+
+    An exception's traceback keeps the iterator alive until the garbage collector
+    finds it, and its workers with it: processes that an interrupted run in a
+    notebook would leave behind, holding the store's file open.
+    """
+    shutdown = getattr(parts, "_shutdown_workers", None)  # the multiprocessing iterator's; it runs once
+    if shutdown is not None:
+        shutdown()
 
 
 def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:

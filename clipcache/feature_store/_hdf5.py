@@ -224,11 +224,29 @@ class CrashedFile(io.RawIOBase):
         super().close()
 
 
+#: The descriptors of the locks this process holds. A child forked meanwhile (a DataLoader worker) closes its
+#: copies: a ``flock`` lasts until the last copy of its descriptor is closed, so a child that outlived its
+#: parent's close (an interrupted run whose workers a traceback keeps alive) would otherwise keep the store locked.
+_HELD: set[int] = set()
+
+
+def _close_held_locks() -> None:
+    """In a forked child: close the inherited descriptors of the parent's locks (the parent's stay)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks)
+
+
 class FileLock:
     """An advisory ``flock`` on a store file: exclusive for its writer, shared for readers of a crashed file.
 
     The kernel releases it when the process dies, so a killed writer never
-    leaves a stale lock behind.
+    leaves a stale lock behind. It is this process's alone: a child forked while
+    it is held does not keep it (:data:`_HELD`).
 
     Parameters
     ----------
@@ -271,6 +289,7 @@ class FileLock:
                 )
             time.sleep(0.05)
         self._fd = fd
+        _HELD.add(fd)
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting and without write access; False if another process holds it exclusively."""
@@ -281,10 +300,12 @@ class FileLock:
             os.close(fd)
             return False
         self._fd = fd
+        _HELD.add(fd)
         return True
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 

@@ -418,3 +418,23 @@ def test_a_run_encoding_through_graphs_stores_what_the_eager_run_stores(image_fo
     # batches of 4: train 12 items (3 full batches), test 6 (1 full, 1 of 2); two backbones
     assert replays == [4] * 8
     assert snapshot(tmp_path / "graphed.h5") == snapshot(tmp_path / "eager.h5")
+
+
+def test_an_interrupted_run_leaves_no_worker_behind(image_folder, tmp_path):
+    """The DataLoader's workers stop when a run is interrupted, though the interrupt's traceback keeps the loop's
+    frames alive (the garbage collector is off here), and the store can be resumed at once."""
+    import gc
+    import multiprocessing
+
+    from tests.extract.helpers import interrupted_extract
+
+    options = RunOptions(workers=2, progress=False)
+    gc.disable()
+    try:
+        interrupted_extract(tmp_path / "s.h5", _config(image_folder), options)
+        assert multiprocessing.active_children() == []
+        extract(tmp_path / "s.h5", _config(image_folder), options, resume=True)
+    finally:
+        gc.enable()
+    extract(tmp_path / "whole.h5", _config(image_folder), options)
+    assert snapshot(tmp_path / "s.h5") == snapshot(tmp_path / "whole.h5")

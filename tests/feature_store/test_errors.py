@@ -1,5 +1,7 @@
 """Every way a store can be wrong gives one clear error naming the file, in the API and the CLI."""
 
+import multiprocessing
+
 import h5py
 import numpy as np
 import pytest
@@ -144,6 +146,24 @@ def test_second_writer_is_locked_out(synthetic_store):
             FeatureStore(path, "a")
         with FeatureStore(path) as reader:  # readers are never locked out
             assert reader.n_rows("train") == 40
+
+
+def test_a_child_forked_by_a_writer_does_not_keep_the_store_locked(synthetic_store):
+    """A process forked while a writer holds the lock (a DataLoader worker) closes its copy of the lock's descriptor:
+    once the writer closes, the store can be written again while the child still lives."""
+    path, _ = synthetic_store
+    context = multiprocessing.get_context("fork")
+    done = context.Event()
+    with FeatureStore(path, "a"):
+        child = context.Process(target=done.wait, args=(60,))
+        child.start()
+    try:
+        with FeatureStore(path, "a") as store:  # StoreLockedError if the child's copy still held the lock
+            assert child.is_alive() and store.n_rows("train") == 40
+    finally:
+        done.set()
+        child.join()
+    assert child.exitcode == 0
 
 
 def test_unknown_split_and_feature_set_list_what_exists(synthetic_store):
