@@ -760,7 +760,7 @@ def _encoders(backbones: Sequence[Backbone], batch_size: int, device: torch.devi
 
 
 def _run_split(
-    store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport, encoders=None
+    store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport, encoders: list
 ) -> None:
     """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
 
@@ -774,8 +774,8 @@ def _run_split(
     :class:`~clipcache.extract.writer.StoreWriter` thread, in order, so the loop
     never waits on HDF5. The store is touched only by the writer between its start
     and its close: before, to find where to resume, and after, to mark the split
-    complete. ``encoders`` (:func:`_encoders`; by default ``backbones``) encode the
-    batches.
+    complete. ``encoders`` (:func:`_encoders`: the backbones, or their graphs)
+    encode the batches.
     """
     if store.is_complete(plan.name):
         logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
@@ -812,7 +812,7 @@ def _run_split(
             for k, (items, tensors, errors) in enumerate(decoded):
                 try:  # queued behind the batch before, so that the device never runs dry
                     launched = _launch_batch(
-                        plan, encoders or backbones, (preprocesses, groups), items, tensors, errors, recorded, device, options
+                        plan, encoders, (preprocesses, groups), items, tensors, errors, recorded, device, options
                     )
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
                     _finish_batch(writer, store, plan, pending, report, bar)

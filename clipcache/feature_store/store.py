@@ -202,7 +202,6 @@ class FeatureStore:
                         self._h5.close()
             finally:
                 self._h5 = None
-        self._forget()
         if self._release is not None:
             self._release()
             self._release = None
