@@ -28,7 +28,8 @@ CPU (EfficientNet-lite0, CIFAR-10 test JPEGs) and >= 0.8 on a GPU (ViT-B-32,
 
 Images come from the CIFAR-10 test folder of ``../shared/data/cifar10-jpg.tar.gz``
 (unpacked once into ``/tmp/cifar10-jpg``), its train folder with ``--split train``
-(5,000 images per class: longer runs, over which starting the workers weighs less), or
+(5,000 images per class: longer runs, over which starting the workers weighs less), both
+with ``--split all`` (two splits of one run, which one set of workers serves), or
 from ``--source``. ``--jpeg-size WxH``
 makes photo-sized JPEGs of them: each CIFAR image resized (bicubic) to W x H and
 saved as a quality-90 JPEG, once, under ``/tmp/cifar10-jpg/cifar10-jpg-WxH``.
@@ -84,7 +85,12 @@ TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
 def cifar_folder(cache: Path, split: str = "test") -> Path:
-    """Unpack the CIFAR-10 JPEGs of ``split`` (``test`` or ``train``) once into ``cache`` and return their folder."""
+    """Unpack the CIFAR-10 JPEGs of ``split`` (``test`` or ``train``) once into ``cache`` and return their folder;
+    ``all``: both, and the folder that holds them (an ImageFolder with a train and a test split)."""
+    if split == "all":
+        for name in ("train", "test"):
+            cifar_folder(cache, name)
+        return cache / "cifar10-jpg"
     folder = cache / "cifar10-jpg" / split
     if not folder.is_dir():
         if not TARBALL.is_file():
@@ -205,7 +211,7 @@ def _sync(device: str) -> None:
 
 #: The loop module's functions whose CPU time (in the thread that runs them) a run reports (``Run.cpu``): the
 #: loop's thread in all and in three steps, the decode thread's work and the writer thread's store calls.
-CPU_STEPS = {"_run_split": "loop", "_launch_batch": "launch", "_assemble": "assemble", "_finish_batch": "finish",
+CPU_STEPS = {"_run_splits": "loop", "_launch_batch": "launch", "_assemble": "assemble", "_finish_batch": "finish",
              "_decode_payloads": "decode thread", "_write_batch": "writer thread"}
 
 
@@ -267,7 +273,7 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
                 run.report = extract(os.path.join(tmp, f"bench{r}.h5"), config, options, backbones=backbones)
                 run.cpu["process"] = time.process_time() - began_cpu
                 run.setup["call"] = time.perf_counter() - began
-                run.batches = -(-run.report.encoded // config.batch_size)
+                run.batches = sum(-(-n // config.batch_size) for n in run.report.rows.values())
             finally:
                 for (module, name), original in patched.items():
                     setattr(module, name, original)
@@ -299,8 +305,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", help="ImageFolder of JPEGs (default: CIFAR-10 test from the shared tarball)")
     parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's images are unpacked")
-    parser.add_argument("--split", default="test", choices=["test", "train"],
-                        help="the CIFAR-10 split (test: 1,000 images per class; train: 5,000)")
+    parser.add_argument("--split", default="test", choices=["test", "train", "all"],
+                        help="the CIFAR-10 split (test: 1,000 images per class; train: 5,000; all: both, extracted "
+                             "as two splits of one run, --per-class images per class of each; the forward-only rate "
+                             "is measured on train's)")
     parser.add_argument("--jpeg-size", type=_jpeg_size, metavar="WxH",
                         help="re-encode the CIFAR-10 images as WxH quality-90 JPEGs (in --cache) and use those")
     parser.add_argument("--decode", help="comma-separated decode paths to measure end to end "
@@ -344,6 +352,8 @@ def main(argv=None) -> None:
         loop.MIN_PART_ITEMS = args.part_items
 
     source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
+    if args.jpeg_size and args.split == "all":
+        parser.error("--jpeg-size takes one split: --split test or train")
     if args.jpeg_size:
         source = photo_folder(source, Path(args.cache), args.jpeg_size, args.per_class)
     decodes = args.decode.split(",") if args.decode else ["cpu"] + (["gpu", "hybrid"] if args.device.startswith("cuda") else [])
@@ -358,7 +368,8 @@ def main(argv=None) -> None:
     if args.null_tower:
         backbones = [NullTower(b) for b in backbones]
     dataset = open_dataset(source)
-    (split, samples), = select_samples(dataset, max_per_class=args.per_class).values()
+    selected = select_samples(dataset, max_per_class=args.per_class)
+    split, samples = next(iter(selected.values()))  # the forward-only images: train's, with --split all
 
     # Warm up both paths (allocator, oneDNN/cuDNN kernel choice) before timing.
     forward_only(backbones, split, samples[: args.batch_size], args.batch_size, args.device, args.amp, 1)
@@ -384,7 +395,7 @@ def main(argv=None) -> None:
     f, c = max(fwd), max(compiled, default=float("nan"))
     names = ", ".join(b.name for b in backbones)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
-    print(f"images: {len(samples)} from {source}; backbones: {names}; device {args.device} ({where}), "
+    print(f"images: {' + '.join(f'{len(s)} ({name})' for name, (_, s) in selected.items())} from {source}; backbones: {names}; device {args.device} ({where}), "
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"

@@ -59,6 +59,9 @@ step "extract ViT-B-16 500x375 graphs" extract.log 60 bash -c "$B16P --decode gp
 step "extract ViT-B-16 500x375 null" extract.log 50 bash -c "$B16P --null-tower"
 step "extract ViT-B-32 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid,gpu \
 --cuda-graphs"
+# one set of workers for both splits of a run (train and test, 10,000 images each)
+step "extract ViT-B-32 32x32 all hybrid" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --split all \
+--decode hybrid"
 step "extract ViT-B-16 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
 --cuda-graphs"
 step "extract ViT-L-14 32x32 hybrid" extract.log 50 bash -c "$E --model ViT-L-14 --per-class 500 --decode hybrid"

@@ -759,12 +759,16 @@ def _encoders(backbones: Sequence[Backbone], batch_size: int, device: torch.devi
     return encoders
 
 
-def _run_split(
-    store, plan, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport, encoders: list
+def _run_splits(
+    store, plans, backbones, config: ExtractConfig, options: RunOptions, report: ExtractReport, encoders: list
 ) -> None:
-    """Encode the items of ``plan`` left to do and commit them batch by batch; mark the split complete.
+    """Encode the items left to do of each split plan, in order, and commit them batch by batch; mark each split
+    complete after its last batch.
 
-    Three stages overlap. The DataLoader workers decode parts of the batches ahead
+    One set of DataLoader workers serves every split of the run: they are
+    started once, not once per split, and they decode the first batches of the
+    next split while the device encodes the last ones of the split before.
+    Three stages overlap. The workers decode parts of the batches ahead
     (:func:`_parts`), or on the ``gpu`` decode path read them, for a thread to
     decode on the device (:func:`_decoded_batches`); the device encodes one batch
     while the main thread fetches and joins the next, and queues it behind the first
@@ -773,20 +777,36 @@ def _run_split(
     device always has the next batch queued; and each batch's store calls go to a
     :class:`~clipcache.extract.writer.StoreWriter` thread, in order, so the loop
     never waits on HDF5. The store is touched only by the writer between its start
-    and its close: before, to find where to resume, and after, to mark the split
-    complete. ``encoders`` (:func:`_encoders`: the backbones, or their graphs)
-    encode the batches.
+    and its close; before, the loop reads where each split resumes. A split's
+    completion mark is the writer's call after the split's last batch, so it is
+    committed after the split's rows and before any row of the next split.
+    ``encoders`` (:func:`_encoders`: the backbones, or their graphs) encode the
+    batches.
     """
-    if store.is_complete(plan.name):
-        logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
+    todo = []  # (plan, first item to encode) of each split with items left
+    for plan in plans:
+        if store.is_complete(plan.name):
+            logger.info("%s: split %s is complete; nothing to do", store.path, plan.name)
+            continue
+        start = _resume_item(store, plan, config.batch_size)
+        if start == plan.stop:  # no item, or every row committed by a run stopped before its mark
+            store.mark_complete(plan.name)
+        else:
+            todo.append((plan, start))
+    if not todo:
         return
-    start = _resume_item(store, plan, config.batch_size)
     preprocesses = list(dict.fromkeys(b.preprocess for b in backbones))
     groups = [preprocesses.index(b.preprocess) for b in backbones]
-    dataset = _ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed, decode=options.decode)
+    dataset = _SplitsDataset(
+        [_ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed, decode=options.decode) for plan, _ in todo]
+    )
     device = torch.device(options.device)
-    batches = [_parts(batch, options.workers) for batch in _batches(start, plan.stop, config.batch_size)]
-    per_batch = max((len(b) for b in batches), default=1)
+    splits, batches = [], []  # per batch: the number of its split in todo, and its parts of (split number, item)
+    for k, (plan, start) in enumerate(todo):
+        for batch in _batches(start, plan.stop, config.batch_size):
+            splits.append(k)
+            batches.append([[(k, item) for item in part] for part in _parts(batch, options.workers)])
+    per_batch = max(len(b) for b in batches)
     loader = DataLoader(
         dataset,
         batch_sampler=[part for batch in batches for part in batch],
@@ -796,40 +816,73 @@ def _run_split(
         # about LOOKAHEAD batches in flight, whatever the number of parts
         prefetch_factor=max(2, -(-LOOKAHEAD * per_batch // options.workers)) if options.workers else None,
     )
-    recorded = {sid for sid, _, _ in store.skipped(plan.name)}
-    bar = _progress_bar(plan, start, options)
+    recorded = [{sid for sid, _, _ in store.skipped(plan.name)} for plan, _ in todo]
+    # each split's progress bar, until its completion mark; the first's from the start, the others' from their first
+    # finished batch, after the bar before is closed
+    bars = {0: _progress_bar(*todo[0], options)}
     parts = iter(loader)
     # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
     # needs (the decode thread works on this thread's current stream, so on the same GPU).
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     gpu_decode = options.decode == "gpu" and device.type == "cuda"
     gate = _IdleGate(device) if DECODE_WHILE_IDLE and gpu_decode else None
+
+    def finish(writer, pending) -> None:  # pending: (split number, launched batch) or None
+        if pending is not None:
+            k, launched = pending
+            plan, start = todo[k]
+            if k not in bars:
+                bars[k] = _progress_bar(plan, start, options)
+            _finish_batch(writer, store, plan, launched, report, bars[k])
+
+    def complete(writer, k: int) -> None:
+        writer.submit(store.mark_complete, todo[k][0].name)
+        bars.pop(k).close()
+
     try:
         with on_device, writing() as writer, contextlib.closing(
             _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits, gate)
         ) as decoded:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
-            for k, (items, tensors, errors) in enumerate(decoded):
+            for j, (items, tensors, errors) in enumerate(decoded):
+                k = splits[j]
                 try:  # queued behind the batch before, so that the device never runs dry
                     launched = _launch_batch(
-                        plan, encoders, (preprocesses, groups), items, tensors, errors, recorded, device, options
+                        todo[k][0], encoders, (preprocesses, groups), items, tensors, errors, recorded[k], device, options
                     )
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
-                    _finish_batch(writer, store, plan, pending, report, bar)
+                    finish(writer, pending)
                     raise
                 if gate is not None:
-                    gate.launched(k)
-                _finish_batch(writer, store, plan, pending, report, bar)
-                pending = launched
-            _finish_batch(writer, store, plan, pending, report, bar)
+                    gate.launched(j)
+                finish(writer, pending)
+                if pending is not None and pending[0] != k:  # the batch finished was its split's last
+                    complete(writer, pending[0])
+                pending = (k, launched)
+            finish(writer, pending)
+            complete(writer, pending[0])
     finally:
-        bar.close()
+        for bar in bars.values():
+            bar.close()
         _stop_workers(parts)
-    store.mark_complete(plan.name)
+
+
+class _SplitsDataset(TorchDataset):
+    """The items of several splits' :class:`_ItemDataset`, each indexed by ``(split number, item)``."""
+
+    def __init__(self, datasets: Sequence[_ItemDataset]):
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, index: tuple[int, int]):
+        k, item = index
+        return self.datasets[k][item]
 
 
 def _stop_workers(parts) -> None:
-    """Stop the DataLoader iterator's worker processes now, on every way out of a split.
+    """Stop the DataLoader iterator's worker processes now, on every way out of the loop.
 
     An exception's traceback keeps the iterator alive until the garbage collector
     finds it, and its workers with it: processes that an interrupted run in a
@@ -1155,8 +1208,7 @@ def extract(
                 _prepare_store(store, config, dataset.classes, backbones, plans, options)
             encoders = _encoders(backbones, config.batch_size, torch.device(options.device))  # in their precisions
             began = time.perf_counter()
-            for plan in plans:
-                _run_split(store, plan, backbones, config, options, report, encoders)
+            _run_splits(store, plans, backbones, config, options, report, encoders)
             report.seconds = time.perf_counter() - began
             if prompt_set is not None:
                 embed_prompt_set(store, prompt_set, text_backbone, source=templates, overwrite=True)

@@ -307,6 +307,7 @@ def test_interrupted_run_with_views_resumes_to_identical_store(image_folder, tmp
 
 
 def test_only_the_writer_thread_touches_the_store_while_it_runs(image_folder, tmp_path, monkeypatch):
+    """Each split's completion mark is the writer's too: after the split's last rows, before the next split's."""
     _corrupt(image_folder)
     calls, running = [], [False]
     for name, member in vars(FeatureStore).items():
@@ -315,7 +316,8 @@ def test_only_the_writer_thread_touches_the_store_while_it_runs(image_folder, tm
 
         def spy(real, name=name):
             def wrapper(*args, **kwargs):
-                calls.append((name, threading.current_thread().name, running[0]))
+                split = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+                calls.append((name, threading.current_thread().name, running[0], split))
                 return real(*args, **kwargs)
 
             return wrapper
@@ -336,10 +338,14 @@ def test_only_the_writer_thread_touches_the_store_while_it_runs(image_folder, tm
     monkeypatch.setattr(StoreWriter, "start", start)
     monkeypatch.setattr(StoreWriter, "close", close)
     extract(tmp_path / "s.h5", _config(image_folder, aux=()), QUIET)
-    while_running = {(name, thread) for name, thread, now in calls if now}
-    assert {thread for _, thread in while_running} == {"clipcache-writer"}
-    assert {"append", "record_skipped"} <= {name for name, _ in while_running}
-    assert [(name, thread) for name, thread, now in calls if name == "mark_complete"] == [("mark_complete", "MainThread")] * 2
+    while_running = [(name, thread, split) for name, thread, now, split in calls if now]
+    assert {thread for _, thread, _ in while_running} == {"clipcache-writer"}
+    assert {"append", "record_skipped"} <= {name for name, _, _ in while_running}
+    commits = [(name, split) for name, _, split in while_running if name in ("append", "mark_complete")]
+    # batches of 4: train's 12 images, 2 of them unreadable, are 3 batches; test's 6 are 2
+    assert commits == [("append", "train")] * 3 + [("mark_complete", "train")] + [("append", "test")] * 2 + [
+        ("mark_complete", "test")]
+    assert [name for name, *_ in calls].count("mark_complete") == 2
 
 
 def test_a_failed_write_stops_the_loop_at_the_next_batch(image_folder, tmp_path, monkeypatch):
@@ -438,3 +444,44 @@ def test_an_interrupted_run_leaves_no_worker_behind(image_folder, tmp_path):
         gc.enable()
     extract(tmp_path / "whole.h5", _config(image_folder), options)
     assert snapshot(tmp_path / "s.h5") == snapshot(tmp_path / "whole.h5")
+
+
+def test_one_set_of_workers_serves_every_split(image_folder, tmp_path, monkeypatch):
+    """The workers are started once a run, not once a split, and the store is the one of a run without workers."""
+    from clipcache.extract import loop
+
+    started = []
+
+    class CountingLoader(loop.DataLoader):
+        def __iter__(self):
+            started.append(self.num_workers)
+            return super().__iter__()
+
+    monkeypatch.setattr(loop, "DataLoader", CountingLoader)
+    extract(tmp_path / "workers.h5", _config(image_folder, aux=()), RunOptions(workers=2, progress=False))
+    assert started == [2]
+    with FeatureStore(tmp_path / "workers.h5") as fs:
+        assert fs.splits == ["test", "train"] and fs.is_complete("train") and fs.is_complete("test")
+    extract(tmp_path / "serial.h5", _config(image_folder, aux=()), QUIET)
+    assert snapshot(tmp_path / "workers.h5") == snapshot(tmp_path / "serial.h5")
+
+
+def test_a_run_stopped_before_a_split_s_completion_mark_resumes_to_the_same_store(image_folder, tmp_path, monkeypatch):
+    """Every row of train is committed but not its mark; the resume marks it, encodes test, and equals a whole run."""
+    real_mark = FeatureStore.mark_complete
+
+    def mark_complete(self, split):
+        if split == "train":
+            raise KeyboardInterrupt
+        return real_mark(self, split)
+
+    config = _config(image_folder, aux=())
+    monkeypatch.setattr(FeatureStore, "mark_complete", mark_complete)
+    with pytest.raises(KeyboardInterrupt):
+        extract(tmp_path / "cut.h5", config, QUIET)
+    monkeypatch.undo()
+    with FeatureStore(tmp_path / "cut.h5") as fs:
+        assert fs.n_rows("train") == 12 and not fs.is_complete("train")
+    extract(tmp_path / "cut.h5", config, QUIET, resume=True)
+    extract(tmp_path / "whole.h5", config, QUIET)
+    assert snapshot(tmp_path / "cut.h5") == snapshot(tmp_path / "whole.h5")
