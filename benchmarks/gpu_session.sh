@@ -43,7 +43,8 @@ E="python3 benchmarks/extract_throughput.py --device cuda --pretrained none --au
 TESTS=${TESTS:-tests/extract/test_gpu.py tests/extract/test_decode_gpu.py}
 # shellcheck disable=SC2086 # TESTS is a list of paths
 step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
-# Never measured yet, by priority: loop.CUDA_GRAPHS ("graphs"), loop.DECODE_WHILE_IDLE ("idle"), hybrid for ViT-B-16
+# Never measured yet, by priority: loop.CUDA_GRAPHS ("graphs"), the writer thread's cost to a launching thread,
+# loop.DECODE_WHILE_IDLE ("idle"), one set of workers for two splits ("all"), hybrid for ViT-B-16
 # and ViT-L-14 on 32x32. Each beside its baseline on the same machine. A step with no --decode measures cpu, gpu and
 # hybrid (the benchmark's default on a GPU).
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
@@ -52,6 +53,9 @@ step "extract ViT-B-32 32x32 train hybrid" extract.log 60 bash -c "$B32T --decod
 step "extract ViT-B-32 32x32 train hybrid graphs" extract.log 60 bash -c "$B32T --decode hybrid --cuda-graphs"
 # what the loop sustains without a model ("null": one fill kernel per tower, the same preprocessing)
 step "extract ViT-B-32 32x32 train null" extract.log 60 bash -c "$B32T --null-tower"
+# what the store's writer thread costs a thread that launches kernels one by one (the loop's), on this machine's CPU
+step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 2500 \
+--batches 200; python3 benchmarks/writer_contention.py --batches 200"
 step "extract ViT-B-16 500x375 idle" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle"
 step "extract ViT-B-16 500x375 idle graphs" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle --cuda-graphs"
 step "extract ViT-B-16 500x375" extract.log 75 bash -c "$B16P"
