@@ -17,6 +17,7 @@ set in another precision is refused.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import dataclasses
@@ -801,11 +802,11 @@ def _run_splits(
         [_ItemDataset(plan, preprocesses, config.augment_views > 0, config.seed, decode=options.decode) for plan, _ in todo]
     )
     device = torch.device(options.device)
-    splits, batches = [], []  # per batch: the number of its split in todo, and its parts of (split number, item)
+    splits, batches = [], []  # per batch: the number of its split in todo, and its parts (indices into dataset)
     for k, (plan, start) in enumerate(todo):
-        for batch in _batches(start, plan.stop, config.batch_size):
+        for batch in _batches(dataset.offsets[k] + start, dataset.offsets[k] + plan.stop, config.batch_size):
             splits.append(k)
-            batches.append([[(k, item) for item in part] for part in _parts(batch, options.workers)])
+            batches.append(_parts(batch, options.workers))
     per_batch = max(len(b) for b in batches)
     loader = DataLoader(
         dataset,
@@ -868,17 +869,21 @@ def _run_splits(
 
 
 class _SplitsDataset(TorchDataset):
-    """The items of several splits' :class:`_ItemDataset`, each indexed by ``(split number, item)``."""
+    """The items of several splits' :class:`_ItemDataset`, one split after the other: index ``offsets[k] + item``
+    is item ``item`` of split ``k`` (and its item number is ``item``)."""
 
     def __init__(self, datasets: Sequence[_ItemDataset]):
         self.datasets = list(datasets)
+        self.offsets = [0]
+        for dataset in self.datasets:
+            self.offsets.append(self.offsets[-1] + len(dataset))
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self.datasets)
+        return self.offsets[-1]
 
-    def __getitem__(self, index: tuple[int, int]):
-        k, item = index
-        return self.datasets[k][item]
+    def __getitem__(self, index: int):
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.datasets[k][index - self.offsets[k]]
 
 
 def _stop_workers(parts) -> None:

@@ -485,3 +485,11 @@ def test_a_run_stopped_before_a_split_s_completion_mark_resumes_to_the_same_stor
     extract(tmp_path / "cut.h5", config, QUIET, resume=True)
     extract(tmp_path / "whole.h5", config, QUIET)
     assert snapshot(tmp_path / "cut.h5") == snapshot(tmp_path / "whole.h5")
+
+
+def test_the_splits_dataset_maps_its_indices_to_each_split_s_items():
+    from clipcache.extract.loop import _SplitsDataset
+
+    splits = _SplitsDataset([["a0", "a1", "a2"], [], ["c0"], ["d0", "d1"]])
+    assert len(splits) == 6 and splits.offsets == [0, 3, 3, 4, 6]
+    assert [splits[i] for i in range(6)] == ["a0", "a1", "a2", "c0", "d0", "d1"]
