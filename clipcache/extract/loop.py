@@ -17,7 +17,6 @@ set in another precision is refused.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import contextlib
 import dataclasses
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, default_collate
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
@@ -868,22 +867,14 @@ def _run_splits(
         _stop_workers(parts)
 
 
-class _SplitsDataset(TorchDataset):
-    """The items of several splits' :class:`_ItemDataset`, one split after the other: index ``offsets[k] + item``
-    is item ``item`` of split ``k`` (and its item number is ``item``)."""
+class _SplitsDataset(ConcatDataset):
+    """The items of several splits' :class:`_ItemDataset`, one split after the other (torch's ``ConcatDataset``):
+    index ``offsets[k] + item`` is item ``item`` of split ``k`` (and its item number is ``item``)."""
 
-    def __init__(self, datasets: Sequence[_ItemDataset]):
-        self.datasets = list(datasets)
-        self.offsets = [0]
-        for dataset in self.datasets:
-            self.offsets.append(self.offsets[-1] + len(dataset))
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, index: int):
-        k = bisect.bisect_right(self.offsets, index) - 1
-        return self.datasets[k][index - self.offsets[k]]
+    @property
+    def offsets(self) -> list[int]:
+        """Where each split's items start, and the end of the last."""
+        return [0, *self.cumulative_sizes]
 
 
 def _stop_workers(parts) -> None:
