@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import math
 import os
 import re
 import sys
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
+import numpy as np
+from h5py import h5s
 
 from clipcache.errors import StoreError, StoreFormatError, StoreLockedError, StoreWriteError
 
@@ -472,16 +475,37 @@ def quiet_dealloc_errors() -> Iterator[None]:
         sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
+def write_rows(ds: h5py.Dataset, start: int, values: np.ndarray) -> None:
+    """Write ``values`` as rows ``start, start + 1, ...`` of ``ds`` (chunked along axis 0), which then ends there; flush it.
+
+    What ``ds.resize`` and ``ds[start:stop] = values`` do, in h5py's low-level
+    calls: the store's writer thread runs this for every column of every batch,
+    and the high-level selection machinery costs more Python time, with the GIL
+    held, than the write, during which h5py releases it. The flush comes now, so
+    that a failed write raises here (a dataset freed later can only print it).
+    """
+    if len(values) == 0:
+        return
+    values = np.ascontiguousarray(values)
+    dsid = ds.id
+    stop = start + len(values)
+    extent = dsid.shape
+    if extent[0] != stop:
+        dsid.set_extent((stop, *extent[1:]))
+    file_space = dsid.get_space()
+    file_space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
+    dsid.write(h5s.create_simple(values.shape), file_space, values)
+    ds.flush()
+
+
 def chunk_growth(ds: h5py.Dataset, rows: int) -> int:
     """Bytes of the chunks HDF5 allocates when ``ds`` (chunked along axis 0) grows to ``rows`` rows."""
-    if ds.chunks is None or rows <= ds.shape[0]:
+    chunks = ds.chunks
+    have = ds.id.shape[0]
+    if chunks is None or rows <= have:
         return 0
-    per_chunk = ds.chunks[0]
-    new_chunks = -(-rows // per_chunk) - (-(-ds.shape[0] // per_chunk))
-    chunk_bytes = ds.dtype.itemsize
-    for n in ds.chunks:
-        chunk_bytes *= n
-    return new_chunks * chunk_bytes
+    new_chunks = -(-rows // chunks[0]) - (-(-have // chunks[0]))
+    return new_chunks * ds.dtype.itemsize * math.prod(chunks)
 
 
 def check_free_space(path: Path, need: int) -> None:

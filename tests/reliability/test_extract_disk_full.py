@@ -24,7 +24,7 @@ from tests.faults import Fault, _resolve, install, run_cli
 from tests.feature_store.faulty import resize_tmpfs, tmpfs
 from tests.reliability.test_store_disk_full import run_without_preflight
 
-WRITE_ROWS = "clipcache.feature_store.elements.split._write_rows"  # labels, views, then each feature set, per batch
+WRITE_ROWS = "clipcache.feature_store._hdf5.write_rows"  # per batch: ids and paths (bytes, offsets), labels, views, features
 NO_SPACE = os.strerror(errno.ENOSPC)
 #: A tmpfs that holds the store's structure and train's first chunks (4 MiB of features), not test's as well.
 TRAIN_ONLY = "6m"
@@ -69,7 +69,7 @@ def _check_left(path, train_rows: int, test_rows: int | None) -> None:
 def test_a_full_disk_stops_extract_and_resume_finishes_it(tmp_path, images, monkeypatch):
     folder, full = images
     path = tmp_path / "s.h5"
-    _inject(monkeypatch, Fault(WRITE_ROWS, call=6, when="after", action="enospc"))  # batch 2 of train: its features
+    _inject(monkeypatch, Fault(WRITE_ROWS, call=14, when="after", action="enospc"))  # batch 2 of train: its features
     with pytest.raises(StoreWriteError) as info:
         extract(path, _config(folder), QUIET)
     assert str(info.value) == (
@@ -87,7 +87,7 @@ def test_a_full_disk_stops_extract_and_resume_finishes_it(tmp_path, images, monk
 def test_the_command_says_it_in_one_line(tmp_path, images):
     folder, full = images
     path = tmp_path / "s.h5"
-    result = run_cli(_args(folder, path), Fault(WRITE_ROWS, call=3, when="after", action="enospc"))
+    result = run_cli(_args(folder, path), Fault(WRITE_ROWS, call=7, when="after", action="enospc"))  # batch 1: its features
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"Error: {path}: cannot append 4 rows to split 'train' ({NO_SPACE}); what was committed before is kept; "

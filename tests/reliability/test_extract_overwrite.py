@@ -71,7 +71,7 @@ def test_a_bad_templates_file_fails_before_any_work(tmp_path, folder, old, monke
 
 def test_a_failed_overwrite_leaves_the_old_store(tmp_path, folder, old, monkeypatch):
     path, digest = old
-    _inject(monkeypatch, Fault("clipcache.feature_store.elements.split._write_rows", call=6, when="after", action="enospc"))
+    _inject(monkeypatch, Fault("clipcache.feature_store._hdf5.write_rows", call=14, when="after", action="enospc"))
     with pytest.raises(StoreWriteError, match=rf"^{path}: the new store could not be written, so the old one is unchanged"):
         extract(path, _config(folder), QUIET, overwrite=True)
     assert sha256(path) == digest and _leftovers(path) == []

@@ -32,7 +32,7 @@ from tests.feature_store.faulty import (
     write_pool_store,
 )
 
-WRITE_ROWS = "clipcache.feature_store.elements.split._write_rows"
+WRITE_ROWS = "clipcache.feature_store._hdf5.write_rows"
 NO_SPACE = os.strerror(errno.ENOSPC)
 
 

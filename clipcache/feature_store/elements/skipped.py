@@ -44,10 +44,10 @@ class SkippedRecords(GroupView):
 
         ``reserve(n)`` is called first with the bytes of the chunks the write allocates; it raises to refuse it.
         """
-        columns = [(column, [str(v) for v in values]) for column, values in zip(self.columns(), (ids, paths, reasons), strict=True)]
-        reserve(sum(column.bytes_to_append(k, values) for column, values in columns))
-        for column, values in columns:
-            column.append(k, values)
+        columns = [(column, strings.encode(values)) for column, values in zip(self.columns(), (ids, paths, reasons), strict=True)]
+        reserve(sum(column.bytes_to_append(k, rows) for column, rows in columns))
+        for column, rows in columns:
+            column.append(k, rows)
 
     def truncate(self, k: int) -> None:
         """Cut the columns back to the ``k`` committed records."""

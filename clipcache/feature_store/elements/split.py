@@ -225,21 +225,23 @@ class Split(GroupView):
         allocates in the file; it raises to refuse the write.
         """
         stop = start + len(ids)
-        strings_ = [(self.string_column(c), [str(v) for v in values]) for c, values in zip(STRING_COLUMNS, (ids, paths), strict=True)]
+        encoded_ids = strings.encode(ids)
+        encoded_paths = encoded_ids if paths is ids else strings.encode(paths)  # the extraction loop's keys are both
+        strings_ = [(self.string_column(c), rows) for c, rows in zip(STRING_COLUMNS, (encoded_ids, encoded_paths), strict=True)]
         numeric = [(self.dataset(c), values) for (c, _), values in zip(_NUMERIC_COLUMNS, (labels, views), strict=True)]
         numeric += [(self.dataset(f"features/{name}"), x) for name, x in features.items()]
-        reserve(sum(col.bytes_to_append(start, values) for col, values in strings_)
+        reserve(sum(col.bytes_to_append(start, rows) for col, rows in strings_)
                 + sum(_hdf5.chunk_growth(ds, stop) for ds, _ in numeric))
-        for col, values in strings_:
-            col.append(start, values)
+        for col, rows in strings_:
+            col.append(start, rows)
         for ds, values in numeric:
-            _write_rows(ds, start, values)
+            _hdf5.write_rows(ds, start, values)
 
     def append_feature_rows(self, name: str, start: int, x: np.ndarray, reserve: Callable[[int], None]) -> None:
         """Write rows ``start, start + 1, ...`` of feature set ``name`` (uncommitted until the state says so); ``reserve`` as in :meth:`append_rows`."""
         ds = self.dataset(f"features/{name}")
         reserve(_hdf5.chunk_growth(ds, start + len(x)))
-        _write_rows(ds, start, x)
+        _hdf5.write_rows(ds, start, x)
 
     def link_features(self, info: feature_set.FeatureSetInfo, sources: Sequence[tuple[str | Path, int]]) -> None:
         """Replace the column of ``info`` by an HDF5 virtual dataset over the same column of other stores.
@@ -277,16 +279,6 @@ class Split(GroupView):
             if ds.shape[0] != rows:
                 logger.info("%s: dropping %d uncommitted rows of %s/%s", self.path, ds.shape[0] - rows, self.name, name)
                 ds.resize((rows, ds.shape[1]))
-
-
-def _write_rows(ds: h5py.Dataset, start: int, values) -> None:
-    stop = start + len(values)
-    if len(values) == 0:
-        return
-    if ds.shape[0] != stop:
-        ds.resize(stop, axis=0)
-    ds[start:stop] = values
-    ds.flush()  # now, so that a failed write raises here (a dataset freed later can only print it)
 
 
 ENCODING = Encoding(schema.SPLIT, 1, write=Split.write, readers={1: Split})

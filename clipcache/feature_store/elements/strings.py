@@ -8,21 +8,47 @@ leave half-updated; two fixed-size datasets can always be cut back exactly:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
 from clipcache.errors import StoreFormatError
-from clipcache.feature_store._hdf5 import chunk_growth
+from clipcache.feature_store import _hdf5
 from clipcache.feature_store.registry import Encoding
 from clipcache.feature_store.rows import read_rows
 from clipcache.feature_store.schema import STRING_COLUMN
 
-__all__ = ["ENCODING", "StringColumn", "open_column"]
+__all__ = ["ENCODING", "Encoded", "StringColumn", "encode", "open_column"]
 
 #: Bytes per row assumed when sizing the chunks of ``utf8``.
 _BYTES_PER_ROW = 32
+
+
+class Encoded(NamedTuple):
+    """Rows of strings as a column stores them: each row's UTF-8 byte count, and the rows' bytes end to end."""
+
+    lengths: np.ndarray  # (n,) int64
+    data: bytes
+
+
+def encode(values: Sequence) -> Encoded:
+    """The UTF-8 bytes of ``str(v)`` for each value, as :meth:`StringColumn.append` takes them.
+
+    ASCII rows (keys and paths, nearly always) are encoded in one call and
+    counted by ``len``; a batch with other characters, one row at a time.
+    """
+    try:
+        joined = "".join(values)
+    except TypeError:  # not all str
+        values = [str(v) for v in values]
+        joined = "".join(values)
+    if joined.isascii():
+        return Encoded(np.fromiter(map(len, values), np.int64, len(values)), joined.encode("ascii"))
+    rows = [str(v).encode("utf-8") for v in values]
+    return Encoded(np.fromiter(map(len, rows), np.int64, len(rows)), b"".join(rows))
 
 
 class StringColumn:
@@ -67,28 +93,25 @@ class StringColumn:
         self._offsets  # noqa: B018 (opens both)
         return self._datasets[1]
 
-    def bytes_to_append(self, start: int, values: list[str]) -> int:
-        """Bytes of the chunks that appending ``values`` after row ``start`` allocates in the file."""
-        size = sum(len(v.encode("utf-8")) for v in values)
-        return chunk_growth(self._offsets, start + 1 + len(values)) + chunk_growth(self._utf8, self._utf8.shape[0] + size)
+    def bytes_to_append(self, start: int, rows: Encoded) -> int:
+        """Bytes of the chunks that appending ``rows`` (:func:`encode`) after row ``start`` allocates in the file."""
+        n = len(rows.lengths)
+        return _hdf5.chunk_growth(self._offsets, start + 1 + n) + _hdf5.chunk_growth(self._utf8, self._utf8.shape[0] + len(rows.data))
 
-    def append(self, start: int, values: list[str]) -> None:
-        """Write ``values`` as rows ``start, start + 1, ...`` (cutting anything after ``start``)."""
-        if not values:
+    def append(self, start: int, rows: Encoded) -> None:
+        """Write ``rows`` (:func:`encode`) as rows ``start, start + 1, ...``; the column then ends there."""
+        if not len(rows.lengths):
             return
-        encoded = [v.encode("utf-8") for v in values]
         offsets = self._offsets
         base = int(offsets[start])
-        ends = base + np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        ends = base + np.cumsum(rows.lengths)
         utf8 = self._utf8
-        utf8.resize((int(ends[-1]),))
-        if data.size:
-            utf8[base : int(ends[-1])] = data
-        offsets.resize((start + 1 + len(values),))
-        offsets[start + 1 :] = ends
-        utf8.flush()  # now, so that a failed write raises here
-        offsets.flush()
+        stop = int(ends[-1])
+        if stop > base:
+            _hdf5.write_rows(utf8, base, np.frombuffer(rows.data, dtype=np.uint8))
+        elif utf8.shape[0] != stop:  # only empty strings: nothing to write, but cut what followed
+            utf8.resize((stop,))
+        _hdf5.write_rows(offsets, start + 1, ends)
 
     def truncate(self, n: int) -> None:
         """Cut the column back to its first ``n`` rows."""
