@@ -1,5 +1,7 @@
 """Property tests: any sequence of appends reads back as the concatenation, under any selection."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -106,3 +108,35 @@ def test_small_chunks_span_many_chunks(tmp_path, small_chunks):
         assert store.h5["splits/s/ids/offsets"].chunks == (COLUMN_CHUNK_ROWS,)
         rows = np.array([99, 0, 50, 6, 7, 13, 14, 50])  # both sides of chunk edges, repeats, reverse order
         np.testing.assert_array_equal(store.features("s", "f", rows), x[rows])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.text(st.characters(exclude_categories=["Cs"]), max_size=6), max_size=12), min_size=1, max_size=5))
+def test_string_columns_read_back_any_text_in_any_batches(tmp_path_factory, small_chunks, batches):
+    """Ids and paths of any Unicode (ASCII batches take the one-call encoding, others one row at a time), empty ones
+    included, across chunk edges of the bytes and the offsets."""
+    path = tmp_path_factory.mktemp("strings") / "s.h5"
+    with FeatureStore(path, "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", D, normalized=False)
+        store.create_split("s", ["f"])
+        for ids in batches:
+            store.append("s", ids=ids, paths=[f"p/{i}" for i in ids], labels=np.zeros(len(ids)),
+                         features={"f": np.zeros((len(ids), D), np.float32)})
+    everything = [i for ids in batches for i in ids]
+    with FeatureStore(path) as store:
+        assert store.ids("s").tolist() == everything
+        assert store.paths("s").tolist() == [f"p/{i}" for i in everything]
+        assert store.h5["splits/s/ids/utf8"].shape == (len("".join(everything).encode("utf-8")),)
+
+
+def test_string_values_are_stored_as_their_str(tmp_path):
+    """Values that are not str (numpy strings, paths, numbers) are stored as ``str(v)``, as before the one-call encoding."""
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.set_classes(["a"])
+        store.add_feature_set("f", D, normalized=False)
+        store.create_split("s", ["f"])
+        store.append("s", ids=np.array(["x", "é"]), paths=[Path("a/b.jpg"), 7], labels=np.zeros(2),
+                     features={"f": np.zeros((2, D), np.float32)})
+    with FeatureStore(tmp_path / "s.h5") as store:
+        assert store.ids("s").tolist() == ["x", "é"] and store.paths("s").tolist() == ["a/b.jpg", "7"]
