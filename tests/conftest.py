@@ -6,8 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from clipcache import FeatureStore
+
+# Property tests draw the same examples on every run and machine, and keep no example database.
+settings.register_profile("clipcache", derandomize=True, database=None)
+settings.load_profile("clipcache")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
