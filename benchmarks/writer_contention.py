@@ -3,8 +3,11 @@
 The extraction loop's thread launches a tower's kernels one by one (a few
 hundred per batch for a ViT, docs/extraction.md), and each torch call releases
 and takes back the GIL. The writer thread (:class:`clipcache.extract.writer.StoreWriter`)
-runs each batch's ``FeatureStore.append`` in the same process, and h5py holds
-the GIL through its calls. This measures, in one run, a stand-in for the loop's
+runs each batch's ``FeatureStore.append`` in the same process. h5py releases the
+GIL inside HDF5's writes and flushes (the first line printed checks it: how much
+of its rate a thread counting in a Python loop keeps during one large write), so
+what the loop can lose is the append's Python work around those calls, and the
+turns at the GIL. This measures, in one run, a stand-in for the loop's
 thread: per batch, ``--ops`` in-place additions on a tiny tensor on ``--device``
 (their launches, without the model's work), then, in the measured variant, the
 batch's append handed to a real writer and store (``--rows`` rows of ``--dim``
@@ -25,8 +28,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 
+import h5py
 import numpy as np
 import torch
 
@@ -40,6 +45,35 @@ def _store(path: str, dim: int) -> FeatureStore:
     store.add_feature_set("clip", dim=dim)
     store.create_split("train", ["clip"])
     return store
+
+
+def gil_during_write(dtype: str = "float16", rows: int = 20_000, dim: int = 1792) -> tuple[float, float]:
+    """(seconds of one ``ds[:] = x`` write of ``rows`` x ``dim`` float32 values into a ``dtype`` dataset, the share of
+    its rate alone that a thread counting in a Python loop keeps meanwhile): near 1 when h5py releases the GIL."""
+    x = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    count, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.2)
+        c0, t0 = count[0], time.perf_counter()
+        time.sleep(0.3)
+        alone = (count[0] - c0) / (time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as tmp, h5py.File(os.path.join(tmp, "g.h5"), "w") as f:
+            ds = f.create_dataset("x", shape=x.shape, dtype=dtype, chunks=(256, dim))
+            c0, t0 = count[0], time.perf_counter()
+            ds[:] = x
+            seconds = time.perf_counter() - t0
+            beside = (count[0] - c0) / seconds
+    finally:
+        stop.set()
+        spinner.join()
+    return seconds, beside / alone
 
 
 def run(args, with_writer: bool) -> tuple[float, float, float, float]:
@@ -92,6 +126,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    seconds, kept = gil_during_write()
+    print(f"h5py and the GIL: a counting thread kept {kept:.0%} of its rate during a {seconds:.2f} s write "
+          "(float32 into float16) on another thread")
     run(args, True)  # warm up: allocator, h5py, the device
     alone, beside = [], []
     for _ in range(args.repeats):
