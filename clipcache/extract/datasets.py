@@ -16,6 +16,7 @@ two labels is an error naming both lines.
 
 from __future__ import annotations
 
+import collections
 import csv
 import gzip
 import io
@@ -232,33 +233,70 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_images(folder: Path, root: Path) -> list[str]:
+def _list_images(folder: Path, root: Path) -> tuple[list[str], list[int | None]]:
     """The image files under ``folder``, in walk order, following links to folders but never round a cycle.
+
+    The walk is ``os.walk(folder, followlinks=True)``'s, top down, with the
+    folders and files of each folder sorted by name and hidden ones left out. It
+    reads each folder once (``os.scandir``) and calls ``stat`` for no file but a
+    symbolic link.
 
     Returns
     -------
-    list of str
+    keys : list of str
         Each file's path relative to ``root``, with ``/`` separators (the key
         ``Path.relative_to(root).as_posix()`` gives), made once per folder, not per file.
+    inodes : list of int or None
+        Each file's inode number, for :func:`_unique_files`: its directory entry's,
+        or for a link, its target's (None for a link to nothing).
     """
-    found = []
+    keys: list[str] = []
+    inodes: list[int | None] = []
     visited = {os.path.realpath(folder)}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    stack = [os.fspath(folder)]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            with os.scandir(dirpath) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:  # as os.walk: a folder that cannot be listed is left out
+            continue
         here = os.path.realpath(dirpath)
         kept = []
-        for name in sorted(d for d in dirnames if not d.startswith(".")):
-            target = os.path.realpath(os.path.join(dirpath, name))
-            if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
-                logger.warning("%s: skipped, a link back to %s, a folder it is in (a cycle)", Path(dirpath) / name, target)
-            elif target in visited:
-                logger.warning("%s: skipped, a link to %s, which is listed already", Path(dirpath) / name, target)
-            else:
-                visited.add(target)
-                kept.append(name)
-        dirnames[:] = kept
         prefix = _key_prefix(Path(dirpath), root)
-        found.extend(prefix + name for name in sorted(filenames) if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
-    return found
+        for entry in entries:
+            if _is_dir(entry):
+                target = os.path.realpath(entry.path)
+                if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                    logger.warning("%s: skipped, a link back to %s, a folder it is in (a cycle)", Path(entry.path), target)
+                elif target in visited:
+                    logger.warning("%s: skipped, a link to %s, which is listed already", Path(entry.path), target)
+                else:
+                    visited.add(target)
+                    kept.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                keys.append(prefix + entry.name)
+                inodes.append(_inode(entry))
+        stack.extend(reversed(kept))  # the first subfolder is walked next, and whole, as os.walk does
+    return keys, inodes
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder or a link to one (False when that cannot be told, as ``os.walk`` does)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _inode(entry: os.DirEntry) -> int | None:
+    """The inode number of the file ``entry`` names: the directory entry's (no ``stat``), or a link's target's."""
+    try:
+        if not entry.is_symlink():
+            return entry.inode()
+        return entry.stat().st_ino
+    except OSError:  # a link to nothing: listed, and recorded as unreadable by the extraction
+        return None
 
 
 def _key_prefix(folder: Path, root: Path) -> str:
@@ -267,15 +305,29 @@ def _key_prefix(folder: Path, root: Path) -> str:
     return "" if relative == "." else relative + "/"
 
 
-def _unique_files(root: Path, listing: dict[str, list[str]]) -> dict[str, list[str]]:
-    """``listing`` (class -> keys) with every file once: a repeat within a class is dropped, across classes refused."""
+def _unique_files(root: Path, listing: dict[str, tuple[list[str], list[int | None]]]) -> dict[str, list[str]]:
+    """``listing`` (class -> keys and inode numbers, :func:`_list_images`) with every file once: a repeat within a
+    class is dropped, across classes refused.
+
+    Two names of one file (hard links, or a link and its target) share an inode
+    number, so only the files whose number is listed more than once are
+    ``stat``-ed, to compare their devices and inodes; the others are all distinct.
+    """
+    counts = collections.Counter(n for _, inodes in listing.values() for n in inodes if n is not None)
     owner: dict[tuple[int, int], tuple[str, str]] = {}
     unique: dict[str, list[str]] = {}
     top = os.fspath(root)
-    for class_name, keys in listing.items():
+    for class_name, (keys, inodes) in listing.items():
         kept = unique.setdefault(class_name, [])
-        for key in keys:
-            st = os.stat(os.path.join(top, key))
+        for key, inode in zip(keys, inodes, strict=True):
+            if inode is None or counts[inode] == 1:
+                kept.append(key)
+                continue
+            try:
+                st = os.stat(os.path.join(top, key))
+            except OSError:  # gone since it was listed: the extraction records it as unreadable
+                kept.append(key)
+                continue
             first = owner.setdefault((st.st_dev, st.st_ino), (class_name, key))
             if first[1] == key:
                 kept.append(key)

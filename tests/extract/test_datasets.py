@@ -185,6 +185,48 @@ def test_a_file_twice_in_one_class_is_logged_with_both_paths(tmp_path, caplog):
     assert caplog.messages == [f"{tmp_path / 'cat' / 'b.png'}: skipped, the same file as {tmp_path / 'cat' / 'a.png'}"]
 
 
+def test_a_link_to_a_file_is_the_same_file_within_a_class_and_refused_across(tmp_path, caplog):
+    _touch(tmp_path / "cat" / "a.png")
+    _touch(tmp_path / "cat" / "c.png")
+    os.symlink("a.png", tmp_path / "cat" / "b.png")
+    with caplog.at_level(logging.WARNING, logger="clipcache.extract.datasets"):
+        ds = open_dataset(tmp_path)
+    assert ds.splits["train"].keys == ["cat/a.png", "cat/c.png"]
+    assert caplog.messages == [f"{tmp_path / 'cat' / 'b.png'}: skipped, the same file as {tmp_path / 'cat' / 'a.png'}"]
+    (tmp_path / "dog").mkdir()
+    os.symlink(os.path.join("..", "cat", "c.png"), tmp_path / "dog" / "d.png")
+    with pytest.raises(DatasetError) as info:
+        open_dataset(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: cat/c.png (class 'cat') and dog/d.png (class 'dog') are the same file; "
+        "remove the link so that each image has one class"
+    )
+
+
+def test_a_tree_of_plain_files_is_listed_without_a_stat_per_file(tmp_path, monkeypatch):
+    """Distinct files are told apart by their directory entries' inode numbers; only names sharing one are stat-ed
+    (here the hard link and its target), so that listing a large tree on a network file system stays a directory read."""
+    for key in ("train/cat/a.png", "train/cat/b.png", "train/dog/c.png", "train/dog/deep/d.png", "test/cat/e.png"):
+        _touch(tmp_path / key)
+    os.link(tmp_path / "train" / "cat" / "a.png", tmp_path / "train" / "dog" / "f.png")
+    stat, seen = os.stat, []
+
+    def counting_stat(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    with pytest.raises(DatasetError, match="train/cat/a.png .class 'cat'. and train/dog/f.png .class 'dog'. are the same file"):
+        open_dataset(tmp_path)
+    assert sorted(p for p in seen if p.endswith(".png")) == [str(tmp_path / "train" / "cat" / "a.png"),
+                                                             str(tmp_path / "train" / "dog" / "f.png")]
+    os.remove(tmp_path / "train" / "dog" / "f.png")
+    seen.clear()
+    ds = open_dataset(tmp_path)
+    assert ds.splits["train"].keys == ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png", "train/dog/deep/d.png"]
+    assert [p for p in seen if p.endswith(".png")] == []
+
+
 def test_plan_keys_labels_and_views_equal_the_per_item_lookup(image_folder):
     ds = open_dataset(image_folder)
     plans = build_plans(select_samples(ds, max_per_class={"train": 4}), views=3, batch_size=5, shard=(1, 2))

@@ -123,3 +123,19 @@ def test_the_same_file_twice_in_one_class_is_kept_once(tmp_path, folder):
     os.link(folder / "train" / "circle" / "001.png", folder / "train" / "circle" / "003.png")  # a hard link
     keys = open_dataset(folder).splits["train"].keys
     assert keys == [f"train/circle/{i:03d}.png" for i in range(3)] + [f"train/square/{i:03d}.png" for i in range(3)]
+
+
+def test_a_link_to_nothing_is_listed_and_recorded_as_unreadable(tmp_path, folder):
+    """A dangling link named like an image is one unreadable sample (recorded with its reason), not an error that
+    stops the listing."""
+    (folder / "train" / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    train = open_dataset(folder).splits["train"]
+    assert train.keys == [f"train/{c}/{i:03d}.png" for c in ("circle",) for i in range(3)] + ["train/circle/gone.png"] + [
+        f"train/square/{i:03d}.png" for i in range(3)]
+    store = tmp_path / "s.h5"
+    extract(store, ExtractConfig(source=str(folder), model="clipcache-tiny-vit", pretrained="none", splits=("train",)),
+            RunOptions(progress=False))
+    with FeatureStore(store) as fs:
+        assert fs.n_rows("train") == 6 and "train/circle/gone.png" not in list(fs.ids("train"))
+        [(key, path, reason)] = fs.skipped("train")
+        assert key == path == "train/circle/gone.png" and "No such file or directory" in reason
