@@ -230,13 +230,16 @@ class Run:
     time is about its wall time while the loop's thread's is well below, the
     threads take turns at the GIL. ``setup``: the seconds of the whole ``extract``
     call (``call``), and of capturing CUDA graphs (``capture``, ``--cuda-graphs``),
-    before the loop and outside its time.
+    before the loop and outside its time; then, inside the loop's time, of starting
+    the DataLoader's workers (``workers start``: creating its iterator, which forks
+    them) and of stopping them (``workers stop``).
     """
 
     report: ExtractReport | None = None
     busy: dict = dataclasses.field(default_factory=lambda: {"decode_batch": 0.0, "nvjpeg": 0.0})
     cpu: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(["process", *CPU_STEPS.values()], 0.0))
-    setup: dict = dataclasses.field(default_factory=lambda: {"capture": 0.0, "call": 0.0})
+    setup: dict = dataclasses.field(
+        default_factory=lambda: {"capture": 0.0, "call": 0.0, "workers start": 0.0, "workers stop": 0.0})
     batches: int = 0
 
 
@@ -255,6 +258,20 @@ def _timed(module, name: str, totals: dict, key: str, clock=time.perf_counter):
     return original
 
 
+def _timed_loader(totals: dict, key: str):
+    """A DataLoader whose ``iter()`` (which starts the workers) adds its seconds to ``totals[key]``."""
+
+    class TimedLoader(loop.DataLoader):
+        def __iter__(self):
+            began = time.perf_counter()
+            try:
+                return super().__iter__()
+            finally:
+                totals[key] += time.perf_counter() - began
+
+    return TimedLoader
+
+
 def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: int) -> list[Run]:
     """``repeats`` extractions, JPEG files to a complete store (rates, waits and the threads' times)."""
     runs = []
@@ -265,7 +282,10 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
                 (loop, "decode_batch"): _timed(loop, "decode_batch", run.busy, "decode_batch"),
                 (decode, "_decode_on"): _timed(decode, "_decode_on", run.busy, "nvjpeg"),
                 (loop, "_encoders"): _timed(loop, "_encoders", run.setup, "capture"),
+                (loop, "_stop_workers"): _timed(loop, "_stop_workers", run.setup, "workers stop"),
+                (loop, "DataLoader"): loop.DataLoader,
             }
+            loop.DataLoader = _timed_loader(run.setup, "workers start")
             for name, step in CPU_STEPS.items():
                 patched[loop, name] = _timed(loop, name, run.cpu, step, time.thread_time)
             began, began_cpu = time.perf_counter(), time.process_time()
@@ -298,6 +318,9 @@ def _waits(run: Run) -> str:
                  f"{run.cpu['process'] / run.setup['call']:.0%} of the whole call's {run.setup['call']:.2f} s")
     if loop.CUDA_GRAPHS:
         text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
+    if run.setup["workers start"]:  # timed (not under --profile)
+        text += (f"; of the loop's {report.seconds:.2f} s, starting the workers took {run.setup['workers start']:.2f} s "
+                 f"and stopping them {run.setup['workers stop']:.2f} s")
     return text
 
 
