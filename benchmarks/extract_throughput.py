@@ -38,7 +38,9 @@ For the best run of each decode path it prints where the loop waited
 decode thread was, and the CPU time per batch of the loop's thread (in all, and launching,
 joining and finishing batches), of the decode and writer threads, and of the whole
 main process: threads that wait little but are seldom on a CPU take turns at the
-GIL. ``--cuda-graphs`` encodes through CUDA graphs (``loop.CUDA_GRAPHS``) and also
+GIL; and how much of the loop's time starting and stopping the DataLoader's
+workers took (forking 16 workers costs more the more memory the main process
+holds). ``--cuda-graphs`` encodes through CUDA graphs (``loop.CUDA_GRAPHS``) and also
 prints the forward-only rate through them. ``--null-tower`` replaces each image
 tower by one that costs a fill kernel, keeping its preprocessing: the end-to-end
 rate is then what the loop sustains without a model. ``--profile N`` profiles one
