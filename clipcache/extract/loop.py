@@ -564,19 +564,21 @@ def _prepare_added_splits(store: FeatureStore, config: ExtractConfig, backbones,
 
 
 def _feature_set_provenance(store: FeatureStore, backbone: Backbone, options: RunOptions) -> dict:
-    """The backbone's provenance with the run's decode path and ``compiled``, keeping the stored ``preprocess`` dict
-    when it describes the same preprocessing.
+    """The backbone's provenance with the run's decode path (and on the ``gpu`` and ``hybrid`` paths, the device
+    resize) and ``compiled``, keeping the stored ``preprocess`` dict when it describes the same preprocessing.
 
     Stores written before ``resize_mode`` and ``fill_color`` were recorded hold a
     ``preprocess`` dict without them; such a dict reads back with the defaults
     (:meth:`Preprocess.from_dict`), and when that equals the backbone's
     preprocessing the run resumes into it. Any real difference is left for
-    ``add_feature_set`` to refuse, except another decode path or another
-    ``compile``, refused here with their own messages (a store without the keys
-    was decoded on the CPU by an eager tower).
+    ``add_feature_set`` to refuse, except another decode path, an earlier
+    release's device resize, or another ``compile``, refused here with their own
+    messages (a store without the keys was decoded on the CPU by an eager tower).
     """
     prov = backbone.provenance()
     prov[schema.DECODE] = options.decode
+    if options.decode != schema.CPU_DECODE:
+        prov[schema.DEVICE_RESIZE] = schema.DEVICE_RESIZE_LIKE_PIL
     prov[schema.COMPILED] = bool(options.compile)
     existing = store.feature_sets.get(backbone.name)
     if existing is not None and schema.decode_of(existing.provenance) != options.decode:
@@ -586,6 +588,12 @@ def _feature_set_provenance(store: FeatureStore, backbone: Backbone, options: Ru
             f"decodes on the {options.decode} path; the two paths' features are never mixed under one name, so run with "
             f"decode {was!r}, or extract into a new store",
             param="decode",
+        )
+    if existing is not None and schema.device_resize_of(existing.provenance) != prov.get(schema.DEVICE_RESIZE):
+        raise StoreMismatchError(
+            f"{store.path}: feature set {backbone.name!r} was made on the {options.decode} path by a release before "
+            "2026-11-26, whose device resize differs from this one's by a few grey levels; the two are never mixed "
+            "under one name, so extract into a new store"
         )
     if existing is not None and schema.compiled_of(existing.provenance) != bool(options.compile):
         was, now = (("compiled", "eager") if schema.compiled_of(existing.provenance) else ("eager", "compiled"))

@@ -25,6 +25,8 @@ __all__ = [
     "CPU_DECODE",
     "DECODE",
     "DECODES",
+    "DEVICE_RESIZE",
+    "DEVICE_RESIZE_LIKE_PIL",
     "FULL_PRECISION",
     "IDENTITY_KEYS",
     "METADATA_ADDED_SPLITS",
@@ -50,6 +52,7 @@ __all__ = [
     "model_identity",
     "compiled_of",
     "decode_of",
+    "device_resize_of",
     "precision_of",
 ]
 
@@ -105,6 +108,16 @@ DECODES = ("cpu", "gpu", "hybrid")
 #: The decode path of a feature set whose provenance records none: releases before
 #: the key existed decoded on the CPU.
 CPU_DECODE = "cpu"
+
+#: Provenance key of the tensor resize that made a ``gpu`` or ``hybrid`` feature
+#: set's model inputs on the run's device. Since 2026-11-26 it is DEVICE_RESIZE_LIKE_PIL:
+#: PIL's two passes, rounded in between (clipcache.extract.decode.resize_like_pil).
+#: Earlier releases resized in one pass, a few grey levels away, and recorded no
+#: key. Like the decode path it is part of a feature set's identity, when recorded,
+#: so that the two are never mixed under one name.
+DEVICE_RESIZE = "device_resize"
+#: The device resize of this release (DEVICE_RESIZE).
+DEVICE_RESIZE_LIKE_PIL = "like-pil"
 
 #: Provenance key: whether the image tower ran compiled (``torch.compile``,
 #: ``RunOptions.compile``). Compiled kernels round differently from eager ones (on
@@ -166,6 +179,14 @@ def decode_of(provenance: dict) -> str:
     return str(provenance.get(DECODE) or CPU_DECODE)
 
 
+def device_resize_of(provenance: dict) -> str | None:
+    """The device resize of a ``gpu`` or ``hybrid`` feature set's inputs (DEVICE_RESIZE), or None: not recorded (an
+    earlier release's resize), or a ``cpu`` feature set, which has none."""
+    if decode_of(provenance) == CPU_DECODE:
+        return None
+    return provenance.get(DEVICE_RESIZE) or None
+
+
 def compiled_of(provenance: dict) -> bool:
     """Whether a feature set was computed by a compiled image tower: its provenance's ``compiled``, False when none is recorded."""
     return bool(provenance.get(COMPILED, False))
@@ -175,11 +196,12 @@ def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
     """The part of a feature set's description that must match for rows to be mixed in one store.
 
     The model identity, the on-disk dtype, the normalisation and, when it is not
-    FULL_PRECISION, the precision; when it is not CPU_DECODE, the decode path;
-    when the tower was compiled, ``compiled``. Leaving fp32, cpu and eager out
-    keeps the identity (and ``FeatureStore.fingerprint``) of a feature set written
-    before these were recorded exactly what it was, and equal to that of a new
-    fp32, CPU-decoded, eager one.
+    FULL_PRECISION, the precision; when it is not CPU_DECODE, the decode path and,
+    when recorded, the device resize; when the tower was compiled, ``compiled``.
+    Leaving out fp32, cpu, eager and an unrecorded device resize keeps the identity
+    (and ``FeatureStore.fingerprint``) of a feature set written before these were
+    recorded exactly what it was, and equal to that of a new fp32, CPU-decoded,
+    eager one.
     """
     ident = model_identity(provenance, dim)
     ident.update(dtype=str(dtype), normalized=bool(normalized))
@@ -189,6 +211,9 @@ def identity(provenance: dict, dim: int, dtype: str, normalized: bool) -> dict:
     decode = decode_of(provenance)
     if decode != CPU_DECODE:
         ident[DECODE] = decode
+        resize = device_resize_of(provenance)
+        if resize is not None:
+            ident[DEVICE_RESIZE] = resize
     if compiled_of(provenance):
         ident[COMPILED] = True
     return ident

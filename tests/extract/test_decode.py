@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import tarfile
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,15 @@ def _jpeg(image: Image.Image, **kw) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90, **kw)
     return buffer.getvalue()
+
+
+def _jpeg_folder(image_folder, folder):
+    """``image_folder``'s PNGs as JPEGs under ``folder``, so that the tensor paths decode them."""
+    for png in image_folder.rglob("*.png"):
+        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    return folder
 
 
 def _shape(i: int, size: int = 40) -> Image.Image:
@@ -579,11 +590,7 @@ def test_auto_extracts_thumbnails_on_the_hybrid_path(image_folder, tmp_path, ten
     """Where auto decodes on the device (here the tensor path on the CPU), 40 x 40 JPEGs go to the hybrid path when the
     largest model input is EfficientNet-lite0's 224 px, and to the gpu path for the tiny ViT's 32 px alone; the store
     records which."""
-    folder = tmp_path / "jpegs"
-    for png in image_folder.rglob("*.png"):
-        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    folder = _jpeg_folder(image_folder, tmp_path / "jpegs")
     extract(tmp_path / "s.h5", _config(folder, aux=aux), RunOptions(progress=False))
     with FeatureStore(tmp_path / "s.h5") as store:
         assert {schema.decode_of(info.provenance) for info in store.feature_sets.values()} == {path}
@@ -635,11 +642,7 @@ def test_schema_reads_a_missing_decode_as_cpu_and_keeps_old_identities():
 
 @pytest.mark.parametrize(("first", "then"), [("cpu", "gpu"), ("gpu", "cpu"), ("hybrid", "cpu"), ("gpu", "hybrid")])
 def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, tensor_path_on_cpu, first, then):
-    folder = tmp_path / "jpegs"
-    for png in image_folder.rglob("*.png"):  # JPEGs, so that the tensor path decodes them
-        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    folder = _jpeg_folder(image_folder, tmp_path / "jpegs")
     path = tmp_path / "s.h5"
     interrupted_extract(path, _config(folder), RunOptions(progress=False, decode=first))
     with pytest.raises(StoreMismatchError, match=f"decoded on the {first} path, but this run decodes on the {then} path") as err:
@@ -648,6 +651,44 @@ def test_resume_on_the_other_decode_path_is_refused(image_folder, tmp_path, tens
     extract(path, _config(folder), RunOptions(progress=False, decode=first), resume=True)  # the recorded path resumes
     with FeatureStore(path) as store:
         assert store.is_complete("train") and store.is_complete("test")
+
+
+def test_the_device_resize_is_recorded_on_the_tensor_paths_and_part_of_their_identity(tmp_path):
+    prov = {"backbone": "timm", "model": "m", "preprocess": PP.to_dict()}
+    earlier = {**prov, schema.DECODE: "hybrid"}  # a hybrid feature set of a release before the key
+    now = {**earlier, schema.DEVICE_RESIZE: schema.DEVICE_RESIZE_LIKE_PIL}
+    assert schema.device_resize_of(earlier) is None and schema.device_resize_of(now) == "like-pil"
+    assert schema.device_resize_of({**prov, schema.DEVICE_RESIZE: "like-pil"}) is None  # the cpu path has none
+    assert schema.identity(earlier, 8, "float32", True) == {**schema.identity(prov, 8, "float32", True), schema.DECODE: "hybrid"}
+    assert schema.identity(now, 8, "float32", True) == {**schema.identity(earlier, 8, "float32", True), "device_resize": "like-pil"}
+    with FeatureStore(tmp_path / "s.h5", "w") as store:
+        store.add_feature_set("f", 8, provenance=earlier)
+        with pytest.raises(StoreMismatchError, match="device_resize"):
+            store.add_feature_set("f", 8, provenance=now)
+
+
+@pytest.mark.parametrize("path", ["hybrid", "gpu"])
+def test_resuming_an_earlier_release_s_tensor_path_features_is_refused(image_folder, tmp_path, tensor_path_on_cpu, path):
+    """A store whose hybrid (or gpu) feature sets record no device resize (an earlier release's one-pass resize) is
+    not resumed into; a new store records ``like-pil``, and a cpu-path one records nothing."""
+    folder = _jpeg_folder(image_folder, tmp_path / "jpegs")
+    old = tmp_path / "old.h5"
+    interrupted_extract(old, _config(folder), RunOptions(progress=False, decode="hybrid"))
+    with h5py.File(old, "r+") as h5:  # what a release before the key wrote
+        for name in h5["feature_sets"]:
+            attrs = h5["feature_sets"][name].attrs
+            prov = json.loads(attrs["provenance"])
+            assert prov.pop(schema.DEVICE_RESIZE) == "like-pil"
+            attrs["provenance"] = json.dumps({**prov, schema.DECODE: path})
+    with pytest.raises(StoreMismatchError) as err:
+        extract(old, _config(folder), RunOptions(progress=False, decode=path), resume=True)
+    assert str(err.value) == (
+        f"{old}: feature set 'clip' was made on the {path} path by a release before 2026-11-26, whose device resize "
+        "differs from this one's by a few grey levels; the two are never mixed under one name, so extract into a new store"
+    )
+    extract(tmp_path / "cpu.h5", _config(folder), RunOptions(progress=False, decode="cpu"))
+    with FeatureStore(tmp_path / "cpu.h5") as store:
+        assert all(schema.DEVICE_RESIZE not in info.provenance for info in store.feature_sets.values())
 
 
 def test_feature_sets_of_two_decode_paths_do_not_mix_in_a_store(tmp_path):
@@ -835,11 +876,7 @@ def test_tensor_path_features_on_cifar(cifar_jpegs, tmp_path, tensor_path_on_cpu
 
 def test_auto_resumes_and_adds_on_the_recorded_path(image_folder, tmp_path, tensor_path_on_cpu):
     """Where auto would take the tensor path, a store recorded on the CPU path resumes (and takes splits) on it."""
-    folder = tmp_path / "jpegs"
-    for png in image_folder.rglob("*.png"):
-        target = folder / png.relative_to(image_folder).with_suffix(".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_jpeg(Image.open(png).convert("RGB")))
+    folder = _jpeg_folder(image_folder, tmp_path / "jpegs")
     whole, path = tmp_path / "whole.h5", tmp_path / "s.h5"
     extract(whole, _config(folder), RunOptions(progress=False, decode="cpu"))
     interrupted_extract(path, _config(folder), RunOptions(progress=False, decode="cpu"))
