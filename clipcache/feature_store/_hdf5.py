@@ -484,14 +484,14 @@ def write_rows(ds: h5py.Dataset, start: int, values: np.ndarray) -> None:
     held, than the write, during which h5py releases it. The flush comes now, so
     that a failed write raises here (a dataset freed later can only print it).
     """
-    if len(values) == 0:
-        return
     values = np.ascontiguousarray(values)
     dsid = ds.id
     stop = start + len(values)
     extent = dsid.shape
     if extent[0] != stop:
         dsid.set_extent((stop, *extent[1:]))
+    if len(values) == 0:  # nothing to write or flush; the extent says where the column ends
+        return
     file_space = dsid.get_space()
     file_space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
     dsid.write(h5s.create_simple(values.shape), file_space, values)

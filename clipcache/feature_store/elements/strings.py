@@ -104,14 +104,8 @@ class StringColumn:
             return
         offsets = self._offsets
         base = int(offsets[start])
-        ends = base + np.cumsum(rows.lengths)
-        utf8 = self._utf8
-        stop = int(ends[-1])
-        if stop > base:
-            _hdf5.write_rows(utf8, base, np.frombuffer(rows.data, dtype=np.uint8))
-        elif utf8.shape[0] != stop:  # only empty strings: nothing to write, but cut what followed
-            utf8.resize((stop,))
-        _hdf5.write_rows(offsets, start + 1, ends)
+        _hdf5.write_rows(self._utf8, base, np.frombuffer(rows.data, dtype=np.uint8))
+        _hdf5.write_rows(offsets, start + 1, base + np.cumsum(rows.lengths))
 
     def truncate(self, n: int) -> None:
         """Cut the column back to its first ``n`` rows."""
