@@ -53,9 +53,6 @@ step "extract ViT-B-32 32x32 train hybrid" extract.log 60 bash -c "$B32T --decod
 step "extract ViT-B-32 32x32 train hybrid graphs" extract.log 60 bash -c "$B32T --decode hybrid --cuda-graphs"
 # what the loop sustains without a model ("null": one fill kernel per tower, the same preprocessing)
 step "extract ViT-B-32 32x32 train null" extract.log 60 bash -c "$B32T --null-tower"
-# what the store's writer thread costs a thread that launches kernels one by one (the loop's), on this machine's CPU
-step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 2500 \
---batches 200; python3 benchmarks/writer_contention.py --batches 200"
 step "extract ViT-B-16 500x375 idle" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle"
 step "extract ViT-B-16 500x375 idle graphs" extract.log 50 bash -c "$B16P --decode gpu --decode-while-idle --cuda-graphs"
 step "extract ViT-B-16 500x375" extract.log 75 bash -c "$B16P"
@@ -66,8 +63,12 @@ step "extract ViT-B-32 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-32
 # one set of workers for both splits of a run (train and test, 10,000 images each)
 step "extract ViT-B-32 32x32 all hybrid" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --split all \
 --decode hybrid"
+step "extract ViT-B-16 32x32 hybrid" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid"
 step "extract ViT-B-16 32x32 graphs" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
 --cuda-graphs"
+# what the store's writer thread costs a thread that launches kernels one by one (the loop's), on this machine's CPU
+step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 2500 \
+--batches 200; python3 benchmarks/writer_contention.py --batches 200"
 step "extract ViT-L-14 32x32 hybrid" extract.log 50 bash -c "$E --model ViT-L-14 --per-class 500 --decode hybrid"
 step "extract ViT-B-32 500x375 idle graphs" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 \
 --jpeg-size 500x375 --decode gpu --decode-while-idle --cuda-graphs"
