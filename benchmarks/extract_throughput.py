@@ -40,8 +40,9 @@ joining and finishing batches), of the decode and writer threads, and of the who
 main process: threads that wait little but are seldom on a CPU take turns at the
 GIL; and how much of the loop's time starting and stopping the DataLoader's
 workers took (forking 16 workers costs more the more memory the main process
-holds). ``--cuda-graphs`` encodes through CUDA graphs (``loop.CUDA_GRAPHS``) and also
-prints the forward-only rate through them. ``--null-tower`` replaces each image
+holds). On a CUDA device the end-to-end runs encode through CUDA graphs
+(``RunOptions.cuda_graphs``, the default), and the forward-only rate through them is
+printed too; ``--no-cuda-graphs`` launches eagerly. ``--null-tower`` replaces each image
 tower by one that costs a fill kernel, keeping its preprocessing: the end-to-end
 rate is then what the loop sustains without a model. ``--profile N`` profiles one
 more run per path (cProfile; on Python 3.12 and later it counts every thread's
@@ -150,7 +151,7 @@ def compiled_forward_only(backbones, dataset, samples, batch_size: int, device: 
 
 
 def graphed_forward_only(backbones, dataset, samples, batch_size: int, device: str, amp: str, repeats: int) -> list[float]:
-    """Images/s of the forward pass through CUDA graphs, as ``loop.CUDA_GRAPHS`` encodes (capture untimed)."""
+    """Images/s of the forward pass through CUDA graphs, as ``RunOptions.cuda_graphs`` encodes (capture untimed)."""
     with torch.cuda.device(device):
         encoders = [loop._GraphedFeatures(b, batch_size) for b in backbones]
     return forward_only(backbones, dataset, samples, batch_size, device, amp, repeats, encoders)
@@ -304,7 +305,7 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
     return runs
 
 
-def _waits(run: Run) -> str:
+def _waits(run: Run, graphs: bool = False) -> str:
     """The loop's waits of a run as shares of its time (ExtractReport.waits), the decode thread's busy time, and
     the CPU time of the loop's thread."""
     report = run.report
@@ -318,7 +319,7 @@ def _waits(run: Run) -> str:
         steps = ", ".join(f"{step} {run.cpu[step] * per:.2f}" for step in list(CPU_STEPS.values())[1:])
         text += (f"; CPU ms per batch: the loop's thread {run.cpu['loop'] * per:.2f} ({steps}); the main process "
                  f"{run.cpu['process'] / run.setup['call']:.0%} of the whole call's {run.setup['call']:.2f} s")
-    if loop.CUDA_GRAPHS:
+    if graphs:
         text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
     if run.setup["workers start"]:  # timed (not under --profile)
         text += (f"; of the loop's {report.seconds:.2f} s, starting the workers took {run.setup['workers start']:.2f} s "
@@ -356,21 +357,15 @@ def main(argv=None) -> None:
     parser.add_argument("--part-items", type=int,
                         help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
-    parser.add_argument("--decode-while-idle", action="store_true",
-                        help="on the gpu path, call nvJPEG for a batch only once the device has finished the batch "
-                             "before (clipcache.extract.loop.DECODE_WHILE_IDLE)")
     parser.add_argument("--null-tower", action="store_true",
                         help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
                              "end-to-end rate is then what the loop sustains without a model")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="encode full batches by replaying a CUDA graph of each tower (clipcache.extract.loop."
-                             "CUDA_GRAPHS), and print the forward-only rate through them too (the ratio stays to "
-                             "the eager one)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a CUDA device, encode full batches end to end by replaying a CUDA graph of each tower "
+                             "(RunOptions.cuda_graphs, on by default), and print the forward-only rate through them "
+                             "too (the ratio stays to the eager one)")
     args = parser.parse_args(argv)
-    if args.decode_while_idle:
-        loop.DECODE_WHILE_IDLE = True
-    if args.cuda_graphs:
-        loop.CUDA_GRAPHS = True
+    graphs = args.cuda_graphs and args.device.startswith("cuda") and not args.compile
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part_items:
@@ -388,7 +383,7 @@ def main(argv=None) -> None:
         max_per_class=args.per_class, batch_size=args.batch_size,
     )
     options = {d: RunOptions(workers=args.workers, device=args.device, amp=args.amp, progress=False, decode=d,
-                             compile=args.compile) for d in decodes}
+                             compile=args.compile, cuda_graphs=args.cuda_graphs) for d in decodes}
     backbones = [b.to(args.device) for b in build_backbones(args.model, args.pretrained, aux)]
     if args.null_tower:
         backbones = [NullTower(b) for b in backbones]
@@ -412,7 +407,7 @@ def main(argv=None) -> None:
     compiled = [] if args.no_compiled else compiled_forward_only(
         backbones, split, samples, args.batch_size, args.device, args.amp, args.repeats)
     graphed = []
-    if args.cuda_graphs and args.device.startswith("cuda"):
+    if graphs:
         try:
             graphed = graphed_forward_only(backbones, split, samples, args.batch_size, args.device, args.amp, args.repeats)
         except Exception:  # report it, and print the rest
@@ -423,8 +418,7 @@ def main(argv=None) -> None:
     print(f"images: {' + '.join(f'{len(s)} ({name})' for name, (_, s) in selected.items())} from {source}; backbones: {names}; device {args.device} ({where}), "
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
-          f"{', nvJPEG only while the device is idle' if loop.DECODE_WHILE_IDLE else ''}"
-          f"{', end-to-end through CUDA graphs' if loop.CUDA_GRAPHS else ''}"
+          f"{', end-to-end through CUDA graphs' if graphs else ''}"
           f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")
@@ -446,7 +440,7 @@ def main(argv=None) -> None:
     for d in decodes:
         if d not in failed:
             print(f"{d:>6} best run, the loop's waits (share of its time): "
-                  f"{_waits(max(e2e[d], key=lambda r: r.report.images_per_second))}")
+                  f"{_waits(max(e2e[d], key=lambda r: r.report.images_per_second), graphs)}")
     for d in decodes if args.profile else ():
         if d not in failed:
             profile(config, options[d], backbones, args.profile)

@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -211,6 +210,14 @@ class RunOptions:
         image of a test model moved to a cosine of 0.9946), so the setting is
         recorded in each feature set's provenance and a run that would mix
         compiled and eager features in one feature set is refused.
+    cuda_graphs : bool
+        On a CUDA device, and unless ``compile``, encode each full batch by
+        replaying a CUDA graph of each backbone, captured once before the loop,
+        instead of launching its few hundred kernels one by one from the loop's
+        thread. The stored features are the same bit for bit (checked on an
+        H100 by ``tests/extract/test_gpu.py``), so the setting is not recorded.
+        A backbone that cannot be captured is encoded eagerly, with a warning.
+        Each graph keeps its batch's activations allocated for the run.
     """
 
     workers: int = 0
@@ -220,6 +227,7 @@ class RunOptions:
     progress: bool | None = None
     decode: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = True
 
 
 @dataclasses.dataclass
@@ -687,13 +695,6 @@ def _compile_image_tower(backbone: Backbone) -> None:
     backbone.encode_image = encode_image
 
 
-#: Whether a run on a CUDA device encodes its full batches by replaying a CUDA graph of each backbone's
-#: :meth:`~clipcache.extract.backbones.Backbone.features` (:class:`_GraphedFeatures`), instead of launching the
-#: tower's few hundred kernels one by one from the loop's thread. Off until measured on a GPU: its rate, and
-#: whether its features equal the eager launches' bit for bit (``tests/extract/test_gpu.py``).
-CUDA_GRAPHS = False
-
-
 class _GraphedFeatures:
     """A backbone's :meth:`~clipcache.extract.backbones.Backbone.features` for batches of one size, by replaying a
     graph captured once; batches of other sizes (the last of a split) are encoded by the backbone itself.
@@ -750,10 +751,12 @@ def _capture_cuda_graph(function, static_input: torch.Tensor):
     return graph.replay, static_output
 
 
-def _encoders(backbones: Sequence[Backbone], batch_size: int, device: torch.device) -> list:
-    """What encodes the batches: each backbone, or on a CUDA device with :data:`CUDA_GRAPHS` its
-    :class:`_GraphedFeatures`; a backbone whose capture fails is encoded eagerly, with a warning."""
-    if not (CUDA_GRAPHS and device.type == "cuda"):
+def _encoders(backbones: Sequence[Backbone], batch_size: int, options: RunOptions) -> list:
+    """What encodes the batches: each backbone, or on a CUDA device with ``options.cuda_graphs`` (and not
+    ``options.compile``) its :class:`_GraphedFeatures`; a backbone whose capture fails is encoded eagerly, with a
+    warning."""
+    device = torch.device(options.device)
+    if not (options.cuda_graphs and not options.compile and device.type == "cuda"):
         return list(backbones)
     encoders = []
     with torch.cuda.device(device):
@@ -832,8 +835,6 @@ def _run_splits(
     # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
     # needs (the decode thread works on this thread's current stream, so on the same GPU).
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    gpu_decode = options.decode == "gpu" and device.type == "cuda"
-    gate = _IdleGate(device) if DECODE_WHILE_IDLE and gpu_decode else None
 
     def finish(writer, pending) -> None:  # pending: (split number, launched batch) or None
         if pending is not None:
@@ -849,7 +850,7 @@ def _run_splits(
 
     try:
         with on_device, writing() as writer, contextlib.closing(
-            _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits, gate)
+            _decoded_batches(parts, batches, preprocesses, device, options.decode, report.waits)
         ) as decoded:
             pending = None  # the batch the device encodes while the next one is fetched and decoded
             for j, (items, tensors, errors) in enumerate(decoded):
@@ -861,8 +862,6 @@ def _run_splits(
                 except DatasetError:  # strict: the batch before is committed first, as a serial loop would
                     finish(writer, pending)
                     raise
-                if gate is not None:
-                    gate.launched(j)
                 finish(writer, pending)
                 if pending is not None and pending[0] != k:  # the batch finished was its split's last
                     complete(writer, pending[0])
@@ -927,61 +926,14 @@ def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:
 #: Batches that the decode thread of the ``gpu`` and ``hybrid`` decode paths decodes ahead of the one being launched.
 DECODE_AHEAD = 1
 
-#: Whether the decode thread of the ``gpu`` decode path calls nvJPEG for a batch only once the device has finished
-#: encoding the batch before (:class:`_IdleGate`). Beside a busy GPU, nvJPEG's batched decode is many times slower
-#: than on an idle one (``benchmarks/nvjpeg_contention.py``; docs/benchmarks.md).
-DECODE_WHILE_IDLE = False
-
-
-class _IdleGate:
-    """Holds the decode thread's nvJPEG call for batch k until the device has finished batch k - 1.
-
-    The loop calls :meth:`launched` after queueing each batch on the device; the
-    decode thread calls :meth:`wait` before decoding a batch. :meth:`close`
-    releases any wait, for a run that stops early.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._done: dict[int, object] = {}  # batch number -> its CUDA event (anything with synchronize())
-        self._changed = threading.Condition()
-        self._closed = False
-
-    def launched(self, k: int, event=None) -> None:
-        """Batch ``k`` is queued on the device: ``event`` (by default one recorded now on the current stream) marks its end."""
-        if event is None:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
-        with self._changed:
-            self._done[k] = event
-            self._changed.notify_all()
-
-    def wait(self, k: int) -> None:
-        """Return once batch ``k - 1`` has been launched and the device has finished it (at once for batch 0)."""
-        if k == 0:
-            return
-        with self._changed:
-            self._changed.wait_for(lambda: k - 1 in self._done or self._closed)
-            event = self._done.pop(k - 1, None)
-        if event is not None:
-            event.synchronize()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-
-def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict, gate: _IdleGate | None = None):
+def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict):
     """Fetch the batches' parts from the DataLoader and yield each batch as ``(items, tensors, errors)``, in order.
 
     On the ``gpu`` decode path a thread decodes (:func:`decode_batch`)
     :data:`DECODE_AHEAD` batches ahead of the one yielded: nvJPEG's call waits for
     the device's decoder with the GIL released, so this thread meanwhile fetches
-    the next batch and launches the one before. With a ``gate``, the thread
-    decodes batch k only once ``gate`` says the device has finished batch k - 1
-    (:data:`DECODE_WHILE_IDLE`). Closing the generator releases the gate, cancels
-    the decodes not started and waits for the one running.
+    the next batch and launches the one before. Closing the generator cancels the
+    decodes not started and waits for the one running.
     """
     ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
     depth = DECODE_AHEAD if decode in ("gpu", "hybrid") else 0
@@ -997,14 +949,14 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
         return items, *job
 
     try:
-        for k, batch in enumerate(batches):
+        for batch in batches:
             began = time.perf_counter()
             fetched = [next(parts) for _ in batch]
             waits["workers"] += time.perf_counter() - began
             items, tensors, errors, payloads = _assemble(fetched)
             if payloads:
                 pool = pool or ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode")
-                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream, gate, k)))
+                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream)))
             else:
                 ahead.append((items, (tensors, errors)))
             if len(ahead) > depth:
@@ -1012,8 +964,6 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
         while ahead:
             yield take()
     finally:
-        if gate is not None:
-            gate.close()
         if pool is not None:
             for _, job in ahead:
                 if isinstance(job, Future):
@@ -1021,11 +971,8 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
             pool.shutdown(wait=True)
 
 
-def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream, gate: _IdleGate | None = None, k: int = 0):
-    """:func:`decode_batch` of batch ``k`` in the decode thread, on ``stream`` (the one the batches are encoded on, and
-    its device), once ``gate`` lets it."""
-    if gate is not None:
-        gate.wait(k)
+def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream):
+    """:func:`decode_batch` in the decode thread, on ``stream`` (the one the batches are encoded on, and its device)."""
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         tensors, errors = decode_batch(payloads, errors, preprocesses, device, _DECODE_ERRORS)
     return [[t] for t in tensors], errors
@@ -1210,7 +1157,7 @@ def extract(
                 _prepare_added_splits(store, config, backbones, plans, options)
             else:
                 _prepare_store(store, config, dataset.classes, backbones, plans, options)
-            encoders = _encoders(backbones, config.batch_size, torch.device(options.device))  # in their precisions
+            encoders = _encoders(backbones, config.batch_size, options)  # in their precisions
             began = time.perf_counter()
             _run_splits(store, plans, backbones, config, options, report, encoders)
             report.seconds = time.perf_counter() - began

@@ -54,6 +54,21 @@ def test_extract_with_templates_and_info(runner, image_folder, tmp_path):
         assert fs.text_names == ["simple"] and fs.n_rows("train") == 12
 
 
+@pytest.mark.parametrize(("flags", "graphs"), [([], True), (["--no-cuda-graphs"], False), (["--cuda-graphs"], True)])
+def test_cuda_graphs_are_on_unless_turned_off(runner, image_folder, tmp_path, monkeypatch, flags, graphs):
+    from clipcache.extract import loop
+
+    seen = []
+    real = loop.extract
+    monkeypatch.setattr(loop, "extract", lambda store, config, options, **kw: seen.append(options) or real(
+        store, config, options, **kw))
+    args = ["extract", str(image_folder), str(tmp_path / "s.h5"), "--model", "clipcache-tiny-vit", "--pretrained",
+            "none", "--workers", "0", "--batch-size", "6", *flags]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert [options.cuda_graphs for options in seen] == [graphs]
+
+
 def test_conflicting_flags_are_rejected_before_work(runner, image_folder, tmp_path):
     store = tmp_path / "s.h5"
     result = runner.invoke(cli, ["extract", str(image_folder), str(store), "--aux", "efficientnet-lite0", "--resume", "--overwrite"])

@@ -13,6 +13,7 @@ with ``python -m pytest -m data tests/extract/test_gpu.py -s`` on a CUDA machine
 
 from __future__ import annotations
 
+import dataclasses
 import tarfile
 
 import numpy as np
@@ -106,11 +107,12 @@ def test_cuda_features_match_cpu_fp32(cifar, cpu_store, tmp_path, amp, expected)
 
 
 def test_cuda_graphs_store_the_eager_features_bit_for_bit(cifar, tmp_path, monkeypatch):
-    """``loop.CUDA_GRAPHS``: replaying each tower's captured kernels stores exactly what launching them eagerly does."""
+    """``RunOptions.cuda_graphs``: replaying each tower's captured kernels stores exactly what launching them
+    eagerly does."""
     from clipcache.extract import loop
 
     options = RunOptions(device="cuda", decode="cpu", workers=4, progress=False)
-    extract(tmp_path / "eager.h5", _config(cifar), options)
+    extract(tmp_path / "eager.h5", _config(cifar), dataclasses.replace(options, cuda_graphs=False))
     replays = []
     real = loop._GraphedFeatures.features
 
@@ -119,7 +121,6 @@ def test_cuda_graphs_store_the_eager_features_bit_for_bit(cifar, tmp_path, monke
         return real(self, batch)
 
     monkeypatch.setattr(loop._GraphedFeatures, "features", features)
-    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
     extract(tmp_path / "graphed.h5", _config(cifar), options)
     assert replays == [True] * 10  # 5 full batches of 100, two backbones
     assert _rows(tmp_path / "graphed.h5") == _rows(tmp_path / "eager.h5")

@@ -406,11 +406,17 @@ def test_graphed_features_replay_full_batches_and_encode_the_others_eagerly(tiny
     assert torch.equal(fx, ex) and torch.equal(fy, ey) and torch.equal(fz, ez) and not torch.equal(fx, fy)
 
 
-def test_graphs_are_taken_on_cuda_only(tiny_clip, monkeypatch):
+@pytest.mark.parametrize(
+    "options",
+    [RunOptions(device="cpu"), RunOptions(device="cuda", cuda_graphs=False), RunOptions(device="cuda", compile=True)],
+    ids=["cpu", "cuda, off", "cuda, compiled"],
+)
+def test_graphs_are_taken_on_cuda_only_when_asked_and_not_compiled(tiny_clip, options):
+    """No capture is tried (it would fail here, with no CUDA device) on a CPU, when turned off, or with compile."""
     from clipcache.extract import loop
 
-    monkeypatch.setattr(loop, "CUDA_GRAPHS", True)
-    assert loop._encoders([tiny_clip], 4, torch.device("cpu")) == [tiny_clip]
+    assert options.cuda_graphs == (options.device == "cpu" or options.compile)  # on unless turned off
+    assert loop._encoders([tiny_clip], 4, options) == [tiny_clip]
 
 
 def test_a_run_encoding_through_graphs_stores_what_the_eager_run_stores(image_folder, tmp_path, monkeypatch):
@@ -418,7 +424,7 @@ def test_a_run_encoding_through_graphs_stores_what_the_eager_run_stores(image_fo
 
     extract(tmp_path / "eager.h5", _config(image_folder), QUIET)
     replays = []
-    monkeypatch.setattr(loop, "_encoders", lambda backbones, batch_size, device: [
+    monkeypatch.setattr(loop, "_encoders", lambda backbones, batch_size, options: [
         loop._GraphedFeatures(b, batch_size, capture=_replaying_capture(replays)) for b in backbones])
     extract(tmp_path / "graphed.h5", _config(image_folder), QUIET)
     # batches of 4: train 12 items (3 full batches), test 6 (1 full, 1 of 2); two backbones
