@@ -309,13 +309,10 @@ def eval_transform_uint8(pp: Preprocess) -> Callable[[Image.Image], torch.Tensor
     """Return PIL -> uint8 tensor (3, S, S): the resize and crop/pad of :func:`plan_geometry`.
 
     The extraction loop ships these uint8 tensors from its workers and applies
-    :func:`normalize_batch` per batch on the device.
+    :func:`normalize_batch` per batch on the device. The function pickles, as a
+    dataset that a fork server or ``spawn`` sends to each worker must.
     """
-
-    def transform(img: Image.Image) -> torch.Tensor:
-        return _eval_uint8(img, pp)
-
-    return transform
+    return functools.partial(_eval_uint8, pp=pp)
 
 
 def eval_transform(pp: Preprocess) -> Callable[[Image.Image], torch.Tensor]:

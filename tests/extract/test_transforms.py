@@ -182,3 +182,14 @@ def test_resume_accepts_a_store_written_without_the_new_preprocess_keys(image_fo
     with FeatureStore(tmp_path / "old.h5") as old, FeatureStore(tmp_path / "full.h5") as full:
         assert "resize_mode" not in old.feature_sets["clip"].provenance["preprocess"]
         np.testing.assert_array_equal(old.features("train", "clip"), full.features("train", "clip"))
+
+
+def test_the_workers_transform_pickles_and_gives_the_same_pixels():
+    """A fork server or ``spawn`` sends each worker its dataset pickled; its transforms must survive that."""
+    import pickle
+
+    pp = Preprocess(24, 24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    transform = eval_transform_uint8(pp)
+    again = pickle.loads(pickle.dumps(transform))
+    assert again(image).shape == (3, 24, 24) and torch.equal(again(image), transform(image))
