@@ -47,13 +47,20 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 # (RunOptions.cuda_graphs, measured in the ninth run: bit-equal to eager, +13% for ViT-B-32 on 50,000 JPEGs); a step
 # with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: the default
 # (graphs) on every model and image size of the goals; the writer thread's cost beside a launching thread on a GPU
-# host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; what starting the workers costs there by stage.
+# host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; what starting the workers costs there by stage, and
+# starting a first few of them before the first part (--first-workers).
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32 train" extract.log 75 bash -c "$B32T --decode hybrid,gpu"
-step "extract ViT-B-16 500x375" extract.log 60 bash -c "$B16P --decode gpu,hybrid"
+# 4 workers started before the first part, the other 12 in a thread meanwhile (loop.FIRST_WORKERS), beside the default
+step "extract ViT-B-32 32x32 train first 4" extract.log 60 bash -c "$B32T --decode hybrid --first-workers 4"
 step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
+step "extract ViT-B-16 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
+--first-workers 4"
 step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-class 1000"
+step "extract ViT-B-32 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \
+--first-workers 4"
+step "extract ViT-B-16 500x375" extract.log 60 bash -c "$B16P --decode gpu,hybrid"
 step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375 \
 --decode gpu,hybrid"
 step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
