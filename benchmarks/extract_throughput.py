@@ -367,7 +367,8 @@ def main(argv=None) -> None:
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
     parser.add_argument("--first-workers", type=int,
                         help="start this many workers before the first part and the rest in a thread meanwhile "
-                             "(clipcache.extract.loop.FIRST_WORKERS; default: all before the first part)")
+                             "(clipcache.extract.loop.FIRST_WORKERS; 0: the loop's process makes the first parts; "
+                             "default: all before the first part)")
     parser.add_argument("--null-tower", action="store_true",
                         help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
                              "end-to-end rate is then what the loop sustains without a model")
@@ -429,7 +430,7 @@ def main(argv=None) -> None:
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"images: {' + '.join(f'{len(s)} ({name})' for name, (_, s) in selected.items())} from {source}; backbones: {names}; device {args.device} ({where}), "
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images"
-          f"{f'; {loop.FIRST_WORKERS} started first' if loop.FIRST_WORKERS else ''}), "
+          f"{f'; {loop.FIRST_WORKERS} started first' if loop.FIRST_WORKERS is not None else ''}), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', end-to-end through CUDA graphs' if graphs else ''}"
           f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"

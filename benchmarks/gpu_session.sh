@@ -57,6 +57,8 @@ step "extract ViT-B-32 32x32 train first 4" extract.log 60 bash -c "$B32T --deco
 step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
 step "extract ViT-B-16 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
 --first-workers 4"
+step "extract ViT-B-16 32x32 first 0" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
+--first-workers 0"
 step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-class 1000"
 step "extract ViT-B-32 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \
 --first-workers 4"

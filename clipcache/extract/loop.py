@@ -889,7 +889,8 @@ class _SplitsDataset(ConcatDataset):
 
 
 #: Workers that a run with more starts before its first part, the others starting in a thread meanwhile
-#: (:class:`_StagedParts`); None starts every worker before the first part. None until measured on a GPU, where
+#: (:class:`_StagedParts`); 0 makes the first parts in the loop's own process while every worker starts, and None
+#: starts every worker before the first part. None until measured on a GPU, where
 #: starting 16 workers took up to a third of a run (docs/benchmarks.md); on the 2-core development machine, which
 #: the workers' decode bounds, it changed nothing measurable.
 FIRST_WORKERS: int | None = None
@@ -961,6 +962,8 @@ class _StagedParts:
             owner = self._owners[self._yielded] if self._yielded < len(self._owners) else 0
         if owner == len(self._iterators):  # the second loader took it while it started: wait until it has
             self._thread.join()
+            if self._error is not None:
+                raise self._error
         part = next(self._iterators[owner])
         self._yielded += 1
         return part

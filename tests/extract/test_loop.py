@@ -473,9 +473,13 @@ def test_one_set_of_workers_serves_every_split(image_folder, tmp_path, monkeypat
     assert snapshot(tmp_path / "workers.h5") == snapshot(tmp_path / "serial.h5")
 
 
-def test_more_workers_than_the_first_set_start_in_two_loaders_and_store_the_same_rows(image_folder, tmp_path, monkeypatch):
-    """With FIRST_WORKERS set and more workers, a first loader of that many starts before the loop and one of the rest
-    in a thread; the store is byte for byte the one of a run without workers, and an interrupt leaves no worker."""
+@pytest.mark.parametrize("first", [1, 0])
+def test_more_workers_than_the_first_set_start_in_two_loaders_and_store_the_same_rows(
+    image_folder, tmp_path, monkeypatch, first
+):
+    """With FIRST_WORKERS set and more workers, a first loader of that many (0: the loop's own process) starts before
+    the loop and one of the rest in a thread; the store is byte for byte the one of a run without workers, and an
+    interrupt leaves no worker."""
     import gc
     import multiprocessing
 
@@ -490,10 +494,10 @@ def test_more_workers_than_the_first_set_start_in_two_loaders_and_store_the_same
             return super().__iter__()
 
     monkeypatch.setattr(loop, "DataLoader", CountingLoader)
-    monkeypatch.setattr(loop, "FIRST_WORKERS", 1)
-    options = RunOptions(workers=3, progress=False)
+    monkeypatch.setattr(loop, "FIRST_WORKERS", first)
+    options = RunOptions(workers=2, progress=False)
     extract(tmp_path / "staged.h5", _config(image_folder, batch_size=2), options)
-    assert started == [(1, True), (2, False)]
+    assert started == [(first, True), (2 - first, False)]
     extract(tmp_path / "serial.h5", _config(image_folder, batch_size=2), QUIET)
     assert snapshot(tmp_path / "staged.h5") == snapshot(tmp_path / "serial.h5")
     gc.disable()
