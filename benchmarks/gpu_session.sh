@@ -48,7 +48,7 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 # with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: the default
 # (graphs) on every model and image size of the goals; the writer thread's cost beside a launching thread on a GPU
 # host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; what starting the workers costs there by stage, and
-# starting a first few of them before the first part (--first-workers).
+# starting a first few of them before the first part (--first-workers); the device's time for the hybrid preprocessing.
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32 train" extract.log 75 bash -c "$B32T --decode hybrid,gpu"
@@ -69,6 +69,10 @@ step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --pe
 step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
 # starting 16 workers: by what the main process holds (the CUDA context, the model, pinned memory), fork or a fork server
 step "worker start" extract.log 60 python3 benchmarks/worker_start.py --workers 16 --device cuda --repeats 2
+# the device's time per batch for the hybrid path's preprocessing, beside the graphed forward pass
+step "device preprocess" extract.log 60 bash -c "python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-32; \
+python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-16; python3 benchmarks/device_preprocess.py \
+--device cuda --model ViT-B-16 --size 500x375"
 # what the store's writer thread costs a thread that launches kernels one by one, on this machine's CPU
 step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 500 \
 --batches 100 --repeats 2"

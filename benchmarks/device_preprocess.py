@@ -1,0 +1,105 @@
+"""The device's own time per batch for the ``hybrid`` path's preprocessing, beside the forward pass it runs before.
+
+On a GPU, with CUDA graphs, ViT-B-32's loop over 50,000 CIFAR-10 JPEGs waited for
+the device 43% of its time and took 15.3 ms a batch of 256 against the graphed
+forward pass's 12.8 ms (docs/benchmarks.md, "Ninth run"). The rest of the
+device's work per batch is the preprocessing: on the ``hybrid`` path the copy of
+the workers' decoded pixels, the resize to the model input as PIL does it
+(``resize_like_pil``: two passes, rounded in between), the crop and the
+normalisation. This times each on the device with CUDA events, for one batch of
+``--batch`` CIFAR-10 images (32 x 32, or ``--size``), median of ``--repeats``
+batches after a warm-up: the project's ``decode_batch`` (copy, resize, crop) and
+``normalize_batch``, and as the peer the model's forward pass through a CUDA graph,
+as an extraction runs it::
+
+    python benchmarks/device_preprocess.py --device cuda --model ViT-B-32
+
+On a CPU it times the same calls by the wall clock; there ``decode_batch`` resizes
+with torchvision's uint8 resize instead, and the CPU path does not use either (it
+resizes in the workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from worker_transfer import cifar_folder
+
+from clipcache.extract import loop
+from clipcache.extract.backbones import build_backbones
+from clipcache.extract.decode import DecodedImage, decode_batch
+from clipcache.extract.transforms import normalize_batch, to_rgb
+
+
+def _timer(device: torch.device):
+    """``timed(fn, *args) -> (fn(*args), ms)``: CUDA events on a GPU, the wall clock elsewhere."""
+
+    def timed(fn, *args):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn(*args)
+            end.record()
+            end.synchronize()
+            return result, start.elapsed_time(end)
+        began = time.perf_counter()
+        result = fn(*args)
+        return result, (time.perf_counter() - began) * 1e3
+
+    return timed
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", default="/tmp/cifar10-jpg", help="where the tarball's test folder is unpacked")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", metavar="WxH", help="resize the images to WxH first (default: as stored, 32x32)")
+    parser.add_argument("--amp", default="bf16", choices=["bf16", "none"])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    (backbone,) = build_backbones(args.model, "none", ())
+    backbone.to(device)
+    backbone.precision = "bf16" if args.amp == "bf16" else "fp32"  # applied on a CUDA device only
+    pp = backbone.preprocess
+    files = sorted(p for c in sorted(cifar_folder(Path(args.cache)).iterdir()) for p in sorted(c.glob("*.jpg")))
+    images = []
+    for path in files[: args.batch]:
+        with Image.open(path) as image:
+            image = to_rgb(image)
+            if args.size:
+                image = image.resize(tuple(int(v) for v in args.size.split("x")), Image.BICUBIC)
+            images.append(DecodedImage(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())))
+    errors = [""] * len(images)
+    graphs = loop.RunOptions(device=args.device)
+    (encoder,) = loop._encoders([backbone], len(images), graphs)
+    timed = _timer(device)
+    ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": []}
+    with torch.inference_mode():
+        for r in range(args.repeats + 2):  # two warm-up batches
+            ((uint8,), _), t_decode = timed(decode_batch, images, errors, [pp], device, (OSError,))
+            x, t_norm = timed(normalize_batch, uint8, pp)
+            _, t_forward = timed(encoder.features, x)
+            if r >= 2:
+                for key, t in zip(ms, (t_decode, t_norm, t_forward), strict=True):
+                    ms[key].append(t)
+    h, w = images[0].data.shape[-2:]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, wall clock"
+    print(f"{args.model}, batch {len(images)} of {w}x{h} -> {pp.image_size} px {pp.interpolation}, {where}, "
+          f"amp {args.amp if device.type == 'cuda' else 'none'}; ms per batch, median of {args.repeats}:")
+    for key, values in ms.items():
+        print(f"  {key:34}: {statistics.median(values):8.3f}")
+    pre = statistics.median(ms["decode_batch (copy, resize, crop)"]) + statistics.median(ms["normalize_batch"])
+    print(f"preprocessing / forward pass: {pre / statistics.median(ms['forward pass (graphed on a GPU)']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
