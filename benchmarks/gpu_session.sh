@@ -63,16 +63,16 @@ step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-
 step "extract ViT-B-32 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \
 --first-workers 4"
 step "extract ViT-B-16 500x375" extract.log 60 bash -c "$B16P --decode gpu,hybrid"
-step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375 \
---decode gpu,hybrid"
-step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
-step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
 # starting 16 workers: by what the main process holds (the CUDA context, the model, pinned memory), fork or a fork server
 step "worker start" extract.log 60 python3 benchmarks/worker_start.py --workers 16 --device cuda --repeats 2
 # the device's time per batch for the hybrid path's preprocessing, beside the graphed forward pass
 step "device preprocess" extract.log 60 bash -c "python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-32; \
 python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-16; python3 benchmarks/device_preprocess.py \
 --device cuda --model ViT-B-16 --size 500x375"
+step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375 \
+--decode gpu,hybrid"
+step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
 # what the store's writer thread costs a thread that launches kernels one by one, on this machine's CPU
 step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 500 \
 --batches 100 --repeats 2"
