@@ -420,6 +420,26 @@ def test_graphs_are_taken_on_cuda_only_when_asked_and_not_compiled(tiny_clip, op
     assert loop._encoders([tiny_clip], 4, options) == [tiny_clip]
 
 
+def test_a_backbone_whose_capture_fails_is_encoded_eagerly_with_a_warning(tiny_clip, monkeypatch, caplog):
+    """Graphs are on by default on a CUDA device: a tower that cannot be captured must not stop the run."""
+    import contextlib
+    import logging
+
+    from clipcache.extract import loop
+
+    def capture(function, static_input):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(loop, "_capture_cuda_graph", capture)
+    monkeypatch.setattr(loop.torch.cuda, "device", lambda device: contextlib.nullcontext())  # no CUDA device here
+    with caplog.at_level(logging.WARNING, logger=loop.logger.name):
+        assert loop._encoders([tiny_clip], 4, RunOptions(device="cuda")) == [tiny_clip]
+    assert caplog.messages == [
+        "clip: its image tower could not be captured in a CUDA graph (CUDA error: operation not permitted when stream "
+        "is capturing); encoding it eagerly"
+    ]
+
+
 def test_a_run_encoding_through_graphs_stores_what_the_eager_run_stores(image_folder, tmp_path, monkeypatch):
     from clipcache.extract import loop
 
