@@ -81,6 +81,9 @@ step "extract ViT-B-32 32x32 train null" extract.log 60 bash -c "$B32T --null-to
 step "extract ViT-B-16 500x375 null" extract.log 50 bash -c "$B16P --null-tower"
 step "extract ViT-B-32 32x32 all hybrid" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --split all \
 --decode hybrid"
+# its baseline: as many images (20,000) in one split
+step "extract ViT-B-32 32x32 train 20000 hybrid" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 2000 --split \
+train --decode hybrid"
 step "nvjpeg contention 500x375" contention.log 60 python3 benchmarks/nvjpeg_contention.py --jpeg-size 500x375 \
 --per-class 200 --batch 256 --repeats 2
 step "gda fit_store" gda.log 90 python3 benchmarks/fit_speed.py --only gda-store --device cuda --repeat 3
