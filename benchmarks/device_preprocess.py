@@ -79,8 +79,7 @@ def main(argv=None) -> None:
                 image = image.resize(tuple(int(v) for v in args.size.split("x")), Image.BICUBIC)
             images.append(DecodedImage(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())))
     errors = [""] * len(images)
-    graphs = loop.RunOptions(device=args.device)
-    (encoder,) = loop._encoders([backbone], len(images), graphs)
+    (encoder,) = loop._encoders([backbone], len(images), loop.RunOptions(device=args.device))  # graphed on a GPU
     timed = _timer(device)
     ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": []}
     with torch.inference_mode():

@@ -953,6 +953,9 @@ class _StagedParts:
     def __iter__(self):
         return self
 
+    def __len__(self) -> int:
+        return len(self._parts)
+
     def __next__(self):
         if self._error is not None:  # the second loader could not start
             raise self._error
@@ -987,7 +990,7 @@ class _PartClaims:
             yield part
 
     def __len__(self) -> int:  # all the parts: no loader knows how many it will take
-        return len(self._staged._parts)
+        return len(self._staged)
 
 
 def _stop_workers(parts) -> None:
