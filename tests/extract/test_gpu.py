@@ -130,20 +130,3 @@ def test_cuda_graphs_store_the_eager_features_bit_for_bit(cifar, tmp_path, monke
                 a, b = graphed.features(split, name), eager.features(split, name)
                 print(f"{split} {name}: largest difference {np.abs(a - b).max():.3g}")
                 assert np.array_equal(a, b), (split, name)
-
-
-@pytest.mark.parametrize("first", [4, 0])
-def test_workers_started_in_a_thread_beside_a_cuda_context_store_the_default_rows(cifar, tmp_path, monkeypatch, first):
-    """``loop.FIRST_WORKERS``: the rest of the workers fork in a thread while the loop, the decode thread and the
-    writer work on the GPU and the store; the run neither hangs nor stores anything else than the default run."""
-    from clipcache.extract import loop
-
-    options = RunOptions(device="cuda", decode="hybrid", workers=8, progress=False)
-    extract(tmp_path / "default.h5", _config(cifar), options)
-    monkeypatch.setattr(loop, "FIRST_WORKERS", first)
-    extract(tmp_path / "staged.h5", _config(cifar), options)
-    assert _rows(tmp_path / "staged.h5") == _rows(tmp_path / "default.h5")
-    with FeatureStore(tmp_path / "staged.h5") as staged, FeatureStore(tmp_path / "default.h5") as default:
-        for split in default.splits:
-            for name in default.feature_sets:
-                assert np.array_equal(staged.features(split, name), default.features(split, name)), (split, name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -491,114 +490,6 @@ def test_one_set_of_workers_serves_every_split(image_folder, tmp_path, monkeypat
         assert fs.splits == ["test", "train"] and fs.is_complete("train") and fs.is_complete("test")
     extract(tmp_path / "serial.h5", _config(image_folder, aux=()), QUIET)
     assert snapshot(tmp_path / "workers.h5") == snapshot(tmp_path / "serial.h5")
-
-
-@pytest.mark.parametrize("first", [1, 0])
-def test_more_workers_than_the_first_set_start_in_two_loaders_and_store_the_same_rows(
-    image_folder, tmp_path, monkeypatch, first
-):
-    """With FIRST_WORKERS set and more workers, a first loader of that many (0: the loop's own process) starts before
-    the loop and one of the rest in a thread; the store is byte for byte the one of a run without workers, and an
-    interrupt leaves no worker."""
-    import gc
-    import multiprocessing
-
-    from clipcache.extract import loop
-    from tests.extract.helpers import interrupted_extract
-
-    started = []
-
-    class CountingLoader(loop.DataLoader):
-        def __iter__(self):
-            started.append((self.num_workers, threading.current_thread() is threading.main_thread()))
-            return super().__iter__()
-
-    monkeypatch.setattr(loop, "DataLoader", CountingLoader)
-    monkeypatch.setattr(loop, "FIRST_WORKERS", first)
-    options = RunOptions(workers=2, progress=False)
-    extract(tmp_path / "staged.h5", _config(image_folder, batch_size=2), options)
-    assert started == [(first, True), (2 - first, False)]
-    extract(tmp_path / "serial.h5", _config(image_folder, batch_size=2), QUIET)
-    assert snapshot(tmp_path / "staged.h5") == snapshot(tmp_path / "serial.h5")
-    gc.disable()
-    try:
-        interrupted_extract(tmp_path / "s.h5", _config(image_folder, batch_size=2), options)
-        assert multiprocessing.active_children() == []
-    finally:
-        gc.enable()
-
-
-class _PrefetchingLoader:
-    """A stand-in DataLoader iterator: it takes ``ahead`` parts from its sampler when it starts, and one more after
-    each part it yields, as torch's multiprocessing iterator does; it records which loader made each part."""
-
-    def __init__(self, name, sampler, ahead, made):
-        self.name, self.made, self.stopped = name, made, False
-        self.parts = iter(sampler)
-        self.queue = list(itertools.islice(self.parts, ahead))
-
-    def __next__(self):
-        part = self.queue.pop(0)
-        self.queue += list(itertools.islice(self.parts, 1))
-        self.made.append((self.name, part[0]))
-        return part
-
-    def _shutdown_workers(self):
-        self.stopped = True
-
-
-def test_staged_parts_yield_every_part_once_in_order_from_whichever_loader_took_it():
-    from clipcache.extract import loop
-
-    parts = [[i] for i in range(12)]
-    made, loaders, second_may_start = [], [], threading.Event()
-
-    def loader(sampler, workers):
-        if workers == 3:  # the second loader: it starts once the test lets it
-            assert second_may_start.wait(30)
-        made_by = _PrefetchingLoader(f"loader of {workers}", sampler, ahead=2 * workers, made=made)
-        loaders.append(made_by)
-        return type("Loader", (), {"__iter__": lambda self: made_by})()
-
-    staged = loop._StagedParts(parts, 4, loader)  # FIRST_WORKERS None (the default): one loader
-    assert [next(staged)[0] for _ in range(12)] == list(range(12)) and len(loaders) == 1
-    with pytest.raises(StopIteration):
-        next(staged)
-    staged.close()
-    assert loaders[0].stopped
-
-    made.clear()
-    loaders.clear()
-    original = loop.FIRST_WORKERS
-    loop.FIRST_WORKERS = 1
-    try:
-        staged = loop._StagedParts(parts, 4, loader)
-        got = [next(staged)[0] for _ in range(3)]  # the first loader took 0 and 1 when it started, then 2, 3 and 4
-        second_may_start.set()
-        staged._thread.join(30)  # the second took the next six (5, ..., 10) when it started, the first then 11
-        got += [p[0] for p in staged]
-    finally:
-        loop.FIRST_WORKERS = original
-    staged.close()
-    assert got == list(range(12))
-    assert sorted(p for _, p in made) == list(range(12))  # each part made once
-    assert [p for name, p in made if name == "loader of 3"] == [5, 6, 7, 8, 9, 10]
-    assert all(loader.stopped for loader in loaders) and len(loaders) == 2
-
-
-def test_a_second_loader_that_cannot_start_stops_the_run_with_its_error(image_folder, tmp_path, monkeypatch):
-    from clipcache.extract import loop
-
-    class FailingLoader(loop.DataLoader):
-        def __iter__(self):
-            if threading.current_thread() is not threading.main_thread():
-                raise OSError(12, "Cannot allocate memory")
-            return super().__iter__()
-
-    monkeypatch.setattr(loop, "DataLoader", FailingLoader)
-    monkeypatch.setattr(loop, "FIRST_WORKERS", 1)
-    with pytest.raises(OSError, match="Cannot allocate memory"):
-        extract(tmp_path / "s.h5", _config(image_folder, batch_size=2), RunOptions(workers=2, progress=False))
 
 
 def test_a_run_stopped_before_a_split_s_completion_mark_resumes_to_the_same_store(image_folder, tmp_path, monkeypatch):
