@@ -374,11 +374,16 @@ def resize_like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: 
     """
     shape = images.shape
     x = images.reshape(-1, *shape[-3:]).float()
+    passes, now = [], tuple(shape[-2:])
     for target in ((shape[-2], size[1]), tuple(size)):  # PIL's order: horizontal, then vertical
-        if tuple(x.shape[-2:]) != target:
-            x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
-            x = x.add_(0.5).floor_().clamp_(0, 255)  # PIL's rounding: half up, then clipped
-    return x.to(torch.uint8).reshape(*shape[:-2], *size)
+        if target != now:
+            passes.append(now := target)
+    for k, target in enumerate(passes):  # each rounded as PIL does: half up, then clipped
+        x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
+        x = x.add_(0.5).clamp_(0, 255)  # clipped before it is floored: the same for the floor's integers
+        if k + 1 < len(passes):
+            x = x.floor_()
+    return x.to(torch.uint8).reshape(*shape[:-2], *size)  # the last floor: the cast truncates, and x >= 0
 
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -395,7 +400,7 @@ def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.
     # are used: the allocator then hands their blocks out again only once that stream's work on them is done.
     # The caller's stream goes on encoding while the decoder decodes.
     caller = torch.cuda.current_stream(device)
-    side = _decode_stream(device)
+    side = side_stream(device, "nvjpeg")
     with torch.cuda.stream(side):
         images = _decode_on(datas, device)
     caller.wait_stream(side)
@@ -405,15 +410,17 @@ def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.
     return images
 
 
-_DECODE_STREAMS: dict = {}
+_SIDE_STREAMS: dict = {}
 
 
-def _decode_stream(device: torch.device):
-    """The CUDA stream that the decoded images of ``device`` are allocated on (one per device, made once)."""
-    key = torch.cuda.current_device() if device.index is None else device.index
-    if key not in _DECODE_STREAMS:
-        _DECODE_STREAMS[key] = torch.cuda.Stream(device=key)
-    return _DECODE_STREAMS[key]
+def side_stream(device: torch.device, purpose: str):
+    """A CUDA stream of ``device`` of its own for ``purpose``, made once: "nvjpeg", where the device decoder's
+    images are allocated, or "preprocess", where the loop's decode thread resizes a batch while the device still
+    encodes the one before."""
+    key = (purpose, torch.cuda.current_device() if device.index is None else device.index)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=key[1])
+    return _SIDE_STREAMS[key]
 
 
 def _decode_on(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -469,28 +476,31 @@ def decode_batch(
     device = torch.device(device)
     errors = list(errors)
     b = len(payloads)
-    outs = [torch.zeros((b, 3, pp.image_size, pp.image_size), dtype=torch.uint8, device=device) for pp in preprocesses]
     encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedImage)]
     decoded = _decode_many([payloads[i].data for i in encoded], device)
     # (whether the images are on the host, height, width) -> [(row, image)]
     by_size: dict[tuple[bool, int, int], list[tuple[int, torch.Tensor]]] = {}
+    fallbacks = []  # the rows the device decoder did not read
     for i, image in zip(encoded, decoded, strict=True):
         if image is None:
-            _cpu_fallback(i, payloads[i].path, preprocesses, outs, errors, decode_errors)
+            fallbacks.append(i)
         else:
             by_size.setdefault((False, *image.shape[-2:]), []).append((i, image))
     for i, payload in enumerate(payloads):
         if isinstance(payload, DecodedImage):  # the hybrid path: decoded by a worker
             by_size.setdefault((True, *payload.data.shape[-2:]), []).append((i, payload.data))
+    if len(by_size) == 1 and [i for i, _ in next(iter(by_size.values()))] == list(range(b)):
+        # every item one image size, in order (CIFAR's thumbnails): the resize's output is the batch itself
+        ((on_host, *_), members), = by_size.items()
+        stacked = _stacked([image for _, image in members], on_host, device)
+        return [tensor_preprocess(stacked, pp) for pp in preprocesses], errors
+    outs = [torch.zeros((b, 3, pp.image_size, pp.image_size), dtype=torch.uint8, device=device) for pp in preprocesses]
+    for i in fallbacks:
+        _cpu_fallback(i, payloads[i].path, preprocesses, outs, errors, decode_errors)
     for (on_host, *_), members in by_size.items():  # one resize per image size: photo sets share a few sizes
         # copied without waiting: a blocking copy would wait for the batch the device is still encoding
         rows = torch.tensor([i for i, _ in members]).to(device, non_blocking=True)
-        images = [image for _, image in members]
-        if on_host:  # stacked into pinned memory on a GPU, and copied there in one go
-            stacked = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
-            stacked = torch.stack(images, out=stacked).to(device, non_blocking=True)
-        else:
-            stacked = torch.stack(images)
+        stacked = _stacked([image for _, image in members], on_host, device)
         for out, pp in zip(outs, preprocesses, strict=True):
             out[rows] = tensor_preprocess(stacked, pp)
     for i, payload in enumerate(payloads):
@@ -498,6 +508,15 @@ def decode_batch(
             for out, tensor in zip(outs, payload, strict=True):
                 out[i].copy_(tensor, non_blocking=True)
     return outs, errors
+
+
+def _stacked(images: list[torch.Tensor], on_host: bool, device: torch.device) -> torch.Tensor:
+    """Images of one size as one (n, 3, H, W) tensor on ``device``; from the host through pinned memory on a GPU,
+    copied there in one go and without waiting (a blocking copy would wait for the batch the device still encodes)."""
+    if not on_host:
+        return torch.stack(images)
+    stacked = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    return torch.stack(images, out=stacked).to(device, non_blocking=True)
 
 
 def _cpu_fallback(i, path: str, preprocesses, outs, errors, decode_errors) -> None:

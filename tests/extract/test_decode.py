@@ -407,6 +407,25 @@ def test_decode_batch_resizes_decoded_images_on_the_device_by_size(tmp_path):
     assert torch.equal(out[2], worker_row) and int(out[4].abs().sum()) == 0
 
 
+def test_decode_batch_of_one_image_size_returns_the_resize_itself_with_each_row_as_the_tensor_path_makes_it():
+    """Every item one size, in order (CIFAR's thumbnails): no zeroed batch and no scatter into it, for two
+    preprocessings (one that resizes, one that only crops); each row equals the tensor path's, and the failed-row
+    path of the same images (one item a failed worker row) gives the same rows elsewhere."""
+    from clipcache.extract.transforms import to_uint8_tensor
+
+    images = [to_uint8_tensor(_shape(i, size=40)) for i in range(3)]
+    crop = Preprocess(32, 40, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
+    (big, small), errors = decode_batch([DecodedImage(im) for im in images], [""] * 3, [PP, crop], "cpu", _DECODE_ERRORS)
+    assert errors == [""] * 3 and big.shape == (3, 3, 64, 64) and small.shape == (3, 3, 32, 32)
+    for row, image in enumerate(images):
+        assert torch.equal(big[row], tensor_preprocess(image, PP)) and torch.equal(small[row], tensor_preprocess(image, crop))
+    failed = [torch.zeros((3, 64, 64), dtype=torch.uint8), torch.zeros((3, 32, 32), dtype=torch.uint8)]
+    payloads = [DecodedImage(images[0]), failed, DecodedImage(images[2])]
+    (big2, small2), _ = decode_batch(payloads, ["", "OSError: x", ""], [PP, crop], "cpu", _DECODE_ERRORS)
+    assert torch.equal(big2[[0, 2]], big[[0, 2]]) and torch.equal(small2[[0, 2]], small[[0, 2]])
+    assert int(big2[1].abs().sum()) == 0
+
+
 def test_packed_payloads_carry_decoded_images_beside_jpeg_bytes_and_rows(tmp_path):
     from clipcache.extract.transforms import to_uint8_tensor
 
@@ -847,3 +866,20 @@ def test_resize_like_pil_is_within_one_level_of_pil_on_noise(interpolation, size
     got = resize_like_pil(torch.from_numpy(pixels).permute(0, 3, 1, 2), target, interpolation).permute(0, 2, 3, 1)
     assert got.dtype == torch.uint8 and tuple(got.shape) == (2, *target, 3)
     assert np.abs(got.numpy().astype(int) - want).max() <= 1
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("size", "target"), [((32, 32), (224, 224)), ((375, 500), (224, 298)), ((224, 300), (224, 298)),
+                                              ((300, 224), (298, 224)), ((40, 40), (40, 40))])
+def test_resize_like_pil_equals_its_two_floored_passes_bit_for_bit(interpolation, size, target):
+    """Its last pass is clipped and cast without a floor of its own (the cast truncates what is left, all >= 0): the
+    same bytes as flooring and clipping after every pass, on noise with its overshoot, and with one pass or none."""
+    from clipcache.extract.decode import resize_like_pil
+
+    images = torch.from_numpy((np.random.default_rng(size[1]).random((3, 3, *size)) * 256).astype(np.uint8))
+    x = images.float()
+    for step in ((size[0], target[1]), target):
+        if tuple(x.shape[-2:]) != step:
+            x = torch.nn.functional.interpolate(x, size=list(step), mode=interpolation, align_corners=False, antialias=True)
+            x = x.add_(0.5).floor_().clamp_(0, 255)
+    assert torch.equal(resize_like_pil(images, target, interpolation), x.to(torch.uint8))
