@@ -357,6 +357,9 @@ def main(argv=None) -> None:
     parser.add_argument("--part-items", type=int,
                         help="fewest images in a worker's part of a batch (clipcache.extract.loop.MIN_PART_ITEMS, "
                              f"default {loop.MIN_PART_ITEMS}); the batch size disables parts")
+    parser.add_argument("--preprocess-stream", action="store_true",
+                        help="on the gpu and hybrid paths, resize each batch on a CUDA stream of its own, beside the "
+                             "encoding of the one before (clipcache.extract.loop.PREPROCESS_STREAM, off by default)")
     parser.add_argument("--null-tower", action="store_true",
                         help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
                              "end-to-end rate is then what the loop sustains without a model")
@@ -370,6 +373,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.part_items:
         loop.MIN_PART_ITEMS = args.part_items
+    loop.PREPROCESS_STREAM = args.preprocess_stream
 
     source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
     if args.jpeg_size and args.split == "all":
@@ -419,6 +423,7 @@ def main(argv=None) -> None:
           f"batch {args.batch_size}, workers {args.workers} (parts of at least {loop.MIN_PART_ITEMS} images), "
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', end-to-end through CUDA graphs' if graphs else ''}"
+          f"{', resizing on a stream of its own' if loop.PREPROCESS_STREAM else ''}"
           f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")

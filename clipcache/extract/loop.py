@@ -51,6 +51,7 @@ from clipcache.extract.decode import (
     decode_batch,
     device_decodable,
     resolve_decode,
+    side_stream,
 )
 from clipcache.extract.images import to_rgb
 from clipcache.extract.plan import build_plans, parse_limits, select_samples
@@ -927,6 +928,14 @@ def typical_pixels(plans: Sequence[SplitPlan], n: int = 32) -> float | None:
 #: Batches that the decode thread of the ``gpu`` and ``hybrid`` decode paths decodes ahead of the one being launched.
 DECODE_AHEAD = 1
 
+#: Whether the decode thread of the ``gpu`` and ``hybrid`` paths resizes each batch on a CUDA stream of its own
+#: (:func:`~clipcache.extract.decode.side_stream`), so that the device can resize one batch while it still encodes
+#: the one before, instead of after it on the loop's stream. The kernels are the same, so are the features. Off
+#: until measured on a GPU: on an H100 the ``hybrid`` path's resize and normalisation of a batch of 256 CIFAR-10
+#: images took 3.75 ms of the device's time, against 12.6 ms for ViT-B-32's graphed forward pass (docs/benchmarks.md,
+#: "Tenth run"); whether the two overlap, or slow each other as nvJPEG and the model's kernels do, is not known.
+PREPROCESS_STREAM = False
+
 def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: dict):
     """Fetch the batches' parts from the DataLoader and yield each batch as ``(items, tensors, errors)``, in order.
 
@@ -936,10 +945,11 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
     the next batch and launches the one before. Closing the generator cancels the
     decodes not started and waits for the one running.
     """
-    ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors)), in batch order
+    ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors, None)), in batch order
     depth = DECODE_AHEAD if decode in ("gpu", "hybrid") else 0
     pool = None
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the one the batches are encoded on
+    side = side_stream(device, "preprocess") if PREPROCESS_STREAM and stream is not None else None
 
     def take():
         items, job = ahead.popleft()
@@ -947,7 +957,10 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
             began = time.perf_counter()
             job = job.result()
             waits["decode"] += time.perf_counter() - began
-        return items, *job
+        tensors, errors, ready = job
+        if ready is not None:  # the batch's encoding, queued next on the loop's stream, waits for its resize there
+            stream.wait_event(ready)
+        return items, tensors, errors
 
     try:
         for batch in batches:
@@ -957,9 +970,9 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
             items, tensors, errors, payloads = _assemble(fetched)
             if payloads:
                 pool = pool or ThreadPoolExecutor(1, thread_name_prefix="clipcache-decode")
-                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream)))
+                ahead.append((items, pool.submit(_decode_payloads, tensors, errors, preprocesses, device, stream, side)))
             else:
-                ahead.append((items, (tensors, errors)))
+                ahead.append((items, (tensors, errors, None)))
             if len(ahead) > depth:
                 yield take()
         while ahead:
@@ -972,11 +985,23 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
             pool.shutdown(wait=True)
 
 
-def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream):
-    """:func:`decode_batch` in the decode thread, on ``stream`` (the one the batches are encoded on, and its device)."""
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+def _decode_payloads(payloads, errors, preprocesses, device: torch.device, stream, side=None):
+    """:func:`decode_batch` in the decode thread, on ``stream`` (the one the batches are encoded on, and its device),
+    or on ``side`` (:data:`PREPROCESS_STREAM`); returns ``(tensors, errors, ready)``.
+
+    ``ready``: None, or with ``side`` the event that ``stream`` waits for before it
+    encodes the batch. Its tensors are then recorded on ``stream``, so that the
+    allocator hands their blocks to ``side`` again only once ``stream`` is done with them.
+    """
+    with torch.cuda.stream(side or stream) if stream is not None else contextlib.nullcontext():
         tensors, errors = decode_batch(payloads, errors, preprocesses, device, _DECODE_ERRORS)
-    return [[t] for t in tensors], errors
+    ready = None
+    if side is not None:
+        ready = torch.cuda.Event()
+        ready.record(side)
+        for tensor in tensors:
+            tensor.record_stream(stream)
+    return [[t] for t in tensors], errors, ready
 
 
 def _finish_batch(writer, store, plan, launched, report, bar) -> None:

@@ -130,3 +130,22 @@ def test_cuda_graphs_store_the_eager_features_bit_for_bit(cifar, tmp_path, monke
                 a, b = graphed.features(split, name), eager.features(split, name)
                 print(f"{split} {name}: largest difference {np.abs(a - b).max():.3g}")
                 assert np.array_equal(a, b), (split, name)
+
+
+@pytest.mark.parametrize("decode", ["hybrid", "gpu"])
+def test_resizing_on_a_stream_of_its_own_stores_the_default_features_bit_for_bit(cifar, tmp_path, monkeypatch, decode):
+    """``loop.PREPROCESS_STREAM``: the decode thread resizes each batch on a side stream, which the loop's stream
+    waits for; the same kernels, so the same features, and no block of a batch reused while it is encoded."""
+    from clipcache.extract import loop
+
+    options = RunOptions(device="cuda", decode=decode, workers=4, progress=False)
+    extract(tmp_path / "default.h5", _config(cifar), options)
+    monkeypatch.setattr(loop, "PREPROCESS_STREAM", True)
+    extract(tmp_path / "side.h5", _config(cifar), options)
+    assert _rows(tmp_path / "side.h5") == _rows(tmp_path / "default.h5")
+    with FeatureStore(tmp_path / "side.h5") as side, FeatureStore(tmp_path / "default.h5") as default:
+        for split in default.splits:
+            for name in default.feature_sets:
+                a, b = side.features(split, name), default.features(split, name)
+                print(f"{decode} {split} {name}: largest difference {np.abs(a - b).max():.3g}")
+                assert np.array_equal(a, b), (split, name)
