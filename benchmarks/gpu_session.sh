@@ -46,7 +46,8 @@ E="python3 benchmarks/extract_throughput.py --device cuda --pretrained none --au
 # tests/retrieval/test_torch_flat.py tests/retrieval/test_backends.py passed on an H200 and have not changed since)
 TESTS=${TESTS:-tests/extract/test_gpu.py tests/extract/test_decode_gpu.py}
 # shellcheck disable=SC2086 # TESTS is a list of paths
-step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 $TESTS
+# a test that hangs has every thread's stack written to the log after 60 s (the tenth run's hang left none)
+step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durations=12 -o faulthandler_timeout=60 $TESTS
 # By priority, each beside its baseline on the same machine. The benchmark encodes through CUDA graphs by default
 # (RunOptions.cuda_graphs, measured in the ninth run: bit-equal to eager, +13% for ViT-B-32 on 50,000 JPEGs); a step
 # with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: resizing each
