@@ -235,7 +235,8 @@ class Run:
     call (``call``), and of capturing CUDA graphs (``capture``, ``--cuda-graphs``),
     before the loop and outside its time; then, inside the loop's time, of starting
     the DataLoader's workers (``workers start``: creating its iterator, which forks
-    them) and of stopping them (``workers stop``).
+    them) and of stopping them (``workers stop``; on the ``gpu`` and ``hybrid`` paths
+    the decode thread stops them beside the last batches, so it overlaps the loop).
     """
 
     report: ExtractReport | None = None
@@ -305,7 +306,7 @@ def end_to_end(config: ExtractConfig, options: RunOptions, backbones, repeats: i
     return runs
 
 
-def _waits(run: Run, graphs: bool = False) -> str:
+def _waits(run: Run, graphs: bool = False, decode: str = "cpu") -> str:
     """The loop's waits of a run as shares of its time (ExtractReport.waits), the decode thread's busy time, and
     the CPU time of the loop's thread."""
     report = run.report
@@ -323,7 +324,8 @@ def _waits(run: Run, graphs: bool = False) -> str:
         text += f"; CUDA graphs captured in {run.setup['capture']:.2f} s before the loop"
     if run.setup["workers start"]:  # timed (not under --profile)
         text += (f"; of the loop's {report.seconds:.2f} s, starting the workers took {run.setup['workers start']:.2f} s "
-                 f"and stopping them {run.setup['workers stop']:.2f} s")
+                 f"and stopping them {run.setup['workers stop']:.2f} s"
+                 f"{' (in the decode thread, beside the last batches)' if decode != 'cpu' else ''}")
     return text
 
 
@@ -445,7 +447,7 @@ def main(argv=None) -> None:
     for d in decodes:
         if d not in failed:
             print(f"{d:>6} best run, the loop's waits (share of its time): "
-                  f"{_waits(max(e2e[d], key=lambda r: r.report.images_per_second), graphs)}")
+                  f"{_waits(max(e2e[d], key=lambda r: r.report.images_per_second), graphs, d)}")
     for d in decodes if args.profile else ():
         if d not in failed:
             profile(config, options[d], backbones, args.profile)

@@ -943,8 +943,11 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
     On the ``gpu`` decode path a thread decodes (:func:`decode_batch`)
     :data:`DECODE_AHEAD` batches ahead of the one yielded: nvJPEG's call waits for
     the device's decoder with the GIL released, so this thread meanwhile fetches
-    the next batch and launches the one before. Closing the generator cancels the
-    decodes not started and waits for the one running.
+    the next batch and launches the one before. Once every part is fetched, the
+    same thread stops the DataLoader's workers after the last decode, so that their
+    exit overlaps the last batches' encoding (on an H100 it took 0.03 to 0.07 s).
+    Closing the generator cancels the decodes not started and waits for the one
+    running (and for the workers' stop).
     """
     ahead: collections.deque = collections.deque()  # (items, job or (tensors, errors, None)), in batch order
     depth = DECODE_AHEAD if decode in ("gpu", "hybrid") else 0
@@ -976,6 +979,8 @@ def _decoded_batches(parts, batches, preprocesses, device, decode: str, waits: d
                 ahead.append((items, (tensors, errors, None)))
             if len(ahead) > depth:
                 yield take()
+        if pool is not None:  # every part fetched: the workers stop in the decode thread, after the last decode,
+            pool.submit(_stop_workers, parts)  # while the loop's thread launches and finishes the last batches
         while ahead:
             yield take()
     finally:

@@ -391,6 +391,32 @@ def test_a_resumed_hybrid_run_equals_an_uninterrupted_one(mixed_folder, tmp_path
     assert snapshot(tmp_path / "s.h5") == snapshot(tmp_path / "whole.h5")
 
 
+def test_the_workers_stop_in_the_decode_thread_after_the_last_part_and_before_the_run_returns(
+    mixed_folder, tmp_path, monkeypatch
+):
+    """On the hybrid path, once every part is fetched the decode thread stops the workers while the loop's thread
+    finishes the last batches; every worker has exited when extract returns, and the store is the serial run's."""
+    import multiprocessing
+    import threading
+
+    from clipcache.extract import loop
+
+    real, stops = loop._stop_workers, []
+
+    def stop(parts):
+        stops.append((threading.current_thread().name, hasattr(parts, "_shutdown_workers")))
+        real(parts)
+
+    monkeypatch.setattr(loop, "_stop_workers", stop)
+    extract(tmp_path / "workers.h5", _config(mixed_folder), dataclasses.replace(HYBRID, workers=2))
+    assert multiprocessing.active_children() == []
+    # the decode thread's stop, then the loop's own on its way out (which finds the workers stopped)
+    assert [(name.split("_")[0], workers) for name, workers in stops] == [("clipcache-decode", True), ("MainThread", True)]
+    monkeypatch.undo()
+    extract(tmp_path / "serial.h5", _config(mixed_folder), HYBRID)
+    assert snapshot(tmp_path / "workers.h5") == snapshot(tmp_path / "serial.h5")
+
+
 def test_decode_batch_resizes_decoded_images_on_the_device_by_size(tmp_path):
     """DecodedImage payloads of two sizes, a worker's CPU-path row and a failed item: each row as the tensor path makes
     it from the same pixels."""
