@@ -53,7 +53,8 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 # with no --decode measures cpu, gpu and hybrid (the benchmark's default on a GPU). Not measured yet: resizing each
 # batch on a CUDA stream of its own (--preprocess-stream, loop.PREPROCESS_STREAM; in the tenth run the hybrid path's
 # copy, resize and crop took 3.16 ms of the device's time a batch of 256, against ViT-B-32's 12.6 ms forward pass);
-# the writer thread's cost beside a launching thread on a GPU host's CPU; the device's preprocessing of 500x375 images.
+# the writer thread's cost beside a launching thread on a GPU host's CPU; the device's preprocessing of 500x375 images;
+# the workers' stop in the decode thread beside the last batches (every run prints it with the loop's time).
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
 step "extract ViT-B-32 32x32 train" extract.log 60 bash -c "$B32T --decode hybrid"
