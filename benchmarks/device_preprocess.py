@@ -5,17 +5,21 @@ the device 43% of its time and took 15.3 ms a batch of 256 against the graphed
 forward pass's 12.8 ms (docs/benchmarks.md, "Ninth run"). The rest of the
 device's work per batch is the preprocessing: on the ``hybrid`` path the copy of
 the workers' decoded pixels, the resize to the model input as PIL does it
-(``resize_like_pil``: two passes, rounded in between), the crop and the
-normalisation. This times each on the device with CUDA events, for one batch of
-``--batch`` CIFAR-10 images (32 x 32, or ``--size``), median of ``--repeats``
-batches after a warm-up: the project's ``decode_batch`` (copy, resize, crop) and
-``normalize_batch``, and as the peer the model's forward pass through a CUDA graph,
-as an extraction runs it::
+(``clipcache.extract.resample.pil_resize``: PIL's integer passes as float64 matrix
+products, for the crop's pixels only), the crop and the normalisation. This times
+each on the device with CUDA events, for one batch of ``--batch`` CIFAR-10 images
+(32 x 32, or ``--size``), median of ``--repeats`` batches after a warm-up: the
+project's ``decode_batch`` (copy, resize, crop) and ``normalize_batch``, and as the
+peer the model's forward pass through a CUDA graph, as an extraction runs it::
 
     python benchmarks/device_preprocess.py --device cuda --model ViT-B-32
 
-On a CPU it times the same calls by the wall clock; there ``decode_batch`` resizes
-with torchvision's uint8 resize instead, and the CPU path does not use either (it
+It also times the resize alone on the batch already on the device, ``pil_resize``
+against the resize it replaced (2026-11-26, recorded as ``like-pil``: torch's
+antialiased float32 resize, one pass a side, rounded in between, within a grey
+level of PIL's), and prints the ratio.
+
+On a CPU it times the same calls by the wall clock; the CPU path uses neither (it
 resizes in the workers).
 """
 
@@ -34,7 +38,8 @@ from worker_transfer import cifar_folder
 from clipcache.extract import loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.decode import DecodedImage, decode_batch
-from clipcache.extract.transforms import normalize_batch, to_rgb
+from clipcache.extract.resample import pil_resize
+from clipcache.extract.transforms import normalize_batch, plan_geometry, to_rgb
 
 
 def _timer(device: torch.device):
@@ -53,6 +58,22 @@ def _timer(device: torch.device):
         return result, (time.perf_counter() - began) * 1e3
 
     return timed
+
+
+def like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """The device resize of 2026-11-26 (``like-pil``), the peer: torch's antialiased float32 resize, the width first,
+    rounded to uint8, then the height."""
+    x = images.float()
+    passes, now = [], tuple(images.shape[-2:])
+    for target in ((images.shape[-2], size[1]), tuple(size)):
+        if target != now:
+            passes.append(now := target)
+    for k, target in enumerate(passes):
+        x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
+        x = x.add_(0.5).clamp_(0, 255)
+        if k + 1 < len(passes):
+            x = x.floor_()
+    return x.to(torch.uint8)
 
 
 def main(argv=None) -> None:
@@ -81,14 +102,23 @@ def main(argv=None) -> None:
     errors = [""] * len(images)
     (encoder,) = loop._encoders([backbone], len(images), loop.RunOptions(device=args.device))  # graphed on a GPU
     timed = _timer(device)
-    ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": []}
+    stacked = torch.stack([image.data for image in images]).to(device)
+    geometry = plan_geometry(pp, int(stacked.shape[-1]), int(stacked.shape[-2]))
+    top, left, size = max(geometry.top, 0), max(geometry.left, 0), geometry.size  # the window inside the image
+    window = (top, left, min(size, geometry.resize_hw[0] - top), min(size, geometry.resize_hw[1] - left))
+    assert torch.equal(pil_resize(stacked, geometry.resize_hw, pp.interpolation, window),
+                       pil_resize(stacked.cpu(), geometry.resize_hw, pp.interpolation, window).to(device))
+    ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": [],
+          "resize alone: pil_resize": [], "resize alone: like-pil (peer)": []}
     with torch.inference_mode():
         for r in range(args.repeats + 2):  # two warm-up batches
             ((uint8,), _), t_decode = timed(decode_batch, images, errors, [pp], device, (OSError,))
             x, t_norm = timed(normalize_batch, uint8, pp)
             _, t_forward = timed(encoder.features, x)
+            _, t_pil = timed(pil_resize, stacked, geometry.resize_hw, pp.interpolation, window)
+            _, t_peer = timed(like_pil, stacked, geometry.resize_hw, pp.interpolation)
             if r >= 2:
-                for key, t in zip(ms, (t_decode, t_norm, t_forward), strict=True):
+                for key, t in zip(ms, (t_decode, t_norm, t_forward, t_pil, t_peer), strict=True):
                     ms[key].append(t)
     h, w = images[0].data.shape[-2:]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, wall clock"
@@ -98,6 +128,8 @@ def main(argv=None) -> None:
         print(f"  {key:34}: {statistics.median(values):8.3f}")
     pre = statistics.median(ms["decode_batch (copy, resize, crop)"]) + statistics.median(ms["normalize_batch"])
     print(f"preprocessing / forward pass: {pre / statistics.median(ms['forward pass (graphed on a GPU)']):.3f}")
+    ratio = statistics.median(ms["resize alone: like-pil (peer)"]) / statistics.median(ms["resize alone: pil_resize"])
+    print(f"resize: like-pil (peer) / pil_resize: {ratio:.2f}")
 
 
 if __name__ == "__main__":

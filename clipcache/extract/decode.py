@@ -7,13 +7,14 @@ Three decode paths turn an image file into the uint8 model input of a
   (:func:`~clipcache.extract.transforms.eval_transform_uint8`);
 * ``gpu``: the workers only read the file's bytes; the main process decodes the
   whole batch with nvJPEG (``torchvision.io.decode_jpeg(list, device=...)``),
-  resizes each image with antialiasing and cuts the window of
+  resizes each image as PIL does, byte for byte, and cuts the window of
   :func:`~clipcache.extract.transforms.plan_geometry` on the device;
 * ``hybrid``: the workers decode with PIL at the image's own size (any format
   PIL reads) and send the pixels; the main process resizes and cuts them on the
   run's device as the ``gpu`` path does. For small images (CIFAR's 32 x 32) the
   PIL resize is most of the ``cpu`` path's work and nvJPEG's chroma differs from
-  PIL's; this path keeps PIL's decode and moves the resize to the device.
+  PIL's; this path keeps PIL's decode and moves the resize to the device, so
+  its bilinear and bicubic model inputs equal the ``cpu`` path's byte for byte.
 
 On the ``gpu`` path, a file that nvJPEG is not given (:func:`device_decodable`
 says no: PNG and other formats, grayscale, CMYK/YCCK, arithmetic-coded,
@@ -22,9 +23,9 @@ and a file nvJPEG fails on is decoded on the CPU path by the main process, one
 at a time. A file neither path reads carries the CPU path's error and is
 recorded as skipped, as on the ``cpu`` path.
 
-The path is recorded in each feature set's provenance (``schema.DECODE``): the
-two paths give close but not equal pixels, so features from the two are never
-mixed under one name (see ``docs/extraction.md``, "Decoding on the GPU").
+The path is recorded in each feature set's provenance (``schema.DECODE``):
+nvJPEG's pixels are close to PIL's but not equal, so features from two paths are
+never mixed under one name (see ``docs/extraction.md``, "Decoding on the GPU").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 
 from clipcache.errors import InvalidParameterError
 from clipcache.extract.images import load_image
+from clipcache.extract.resample import PIL_INTERPOLATIONS, pil_resize
 from clipcache.extract.transforms import crop_or_pad, eval_transform_uint8, plan_geometry
 from clipcache.feature_store.schema import DECODES
 
@@ -56,7 +58,6 @@ __all__ = [
     "PackedPayloads",
     "decode_batch",
     "device_decodable",
-    "resize_like_pil",
     "resolve_decode",
     "tensor_preprocess",
 ]
@@ -74,7 +75,8 @@ DECODE_CHOICES = ("auto", *DECODES)
 AUTO_HYBRID_PIXELS = 1.0
 
 DEVICE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-"""The :data:`~clipcache.extract.transforms.INTERPOLATIONS` that torch can apply to tensors (with antialiasing)."""
+"""The :data:`~clipcache.extract.transforms.INTERPOLATIONS` applied to tensors on the device: bilinear and bicubic as
+PIL does them, byte for byte (:func:`~clipcache.extract.resample.pil_resize`), nearest by torchvision."""
 
 #: Tests set this to run the byte path (``decode="gpu"``) with torchvision's CPU
 #: JPEG decoder on a cpu device; the public ``gpu`` choice needs CUDA.
@@ -334,10 +336,9 @@ def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     Returns
     -------
     torch.Tensor, uint8, shape (..., 3, S, S), same device
-        The geometry of :func:`~clipcache.extract.transforms.plan_geometry`.
-        Bilinear and bicubic resizes are within a grey level or two of PIL's: on a
-        CPU torchvision's uint8 resize (at most 2 levels), elsewhere
-        :func:`resize_like_pil` (at most 1).
+        The geometry of :func:`~clipcache.extract.transforms.plan_geometry`. Bilinear and
+        bicubic resizes are PIL's byte for byte (:func:`~clipcache.extract.resample.pil_resize`),
+        computed for the window's pixels only.
     """
     from torchvision.transforms.v2 import functional as F2
 
@@ -345,45 +346,15 @@ def tensor_preprocess(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 
     height, width = image.shape[-2:]
     geometry = plan_geometry(pp, int(width), int(height))
-    if tuple(geometry.resize_hw) != (height, width):
-        if image.device.type != "cpu" and pp.interpolation in ("bilinear", "bicubic"):
-            image = resize_like_pil(image, geometry.resize_hw, pp.interpolation)
-        else:  # torchvision's uint8 resize on a CPU, much faster there than the float passes
-            image = F2.resize(image, list(geometry.resize_hw), interpolation=INTERPOLATIONS[pp.interpolation], antialias=True)
-    return crop_or_pad(image, geometry.top, geometry.left, geometry.size, geometry.fill).contiguous()
-
-
-def resize_like_pil(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """Resize uint8 images as PIL's ``Image.resize`` does: the width first, rounded to uint8, then the height.
-
-    PIL rounds and clips to uint8 between its two passes. A single
-    two-dimensional float resize does not clip the first pass's overshoot, and on
-    sharp images enlarged several times (CIFAR-10's 32 x 32 to 224) lands up to
-    20 grey levels from PIL; these two passes land within 1. Each pass is torch's
-    antialiased resize (PIL's filters, support scaled when shrinking) in float32.
-
-    Parameters
-    ----------
-    images : torch.Tensor, uint8, shape (..., 3, H, W)
-    size : (height, width)
-    interpolation : {"bilinear", "bicubic"}
-
-    Returns
-    -------
-    torch.Tensor, uint8, shape (..., 3, height, width), same device
-    """
-    shape = images.shape
-    x = images.reshape(-1, *shape[-3:]).float()
-    passes, now = [], tuple(shape[-2:])
-    for target in ((shape[-2], size[1]), tuple(size)):  # PIL's order: horizontal, then vertical
-        if target != now:
-            passes.append(now := target)
-    for k, target in enumerate(passes):  # each rounded as PIL does: half up, then clipped
-        x = torch.nn.functional.interpolate(x, size=list(target), mode=interpolation, align_corners=False, antialias=True)
-        x = x.add_(0.5).clamp_(0, 255)  # clipped before it is floored: the same for the floor's integers
-        if k + 1 < len(passes):
-            x = x.floor_()
-    return x.to(torch.uint8).reshape(*shape[:-2], *size)  # the last floor: the cast truncates, and x >= 0
+    (new_h, new_w), size = geometry.resize_hw, geometry.size
+    if pp.interpolation in PIL_INTERPOLATIONS:  # the window's part of the resized image (a centred window meets it)
+        top, left = max(geometry.top, 0), max(geometry.left, 0)
+        bottom, right = min(geometry.top + size, new_h), min(geometry.left + size, new_w)
+        image = pil_resize(image, (new_h, new_w), pp.interpolation, (top, left, bottom - top, right - left))
+        return crop_or_pad(image, geometry.top - top, geometry.left - left, size, geometry.fill).contiguous()
+    if (new_h, new_w) != (height, width):
+        image = F2.resize(image, [new_h, new_w], interpolation=INTERPOLATIONS[pp.interpolation], antialias=True)
+    return crop_or_pad(image, geometry.top, geometry.left, size, geometry.fill).contiguous()
 
 
 def _decode_many(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

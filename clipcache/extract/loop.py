@@ -587,7 +587,7 @@ def _feature_set_provenance(store: FeatureStore, backbone: Backbone, options: Ru
     prov = backbone.provenance()
     prov[schema.DECODE] = options.decode
     if options.decode != schema.CPU_DECODE:
-        prov[schema.DEVICE_RESIZE] = schema.DEVICE_RESIZE_LIKE_PIL
+        prov[schema.DEVICE_RESIZE] = schema.DEVICE_RESIZE_PIL
     prov[schema.COMPILED] = bool(options.compile)
     existing = store.feature_sets.get(backbone.name)
     if existing is not None and schema.decode_of(existing.provenance) != options.decode:
@@ -598,11 +598,13 @@ def _feature_set_provenance(store: FeatureStore, backbone: Backbone, options: Ru
             f"decode {was!r}, or extract into a new store",
             param="decode",
         )
-    if existing is not None and schema.device_resize_of(existing.provenance) != prov.get(schema.DEVICE_RESIZE):
+    was = schema.device_resize_of(existing.provenance) if existing is not None else None
+    if existing is not None and was != prov.get(schema.DEVICE_RESIZE):
+        by = f"with the device resize {was!r}" if was else "by a release before 2026-11-26"
         raise StoreMismatchError(
-            f"{store.path}: feature set {backbone.name!r} was made on the {options.decode} path by a release before "
-            "2026-11-26, whose device resize differs from this one's by a few grey levels; the two are never mixed "
-            "under one name, so extract into a new store"
+            f"{store.path}: feature set {backbone.name!r} was made on the {options.decode} path {by}, which differs "
+            f"from this release's ({schema.DEVICE_RESIZE_PIL!r}, PIL's byte for byte) by a grey level or more; the two "
+            "are never mixed under one name, so extract into a new store"
         )
     if existing is not None and schema.compiled_of(existing.provenance) != bool(options.compile):
         was, now = (("compiled", "eager") if schema.compiled_of(existing.provenance) else ("eager", "compiled"))

@@ -26,7 +26,7 @@ __all__ = [
     "DECODE",
     "DECODES",
     "DEVICE_RESIZE",
-    "DEVICE_RESIZE_LIKE_PIL",
+    "DEVICE_RESIZE_PIL",
     "FULL_PRECISION",
     "IDENTITY_KEYS",
     "METADATA_ADDED_SPLITS",
@@ -110,14 +110,15 @@ DECODES = ("cpu", "gpu", "hybrid")
 CPU_DECODE = "cpu"
 
 #: Provenance key of the tensor resize that made a ``gpu`` or ``hybrid`` feature
-#: set's model inputs on the run's device. Since 2026-11-26 it is DEVICE_RESIZE_LIKE_PIL:
-#: PIL's two passes, rounded in between (clipcache.extract.decode.resize_like_pil).
-#: Earlier releases resized in one pass, a few grey levels away, and recorded no
-#: key. Like the decode path it is part of a feature set's identity, when recorded,
-#: so that the two are never mixed under one name.
+#: set's model inputs on the run's device. Since 2026-11-27 it is DEVICE_RESIZE_PIL:
+#: PIL's resize byte for byte (clipcache.extract.resample.pil_resize). From
+#: 2026-11-26 it was "like-pil" (PIL's two passes in float32, within a grey level
+#: of PIL); earlier releases resized in one pass, a few grey levels away, and
+#: recorded no key. Like the decode path it is part of a feature set's identity,
+#: when recorded, so that two resizes are never mixed under one name.
 DEVICE_RESIZE = "device_resize"
 #: The device resize of this release (DEVICE_RESIZE).
-DEVICE_RESIZE_LIKE_PIL = "like-pil"
+DEVICE_RESIZE_PIL = "pil"
 
 #: Provenance key: whether the image tower ran compiled (``torch.compile``,
 #: ``RunOptions.compile``). Compiled kernels round differently from eager ones (on
