@@ -91,7 +91,9 @@ def pil_weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
     k = np.trunc(np.where(scaled < 0, scaled - 0.5, scaled + 0.5))
     dense = np.zeros((out_size, in_size + ksize), dtype=np.float64)
     np.put_along_axis(dense, xmin[:, None] + taps[None, :], np.where(inside, k, 0.0), axis=1)
-    return dense[:, :in_size]
+    weights = dense[:, :in_size]
+    weights.flags.writeable = False  # cached and shared: a caller's write would change every later resize
+    return weights
 
 
 @functools.lru_cache(maxsize=64)

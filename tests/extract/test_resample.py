@@ -154,3 +154,8 @@ def test_pil_weights_equal_pillow_s_c_code_transcribed(interpolation):
     for n_in, n_out in pairs:
         np.testing.assert_array_equal(pil_weights(n_in, n_out, interpolation), _precompute_coeffs(n_in, n_out, interpolation),
                                       err_msg=f"{n_in} -> {n_out}")
+
+
+def test_the_cached_weights_cannot_be_written():
+    with pytest.raises(ValueError, match="read-only"):
+        pil_weights(32, 224, "bicubic")[0, 0] = 1.0
