@@ -307,8 +307,11 @@ class FileLock:
         return True
 
     def release(self) -> None:
+        """Unlock, then close: the unlock frees the lock even while a child forked meanwhile has not yet closed its copy."""
         if self._fd is not None:
             _HELD.discard(self._fd)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 

@@ -1,6 +1,7 @@
 """Every way a store can be wrong gives one clear error naming the file, in the API and the CLI."""
 
 import multiprocessing
+import os
 
 import h5py
 import numpy as np
@@ -164,6 +165,20 @@ def test_a_child_forked_by_a_writer_does_not_keep_the_store_locked(synthetic_sto
         done.set()
         child.join()
     assert child.exitcode == 0
+
+
+def test_closing_a_writer_unlocks_even_while_a_copy_of_its_descriptor_is_open(synthetic_store):
+    """A forked child shares the lock's open file until it has run its fork handler; the writer's close must not
+    wait for that: it unlocks before it closes (a copy made with ``dup`` shares the open file as a child's does)."""
+    path, _ = synthetic_store
+    store = FeatureStore(path, "a")
+    copy = os.dup(store._lock._fd)
+    try:
+        store.close()
+        with FeatureStore(path, "a") as again:  # StoreLockedError if only the last copy's close released it
+            assert again.n_rows("train") == 40
+    finally:
+        os.close(copy)
 
 
 def test_unknown_split_and_feature_set_list_what_exists(synthetic_store):
