@@ -148,7 +148,10 @@ def _raw_span_reader(ds: h5py.Dataset):
             a, b = max(lo, first), min(hi, first + chunk_rows)
             info = ds.id.get_chunk_info_by_coord((first,) + (0,) * (ds.ndim - 1))
             if info.byte_offset is None:  # never written: HDF5 knows the fill value
-                out[a - lo : b - lo] = ds[a:b]
+                part = ds[a:b]
+                if len(part) != b - a:  # a reader's view of a file a writer changed meanwhile: the caller reopens it
+                    raise OSError(f"{ds.name}: rows {a}..{b} lie past its {ds.shape[0]} rows")
+                out[a - lo : b - lo] = part
                 continue
             pieces.append((flat[(a - lo) * row_bytes : (b - lo) * row_bytes], info.byte_offset + (a - first) * row_bytes))
         fd = os.open(ds.file.filename, os.O_RDONLY)

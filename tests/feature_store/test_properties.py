@@ -140,3 +140,22 @@ def test_string_values_are_stored_as_their_str(tmp_path):
                      features={"f": np.zeros((2, D), np.float32)})
     with FeatureStore(tmp_path / "s.h5") as store:
         assert store.ids("s").tolist() == ["x", "é"] and store.paths("s").tolist() == ["a/b.jpg", "7"]
+
+
+def test_the_raw_reader_fills_unwritten_chunks_and_refuses_rows_past_the_end(tmp_path):
+    """A chunk never written reads as the fill value; rows past the dataset's end (a reader's stale view of a file
+    a writer changed) raise OSError, which a store reader answers by opening the file anew."""
+    import h5py
+
+    from clipcache.feature_store.rows import _raw_span_reader
+
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        ds = f.create_dataset("x", shape=(10, 4), maxshape=(None, 4), chunks=(10, 4), dtype="f4")
+        ds[:] = np.arange(40, dtype=np.float32).reshape(10, 4)
+        ds.resize((30, 4))
+        read_span = _raw_span_reader(ds)
+        got = read_span(5, 30)
+        np.testing.assert_array_equal(got[:5], np.arange(20, 40, dtype=np.float32).reshape(5, 4))
+        assert not got[5:].any()
+        with pytest.raises(OSError, match=r"/x: rows 30\.\.35 lie past its 30 rows"):
+            read_span(25, 35)
