@@ -15,9 +15,12 @@ peer the model's forward pass through a CUDA graph, as an extraction runs it::
     python benchmarks/device_preprocess.py --device cuda --model ViT-B-32
 
 It also times the resize alone on the batch already on the device, ``pil_resize``
-against the resize it replaced (2026-11-26, recorded as ``like-pil``: torch's
-antialiased float32 resize, one pass a side, rounded in between, within a grey
-level of PIL's), and prints the ratio.
+with each of its methods (on a GPU the default is ``triton``, Pillow's integer passes
+as one fused kernel each; ``matmul`` is the float64 products), against the resize
+they replaced (2026-11-26, recorded as ``like-pil``: torch's antialiased float32
+resize, one pass a side, rounded in between, within a grey level of PIL's), and
+prints the ratios. The first ``triton`` call compiles the kernel: the warm-up batches
+take it.
 
 On a CPU it times the same calls by the wall clock; the CPU path uses neither (it
 resizes in the workers).
@@ -38,6 +41,7 @@ from worker_transfer import cifar_folder
 from clipcache.extract import loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.decode import DecodedImage, decode_batch
+from clipcache.extract import resample
 from clipcache.extract.resample import pil_resize
 from clipcache.extract.transforms import normalize_batch, plan_geometry, to_rgb
 
@@ -106,19 +110,22 @@ def main(argv=None) -> None:
     geometry = plan_geometry(pp, int(stacked.shape[-1]), int(stacked.shape[-2]))
     top, left, size = max(geometry.top, 0), max(geometry.left, 0), geometry.size  # the window inside the image
     window = (top, left, min(size, geometry.resize_hw[0] - top), min(size, geometry.resize_hw[1] - left))
-    assert torch.equal(pil_resize(stacked, geometry.resize_hw, pp.interpolation, window),
-                       pil_resize(stacked.cpu(), geometry.resize_hw, pp.interpolation, window).to(device))
+    methods = ["matmul"] + (["triton"] if device.type == "cuda" else [])  # the interpreter is for tests
+    want = pil_resize(stacked.cpu(), geometry.resize_hw, pp.interpolation, window, method="matmul").to(device)
+    for method in methods:
+        assert torch.equal(pil_resize(stacked, geometry.resize_hw, pp.interpolation, window, method=method), want)
+    assert not resample._kernel_failed, resample._kernel_failed
     ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": [],
-          "resize alone: pil_resize": [], "resize alone: like-pil (peer)": []}
+          **{f"resize alone: pil_resize {m}": [] for m in methods}, "resize alone: like-pil (peer)": []}
     with torch.inference_mode():
         for r in range(args.repeats + 2):  # two warm-up batches
             ((uint8,), _), t_decode = timed(decode_batch, images, errors, [pp], device, (OSError,))
             x, t_norm = timed(normalize_batch, uint8, pp)
             _, t_forward = timed(encoder.features, x)
-            _, t_pil = timed(pil_resize, stacked, geometry.resize_hw, pp.interpolation, window)
+            t_pil = [timed(pil_resize, stacked, geometry.resize_hw, pp.interpolation, window, m)[1] for m in methods]
             _, t_peer = timed(like_pil, stacked, geometry.resize_hw, pp.interpolation)
             if r >= 2:
-                for key, t in zip(ms, (t_decode, t_norm, t_forward, t_pil, t_peer), strict=True):
+                for key, t in zip(ms, (t_decode, t_norm, t_forward, *t_pil, t_peer), strict=True):
                     ms[key].append(t)
     h, w = images[0].data.shape[-2:]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, wall clock"
@@ -128,8 +135,9 @@ def main(argv=None) -> None:
         print(f"  {key:34}: {statistics.median(values):8.3f}")
     pre = statistics.median(ms["decode_batch (copy, resize, crop)"]) + statistics.median(ms["normalize_batch"])
     print(f"preprocessing / forward pass: {pre / statistics.median(ms['forward pass (graphed on a GPU)']):.3f}")
-    ratio = statistics.median(ms["resize alone: like-pil (peer)"]) / statistics.median(ms["resize alone: pil_resize"])
-    print(f"resize: like-pil (peer) / pil_resize: {ratio:.2f}")
+    peer = statistics.median(ms["resize alone: like-pil (peer)"])
+    for m in methods:
+        print(f"resize: like-pil (peer) / pil_resize {m}: {peer / statistics.median(ms[f'resize alone: pil_resize {m}']):.2f}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,16 @@ no work for the pixels it cuts away.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import numpy as np
 import torch
 from PIL import __version__ as _PIL_VERSION
 
-__all__ = ["PIL_INTERPOLATIONS", "pil_resize", "pil_weights", "vertical_first"]
+__all__ = ["CUDA_METHOD", "METHODS", "PIL_INTERPOLATIONS", "pil_resize", "pil_weights", "vertical_first"]
+
+logger = logging.getLogger(__name__)
 
 #: Pillow's fixed-point precision of its 8-bit resize (``PRECISION_BITS``).
 PRECISION_BITS = 22
@@ -65,13 +68,12 @@ def vertical_first(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def pil_weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
-    """Pillow's integer weights of one pass, as a dense (out_size, in_size) float64 matrix.
+def _pil_coefficients(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's integer weights of one pass as ``(xmin, k)``: output ``i`` reads inputs ``xmin[i] + t`` with
+    weight ``k[i, t]`` (float64 integers, zero past the window; ``k`` has ``ksize`` columns).
 
     Mirrors ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` operation by operation in
     double precision (the sum of a window's weights sequentially, as the C loop adds them).
-    The matrix holds the integers (at most 2**23 in magnitude) themselves; zero outside
-    each output's window.
     """
     support1, filt = _FILTERS[interpolation]
     scale = filterscale = float(in_size) / out_size
@@ -88,26 +90,70 @@ def pil_weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
     total = np.cumsum(w, axis=1)[:, -1:]  # sequential, as the C loop's ww
     w = np.divide(w, total, out=w.copy(), where=total != 0.0)
     scaled = w * (1 << PRECISION_BITS)
-    k = np.trunc(np.where(scaled < 0, scaled - 0.5, scaled + 0.5))
-    dense = np.zeros((out_size, in_size + ksize), dtype=np.float64)
-    np.put_along_axis(dense, xmin[:, None] + taps[None, :], np.where(inside, k, 0.0), axis=1)
+    k = np.where(inside, np.trunc(np.where(scaled < 0, scaled - 0.5, scaled + 0.5)), 0.0)
+    xmin.flags.writeable = k.flags.writeable = False  # cached and shared
+    return xmin, k
+
+
+@functools.lru_cache(maxsize=256)
+def pil_weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
+    """Pillow's integer weights of one pass, as a dense (out_size, in_size) float64 matrix.
+
+    The matrix holds the integers (at most 2**23 in magnitude) themselves; zero outside
+    each output's window (:func:`_pil_coefficients` places them).
+    """
+    xmin, k = _pil_coefficients(in_size, out_size, interpolation)
+    dense = np.zeros((out_size, in_size + k.shape[1]), dtype=np.float64)
+    np.put_along_axis(dense, xmin[:, None] + np.arange(k.shape[1])[None, :], k, axis=1)
     weights = dense[:, :in_size]
     weights.flags.writeable = False  # cached and shared: a caller's write would change every later resize
     return weights
 
 
-@functools.lru_cache(maxsize=64)
-def _pass_matrix(in_size: int, out_size: int, interpolation: str, start: int, stop: int, device: torch.device):
-    """Rows ``start:stop`` of :func:`pil_weights` times 2**-22 (exact) on ``device``, and the span of input pixels
-    they read (``lo``, ``hi``), the matrix cut to it. Made once; copied from pinned memory without waiting on a GPU."""
-    rows = pil_weights(in_size, out_size, interpolation)[start:stop]
-    used = np.flatnonzero(rows.any(axis=0))
-    lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+def _span(in_size: int, out_size: int, interpolation: str, start: int, stop: int) -> tuple[int, int]:
+    """The input pixels (``lo``, ``hi``) that outputs ``start:stop`` of a pass read with a non-zero weight."""
+    used = np.flatnonzero(pil_weights(in_size, out_size, interpolation)[start:stop].any(axis=0))
+    return (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+
+
+def _to_device(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached host array on ``device``, copied from pinned memory without waiting on a GPU."""
     with torch.inference_mode(False):
-        host = torch.from_numpy(np.ascontiguousarray(rows[:, lo:hi]) / (1 << PRECISION_BITS))
+        host = torch.from_numpy(np.array(array)).to(dtype)  # a copy: the cached arrays are read-only
         if device.type == "cuda":
             host = host.pin_memory()
-        return host.to(device, non_blocking=True), lo, hi, host  # the host tensor kept alive for the copy
+        return host.to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _pass_matrix(in_size: int, out_size: int, interpolation: str, start: int, stop: int, device: torch.device):
+    """Rows ``start:stop`` of :func:`pil_weights` times 2**-22 (exact) on ``device``, cut to the input pixels
+    they read, and those pixels' span (``lo``, ``hi``). Made once."""
+    lo, hi = _span(in_size, out_size, interpolation, start, stop)
+    rows = pil_weights(in_size, out_size, interpolation)[start:stop, lo:hi]
+    return _to_device(rows / (1 << PRECISION_BITS), torch.float64, device), lo, hi
+
+
+@functools.lru_cache(maxsize=64)
+def _pass_taps(in_size: int, out_size: int, interpolation: str, start: int, stop: int, device: torch.device):
+    """Outputs ``start:stop`` of a pass as the kernel takes them: each one's first input, counted from ``lo``
+    (int32), and its weights (int32, (n, ksize)) on ``device``, with the span (``lo``, ``hi``). Made once."""
+    lo, hi = _span(in_size, out_size, interpolation, start, stop)
+    xmin, k = _pil_coefficients(in_size, out_size, interpolation)
+    k = k[start:stop]
+    taps = int(np.flatnonzero(k.any(axis=0))[-1]) + 1  # Pillow's last tap has no weight: the kernel skips it
+    return (_to_device(xmin[start:stop] - lo, torch.int32, device), _to_device(k[:, :taps], torch.int32, device),
+            lo, hi)
+
+
+#: How :func:`pil_resize` computes on a CUDA device: ``"triton"``, Pillow's integer passes as one fused Triton
+#: kernel each (:mod:`clipcache.extract._resample_triton`), or ``"matmul"``, float64 matrix products. Both give
+#: Pillow's bytes. If the kernel cannot run (no compiler, say), the process warns once and uses ``"matmul"`` for
+#: ``"triton"`` from then on.
+CUDA_METHOD = "triton"
+#: The methods :func:`pil_resize` takes: ``"interpret"`` is the Triton kernel in Triton's interpreter (tests).
+METHODS = ("matmul", "triton", "interpret")
+_kernel_failed: list[str] = []  # the reason the kernel could not run, once it failed
 
 
 def pil_resize(
@@ -115,6 +161,7 @@ def pil_resize(
     size: tuple[int, int],
     interpolation: str,
     window: tuple[int, int, int, int] | None = None,
+    method: str | None = None,
 ) -> torch.Tensor:
     """Resize uint8 images as Pillow's ``Image.resize`` does, bit for bit, on their device.
 
@@ -126,6 +173,9 @@ def pil_resize(
     interpolation : {"bilinear", "bicubic"}
     window : (top, left, height, width), optional
         The part of the resized image to compute (within it); the whole image by default.
+    method : {"matmul", "triton", "interpret"}, optional
+        How to compute it (:data:`METHODS`); by default :data:`CUDA_METHOD` on a CUDA device and ``"matmul"``
+        elsewhere. The bytes are the same.
 
     Returns
     -------
@@ -138,34 +188,66 @@ def pil_resize(
         raise ValueError(f"window {window} is not inside the resized image of size {tuple(size)}")
     if interpolation not in _FILTERS:
         raise ValueError(f"interpolation {interpolation!r} is not one of {list(_FILTERS)}")
-    x = images.reshape(-1, *shape[-3:])
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {list(METHODS)}")
+    x = images.reshape(-1, *shape[-2:])  # planes
     if in_hw == tuple(size):  # Pillow copies an image resized to its own size
         return x[..., top : top + height, left : left + width].reshape(*shape[:-2], height, width).clone()
-    rows = cols = None  # (matrix, lo, hi): the vertical and horizontal passes
+    if method is None:
+        method = CUDA_METHOD if images.is_cuda else "matmul"
+    if method == "triton" and _kernel_failed:
+        method = "matmul"
+    plan = []  # the passes in Pillow's order: (axis of the planes, in size, out size, first output, outputs)
     if size[0] != in_hw[0]:
-        rows = _pass_matrix(in_hw[0], size[0], interpolation, top, top + height, images.device)[:3]
-    if size[1] != in_hw[1]:
-        cols = _pass_matrix(in_hw[1], size[1], interpolation, left, left + width, images.device)[:3]
-    if rows is None:  # a pass Pillow skips copies the window's lines
+        plan.append((1, in_hw[0], size[0], top, height))
+    else:  # a pass Pillow skips copies the window's lines
         x = x[..., top : top + height, :]
-    if cols is None:
+    if size[1] != in_hw[1]:
+        plan.insert(0 if not vertical_first(in_hw, tuple(size)) else 1, (2, in_hw[1], size[1], left, width))
+    else:
         x = x[..., left : left + width]
-    first_v = rows is not None and cols is not None and vertical_first(in_hw, tuple(size))
-    per_image = 8 * shape[-3] * (in_hw[0] * in_hw[1] + 2 * max(in_hw) * max(height, width) + height * width)
-    chunk = max(1, CHUNK_BYTES // per_image)
-    out = [_resize_chunk(x[i : i + chunk], rows, cols, first_v) for i in range(0, x.shape[0], chunk)]
+    if method != "matmul":
+        try:
+            out = _resize_with_kernel(x, plan, interpolation, method == "interpret")
+        except Exception as exc:  # noqa: BLE001 (a compiler's or driver's failure: fall back, once, with its reason)
+            if method == "interpret":
+                raise
+            _kernel_failed.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            logger.warning("pil_resize: the Triton kernel failed (%s); resizing with float64 products instead",
+                           _kernel_failed[0])
+        else:
+            return out.reshape(*shape[:-2], height, width)
+    per_plane = 8 * (in_hw[0] * in_hw[1] + 2 * max(in_hw) * max(height, width) + height * width)
+    chunk = max(1, CHUNK_BYTES // per_plane)
+    out = [_matmul_chunk(x[i : i + chunk], plan, interpolation) for i in range(0, x.shape[0], chunk)]
     return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*shape[:-2], height, width)
 
 
-def _resize_chunk(x: torch.Tensor, rows, cols, first_v: bool) -> torch.Tensor:
-    """:func:`pil_resize`'s passes over one chunk (n, C, H, W) of uint8 images."""
-    passes = [p for p in ((("v", rows), ("h", cols)) if first_v else (("h", cols), ("v", rows))) if p[1] is not None]
-    for axis, (_, lo, hi) in passes:  # the pixels each pass reads: the first's window, the lines the second uses
-        x = x[..., lo:hi, :] if axis == "v" else x[..., lo:hi]
-    y = x.to(torch.float64)
-    for k, (axis, (matrix, _, _)) in enumerate(passes):
-        y = torch.matmul(y, matrix.T) if axis == "h" else torch.matmul(matrix, y)
+def _cut(x: torch.Tensor, plan, spans) -> torch.Tensor:
+    """Planes ``x`` cut to the pixels the passes read: each pass's span (``lo``, ``hi``) of its own axis."""
+    for (axis, *_), (lo, hi) in zip(plan, spans, strict=True):
+        x = x[:, lo:hi, :] if axis == 1 else x[:, :, lo:hi]
+    return x
+
+
+def _resize_with_kernel(x: torch.Tensor, plan, interpolation: str, interpret: bool) -> torch.Tensor:
+    """:func:`pil_resize`'s passes over planes ``x`` (P, H, W), each one Triton kernel."""
+    from clipcache.extract._resample_triton import resample_pass
+
+    taps = [_pass_taps(n_in, n_out, interpolation, start, start + n, x.device) for _, n_in, n_out, start, n in plan]
+    x = _cut(x, plan, [t[2:] for t in taps])
+    for (axis, *_), (xmin, k, _, _) in zip(plan, taps, strict=True):
+        x = resample_pass(x, axis, xmin, k, interpret)
+    return x
+
+
+def _matmul_chunk(x: torch.Tensor, plan, interpolation: str) -> torch.Tensor:
+    """:func:`pil_resize`'s passes over planes ``x`` (P, H, W) as float64 matrix products."""
+    matrices = [_pass_matrix(n_in, n_out, interpolation, start, start + n, x.device) for _, n_in, n_out, start, n in plan]
+    y = _cut(x, plan, [m[1:] for m in matrices]).to(torch.float64)
+    for k, ((axis, *_), (matrix, _, _)) in enumerate(zip(plan, matrices, strict=True)):
+        y = torch.matmul(y, matrix.T) if axis == 2 else torch.matmul(matrix, y)
         y = y.add_(0.5).clamp_(0, 255)  # Pillow's clip8 of 2**21 + the sum: a floor, then 0..255
-        if k + 1 < len(passes):
+        if k + 1 < len(plan):
             y = y.floor_()  # the second pass reads the first's uint8 pixels
     return y.to(torch.uint8)  # the last floor: the cast truncates, and y >= 0

@@ -143,22 +143,23 @@ def test_hybrid_on_the_gpu_stays_with_the_cpu_path_on_cifar(cifar_jpegs, tmp_pat
     assert largest == 0 and cosine.min() > 0.9999
 
 
-@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize(("method", "tf32"), [("triton", False), ("matmul", False), ("matmul", True)])
 @pytest.mark.parametrize(("size", "target", "window"), [((32, 32), (224, 224), None), ((375, 500), (224, 298), (0, 37, 224, 224)),
                                                         ((1000, 100), (100, 50), None)])
-def test_pil_resize_on_cuda_equals_the_cpu_s_bytes(size, target, window, tf32):
-    """float64 products on the GPU are exact as on the CPU, whatever cuBLAS sums first and whether TF32 is allowed
-    (it only ever touches float32)."""
-    from clipcache.extract.resample import pil_resize
+def test_pil_resize_on_cuda_equals_the_cpu_s_bytes(size, target, window, method, tf32):
+    """The Triton kernel (int32 sums) and the float64 products are exact on the GPU as on the CPU, whatever cuBLAS
+    sums first and whether TF32 is allowed (it only ever touches float32); the kernel compiles and runs."""
+    from clipcache.extract import resample
 
     images = torch.from_numpy(np.random.default_rng(size[1]).integers(0, 256, (64, 3, *size), dtype=np.uint8))
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        gpu = pil_resize(images.cuda(), target, "bicubic", window).cpu()
+        gpu = resample.pil_resize(images.cuda(), target, "bicubic", window, method=method).cpu()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    assert torch.equal(gpu, pil_resize(images, target, "bicubic", window))
+    assert not resample._kernel_failed, resample._kernel_failed
+    assert torch.equal(gpu, resample.pil_resize(images, target, "bicubic", window))
 
 
 def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):

@@ -159,3 +159,59 @@ def test_pil_weights_equal_pillow_s_c_code_transcribed(interpolation):
 def test_the_cached_weights_cannot_be_written():
     with pytest.raises(ValueError, match="read-only"):
         pil_weights(32, 224, "bicubic")[0, 0] = 1.0
+
+
+# Small sizes: Triton's interpreter runs each program of the kernel in numpy.
+KERNEL_CASES = [
+    ((8, 6), (37, 29), None),  # enlarged
+    ((40, 52), (17, 23), None),  # shrunk
+    ((90, 12), (9, 10), None),  # shrunk much more in height: height first with Pillow 13
+    ((30, 20), (30, 9), (3, 2, 20, 5)),  # one pass, a window
+    ((33, 47), (21, 60), (4, 7, 10, 40)),  # a window of both passes
+]
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("size", "target", "window"), KERNEL_CASES, ids=[f"{a}-{b}" for a, b, _ in KERNEL_CASES])
+def test_the_triton_kernel_gives_pillow_s_bytes(interpolation, size, target, window):
+    """The GPU's Triton kernel (Pillow's int32 sums, run here by Triton's interpreter) equals Pillow and the
+    float64 products; it reads the cut spans of the planes as strided views."""
+    pytest.importorskip("triton")
+    pixels = _noise(2, size, seed=size[0] + target[1])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    got = pil_resize(images, target, interpolation, window, method="interpret")
+    assert torch.equal(got, pil_resize(images, target, interpolation, window, method="matmul"))
+    top, left, height, width = window or (0, 0, *target)
+    want = _pil(pixels, target, interpolation)[:, top : top + height, left : left + width]
+    np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), want)
+
+
+def test_the_kernel_splits_more_planes_than_a_grid_takes(monkeypatch):
+    pytest.importorskip("triton")
+    from clipcache.extract import _resample_triton
+
+    images = torch.from_numpy(_noise(3, (6, 5), seed=3)).permute(0, 3, 1, 2).contiguous()
+    want = pil_resize(images, (4, 9), "bicubic", method="matmul")
+    monkeypatch.setattr(_resample_triton, "MAX_PLANES", 2)  # 9 planes: five launches a pass
+    assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="interpret"), want)
+
+
+def test_a_kernel_that_fails_falls_back_to_the_products_once_with_a_warning(monkeypatch, caplog):
+    """On a CUDA device the kernel is the default; if it cannot run (no compiler), the process warns once and
+    resizes with the float64 products. Here a CPU tensor that claims to be on CUDA stands in for one."""
+    from clipcache.extract import _resample_triton
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no ptxas\nsecond line")
+
+    monkeypatch.setattr(_resample_triton, "resample_pass", broken)
+    monkeypatch.setattr(resample, "_kernel_failed", [])
+    images = torch.from_numpy(_noise(1, (6, 5), seed=4)).permute(0, 3, 1, 2)
+    want = pil_resize(images, (4, 9), "bicubic")
+    with caplog.at_level("WARNING", logger="clipcache.extract.resample"):
+        assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="triton"), want)
+        assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="triton"), want)
+    assert [r.getMessage() for r in caplog.records] == [
+        "pil_resize: the Triton kernel failed (RuntimeError: no ptxas); resizing with float64 products instead"]
+    with pytest.raises(RuntimeError, match="no ptxas"):  # the tests' interpreter never hides a failure
+        pil_resize(images, (4, 9), "bicubic", method="interpret")
