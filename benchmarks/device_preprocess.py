@@ -38,10 +38,9 @@ import torch
 from PIL import Image
 from worker_transfer import cifar_folder
 
-from clipcache.extract import loop
+from clipcache.extract import loop, resample
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.decode import DecodedImage, decode_batch
-from clipcache.extract import resample
 from clipcache.extract.resample import pil_resize
 from clipcache.extract.transforms import normalize_batch, plan_geometry, to_rgb
 

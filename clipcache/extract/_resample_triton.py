@@ -62,7 +62,8 @@ def kernel(interpret: bool = False):
         from triton.runtime.interpreter import InterpretedFunction
 
         return InterpretedFunction(_pass)
-    return triton.jit(_pass)
+    # Sizes vary from image to image on the gpu path: not specialising on them keeps to a few compiled variants.
+    return triton.jit(_pass, do_not_specialize=["ksize", "lines", "out_len"])
 
 
 def resample_pass(x: torch.Tensor, axis: int, xmin: torch.Tensor, k: torch.Tensor, interpret: bool = False) -> torch.Tensor:

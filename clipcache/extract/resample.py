@@ -14,6 +14,11 @@ product and sum is exact whatever order the device sums in, and so is the scalin
 CIFAR-10's JPEGs), including the pass order, which Pillow 13 changed for images shrunk
 much more in height than in width (:func:`vertical_first`).
 
+On a CUDA device each pass is instead one Triton kernel that adds Pillow's int32 sums
+themselves (:mod:`clipcache.extract._resample_triton`, :data:`CUDA_METHOD`): one byte
+read and written a pixel, where the products write eight and go over them again. The
+bytes are the same.
+
 Only the pixels of a window of the resized image are computed, so a centre crop costs
 no work for the pixels it cuts away.
 """
