@@ -19,8 +19,9 @@ with each of its methods (on a GPU the default is ``triton``, Pillow's integer p
 as one fused kernel each; ``matmul`` is the float64 products), against the resize
 they replaced (2026-11-26, recorded as ``like-pil``: torch's antialiased float32
 resize, one pass a side, rounded in between, within a grey level of PIL's), and
-prints the ratios. The first ``triton`` call compiles the kernel: the warm-up batches
-take it.
+prints the ratios, and ``normalize_batch`` (on a GPU a Triton kernel's lookups)
+against its four torch operations. The first call of a kernel compiles it: the
+warm-up batches take it.
 
 On a CPU it times the same calls by the wall clock; the CPU path uses neither (it
 resizes in the workers).
@@ -38,7 +39,7 @@ import torch
 from PIL import Image
 from worker_transfer import cifar_folder
 
-from clipcache.extract import loop, resample
+from clipcache.extract import _triton, loop
 from clipcache.extract.backbones import build_backbones
 from clipcache.extract.decode import DecodedImage, decode_batch
 from clipcache.extract.resample import pil_resize
@@ -113,9 +114,10 @@ def main(argv=None) -> None:
     want = pil_resize(stacked.cpu(), geometry.resize_hw, pp.interpolation, window, method="matmul").to(device)
     for method in methods:
         assert torch.equal(pil_resize(stacked, geometry.resize_hw, pp.interpolation, window, method=method), want)
-    assert not resample._kernel_failed, resample._kernel_failed
+    assert not _triton.failed, _triton.failed
     ms = {"decode_batch (copy, resize, crop)": [], "normalize_batch": [], "forward pass (graphed on a GPU)": [],
-          **{f"resize alone: pil_resize {m}": [] for m in methods}, "resize alone: like-pil (peer)": []}
+          **{f"resize alone: pil_resize {m}": [] for m in methods}, "resize alone: like-pil (peer)": [],
+          "normalize_batch torch (peer)": []}
     with torch.inference_mode():
         for r in range(args.repeats + 2):  # two warm-up batches
             ((uint8,), _), t_decode = timed(decode_batch, images, errors, [pp], device, (OSError,))
@@ -123,8 +125,10 @@ def main(argv=None) -> None:
             _, t_forward = timed(encoder.features, x)
             t_pil = [timed(pil_resize, stacked, geometry.resize_hw, pp.interpolation, window, m)[1] for m in methods]
             _, t_peer = timed(like_pil, stacked, geometry.resize_hw, pp.interpolation)
+            x_ops, t_norm_ops = timed(normalize_batch, uint8, pp, "torch")
+            assert torch.equal(x_ops, x)
             if r >= 2:
-                for key, t in zip(ms, (t_decode, t_norm, t_forward, *t_pil, t_peer), strict=True):
+                for key, t in zip(ms, (t_decode, t_norm, t_forward, *t_pil, t_peer, t_norm_ops), strict=True):
                     ms[key].append(t)
     h, w = images[0].data.shape[-2:]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, wall clock"
@@ -137,6 +141,8 @@ def main(argv=None) -> None:
     peer = statistics.median(ms["resize alone: like-pil (peer)"])
     for m in methods:
         print(f"resize: like-pil (peer) / pil_resize {m}: {peer / statistics.median(ms[f'resize alone: pil_resize {m}']):.2f}")
+    ratio = statistics.median(ms["normalize_batch torch (peer)"]) / statistics.median(ms["normalize_batch"])
+    print(f"normalize: torch operations (peer) / normalize_batch: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ import torch
 from PIL import Image
 
 from clipcache._io import atomic_output
-from clipcache.extract import decode, loop, resample
+from clipcache.extract import decode, loop, resample, transforms
 from clipcache.extract.backbones import Backbone, build_backbones
 from clipcache.extract.datasets import open_dataset
 from clipcache.extract.loop import (
@@ -362,9 +362,10 @@ def main(argv=None) -> None:
     parser.add_argument("--preprocess-stream", action="store_true",
                         help="on the gpu and hybrid paths, resize each batch on a CUDA stream of its own, beside the "
                              "encoding of the one before (clipcache.extract.loop.PREPROCESS_STREAM, off by default)")
-    parser.add_argument("--resize-method", choices=["triton", "matmul"], default=resample.CUDA_METHOD,
-                        help="how the gpu and hybrid paths resize on a CUDA device (clipcache.extract.resample."
-                             f"CUDA_METHOD, default {resample.CUDA_METHOD}); the bytes are the same")
+    parser.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a CUDA device, resize (gpu and hybrid paths) and normalise with the Triton kernels "
+                             "(clipcache.extract.resample.CUDA_METHOD, transforms.NORMALIZE_CUDA_METHOD, the "
+                             "default); --no-triton uses float64 products and torch's operations: the same bytes")
     parser.add_argument("--null-tower", action="store_true",
                         help="replace each image tower by one that costs a fill kernel (same preprocessing): the "
                              "end-to-end rate is then what the loop sustains without a model")
@@ -379,7 +380,8 @@ def main(argv=None) -> None:
     if args.part_items:
         loop.MIN_PART_ITEMS = args.part_items
     loop.PREPROCESS_STREAM = args.preprocess_stream
-    resample.CUDA_METHOD = args.resize_method
+    resample.CUDA_METHOD = "triton" if args.triton else "matmul"
+    transforms.NORMALIZE_CUDA_METHOD = "triton" if args.triton else "torch"
 
     source = Path(args.source) if args.source else cifar_folder(Path(args.cache), args.split)
     if args.jpeg_size and args.split == "all":
@@ -430,7 +432,7 @@ def main(argv=None) -> None:
           f"amp {args.amp}, torch threads {torch.get_num_threads()}"
           f"{', end-to-end through CUDA graphs' if graphs else ''}"
           f"{', resizing on a stream of its own' if loop.PREPROCESS_STREAM else ''}"
-          f"{f', device resize {resample.CUDA_METHOD}' if args.device.startswith('cuda') else ''}"
+          f"{', no Triton kernels' if args.device.startswith('cuda') and not args.triton else ''}"
           f"{', null towers (no model: the loop alone)' if args.null_tower else ''}"
           f"{', end-to-end compiled' if args.compile else ''}")
     print(f"forward-only eager    : {f:8.1f} img/s best (runs: {', '.join(f'{r:.1f}' for r in fwd)})")

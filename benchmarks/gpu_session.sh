@@ -57,17 +57,18 @@ step tests tests.log 150 python3 -m pytest -q -s -rs -p no:cacheprovider --durat
 # the workers' stop in the decode thread beside the last batches (every run prints it with the loop's time).
 B32T="$E --model ViT-B-32 --per-class 5000 --split train"
 B16P="$E --model ViT-B-16 --per-class 1000 --jpeg-size 500x375"
-# first: pil_resize's two methods (2026-11-27: the Triton kernel, the default on CUDA, and the float64 products) against
-# the float32 resize they replaced, on the device; then the default beside the products end to end
+# first: the Triton kernels (2026-11-27, the default on CUDA: pil_resize's passes and normalize_batch's lookups) against
+# the float64 products, torch's operations and the float32 resize of 2026-11-26, on the device; then end to end with
+# and without them
 step "device preprocess 32x32" extract.log 40 python3 benchmarks/device_preprocess.py --device cuda --model ViT-B-32
 step "extract ViT-B-32 32x32 train" extract.log 60 bash -c "$B32T --decode hybrid"
-step "extract ViT-B-32 32x32 train matmul" extract.log 60 bash -c "$B32T --decode hybrid --resize-method matmul"
+step "extract ViT-B-32 32x32 train no triton" extract.log 60 bash -c "$B32T --decode hybrid --no-triton"
 step "extract ViT-B-32 32x32 train stream" extract.log 60 bash -c "$B32T --decode hybrid --preprocess-stream"
 step "extract ViT-B-16 32x32" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid"
 step "extract ViT-B-16 32x32 stream" extract.log 40 bash -c "$E --model ViT-B-16 --per-class 1000 --decode hybrid \
 --preprocess-stream"
 step "extract ViT-B-16 500x375" extract.log 50 bash -c "$B16P --decode gpu"
-step "extract ViT-B-16 500x375 matmul" extract.log 50 bash -c "$B16P --decode gpu --resize-method matmul"
+step "extract ViT-B-16 500x375 no triton" extract.log 50 bash -c "$B16P --decode gpu --no-triton"
 step "extract ViT-B-16 500x375 stream" extract.log 50 bash -c "$B16P --decode gpu --preprocess-stream"
 step "extract ViT-B-32 32x32" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid"
 step "extract ViT-B-32 32x32 stream" extract.log 40 bash -c "$E --model ViT-B-32 --per-class 1000 --decode hybrid \

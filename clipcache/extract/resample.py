@@ -15,7 +15,7 @@ CIFAR-10's JPEGs), including the pass order, which Pillow 13 changed for images 
 much more in height than in width (:func:`vertical_first`).
 
 On a CUDA device each pass is instead one Triton kernel that adds Pillow's int32 sums
-themselves (:mod:`clipcache.extract._resample_triton`, :data:`CUDA_METHOD`): one byte
+themselves (:mod:`clipcache.extract._triton`, :data:`CUDA_METHOD`): one byte
 read and written a pixel, where the products write eight and go over them again. The
 bytes are the same.
 
@@ -152,13 +152,11 @@ def _pass_taps(in_size: int, out_size: int, interpolation: str, start: int, stop
 
 
 #: How :func:`pil_resize` computes on a CUDA device: ``"triton"``, Pillow's integer passes as one fused Triton
-#: kernel each (:mod:`clipcache.extract._resample_triton`), or ``"matmul"``, float64 matrix products. Both give
-#: Pillow's bytes. If the kernel cannot run (no compiler, say), the process warns once and uses ``"matmul"`` for
-#: ``"triton"`` from then on.
+#: kernel each (:mod:`clipcache.extract._triton`), or ``"matmul"``, float64 matrix products. Both give Pillow's
+#: bytes. If the kernel cannot run (no compiler, say), the process warns once and uses ``"matmul"`` instead.
 CUDA_METHOD = "triton"
 #: The methods :func:`pil_resize` takes: ``"interpret"`` is the Triton kernel in Triton's interpreter (tests).
 METHODS = ("matmul", "triton", "interpret")
-_kernel_failed: list[str] = []  # the reason the kernel could not run, once it failed
 
 
 def pil_resize(
@@ -200,8 +198,6 @@ def pil_resize(
         return x[..., top : top + height, left : left + width].reshape(*shape[:-2], height, width).clone()
     if method is None:
         method = CUDA_METHOD if images.is_cuda else "matmul"
-    if method == "triton" and _kernel_failed:
-        method = "matmul"
     plan = []  # the passes in Pillow's order: (axis of the planes, in size, out size, first output, outputs)
     if size[0] != in_hw[0]:
         plan.append((1, in_hw[0], size[0], top, height))
@@ -211,21 +207,27 @@ def pil_resize(
         plan.insert(0 if not vertical_first(in_hw, tuple(size)) else 1, (2, in_hw[1], size[1], left, width))
     else:
         x = x[..., left : left + width]
-    if method != "matmul":
-        try:
-            out = _resize_with_kernel(x, plan, interpolation, method == "interpret")
-        except Exception as exc:  # noqa: BLE001 (a compiler's or driver's failure: fall back, once, with its reason)
-            if method == "interpret":
-                raise
-            _kernel_failed.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
-            logger.warning("pil_resize: the Triton kernel failed (%s); resizing with float64 products instead",
-                           _kernel_failed[0])
-        else:
-            return out.reshape(*shape[:-2], height, width)
-    per_plane = 8 * (in_hw[0] * in_hw[1] + 2 * max(in_hw) * max(height, width) + height * width)
+    if method == "interpret":
+        return _resize_with_kernel(x, plan, interpolation, True).reshape(*shape[:-2], height, width)
+    if method == "triton":
+        from clipcache.extract import _triton
+
+        return _triton.with_fallback(
+            "pil_resize", lambda: _resize_with_kernel(x, plan, interpolation, False),
+            lambda: _resize_with_products(x, plan, interpolation),
+        ).reshape(*shape[:-2], height, width)
+    return _resize_with_products(x, plan, interpolation).reshape(*shape[:-2], height, width)
+
+
+def _resize_with_products(x: torch.Tensor, plan, interpolation: str) -> torch.Tensor:
+    """:func:`pil_resize`'s passes over planes ``x`` (P, H, W) as float64 matrix products, in chunks of planes."""
+    out_hw = [x.shape[1], x.shape[2]]
+    for axis, *_, n in plan:
+        out_hw[axis - 1] = n
+    per_plane = 8 * (x.shape[1] * x.shape[2] + 2 * max(x.shape[1:]) * max(out_hw) + out_hw[0] * out_hw[1])
     chunk = max(1, CHUNK_BYTES // per_plane)
     out = [_matmul_chunk(x[i : i + chunk], plan, interpolation) for i in range(0, x.shape[0], chunk)]
-    return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*shape[:-2], height, width)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _cut(x: torch.Tensor, plan, spans) -> torch.Tensor:
@@ -237,7 +239,7 @@ def _cut(x: torch.Tensor, plan, spans) -> torch.Tensor:
 
 def _resize_with_kernel(x: torch.Tensor, plan, interpolation: str, interpret: bool) -> torch.Tensor:
     """:func:`pil_resize`'s passes over planes ``x`` (P, H, W), each one Triton kernel."""
-    from clipcache.extract._resample_triton import resample_pass
+    from clipcache.extract._triton import resample_pass
 
     taps = [_pass_taps(n_in, n_out, interpolation, start, start + n, x.device) for _, n_in, n_out, start, n in plan]
     x = _cut(x, plan, [t[2:] for t in taps])

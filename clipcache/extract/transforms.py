@@ -39,6 +39,8 @@ __all__ = [
     "AUG_RATIO",
     "AUG_SCALE",
     "INTERPOLATIONS",
+    "NORMALIZE_CUDA_METHOD",
+    "NORMALIZE_METHODS",
     "RESIZE_MODES",
     "Geometry",
     "Preprocess",
@@ -273,21 +275,60 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
-def normalize_batch(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+#: How :func:`normalize_batch` computes on a CUDA device: ``"triton"``, one kernel that looks each pixel up in its
+#: channel's 256 values, which the torch operations themselves computed on that device (the same bytes; one byte
+#: read and four written a pixel, :mod:`clipcache.extract._triton`), or ``"torch"``, the four operations over the
+#: batch. If the kernel cannot run, the process warns once and uses ``"torch"`` instead.
+NORMALIZE_CUDA_METHOD = "triton"
+#: The methods :func:`normalize_batch` takes: ``"interpret"`` is the kernel in Triton's interpreter (tests).
+NORMALIZE_METHODS = ("torch", "triton", "interpret")
+
+
+def normalize_batch(batch: torch.Tensor, pp: Preprocess, method: str | None = None) -> torch.Tensor:
     """Scale uint8 images to [0, 1] and normalise, as ``to_tensor`` + ``normalize`` do.
 
     Parameters
     ----------
     batch : torch.Tensor, uint8, shape (b, 3, S, S) or (3, S, S)
+    pp : Preprocess
+    method : {"torch", "triton", "interpret"}, optional
+        How (:data:`NORMALIZE_METHODS`); by default :data:`NORMALIZE_CUDA_METHOD` on a CUDA device and
+        ``"torch"`` elsewhere. The bytes are the same.
 
     Returns
     -------
     torch.Tensor, float32, same shape
-        Bitwise equal to torchvision's ``normalize(to_tensor(img), mean, std)``.
+        Bitwise equal to torchvision's ``normalize(to_tensor(img), mean, std)`` on the same device.
     """
+    if method is None:
+        method = NORMALIZE_CUDA_METHOD if batch.is_cuda else "torch"
+    if method not in NORMALIZE_METHODS:
+        raise ValueError(f"method {method!r} is not one of {list(NORMALIZE_METHODS)}")
+    if method == "torch":
+        return _normalize_ops(batch, pp)
+    from clipcache.extract import _triton
+
+    table = _normalize_table(pp, batch.shape[-3], batch.device)
+    if method == "interpret":
+        return _triton.normalize(batch, table, interpret=True)
+    return _triton.with_fallback("normalize_batch", lambda: _triton.normalize(batch, table),
+                                 lambda: _normalize_ops(batch, pp))
+
+
+def _normalize_ops(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """:func:`normalize_batch` as torch operations."""
     mean = _constant(tuple(pp.mean), torch.float32, batch.device).view(-1, 1, 1)
     std = _constant(tuple(pp.std), torch.float32, batch.device).view(-1, 1, 1)
     return batch.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _normalize_table(pp: Preprocess, channels: int, device: torch.device) -> torch.Tensor:
+    """Each channel's 256 normalised values, (channels * 256,) float32, made by :func:`_normalize_ops` on
+    ``device``: the kernel's lookups give that device's bytes. Made once."""
+    with torch.inference_mode(False):
+        levels = torch.arange(256, dtype=torch.uint8, device=device).expand(channels, 1, 256)
+        return _normalize_ops(levels, pp).reshape(-1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -149,7 +149,7 @@ def test_hybrid_on_the_gpu_stays_with_the_cpu_path_on_cifar(cifar_jpegs, tmp_pat
 def test_pil_resize_on_cuda_equals_the_cpu_s_bytes(size, target, window, method, tf32):
     """The Triton kernel (int32 sums) and the float64 products are exact on the GPU as on the CPU, whatever cuBLAS
     sums first and whether TF32 is allowed (it only ever touches float32); the kernel compiles and runs."""
-    from clipcache.extract import resample
+    from clipcache.extract import _triton, resample
 
     images = torch.from_numpy(np.random.default_rng(size[1]).integers(0, 256, (64, 3, *size), dtype=np.uint8))
     before = torch.backends.cuda.matmul.allow_tf32
@@ -158,8 +158,21 @@ def test_pil_resize_on_cuda_equals_the_cpu_s_bytes(size, target, window, method,
         gpu = resample.pil_resize(images.cuda(), target, "bicubic", window, method=method).cpu()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    assert not resample._kernel_failed, resample._kernel_failed
+    assert not _triton.failed, _triton.failed
     assert torch.equal(gpu, resample.pil_resize(images, target, "bicubic", window))
+
+
+def test_normalize_batch_s_kernel_on_cuda_gives_the_torch_operations_bytes():
+    """The lookup kernel returns the CUDA torch operations' float32 bytes (which divide by 255 as a product by its
+    reciprocal: not the CPU's bytes, so the table is made on the device)."""
+    from clipcache.extract import _triton
+    from clipcache.extract.transforms import Preprocess, normalize_batch
+
+    pp = Preprocess(224, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "bicubic")
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 3, 224, 224), dtype=np.uint8)).cuda()
+    got = normalize_batch(batch, pp, method="triton")
+    assert not _triton.failed, _triton.failed
+    assert torch.equal(got.view(torch.int32), normalize_batch(batch, pp, method="torch").view(torch.int32))
 
 
 def test_compile_on_cuda_matches_eager(mixed_folder, tmp_path):

@@ -188,30 +188,59 @@ def test_the_triton_kernel_gives_pillow_s_bytes(interpolation, size, target, win
 
 def test_the_kernel_splits_more_planes_than_a_grid_takes(monkeypatch):
     pytest.importorskip("triton")
-    from clipcache.extract import _resample_triton
+    from clipcache.extract import _triton
 
     images = torch.from_numpy(_noise(3, (6, 5), seed=3)).permute(0, 3, 1, 2).contiguous()
     want = pil_resize(images, (4, 9), "bicubic", method="matmul")
-    monkeypatch.setattr(_resample_triton, "MAX_PLANES", 2)  # 9 planes: five launches a pass
+    monkeypatch.setattr(_triton, "MAX_PLANES", 2)  # 9 planes: five launches a pass
     assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="interpret"), want)
 
 
 def test_a_kernel_that_fails_falls_back_to_the_products_once_with_a_warning(monkeypatch, caplog):
     """On a CUDA device the kernel is the default; if it cannot run (no compiler), the process warns once and
-    resizes with the float64 products. Here a CPU tensor that claims to be on CUDA stands in for one."""
-    from clipcache.extract import _resample_triton
+    resizes with the float64 products from then on. Here CPU tensors stand in for a GPU's."""
+    from clipcache.extract import _triton
+
+    calls = []
 
     def broken(*args, **kwargs):
+        calls.append(1)
         raise RuntimeError("no ptxas\nsecond line")
 
-    monkeypatch.setattr(_resample_triton, "resample_pass", broken)
-    monkeypatch.setattr(resample, "_kernel_failed", [])
+    monkeypatch.setattr(_triton, "resample_pass", broken)
+    monkeypatch.setattr(_triton, "failed", {})
     images = torch.from_numpy(_noise(1, (6, 5), seed=4)).permute(0, 3, 1, 2)
     want = pil_resize(images, (4, 9), "bicubic")
-    with caplog.at_level("WARNING", logger="clipcache.extract.resample"):
+    with caplog.at_level("WARNING", logger="clipcache.extract._triton"):
         assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="triton"), want)
         assert torch.equal(pil_resize(images, (4, 9), "bicubic", method="triton"), want)
+    assert len(calls) == 1 and _triton.failed == {"pil_resize": "RuntimeError: no ptxas"}
     assert [r.getMessage() for r in caplog.records] == [
-        "pil_resize: the Triton kernel failed (RuntimeError: no ptxas); resizing with float64 products instead"]
+        "pil_resize: the Triton kernel failed (RuntimeError: no ptxas); using torch's operations instead"]
     with pytest.raises(RuntimeError, match="no ptxas"):  # the tests' interpreter never hides a failure
         pil_resize(images, (4, 9), "bicubic", method="interpret")
+
+
+def test_the_kernels_compile_for_an_h100_without_one():
+    """Triton compiles both kernels to an sm_90 binary here (its bundled ptxas), as the GPU path's first batch does
+    there: a kernel that the interpreter runs but the compiler refuses fails here, not on a lent GPU."""
+    pytest.importorskip("triton")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from clipcache.extract import _triton
+
+    pointers = {"src": "*u8", "dst": "*u8"}
+    signatures = {
+        "resample": ({**pointers, "xmin_ptr": "*i32", "k_ptr": "*i32", "ksize": "i32", "lines": "i32", "out_len": "i32",
+                      **dict.fromkeys(["s_plane", "s_line", "s_along", "d_plane", "d_line", "d_along"], "i64"),
+                      "BLOCK_L": "constexpr", "BLOCK_O": "constexpr"},
+                     {"BLOCK_L": _triton.BLOCK_LINES, "BLOCK_O": _triton.BLOCK_OUT}),
+        "normalize": ({**pointers, "table_ptr": "*fp32", "pixels": "i32", "channels": "i32", "BLOCK": "constexpr"},
+                      {"BLOCK": _triton.BLOCK_PIXELS}),
+    }
+    for name, (signature, constants) in signatures.items():
+        source = ASTSource(fn=getattr(_triton.kernels(), name), signature=signature, constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"] and ".entry _" + name in compiled.asm["ptx"], name

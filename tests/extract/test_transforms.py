@@ -29,6 +29,7 @@ from clipcache.extract.transforms import (
     crop_or_pad,
     eval_transform,
     eval_transform_uint8,
+    normalize_batch,
     plan_geometry,
 )
 from tests.extract.helpers import interrupt_append
@@ -193,3 +194,23 @@ def test_the_workers_transform_pickles_and_gives_the_same_pixels():
     transform = eval_transform_uint8(pp)
     again = pickle.loads(pickle.dumps(transform))
     assert again(image).shape == (3, 24, 24) and torch.equal(again(image), transform(image))
+
+
+def test_normalize_batch_as_one_kernel_gives_the_torch_operations_bytes(monkeypatch):
+    """On a CUDA device normalisation is one Triton kernel that looks each pixel up in its channel's 256 values,
+    computed by the torch operations on that device; run here by Triton's interpreter, on every value of every
+    channel, in launches of whole images."""
+    pytest.importorskip("triton")
+    from clipcache.extract import _triton
+
+    pp = Preprocess(16, 16, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "bicubic")
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8))
+    batch[0] = torch.arange(256, dtype=torch.uint8).view(16, 16)  # every value in every channel
+    want = normalize_batch(batch, pp)
+    assert want.dtype == torch.float32
+    monkeypatch.setattr(_triton, "MAX_PLANES", 8)  # 6 planes (2 images) a launch: 3 launches
+    got = normalize_batch(batch, pp, method="interpret")
+    assert got.dtype == torch.float32 and torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(normalize_batch(batch[1], pp, method="interpret"), want[1])  # (3, S, S)
+    with pytest.raises(ValueError, match=r"method 'cuda' is not one of \['torch', 'triton', 'interpret'\]"):
+        normalize_batch(batch, pp, method="cuda")
