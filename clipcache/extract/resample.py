@@ -26,7 +26,6 @@ no work for the pixels it cuts away.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 
 import numpy as np
@@ -34,8 +33,6 @@ import torch
 from PIL import __version__ as _PIL_VERSION
 
 __all__ = ["CUDA_METHOD", "METHODS", "PIL_INTERPOLATIONS", "pil_resize", "pil_weights", "vertical_first"]
-
-logger = logging.getLogger(__name__)
 
 #: Pillow's fixed-point precision of its 8-bit resize (``PRECISION_BITS``).
 PRECISION_BITS = 22
