@@ -24,6 +24,7 @@ warns once and uses the torch operations for the rest of the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -119,14 +120,15 @@ def resample_pass(x: torch.Tensor, axis: int, xmin: torch.Tensor, k: torch.Tenso
     out = torch.empty(shape, dtype=torch.uint8, device=x.device)
     other = 2 if axis == 1 else 1  # the lines each output pixel lies on
     lines = x.shape[other]
-    for first in range(0, planes, MAX_PLANES):
-        src, dst = x[first : first + MAX_PLANES], out[first : first + MAX_PLANES]
-        grid = (-(-lines // BLOCK_LINES), -(-n // BLOCK_OUT), src.shape[0])
-        kernels(interpret).resample[grid](
-            src, dst, xmin, k, ksize, lines, n,
-            src.stride(0), src.stride(other), src.stride(axis), dst.stride(0), dst.stride(other), dst.stride(axis),
-            BLOCK_L=BLOCK_LINES, BLOCK_O=BLOCK_OUT,
-        )
+    with _on(x.device):
+        for first in range(0, planes, MAX_PLANES):
+            src, dst = x[first : first + MAX_PLANES], out[first : first + MAX_PLANES]
+            grid = (-(-lines // BLOCK_LINES), -(-n // BLOCK_OUT), src.shape[0])
+            kernels(interpret).resample[grid](
+                src, dst, xmin, k, ksize, lines, n,
+                src.stride(0), src.stride(other), src.stride(axis), dst.stride(0), dst.stride(other), dst.stride(axis),
+                BLOCK_L=BLOCK_LINES, BLOCK_O=BLOCK_OUT,
+            )
     return out
 
 
@@ -141,8 +143,14 @@ def normalize(batch: torch.Tensor, table: torch.Tensor, interpret: bool = False)
     planes_out = out.view(planes_in.shape)
     pixels = planes_in.shape[1]
     step = MAX_PLANES - MAX_PLANES % channels  # whole images a launch: a plane's channel is its index modulo C
-    for first in range(0, planes_in.shape[0], step):
-        src, dst = planes_in[first : first + step], planes_out[first : first + step]
-        kernels(interpret).normalize[(-(-pixels // BLOCK_PIXELS), src.shape[0])](
-            src, dst, table, pixels, channels, BLOCK=BLOCK_PIXELS)
+    with _on(batch.device):
+        for first in range(0, planes_in.shape[0], step):
+            src, dst = planes_in[first : first + step], planes_out[first : first + step]
+            kernels(interpret).normalize[(-(-pixels // BLOCK_PIXELS), src.shape[0])](
+                src, dst, table, pixels, channels, BLOCK=BLOCK_PIXELS)
     return out
+
+
+def _on(device: torch.device):
+    """The tensors' GPU as the current device (Triton launches on the current one, a torchrun rank's may differ)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
