@@ -54,23 +54,28 @@ failed: dict[str, str] = {}
 
 
 def _resample(src, dst, xmin_ptr, k_ptr, ksize, lines, out_len, s_plane, s_line, s_along, d_plane, d_line, d_along,
-              BLOCK_L: tl.constexpr, BLOCK_O: tl.constexpr):  # noqa: N803 (Triton's style)
+              BLOCK_L: tl.constexpr, BLOCK_O: tl.constexpr, LINES_LAST: tl.constexpr):  # noqa: N803 (Triton's style)
     plane = tl.program_id(2).to(tl.int64)
     line = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     out = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    # A block's last axis is the one its threads go along: the one the output is contiguous in, so that their
+    # loads and stores are coalesced (the lines for the vertical pass, the outputs for the horizontal one).
+    if LINES_LAST:
+        line, out = line[None, :], out[:, None]
+    else:
+        line, out = line[:, None], out[None, :]
     line_ok = line < lines
     out_ok = out < out_len
     first = tl.load(xmin_ptr + out, mask=out_ok, other=0)
-    row = src + plane * s_plane + line.to(tl.int64)[:, None] * s_line
-    acc = tl.full((BLOCK_L, BLOCK_O), 1 << 21, tl.int32)  # Pillow's rounding: 2**(PRECISION_BITS - 1)
+    row = src + plane * s_plane + line.to(tl.int64) * s_line
+    acc = line * 0 + out * 0 + (1 << 21)  # int32, the block's shape; Pillow's rounding: 2**(PRECISION_BITS - 1)
     for t in range(ksize):
         w = tl.load(k_ptr + out * ksize + t, mask=out_ok, other=0)
-        at = (first + t).to(tl.int64)[None, :] * s_along
-        v = tl.load(row + at, mask=line_ok[:, None] & (w != 0)[None, :], other=0)
-        acc += v.to(tl.int32) * w[None, :]
+        v = tl.load(row + (first + t).to(tl.int64) * s_along, mask=line_ok & (w != 0), other=0)
+        acc += v.to(tl.int32) * w
     pixel = tl.minimum(tl.maximum(acc >> 22, 0), 255).to(tl.uint8)  # clip8: an arithmetic shift, then 0..255
-    at = dst + plane * d_plane + line.to(tl.int64)[:, None] * d_line + out.to(tl.int64)[None, :] * d_along
-    tl.store(at, pixel, mask=line_ok[:, None] & out_ok[None, :])
+    at = dst + plane * d_plane + line.to(tl.int64) * d_line + out.to(tl.int64) * d_along
+    tl.store(at, pixel, mask=line_ok & out_ok)
 
 
 def _normalize(src, dst, table_ptr, pixels, channels, BLOCK: tl.constexpr):  # noqa: N803
@@ -127,7 +132,7 @@ def resample_pass(x: torch.Tensor, axis: int, xmin: torch.Tensor, k: torch.Tenso
             kernels(interpret).resample[grid](
                 src, dst, xmin, k, ksize, lines, n,
                 src.stride(0), src.stride(other), src.stride(axis), dst.stride(0), dst.stride(other), dst.stride(axis),
-                BLOCK_L=BLOCK_LINES, BLOCK_O=BLOCK_OUT,
+                BLOCK_L=BLOCK_LINES, BLOCK_O=BLOCK_OUT, LINES_LAST=axis == 1,
             )
     return out
 

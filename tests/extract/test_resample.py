@@ -235,12 +235,14 @@ def test_the_kernels_compile_for_an_h100_without_one():
     signatures = {
         "resample": ({**pointers, "xmin_ptr": "*i32", "k_ptr": "*i32", "ksize": "i32", "lines": "i32", "out_len": "i32",
                       **dict.fromkeys(["s_plane", "s_line", "s_along", "d_plane", "d_line", "d_along"], "i64"),
-                      "BLOCK_L": "constexpr", "BLOCK_O": "constexpr"},
+                      "BLOCK_L": "constexpr", "BLOCK_O": "constexpr", "LINES_LAST": "constexpr"},
                      {"BLOCK_L": _triton.BLOCK_LINES, "BLOCK_O": _triton.BLOCK_OUT}),
         "normalize": ({**pointers, "table_ptr": "*fp32", "pixels": "i32", "channels": "i32", "BLOCK": "constexpr"},
                       {"BLOCK": _triton.BLOCK_PIXELS}),
     }
-    for name, (signature, constants) in signatures.items():
-        source = ASTSource(fn=getattr(_triton.kernels(), name), signature=signature, constexprs=constants)
+    variants = [("resample", {"LINES_LAST": False}), ("resample", {"LINES_LAST": True}), ("normalize", {})]
+    for name, more in variants:
+        signature, constants = signatures[name]
+        source = ASTSource(fn=getattr(_triton.kernels(), name), signature=signature, constexprs={**constants, **more})
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"] and ".entry _" + name in compiled.asm["ptx"], name
+        assert compiled.asm["cubin"] and ".entry _" + name in compiled.asm["ptx"], (name, more)
