@@ -36,7 +36,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover (torch requires Triton on Linux)
+except ImportError:  # pragma: no cover (torch installs Triton on Linux x86-64; elsewhere the torch paths run)
     triton = tl = None
 
 logger = logging.getLogger(__name__)
