@@ -191,7 +191,7 @@ def pil_resize(
     if method is not None and method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {list(METHODS)}")
     x = images.reshape(-1, *shape[-2:])  # planes
-    if in_hw == tuple(size):  # Pillow copies an image resized to its own size
+    if in_hw == tuple(size) or x.shape[0] == 0:  # Pillow copies an image resized to its own size
         return x[..., top : top + height, left : left + width].reshape(*shape[:-2], height, width).clone()
     if method is None:
         method = CUDA_METHOD if images.is_cuda else "matmul"

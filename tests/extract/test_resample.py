@@ -186,6 +186,14 @@ def test_the_triton_kernel_gives_pillow_s_bytes(interpolation, size, target, win
     np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), want)
 
 
+@pytest.mark.parametrize("method", ["matmul", "interpret"])
+def test_an_empty_batch_resizes_to_an_empty_batch(method):
+    if method == "interpret":
+        pytest.importorskip("triton")
+    got = pil_resize(torch.zeros((0, 3, 6, 5), dtype=torch.uint8), (4, 9), "bicubic", (1, 2, 3, 4), method=method)
+    assert got.shape == (0, 3, 3, 4) and got.dtype == torch.uint8
+
+
 def test_the_kernel_splits_more_planes_than_a_grid_takes(monkeypatch):
     pytest.importorskip("triton")
     from clipcache.extract import _triton
