@@ -18,8 +18,8 @@
 
 :func:`kernels` compiles them for the GPU; ``kernels(interpret=True)`` runs them in
 Triton's interpreter on CPU tensors, which is how the CPU tests check them.
-:func:`with_fallback` runs a kernel and, if it cannot run (no compiler, an old driver),
-warns once and uses the torch operations for the rest of the process.
+:func:`run` runs a kernel and, if it cannot run (no compiler, an old driver), warns
+once and uses the torch operations for the rest of the process.
 """
 
 from __future__ import annotations
@@ -101,16 +101,19 @@ def kernels(interpret: bool = False) -> SimpleNamespace:
                            normalize=triton.jit(_normalize, do_not_specialize=["pixels"]))
 
 
-def with_fallback(name: str, run: Callable[[], _T], fallback: Callable[[], _T]) -> _T:
-    """``run()``, the kernel ``name``; if it failed before in this process, or fails now (warned once with the
-    reason), ``fallback()``, which gives the same bytes with torch's operations."""
-    if name not in failed:
+def run(name: str, method: str, kernel: Callable[[bool], _T], ops: Callable[[], _T]) -> _T:
+    """The computation ``name`` by ``method``: ``"interpret"``, ``kernel(True)`` (Triton's interpreter, tests: a
+    failure raises); ``"triton"``, ``kernel(False)``, or, if it failed before in this process or fails now (warned
+    once with the reason), ``ops()``, which gives the same bytes with torch's operations; anything else, ``ops()``."""
+    if method == "interpret":
+        return kernel(True)
+    if method == "triton" and name not in failed:
         try:
-            return run()
+            return kernel(False)
         except Exception as exc:  # noqa: BLE001 (a compiler's or driver's failure: fall back, with its reason)
             failed[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             logger.warning("%s: the Triton kernel failed (%s); using torch's operations instead", name, failed[name])
-    return fallback()
+    return ops()
 
 
 def resample_pass(x: torch.Tensor, axis: int, xmin: torch.Tensor, k: torch.Tensor, interpret: bool = False) -> torch.Tensor:

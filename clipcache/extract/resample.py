@@ -201,19 +201,17 @@ def pil_resize(
     else:  # a pass Pillow skips copies the window's lines
         x = x[..., top : top + height, :]
     if size[1] != in_hw[1]:
-        plan.insert(0 if not vertical_first(in_hw, tuple(size)) else 1, (2, in_hw[1], size[1], left, width))
+        plan.insert(1 if vertical_first(in_hw, tuple(size)) else 0, (2, in_hw[1], size[1], left, width))
     else:
         x = x[..., left : left + width]
-    if method == "interpret":
-        return _resize_with_kernel(x, plan, interpolation, True).reshape(*shape[:-2], height, width)
-    if method == "triton":
+    if method == "matmul":  # on a CPU: no Triton import
+        out = _resize_with_products(x, plan, interpolation)
+    else:
         from clipcache.extract import _triton
 
-        return _triton.with_fallback(
-            "pil_resize", lambda: _resize_with_kernel(x, plan, interpolation, False),
-            lambda: _resize_with_products(x, plan, interpolation),
-        ).reshape(*shape[:-2], height, width)
-    return _resize_with_products(x, plan, interpolation).reshape(*shape[:-2], height, width)
+        out = _triton.run("pil_resize", method, lambda interpret: _resize_with_kernel(x, plan, interpolation, interpret),
+                          lambda: _resize_with_products(x, plan, interpolation))
+    return out.reshape(*shape[:-2], height, width)
 
 
 def _resize_with_products(x: torch.Tensor, plan, interpolation: str) -> torch.Tensor:

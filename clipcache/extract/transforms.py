@@ -304,15 +304,13 @@ def normalize_batch(batch: torch.Tensor, pp: Preprocess, method: str | None = No
         method = NORMALIZE_CUDA_METHOD if batch.is_cuda else "torch"
     if method not in NORMALIZE_METHODS:
         raise ValueError(f"method {method!r} is not one of {list(NORMALIZE_METHODS)}")
-    if method == "torch":
+    if method == "torch":  # on a CPU: no table, no Triton import
         return _normalize_ops(batch, pp)
     from clipcache.extract import _triton
 
     table = _normalize_table(pp, batch.shape[-3], batch.device)
-    if method == "interpret":
-        return _triton.normalize(batch, table, interpret=True)
-    return _triton.with_fallback("normalize_batch", lambda: _triton.normalize(batch, table),
-                                 lambda: _normalize_ops(batch, pp))
+    return _triton.run("normalize_batch", method, lambda interpret: _triton.normalize(batch, table, interpret),
+                       lambda: _normalize_ops(batch, pp))
 
 
 def _normalize_ops(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
